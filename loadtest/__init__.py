@@ -1,0 +1,1 @@
+"""Workload generators, load clients, metrics, reports, benchmarks and the simulator."""

@@ -1,0 +1,1 @@
+"""One model server: requests, scheduler and policies, KV cache manager, model runner, engine."""

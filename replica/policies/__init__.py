@@ -1,0 +1,1 @@
+"""Scheduling policies: plain classes over request state and a Clock."""

@@ -1,0 +1,1 @@
+"""Routing policies, rebalancer, migration, failover, state store and the gRPC frontend."""

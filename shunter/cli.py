@@ -1,0 +1,63 @@
+"""`shunter` command line: one subcommand per job, each in the module that owns it.
+
+Every command module exposes `add_arguments(parser)` and `run(args) -> int` and keeps its
+top-level imports light (torch, Ray and gRPC are imported inside `run`), so `--help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# (command, module, one-line help)
+COMMANDS: list[tuple[str, str, str]] = [
+    ("generate", "shunter.replica.generate_cli", "generate text from a prompt with one local engine (streams)"),
+    ("serve", "shunter.router.serve_cli", "serve the gRPC API from several Ray replicas"),
+    ("status", "shunter.router.status_cli", "print the cluster table of a running server"),
+]
+BENCHES: list[tuple[str, str, str]] = [
+    ("offline", "shunter.loadtest.bench_offline", "offline throughput: Shunter vs Hugging Face static generate"),
+    ("policies", "shunter.loadtest.bench_policies", "latency of short and long requests under each scheduling policy"),
+]
+
+
+def _available(module: str):
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shunter", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module, help_text in COMMANDS:
+        mod = _available(module)
+        if mod is not None:
+            p = sub.add_parser(name, help=help_text, description=help_text)
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
+    bench = sub.add_parser("bench", help="benchmarks (results go to loadtest/results/)")
+    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    for name, module, help_text in BENCHES:
+        mod = _available(module)
+        if mod is not None:
+            p = bench_sub.add_parser(name, help=help_text, description=help_text)
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""Errors every layer shares; the gRPC frontend maps them to status codes."""
+
+
+class ShunterError(Exception):
+    """Base class."""
+
+
+class Overloaded(ShunterError):
+    """The queue is full: the caller should retry later (gRPC RESOURCE_EXHAUSTED)."""
+
+
+class ReplicaUnavailable(ShunterError):
+    """No healthy replica can take the request (gRPC UNAVAILABLE)."""

@@ -1,0 +1,58 @@
+"""What a user asks of one generation: how long, how random, when to stop."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SamplingParams:
+    """Sampling settings for one request, validated at construction.
+
+    `temperature=0` means greedy. `top_k=-1` (or 0) turns top-k off. `seed` makes a sampled
+    request reproducible on its own, whatever else shares its batch.
+    """
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    # Scheduling hints; policies may use them, tokens never depend on them.
+    priority: str = "interactive"
+    ttft_ms: float | None = None
+    tbt_ms: float | None = None
+    deadline_ms: float | None = None
+    expected_output_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop)
+        self.stop_token_ids = list(self.stop_token_ids)
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.top_k, int) or self.top_k < -1:
+            raise ValueError(f"top_k must be -1 (off), 0 (off) or a positive integer, got {self.top_k!r}")
+        if any(not isinstance(s, str) or s == "" for s in self.stop):
+            raise ValueError("stop must be a list of non-empty strings")
+        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            raise ValueError("stop_token_ids must be non-negative integers")
+        if self.priority not in ("interactive", "batch"):
+            raise ValueError(f"priority must be 'interactive' or 'batch', got {self.priority!r}")
+        for name in ("ttft_ms", "tbt_ms", "deadline_ms"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.expected_output_tokens is not None and self.expected_output_tokens < 0:
+            raise ValueError(f"expected_output_tokens must be >= 0, got {self.expected_output_tokens}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
