@@ -1,1 +1,20 @@
-"""Scheduling policies: plain classes over request state and a Clock."""
+"""Scheduling policies: plain classes over request state and a Clock, chosen by name."""
+from __future__ import annotations
+
+from typing import Any
+
+from shunter.clock import Clock
+from shunter.replica.policies.base import PolicyContext, SchedulingPolicy
+from shunter.replica.policies.fcfs import FCFSPolicy
+
+POLICIES: dict[str, type[SchedulingPolicy]] = {cls.name: cls for cls in (FCFSPolicy,)}
+
+__all__ = ["POLICIES", "PolicyContext", "SchedulingPolicy", "make_policy"]
+
+
+def make_policy(name: str, clock: Clock, **settings: Any) -> SchedulingPolicy:
+    try:
+        cls = POLICIES[name]
+    except KeyError:
+        raise ValueError(f"policy must be one of {sorted(POLICIES)}, got {name!r}") from None
+    return cls(clock, **settings)

@@ -1,0 +1,277 @@
+"""The replica's engine: add requests, step, get tokens back.
+
+One `step()` = schedule -> run the model on one ragged batch -> append tokens, stop, free.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from shunter.clock import Clock, MonotonicClock
+from shunter.outputs import RequestOutput
+from shunter.replica.block_pool import CacheEvent
+from shunter.replica.detokenizer import IncrementalDetokenizer
+from shunter.replica.engine_config import EngineConfig
+from shunter.replica.kv_cache_manager import KVCacheManager, cdiv
+from shunter.replica.migration import MigrationState
+from shunter.replica.model_runner import ModelRunner
+from shunter.replica.policies import make_policy
+from shunter.replica.request import Request, RequestStatus
+from shunter.replica.scheduler import Scheduler, SchedulerConfig
+from shunter.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    num_swapped: int
+    kv_blocks_total: int
+    kv_blocks_in_use: int  # held by live requests
+    kv_blocks_cached: int  # free but holding a reusable prefix
+    prefix_hit_rate: float  # prompt tokens served from the cache / prompt tokens looked up
+    num_preemptions: int
+    num_swaps: int
+    num_recomputed_tokens: int
+    blocks_expected_growth: int  # blocks running requests will still take (max_tokens or a hint)
+    blocks_waiting: int  # blocks the queued prompts will take
+    num_steps: int
+    mean_step_time: float
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, clock: Clock | None = None, runner: ModelRunner | None = None) -> None:
+        """`runner` replaces the model (tests pass a scripted fake); by default the model is loaded."""
+        self.config = config
+        self.clock = clock or MonotonicClock()
+        self.runner = runner or ModelRunner.create(config)
+        self.model_config = self.runner.config
+        self.tokenizer = self.runner.tokenizer
+        self.max_model_len = self.runner.max_model_len
+        self.block_size = config.block_size
+        self.kv = KVCacheManager(
+            self.runner.num_blocks, config.block_size, self.runner.num_cpu_blocks, config.enable_prefix_caching
+        )
+        policy = make_policy(config.policy, self.clock, **config.policy_settings)
+        sched_config = SchedulerConfig(
+            config.max_num_batched_tokens, config.max_num_seqs, config.preemption_mode, config.check_invariants
+        )
+        self.scheduler = Scheduler(sched_config, self.kv, policy, self.clock)
+        self.detokenizers: dict[str, IncrementalDetokenizer] = {}
+        self._rng = random.Random(config.seed)
+        self._step_time_ema = 0.0
+
+    # ---- requests in -----------------------------------------------------------------------
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise ValueError naming the field for anything this engine cannot serve."""
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
+        if len(prompt_token_ids) == 0:
+            raise ValueError("prompt must not be empty")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in prompt_token_ids if not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt_token_ids: token id {bad[0]!r} is outside the vocabulary [0, {vocab})")
+        total = len(prompt_token_ids) + params.max_tokens
+        if total > self.max_model_len:
+            raise ValueError(
+                f"max_tokens: prompt ({len(prompt_token_ids)} tokens) + max_tokens ({params.max_tokens}) = {total} "
+                f"exceeds the model's context of {self.max_model_len} tokens"
+            )
+        if cdiv(total, self.block_size) > self.kv.num_blocks:
+            raise ValueError(
+                f"max_tokens: prompt + max_tokens ({total} tokens) needs more KV blocks than num_kv_blocks "
+                f"({self.kv.num_blocks} blocks of {self.block_size})"
+            )
+
+    def add_request(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, arrival_time: float | None = None
+    ) -> None:
+        prompt_token_ids = list(prompt_token_ids)
+        self.validate(prompt_token_ids, params)
+        if request_id in self.scheduler.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        request = Request(
+            request_id,
+            prompt_token_ids,
+            params,
+            arrival_time=self.clock.now() if arrival_time is None else arrival_time,
+            eos_token_ids=tuple(self.model_config.eos_token_ids),
+        )
+        self._track(request)
+        self.scheduler.add(request)
+
+    def _track(self, request: Request) -> None:
+        params = request.params
+        seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
+        if not params.greedy:
+            self.runner.add_generator(request.request_id, seed)
+        if self.tokenizer is not None:
+            self.detokenizers[request.request_id] = IncrementalDetokenizer(self.tokenizer, params.stop)
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        request = self.scheduler.requests.get(request_id)
+        if request is None:
+            return None
+        return self._finish(request, "abort", [])
+
+    # ---- one step --------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        if not self.scheduler.has_unfinished():
+            return []
+        started = time.perf_counter()
+        out = self.scheduler.schedule()
+        tokens = self.runner.execute(out)
+        outputs = []
+        now = self.clock.now()
+        for scheduled, token in zip(out.scheduled, tokens):
+            self.scheduler.advance(scheduled)
+            if token is not None:
+                outputs.append(self._append_token(scheduled.request, token, now))
+        elapsed = time.perf_counter() - started
+        self._step_time_ema = elapsed if self._step_time_ema == 0 else 0.9 * self._step_time_ema + 0.1 * elapsed
+        return outputs
+
+    def _append_token(self, request: Request, token: int, now: float) -> RequestOutput:
+        request.output_token_ids.append(token)
+        if request.first_token_time is None:
+            request.first_token_time = now
+        request.last_token_time = now
+        detok = self.detokenizers.get(request.request_id)
+        new_text = detok.add(token) if detok else ""
+        reason = self._stop_reason(request, token, detok)
+        if reason is not None:
+            return self._finish(request, reason, [token], new_text)
+        return self._output(request, [token], new_text)
+
+    def _stop_reason(self, request: Request, token: int, detok: IncrementalDetokenizer | None) -> str | None:
+        params = request.params
+        if (not params.ignore_eos and token in request.eos_token_ids) or token in params.stop_token_ids:
+            return "stop"
+        if detok is not None and detok.stopped:
+            return "stop"
+        if request.num_output_tokens >= params.max_tokens or request.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+    def _finish(self, request: Request, reason: str, new_tokens: list[int], new_text: str = "") -> RequestOutput:
+        self.scheduler.finish(request, reason)
+        detok = self.detokenizers.pop(request.request_id, None)
+        if detok is not None:
+            new_text += detok.flush()
+        self.runner.drop_generator(request.request_id)
+        return self._output(request, new_tokens, new_text, detok)
+
+    def _output(
+        self, request: Request, new_tokens: list[int], new_text: str, detok: IncrementalDetokenizer | None = None
+    ) -> RequestOutput:
+        detok = detok or self.detokenizers.get(request.request_id)
+        metrics = {"arrival_time": request.arrival_time}
+        if request.first_token_time is not None:
+            metrics["first_token_time"] = request.first_token_time
+        return RequestOutput(
+            request_id=request.request_id,
+            prompt_token_ids=request.prompt_token_ids,
+            output_token_ids=list(request.output_token_ids),
+            new_token_ids=new_tokens,
+            finish_reason=request.finish_reason,
+            text=detok.text if detok else "",
+            new_text=new_text,
+            num_cached_tokens=max(request.num_cached_tokens, 0),
+            metrics=metrics,
+        )
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---- what the router sees --------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        s = self.scheduler
+        growth = sum(
+            cdiv(r.num_prompt_tokens + (r.params.expected_output_tokens or r.params.max_tokens), self.block_size)
+            - len(self.kv.blocks_of(r.request_id))
+            for r in s.running
+        )
+        waiting = sum(cdiv(r.num_tokens, self.block_size) for r in s.waiting + s.swapped)
+        queries = self.kv.prefix_queries
+        return EngineStats(
+            num_running=len(s.running),
+            num_waiting=len(s.waiting),
+            num_swapped=len(s.swapped),
+            kv_blocks_total=self.kv.num_blocks,
+            kv_blocks_in_use=self.kv.num_blocks_in_use(),
+            kv_blocks_cached=self.kv.num_blocks_cached(),
+            prefix_hit_rate=self.kv.prefix_hits / queries if queries else 0.0,
+            num_preemptions=s.stats.num_preemptions,
+            num_swaps=s.stats.num_swaps_out,
+            num_recomputed_tokens=s.stats.num_recomputed_tokens,
+            blocks_expected_growth=max(growth, 0),
+            blocks_waiting=waiting,
+            num_steps=s.num_steps,
+            mean_step_time=self._step_time_ema,
+        )
+
+    # ---- migration -------------------------------------------------------------------------
+    def export_request(self, request_id: str) -> MigrationState | None:
+        """Take a request out of this engine with its KV blocks (if computed) for another replica."""
+        request = self.scheduler.requests.get(request_id)
+        if request is None:
+            return None
+        kv = None
+        if request.status is RequestStatus.RUNNING and request.num_computed_tokens > 0:
+            blocks = self.kv.blocks_of(request_id)[: cdiv(request.num_computed_tokens, self.block_size)]
+            kv = self.runner.read_blocks(blocks)
+        generator = self.runner.generators.get(request_id)
+        state = MigrationState(
+            request_id=request_id,
+            prompt_token_ids=request.prompt_token_ids,
+            output_token_ids=list(request.output_token_ids),
+            params=request.params,
+            arrival_time=request.arrival_time,
+            num_computed_tokens=request.num_computed_tokens if kv is not None else 0,
+            num_cached_tokens=max(request.num_cached_tokens, 0),
+            kv=kv,
+            block_size=self.block_size,
+            rng_state=generator.get_state() if generator is not None else None,
+        )
+        self.scheduler.remove(request)
+        self.detokenizers.pop(request_id, None)
+        self.runner.drop_generator(request_id)
+        return state
+
+    def import_request(self, state: MigrationState) -> None:
+        """Resume a request exported elsewhere: with its KV if it came and fits, else by recompute."""
+        if state.request_id in self.scheduler.requests:
+            raise ValueError(f"request_id {state.request_id!r} is already in use")
+        request = Request(
+            state.request_id,
+            list(state.prompt_token_ids),
+            state.params,
+            arrival_time=state.arrival_time,
+            eos_token_ids=tuple(self.model_config.eos_token_ids),
+            output_token_ids=list(state.output_token_ids),
+            num_cached_tokens=state.num_cached_tokens,
+        )
+        self._track(request)
+        if state.rng_state is not None and request.request_id in self.runner.generators:
+            self.runner.generators[request.request_id].set_state(state.rng_state)
+        detok = self.detokenizers.get(request.request_id)
+        if detok is not None:
+            for token in request.output_token_ids:
+                detok.add(token)
+            detok.released = len(detok.text)  # the source replica streamed this text already
+        usable = state.kv is not None and state.block_size == self.block_size and state.num_computed_tokens > 0
+        if not usable:
+            self.scheduler.add(request)
+            return
+        blocks = self.scheduler.admit_migrated(request, state.num_computed_tokens)
+        if blocks is not None:
+            self.runner.write_blocks(blocks, state.kv)
+            self.kv.cache_computed_blocks(request)
+
+    def drain_cache_events(self) -> list[CacheEvent]:
+        return self.kv.drain_events()

@@ -1,0 +1,38 @@
+"""Engine settings: small, validated, and free of anything learned at run time."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class EngineConfig:
+    model: str = "smollm2-135m-instruct"
+    block_size: int = 16
+    num_kv_blocks: int | None = None  # None: size the pool from free memory
+    max_num_batched_tokens: int = 512
+    max_num_seqs: int = 64
+    enable_prefix_caching: bool = True
+    preemption_mode: str = "recompute"
+    swap_space: float = 4.0  # GiB of CPU memory for swapped-out KV blocks
+    policy: str = "fcfs"
+    policy_settings: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None  # None: cuda if available, else cpu
+    dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    kv_memory_fraction: float = 0.2  # of free memory for the KV pool when num_kv_blocks is None (CPU)
+    gpu_memory_utilization: float = 0.9
+    seed: int = 0
+    check_invariants: bool = False
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two >= 1, got {self.block_size}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError(f"num_kv_blocks must be >= 1 or None, got {self.num_kv_blocks}")
+        if self.swap_space < 0:
+            raise ValueError(f"swap_space must be >= 0 GiB, got {self.swap_space}")
+        if not 0 < self.kv_memory_fraction <= 1:
+            raise ValueError(f"kv_memory_fraction must be in (0, 1], got {self.kv_memory_fraction}")
+        if self.dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")

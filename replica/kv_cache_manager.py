@@ -1,0 +1,172 @@
+"""Which KV blocks each request holds, on the device and (when swapped out) on the CPU.
+
+The manager only does bookkeeping; moving bytes is the model runner's job, driven by the
+swap mappings the scheduler hands it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shunter.replica.block_hash import ROOT_HASH, hash_block
+from shunter.replica.block_pool import BlockPool, CacheEvent
+from shunter.replica.request import Request
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass
+class PrefixHit:
+    block_ids: list[int]
+    num_tokens: int
+
+
+@dataclass
+class KVCacheManager:
+    num_blocks: int
+    block_size: int = 16
+    num_cpu_blocks: int = 0
+    enable_prefix_caching: bool = True
+    pool: BlockPool = field(init=False)
+    block_tables: dict[str, list[int]] = field(init=False, default_factory=dict)
+    # Hashes of each request's full blocks, grown as tokens are computed.
+    block_hashes: dict[str, list[int]] = field(init=False, default_factory=dict)
+    cpu_free: list[int] = field(init=False)
+    cpu_tables: dict[str, list[int]] = field(init=False, default_factory=dict)
+    prefix_queries: int = 0  # prompt tokens looked up
+    prefix_hits: int = 0  # of which found cached
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        self.pool = BlockPool(self.num_blocks, self.enable_prefix_caching)
+        self.cpu_free = list(range(self.num_cpu_blocks - 1, -1, -1))
+
+    # ---- device blocks -------------------------------------------------------------------
+    @property
+    def num_free_blocks(self) -> int:
+        return self.pool.num_free
+
+    def blocks_of(self, request_id: str) -> list[int]:
+        return self.block_tables.get(request_id, [])
+
+    def find_prefix(self, request: Request) -> PrefixHit:
+        """Longest run of cached full blocks at the start of the request's tokens.
+
+        At least one token is always left to compute, since the step must produce logits."""
+        if not self.enable_prefix_caching:
+            return PrefixHit([], 0)
+        max_blocks = (request.num_tokens - 1) // self.block_size
+        ids: list[int] = []
+        parent = ROOT_HASH
+        for i in range(max_blocks):
+            tokens = tuple(request.token_slice(i * self.block_size, (i + 1) * self.block_size))
+            parent = hash_block(parent, tokens)
+            block_id = self.pool.lookup(parent, tokens)
+            if block_id is None:
+                break
+            ids.append(block_id)
+        return PrefixHit(ids, len(ids) * self.block_size)
+
+    def blocks_needed(self, request: Request, num_new_tokens: int, hit: PrefixHit | None = None) -> int:
+        have = len(self.blocks_of(request.request_id)) + (len(hit.block_ids) if hit else 0)
+        computed = request.num_computed_tokens + (hit.num_tokens if hit else 0)
+        return max(0, cdiv(computed + num_new_tokens, self.block_size) - have)
+
+    def can_allocate(self, request: Request, num_new_tokens: int, hit: PrefixHit | None = None) -> bool:
+        need = self.blocks_needed(request, num_new_tokens, hit)
+        # Reviving a free cached block takes it out of the free queue too.
+        revived = sum(1 for b in (hit.block_ids if hit else []) if self.pool.blocks[b].ref_count == 0)
+        return need + revived <= self.pool.num_free
+
+    def allocate(self, request: Request, num_new_tokens: int, hit: PrefixHit | None = None) -> bool:
+        """Give the request blocks for `num_new_tokens` more tokens; False (and no change) if they don't fit."""
+        if not self.can_allocate(request, num_new_tokens, hit):
+            return False
+        table = self.block_tables.setdefault(request.request_id, [])
+        if hit is not None and hit.block_ids:
+            assert not table, "a prefix hit only applies to a request that holds no blocks"
+            self.pool.touch(hit.block_ids)
+            table.extend(hit.block_ids)
+            request.num_computed_tokens += hit.num_tokens
+        table.extend(self.pool.allocate(self.blocks_needed(request, num_new_tokens)))
+        return True
+
+    def cache_computed_blocks(self, request: Request) -> None:
+        """Hash and publish every block that is now full of computed tokens."""
+        if not self.enable_prefix_caching:
+            return
+        hashes = self.block_hashes.setdefault(request.request_id, [])
+        table = self.block_tables[request.request_id]
+        num_full = request.num_computed_tokens // self.block_size
+        parent = hashes[-1] if hashes else ROOT_HASH
+        for i in range(len(hashes), num_full):
+            tokens = tuple(request.token_slice(i * self.block_size, (i + 1) * self.block_size))
+            parent = hash_block(parent, tokens)
+            hashes.append(parent)
+            self.pool.cache(table[i], parent, tokens)
+
+    def free(self, request: Request) -> None:
+        """Release the request's device blocks (tail first: the tail is least likely to be shared)."""
+        table = self.block_tables.pop(request.request_id, [])
+        self.pool.release(table[::-1])
+        self.block_hashes.pop(request.request_id, None)
+
+    def record_prefix_lookup(self, num_prompt_tokens: int, num_hit_tokens: int) -> None:
+        self.prefix_queries += num_prompt_tokens
+        self.prefix_hits += num_hit_tokens
+
+    # ---- CPU swap ------------------------------------------------------------------------
+    @property
+    def num_free_cpu_blocks(self) -> int:
+        return len(self.cpu_free)
+
+    def can_swap_out(self, request: Request) -> bool:
+        return len(self.blocks_of(request.request_id)) <= len(self.cpu_free)
+
+    def swap_out(self, request: Request) -> list[tuple[int, int]]:
+        """Move the request's blocks to the CPU pool; returns (device block, cpu block) pairs to copy."""
+        table = self.block_tables.pop(request.request_id)
+        cpu_ids = [self.cpu_free.pop() for _ in table]
+        self.cpu_tables[request.request_id] = cpu_ids
+        self.pool.release(table[::-1])
+        self.block_hashes.pop(request.request_id, None)
+        return list(zip(table, cpu_ids))
+
+    def can_swap_in(self, request: Request) -> bool:
+        return len(self.cpu_tables[request.request_id]) <= self.pool.num_free
+
+    def swap_in(self, request: Request) -> list[tuple[int, int]]:
+        """Bring a swapped request back; returns (cpu block, device block) pairs to copy."""
+        cpu_ids = self.cpu_tables.pop(request.request_id)
+        table = self.pool.allocate(len(cpu_ids))
+        self.block_tables[request.request_id] = table
+        self.cpu_free.extend(cpu_ids)
+        return list(zip(cpu_ids, table))
+
+    def free_swapped(self, request: Request) -> None:
+        self.cpu_free.extend(self.cpu_tables.pop(request.request_id, []))
+
+    # ---- accounting ----------------------------------------------------------------------
+    def num_blocks_in_use(self) -> int:
+        return self.num_blocks - self.pool.num_free
+
+    def num_blocks_cached(self) -> int:
+        return self.pool.num_cached_free
+
+    def drain_events(self) -> list[CacheEvent]:
+        return self.pool.drain_events()
+
+    def check_invariants(self, live_request_ids: set[str]) -> None:
+        """Every block is free or held; ref counts equal the number of tables holding it."""
+        refs = [0] * self.num_blocks
+        for rid, table in self.block_tables.items():
+            assert rid in live_request_ids, f"blocks held by unknown request {rid}"
+            for b in table:
+                refs[b] += 1
+        for block in self.pool.blocks:
+            assert block.ref_count == refs[block.block_id], f"block {block.block_id}: ref {block.ref_count} != {refs[block.block_id]}"
+            assert (block.ref_count == 0) == (block.block_id in self.pool.free_queue)
+        held_cpu = sum(len(t) for t in self.cpu_tables.values())
+        assert held_cpu + len(self.cpu_free) == self.num_cpu_blocks

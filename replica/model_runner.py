@@ -1,0 +1,111 @@
+"""Runs one scheduled step on the model: move swapped blocks, pack, forward, sample."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from shunter import kernels
+from shunter.replica.engine_config import EngineConfig
+from shunter.replica.memory import num_cpu_blocks, num_device_blocks
+from shunter.replica.models.kv_layout import allocate_kv_caches, kv_bytes_per_block
+from shunter.replica.models.loader import LoadedModel, load_model
+from shunter.replica.packing import Chunk, pack
+from shunter.replica.sampler import sample
+from shunter.replica.scheduler import SchedulerOutput
+
+log = logging.getLogger(__name__)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelRunner:
+    """Owns the model, the device KV pool and the CPU swap pool; knows nothing of scheduling."""
+
+    def __init__(
+        self, loaded: LoadedModel, num_blocks: int, block_size: int, num_cpu_blocks: int, max_model_len: int
+    ) -> None:
+        self.model = loaded.model
+        self.config = loaded.config
+        self.tokenizer = loaded.tokenizer
+        self.max_model_len = max_model_len
+        self.num_blocks, self.num_cpu_blocks = num_blocks, num_cpu_blocks
+        self.block_size = block_size
+        first = next(self.model.parameters())
+        self.device, self.dtype = first.device, first.dtype
+        self.kv_caches = allocate_kv_caches(self.config, num_blocks, block_size, self.dtype, self.device)
+        pin = self.device.type == "cuda"
+        self.cpu_caches = (
+            allocate_kv_caches(self.config, num_cpu_blocks, block_size, self.dtype, "cpu", pin_memory=pin)
+            if num_cpu_blocks
+            else []
+        )
+        self.generators: dict[str, torch.Generator] = {}
+
+    @classmethod
+    def create(cls, config: EngineConfig) -> "ModelRunner":
+        """Load the model, then size both KV pools from what memory is left."""
+        device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = DTYPES[config.dtype] if config.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        loaded = load_model(config.model, device=device, dtype=dtype)
+        max_model_len = config.max_model_len or loaded.config.max_position_embeddings
+        block_bytes = kv_bytes_per_block(loaded.config, config.block_size, dtype)
+        num_blocks = num_device_blocks(config, device, block_bytes, max_model_len)
+        cpu_blocks = num_cpu_blocks(config, block_bytes)
+        log.info("model %s on %s: %d KV blocks, %d CPU blocks", config.model, device, num_blocks, cpu_blocks)
+        return cls(loaded, num_blocks, config.block_size, cpu_blocks, max_model_len)
+
+    def add_generator(self, request_id: str, seed: int) -> None:
+        self.generators[request_id] = torch.Generator().manual_seed(seed)
+
+    def drop_generator(self, request_id: str) -> None:
+        self.generators.pop(request_id, None)
+
+    def swap(self, pairs: list[tuple[int, int]], to_cpu: bool) -> None:
+        """Copy blocks between the device pool and the CPU pool: one batched copy per layer and direction."""
+        if not pairs:
+            return
+        src_ids = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+        dst_ids = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+        src, dst = (self.kv_caches, self.cpu_caches) if to_cpu else (self.cpu_caches, self.kv_caches)
+        for (src_k, src_v), (dst_k, dst_v) in zip(src, dst):
+            kernels.copy_blocks(src_k, dst_k, src_ids, dst_ids)
+            kernels.copy_blocks(src_v, dst_v, src_ids, dst_ids)
+
+    def read_blocks(self, block_ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The KV of some blocks, on the CPU (for migration)."""
+        ids = torch.tensor(block_ids, dtype=torch.long, device=self.device)
+        return [(k[ids].cpu(), v[ids].cpu()) for k, v in self.kv_caches]
+
+    def write_blocks(self, block_ids: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        ids = torch.tensor(block_ids, dtype=torch.long, device=self.device)
+        for (k, v), (src_k, src_v) in zip(self.kv_caches, kv):
+            k[ids] = src_k.to(self.device, k.dtype)
+            v[ids] = src_v.to(self.device, v.dtype)
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> list[int | None]:
+        """The sampled token of each scheduled request (None for a prefill chunk that isn't the last)."""
+        self.swap(out.blocks_to_swap_out, to_cpu=True)
+        self.swap(out.blocks_to_swap_in, to_cpu=False)
+        if not out.scheduled:
+            return []
+        chunks = [
+            Chunk(s.request.token_slice(s.start, s.start + s.num_new_tokens), s.start, s.block_ids, s.samples)
+            for s in out.scheduled
+        ]
+        batch = pack(chunks, self.block_size, self.device)
+        hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn)
+        sampling = [s for s in out.scheduled if s.samples]
+        tokens: list[int | None] = [None] * len(out.scheduled)
+        if not sampling:
+            return tokens
+        logits = self.model.compute_logits(hidden[batch.logits_indices])
+        params = [s.request.params for s in sampling]
+        generators = [self.generators.get(s.request.request_id) for s in sampling]
+        sampled = iter(sample(logits, params, generators))
+        for i, s in enumerate(out.scheduled):
+            if s.samples:
+                tokens[i] = next(sampled)
+        return tokens

@@ -1,0 +1,113 @@
+"""A scripted model runner: the real Engine, Scheduler and KV cache manager run over it.
+
+It keeps a fake KV cache that records which token sits in each slot and checks, every step,
+that each scheduled request's context is really in its blocks. A token is a pure function of
+the tokens before it, so any scheduling must produce the same output: the same oracle as the
+real model's greedy decoding, at the cost of nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shunter.clock import FakeClock
+from shunter.replica.engine import Engine
+from shunter.replica.engine_config import EngineConfig
+from shunter.replica.scheduler import SchedulerOutput
+
+EOS = 0
+
+
+@dataclass
+class FakeModelConfig:
+    vocab_size: int = 1000
+    eos_token_ids: list[int] = field(default_factory=lambda: [EOS])
+    max_position_embeddings: int = 4096
+
+
+def next_token(tokens: list[int], vocab_size: int = 1000) -> int:
+    """Deterministic 'model': never EOS unless the context asks for it (token 999 forces EOS)."""
+    if tokens[-1] == vocab_size - 1:
+        return EOS
+    return (sum((i + 1) * t for i, t in enumerate(tokens)) * 31 + len(tokens)) % (vocab_size - 2) + 1
+
+
+class FakeRunner:
+    tokenizer = None
+
+    def __init__(
+        self, num_blocks: int, block_size: int = 16, num_cpu_blocks: int = 0, max_model_len: int = 4096,
+        clock: FakeClock | None = None, step_time: float = 0.01,
+    ) -> None:
+        self.config = FakeModelConfig(max_position_embeddings=max_model_len)
+        self.num_blocks, self.num_cpu_blocks, self.block_size = num_blocks, num_cpu_blocks, block_size
+        self.max_model_len = max_model_len
+        self.clock, self.step_time = clock, step_time
+        self.device_slots: dict[int, list[int | None]] = {b: [None] * block_size for b in range(num_blocks)}
+        self.cpu_slots: dict[int, list[int | None]] = {b: [None] * block_size for b in range(num_cpu_blocks)}
+        self.generators: dict = {}
+        self.steps: list[SchedulerOutput] = []
+
+    def add_generator(self, request_id: str, seed: int) -> None:
+        self.generators[request_id] = None
+
+    def drop_generator(self, request_id: str) -> None:
+        self.generators.pop(request_id, None)
+
+    def read_blocks(self, block_ids: list[int]) -> list[list[int | None]]:
+        return [list(self.device_slots[b]) for b in block_ids]
+
+    def write_blocks(self, block_ids: list[int], kv: list[list[int | None]]) -> None:
+        for b, slots in zip(block_ids, kv):
+            self.device_slots[b] = list(slots)
+
+    def execute(self, out: SchedulerOutput) -> list[int | None]:
+        self.steps.append(out)
+        for dev, cpu in out.blocks_to_swap_out:
+            self.cpu_slots[cpu] = list(self.device_slots[dev])
+        for cpu, dev in out.blocks_to_swap_in:
+            self.device_slots[dev] = list(self.cpu_slots[cpu])
+        tokens: list[int | None] = []
+        bs = self.block_size
+        for s in out.scheduled:
+            all_tokens = s.request.all_token_ids
+            for pos in range(s.start):  # the context must already be in the cache
+                got = self.device_slots[s.block_ids[pos // bs]][pos % bs]
+                assert got == all_tokens[pos], f"{s.request.request_id}: KV at {pos} holds {got}, want {all_tokens[pos]}"
+            for pos in range(s.start, s.start + s.num_new_tokens):
+                self.device_slots[s.block_ids[pos // bs]][pos % bs] = all_tokens[pos]
+            end = s.start + s.num_new_tokens
+            tokens.append(next_token(all_tokens[:end], self.config.vocab_size) if s.samples else None)
+        if self.clock is not None:
+            self.clock.advance(self.step_time)
+        return tokens
+
+
+def reference_output(prompt: list[int], max_tokens: int, ignore_eos: bool = False) -> list[int]:
+    """What any correct scheduling must produce for `prompt` under the fake model."""
+    tokens, out = list(prompt), []
+    while len(out) < max_tokens:
+        t = next_token(tokens)
+        tokens.append(t)
+        out.append(t)
+        if t == EOS and not ignore_eos:
+            break
+    return out
+
+
+def make_engine(num_blocks: int = 64, num_cpu_blocks: int = 0, clock: FakeClock | None = None, **settings) -> Engine:
+    clock = clock or FakeClock()
+    config = EngineConfig(model="fake", num_kv_blocks=num_blocks, check_invariants=True, **settings)
+    runner = FakeRunner(num_blocks, config.block_size, num_cpu_blocks, clock=clock)
+    return Engine(config, clock=clock, runner=runner)
+
+
+def run_to_completion(engine: Engine, max_steps: int = 10_000) -> dict[str, list[int]]:
+    """Step until idle; the final output tokens of each request."""
+    done: dict[str, list[int]] = {}
+    for _ in range(max_steps):
+        if not engine.has_unfinished_requests():
+            return done
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out.output_token_ids
+    raise AssertionError(f"engine still busy after {max_steps} steps")

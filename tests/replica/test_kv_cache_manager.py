@@ -1,0 +1,142 @@
+"""Block pool and KV cache manager: ref counts, prefix hits, LRU eviction, no leaks (tier 1)."""
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shunter import SamplingParams
+from shunter.replica.block_hash import block_hashes
+from shunter.replica.block_pool import BlockPool
+from shunter.replica.kv_cache_manager import KVCacheManager
+from shunter.replica.request import Request
+
+
+def req(rid: str, tokens: list[int]) -> Request:
+    return Request(rid, tokens, SamplingParams(), arrival_time=0.0)
+
+
+def compute(kv: KVCacheManager, r: Request, n: int) -> None:
+    assert kv.allocate(r, n)
+    r.num_computed_tokens += n
+    kv.cache_computed_blocks(r)
+
+
+def test_allocation_and_ref_counts():
+    kv = KVCacheManager(num_blocks=8, block_size=4)
+    a = req("a", list(range(10)))
+    compute(kv, a, 10)
+    assert len(kv.blocks_of("a")) == 3 and kv.num_free_blocks == 5
+    b = req("b", list(range(8)) + [99])
+    hit = kv.find_prefix(b)
+    assert hit.num_tokens == 8 and hit.block_ids == kv.blocks_of("a")[:2]
+    assert kv.allocate(b, 1, hit)
+    assert [kv.pool.blocks[i].ref_count for i in hit.block_ids] == [2, 2]
+    kv.free(a)
+    assert [kv.pool.blocks[i].ref_count for i in hit.block_ids] == [1, 1]
+    kv.free(b)
+    assert kv.num_free_blocks == 8 and kv.num_blocks_cached() == 2
+
+
+def test_a_hit_needs_the_same_tokens_not_just_the_same_length():
+    kv = KVCacheManager(num_blocks=8, block_size=4)
+    compute(kv, req("a", [1, 2, 3, 4, 5]), 5)
+    assert kv.find_prefix(req("b", [1, 2, 3, 5, 5])).num_tokens == 0
+    assert kv.find_prefix(req("c", [1, 2, 3, 4, 7])).num_tokens == 4
+
+
+def test_freed_cached_blocks_are_evicted_least_recently_used_first():
+    kv = KVCacheManager(num_blocks=4, block_size=2)
+    old, new = req("old", [1, 2, 3]), req("new", [7, 8, 9])
+    compute(kv, old, 3)
+    compute(kv, new, 3)
+    kv.free(old)
+    kv.free(new)
+    events = kv.drain_events()
+    assert [e.kind for e in events] == ["stored", "stored"]
+    compute(kv, req("x", [5, 5, 5, 5, 5]), 5)  # 3 blocks: 2 uncached first, then the oldest cached one
+    assert kv.find_prefix(req("o", [1, 2, 3])).num_tokens == 0
+    assert kv.find_prefix(req("n", [7, 8, 9])).num_tokens == 2
+    evicted = [e for e in kv.drain_events() if e.kind == "evicted"]
+    assert [e.block_hash for e in evicted] == block_hashes([1, 2], 2)
+
+
+def test_allocation_that_does_not_fit_changes_nothing():
+    kv = KVCacheManager(num_blocks=2, block_size=4)
+    r = req("a", list(range(20)))
+    assert not kv.allocate(r, 20)
+    assert kv.num_free_blocks == 2 and kv.blocks_of("a") == []
+
+
+def test_swap_out_and_in_round_trip():
+    kv = KVCacheManager(num_blocks=4, block_size=4, num_cpu_blocks=4)
+    r = req("a", list(range(8)))
+    compute(kv, r, 8)
+    device_blocks = kv.blocks_of("a")
+    pairs = kv.swap_out(r)
+    assert [p[0] for p in pairs] == device_blocks and kv.num_free_blocks == 4 and kv.num_free_cpu_blocks == 2
+    back = kv.swap_in(r)
+    assert [p[0] for p in back] == [p[1] for p in pairs] and kv.num_free_cpu_blocks == 4
+
+
+def test_block_pool_rejects_an_empty_pool():
+    import pytest
+
+    with pytest.raises(ValueError, match="num_kv_blocks"):
+        BlockPool(0)
+
+
+ops = st.lists(
+    st.tuples(st.sampled_from(["add", "step", "finish", "abort", "preempt", "swap"]), st.integers(0, 5), st.integers(1, 40)),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=ops, caching=st.booleans())
+def test_any_sequence_of_operations_leaks_no_block(ops, caching):
+    kv = KVCacheManager(num_blocks=16, block_size=4, num_cpu_blocks=8, enable_prefix_caching=caching)
+    live: dict[str, Request] = {}
+    swapped: set[str] = set()
+    counter = 0
+    for op, which, n in ops:
+        ids = sorted(live)
+        target = live[ids[which % len(ids)]] if ids else None
+        if op == "add":
+            counter += 1
+            live[f"r{counter}"] = req(f"r{counter}", [which] * 8 + list(range(n)))
+        elif target is None:
+            continue
+        elif op == "step" and target.request_id not in swapped:
+            todo = min(n, target.num_tokens - target.num_computed_tokens)
+            if todo > 0:
+                hit = kv.find_prefix(target) if not kv.blocks_of(target.request_id) and target.num_computed_tokens == 0 else None
+                if kv.allocate(target, todo, hit):
+                    target.num_computed_tokens += todo
+                    kv.cache_computed_blocks(target)
+            elif todo == 0:
+                target.output_token_ids.append(n)
+        elif op in ("finish", "abort"):
+            if target.request_id in swapped:
+                kv.free_swapped(target)
+                swapped.discard(target.request_id)
+            kv.free(target)
+            del live[target.request_id]
+        elif op == "preempt" and target.request_id not in swapped:
+            kv.free(target)
+            target.num_computed_tokens = 0
+        elif op == "swap":
+            if target.request_id in swapped:
+                if kv.can_swap_in(target):
+                    kv.swap_in(target)
+                    swapped.discard(target.request_id)
+            elif kv.blocks_of(target.request_id) and kv.can_swap_out(target):
+                kv.swap_out(target)
+                swapped.add(target.request_id)
+        kv.check_invariants(set(live))
+    for r in list(live.values()):
+        if r.request_id in swapped:
+            kv.free_swapped(r)
+        kv.free(r)
+    kv.check_invariants(set())
+    assert kv.num_free_blocks == 16 and kv.num_free_cpu_blocks == 8
+    assert all(b.ref_count == 0 for b in kv.pool.blocks)

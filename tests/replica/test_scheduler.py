@@ -1,0 +1,216 @@
+"""Scheduler + KV cache manager + engine loop over the scripted fake runner (tier 1)."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from shunter import SamplingParams
+from tests.replica.fakes import make_engine, reference_output, run_to_completion
+
+
+def prompt(n: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(1, 998) for _ in range(n)]
+
+
+def test_chunked_prefill_respects_the_token_budget():
+    engine = make_engine(max_num_batched_tokens=32)
+    engine.add_request("a", prompt(100, 1), SamplingParams(max_tokens=3, temperature=0))
+    sizes = []
+    while engine.has_unfinished_requests():
+        engine.step()
+        sizes.append([s.num_new_tokens for s in engine.runner.steps[-1].scheduled])
+    assert sizes == [[32], [32], [32], [4], [1], [1]]
+
+
+def test_requests_join_and_leave_every_step():
+    engine = make_engine(max_num_batched_tokens=256)
+    engine.add_request("short", prompt(10, 1), SamplingParams(max_tokens=2, temperature=0))
+    engine.add_request("long", prompt(10, 2), SamplingParams(max_tokens=6, temperature=0))
+    engine.step()
+    engine.step()  # "short" finishes here
+    engine.add_request("late", prompt(5, 3), SamplingParams(max_tokens=2, temperature=0))
+    engine.step()
+    batch = {s.request.request_id for s in engine.runner.steps[-1].scheduled}
+    assert batch == {"long", "late"}
+    done = run_to_completion(engine)
+    assert done["long"] == reference_output(prompt(10, 2), 6)
+
+
+def test_decodes_go_before_new_prefills_within_the_budget():
+    engine = make_engine(max_num_batched_tokens=20)
+    engine.add_request("a", prompt(8, 1), SamplingParams(max_tokens=5, temperature=0))
+    engine.step()
+    engine.add_request("b", prompt(50, 2), SamplingParams(max_tokens=5, temperature=0))
+    engine.step()
+    step = engine.runner.steps[-1].scheduled
+    assert [(s.request.request_id, s.num_new_tokens) for s in step] == [("a", 1), ("b", 19)]
+
+
+def test_max_num_seqs_caps_the_running_set():
+    engine = make_engine(max_num_seqs=2)
+    for i in range(5):
+        engine.add_request(f"r{i}", prompt(4, i), SamplingParams(max_tokens=4, temperature=0))
+    engine.step()
+    assert len(engine.runner.steps[-1].scheduled) == 2
+    assert len(run_to_completion(engine)) == 5
+
+
+@pytest.mark.parametrize("mode", ["recompute", "swap"])
+def test_preemption_keeps_every_output_and_leaks_no_block(mode):
+    prompts = [prompt(20 + 7 * i, i) for i in range(8)]
+    engine = make_engine(num_blocks=12, num_cpu_blocks=64 if mode == "swap" else 0, preemption_mode=mode, max_num_batched_tokens=64)
+    for i, p in enumerate(prompts):
+        engine.add_request(f"r{i}", p, SamplingParams(max_tokens=30, temperature=0, ignore_eos=True))
+    done = run_to_completion(engine)
+    for i, p in enumerate(prompts):
+        assert done[f"r{i}"] == reference_output(p, 30, ignore_eos=True)
+    stats = engine.stats()
+    assert stats.num_preemptions > 0
+    if mode == "swap":
+        assert stats.num_swaps > 0
+    assert stats.kv_blocks_in_use == 0 and engine.kv.num_free_cpu_blocks == engine.kv.num_cpu_blocks
+
+
+def test_swap_falls_back_to_recompute_when_the_cpu_pool_is_full():
+    engine = make_engine(num_blocks=12, num_cpu_blocks=1, preemption_mode="swap", max_num_batched_tokens=64)
+    prompts = [prompt(40, i) for i in range(4)]
+    for i, p in enumerate(prompts):
+        engine.add_request(f"r{i}", p, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True))
+    done = run_to_completion(engine)
+    assert all(done[f"r{i}"] == reference_output(p, 20, ignore_eos=True) for i, p in enumerate(prompts))
+    assert engine.stats().num_recomputed_tokens > 0
+
+
+def test_shared_prefix_is_served_from_the_cache():
+    system = prompt(48, 99)
+    engine = make_engine()
+    engine.add_request("first", system + [5, 6], SamplingParams(max_tokens=2, temperature=0))
+    run_to_completion(engine)
+    engine.add_request("second", system + [7, 8, 9], SamplingParams(max_tokens=2, temperature=0))
+    engine.step()
+    assert engine.runner.steps[-1].scheduled[0].start == 48
+    done = run_to_completion(engine)
+    assert done["second"] == reference_output(system + [7, 8, 9], 2)
+    assert engine.stats().prefix_hit_rate > 0
+
+
+def test_a_prompt_that_is_entirely_cached_still_computes_its_last_token():
+    p = prompt(32, 5)
+    engine = make_engine()
+    for rid in ("a", "b"):
+        engine.add_request(rid, p, SamplingParams(max_tokens=2, temperature=0))
+        run_to_completion(engine)
+    assert engine.runner.steps[-2].scheduled[0].start == 16  # one block short of the whole prompt
+    assert engine.runner.steps[-2].scheduled[0].num_new_tokens == 16
+
+
+def test_eos_stops_unless_ignored():
+    p = [3, 4, 999]  # the fake model answers 999 with EOS
+    engine = make_engine()
+    engine.add_request("stop", p, SamplingParams(max_tokens=5, temperature=0))
+    engine.add_request("ignore", p, SamplingParams(max_tokens=5, temperature=0, ignore_eos=True))
+    engine.add_request("stop-id", prompt(4, 1), SamplingParams(max_tokens=5, temperature=0, stop_token_ids=[reference_output(prompt(4, 1), 2)[1]]))
+    outs = {}
+    while engine.has_unfinished_requests():
+        outs.update({o.request_id: o for o in engine.step() if o.finished})
+    assert outs["stop"].output_token_ids == [0] and outs["stop"].finish_reason == "stop"
+    assert len(outs["ignore"].output_token_ids) == 5 and outs["ignore"].finish_reason == "length"
+    assert len(outs["stop-id"].output_token_ids) == 2 and outs["stop-id"].finish_reason == "stop"
+
+
+def test_abort_frees_everything_and_spares_the_others():
+    engine = make_engine()
+    engine.add_request("keep", prompt(30, 1), SamplingParams(max_tokens=8, temperature=0))
+    engine.add_request("drop", prompt(30, 2), SamplingParams(max_tokens=8, temperature=0))
+    engine.step()
+    out = engine.abort_request("drop")
+    assert out.finish_reason == "abort"
+    assert engine.abort_request("drop") is None
+    done = run_to_completion(engine)
+    assert done["keep"] == reference_output(prompt(30, 1), 8)
+    assert engine.stats().kv_blocks_in_use == 0
+
+
+@pytest.mark.parametrize(
+    "tokens, params, field",
+    [
+        ([], SamplingParams(), "prompt"),
+        ([1, 5000], SamplingParams(), "prompt_token_ids"),
+        ([1, -3], SamplingParams(), "prompt_token_ids"),
+        ([1] * 4000, SamplingParams(max_tokens=200), "max_tokens"),
+        ([1] * 100, SamplingParams(max_tokens=2000), "num_kv_blocks"),
+    ],
+)
+def test_bad_requests_name_the_field_and_disturb_nothing(tokens, params, field):
+    engine = make_engine(num_blocks=64)
+    engine.add_request("good", prompt(10, 1), SamplingParams(max_tokens=4, temperature=0))
+    with pytest.raises(ValueError, match=field):
+        engine.add_request("bad", tokens, params)
+    assert run_to_completion(engine)["good"] == reference_output(prompt(10, 1), 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_p": 1.5}, "top_p"),
+     ({"top_k": -2}, "top_k"), ({"max_tokens": 0}, "max_tokens")],
+)
+def test_bad_sampling_params_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**kwargs)
+
+
+def test_duplicate_request_id_is_refused():
+    engine = make_engine()
+    engine.add_request("x", [1, 2], SamplingParams(max_tokens=2))
+    with pytest.raises(ValueError, match="request_id"):
+        engine.add_request("x", [1, 2], SamplingParams(max_tokens=2))
+
+
+def test_migration_moves_kv_and_keeps_the_tokens():
+    src, dst = make_engine(), make_engine()
+    p = prompt(40, 3)
+    src.add_request("m", p, SamplingParams(max_tokens=12, temperature=0))
+    for _ in range(5):
+        src.step()
+    state = src.export_request("m")
+    assert state is not None and state.kv is not None and state.num_computed_tokens > 40
+    assert src.stats().kv_blocks_in_use == 0 and not src.has_unfinished_requests()
+    dst.import_request(state)
+    dst.step()
+    assert dst.runner.steps[-1].scheduled[0].start == state.num_computed_tokens  # resumed, not recomputed
+    assert run_to_completion(dst)["m"] == reference_output(p, 12)
+
+
+def test_migration_without_kv_recomputes():
+    src, dst = make_engine(), make_engine()
+    p = prompt(40, 4)
+    src.add_request("m", p, SamplingParams(max_tokens=12, temperature=0))
+    for _ in range(4):
+        src.step()
+    state = src.export_request("m")
+    state.kv = None
+    dst.import_request(state)
+    assert run_to_completion(dst)["m"] == reference_output(p, 12)
+
+
+def test_random_workloads_finish_with_reference_tokens():
+    rng = random.Random(7)
+    for trial in range(15):
+        mode = rng.choice(["recompute", "swap"])
+        engine = make_engine(
+            num_blocks=rng.randint(10, 40), num_cpu_blocks=rng.choice([0, 8, 64]), preemption_mode=mode,
+            max_num_batched_tokens=rng.choice([8, 16, 64, 256]), max_num_seqs=rng.choice([1, 3, 8]),
+            enable_prefix_caching=rng.random() < 0.7,
+        )
+        shared = prompt(rng.choice([0, 16, 24]), trial)
+        expected = {}
+        for i in range(rng.randint(1, 10)):
+            p = shared + prompt(rng.randint(1, 60), 100 * trial + i)
+            n = rng.randint(1, 40)
+            engine.add_request(f"t{i}", p, SamplingParams(max_tokens=n, temperature=0))
+            expected[f"t{i}"] = reference_output(p, n)
+        done = run_to_completion(engine)
+        assert done == expected
+        assert engine.stats().kv_blocks_in_use == 0
