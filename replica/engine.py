@@ -126,7 +126,7 @@ class Engine:
         started = time.perf_counter()
         out = self.scheduler.schedule()
         tokens = self.runner.execute(out)
-        outputs = []
+        outputs = [self._finish(r, r.finish_reason or "abort", []) for r in out.finished]
         now = self.clock.now()
         for scheduled, token in zip(out.scheduled, tokens):
             self.scheduler.advance(scheduled)
@@ -159,7 +159,8 @@ class Engine:
         return None
 
     def _finish(self, request: Request, reason: str, new_tokens: list[int], new_text: str = "") -> RequestOutput:
-        self.scheduler.finish(request, reason)
+        if not request.is_finished:
+            self.scheduler.finish(request, reason)
         detok = self.detokenizers.pop(request.request_id, None)
         if detok is not None:
             new_text += detok.flush()

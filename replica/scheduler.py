@@ -51,6 +51,9 @@ class SchedulerOutput:
     blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)  # (device, cpu)
     blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)  # (cpu, device)
     preempted: list[Request] = field(default_factory=list)
+    # Requests the scheduler ended before running them (e.g. a deadline that can no longer be
+    # met), already removed from every queue; the engine reports them with their finish_reason.
+    finished: list[Request] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -58,7 +61,7 @@ class SchedulerOutput:
 
     @property
     def is_empty(self) -> bool:
-        return not self.scheduled and not self.blocks_to_swap_out
+        return not self.scheduled and not self.blocks_to_swap_out and not self.finished
 
 
 @dataclass
