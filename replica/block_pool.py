@@ -36,6 +36,7 @@ class BlockPool:
     free_queue: OrderedDict[int, None] = field(init=False)
     cached: dict[int, int] = field(init=False)  # block hash -> block id
     events: list[CacheEvent] = field(init=False, default_factory=list)
+    num_cached_free: int = field(init=False, default=0)  # ref-0 blocks still holding a prefix
 
     def __post_init__(self) -> None:
         if self.num_blocks < 1:
@@ -48,10 +49,6 @@ class BlockPool:
     def num_free(self) -> int:
         return len(self.free_queue)
 
-    @property
-    def num_cached_free(self) -> int:
-        return sum(1 for b in self.free_queue if self.blocks[b].block_hash is not None)
-
     def allocate(self, n: int) -> list[int]:
         """Take `n` blocks off the LRU end of the free queue, evicting their cached hashes."""
         if n > len(self.free_queue):
@@ -60,7 +57,9 @@ class BlockPool:
         for _ in range(n):
             block_id, _ = self.free_queue.popitem(last=False)
             block = self.blocks[block_id]
-            self._evict(block)
+            if block.block_hash is not None:
+                self.num_cached_free -= 1
+                self._evict(block)
             block.ref_count = 1
             ids.append(block_id)
         return ids
@@ -71,6 +70,7 @@ class BlockPool:
             block = self.blocks[block_id]
             if block.ref_count == 0:
                 del self.free_queue[block_id]
+                self.num_cached_free -= 1  # only cached blocks are found by a prefix hit
             block.ref_count += 1
 
     def release(self, block_ids: list[int]) -> None:
@@ -81,7 +81,9 @@ class BlockPool:
             assert block.ref_count >= 0, f"block {block_id} released twice"
             if block.ref_count == 0:
                 self.free_queue[block_id] = None
-                if block.block_hash is None:
+                if block.block_hash is not None:
+                    self.num_cached_free += 1
+                else:
                     # Nothing worth keeping: hand it out before any cached block.
                     self.free_queue.move_to_end(block_id, last=False)
 
@@ -105,10 +107,9 @@ class BlockPool:
         self.events.append(CacheEvent("stored", block_hash))
 
     def _evict(self, block: KVBlock) -> None:
-        if block.block_hash is not None:
-            del self.cached[block.block_hash]
-            self.events.append(CacheEvent("evicted", block.block_hash))
-            block.block_hash, block.token_ids = None, ()
+        del self.cached[block.block_hash]
+        self.events.append(CacheEvent("evicted", block.block_hash))
+        block.block_hash, block.token_ids = None, ()
 
     def drain_events(self) -> list[CacheEvent]:
         events, self.events = self.events, []

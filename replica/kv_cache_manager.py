@@ -168,5 +168,7 @@ class KVCacheManager:
         for block in self.pool.blocks:
             assert block.ref_count == refs[block.block_id], f"block {block.block_id}: ref {block.ref_count} != {refs[block.block_id]}"
             assert (block.ref_count == 0) == (block.block_id in self.pool.free_queue)
+        cached_free = sum(1 for b in self.pool.free_queue if self.pool.blocks[b].block_hash is not None)
+        assert cached_free == self.pool.num_cached_free
         held_cpu = sum(len(t) for t in self.cpu_tables.values())
         assert held_cpu + len(self.cpu_free) == self.num_cpu_blocks

@@ -1,0 +1,124 @@
+"""`shunter bench offline`: the same requests through Hugging Face static `generate` and Shunter.
+
+The baseline is what people run without a serving engine: batches of fixed size, left padding,
+every batch decoding until its longest output is done. Both sides produce exactly the requested
+number of tokens per request (EOS ignored), and throughput counts only those useful tokens.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Workload:
+    prompts: list[list[int]]
+    output_lens: list[int]
+
+    @property
+    def useful_tokens(self) -> int:
+        return sum(self.output_lens)
+
+
+def make_workload(n: int, vocab_size: int, seed: int, min_prompt: int, max_prompt: int, min_out: int, max_out: int) -> Workload:
+    """Prompt lengths log-uniform, output lengths uniform: a mix of short and long requests."""
+    rng = random.Random(seed)
+    prompts, outs = [], []
+    for _ in range(n):
+        length = int(round(min_prompt * (max_prompt / min_prompt) ** rng.random()))
+        prompts.append([rng.randrange(100, vocab_size) for _ in range(length)])
+        outs.append(rng.randint(min_out, max_out))
+    return Workload(prompts, outs)
+
+
+def run_shunter(model: str, work: Workload, args: argparse.Namespace) -> float:
+    from shunter import LLM, SamplingParams
+
+    llm = LLM(model=model, max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs)
+    params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in work.output_lens]
+    llm.generate(work.prompts[:2], params[:2], use_tqdm=False)  # warm-up
+    start = time.perf_counter()
+    outs = llm.generate(work.prompts, params, use_tqdm=sys.stderr.isatty())
+    elapsed = time.perf_counter() - start
+    assert [len(o.output_token_ids) for o in outs] == work.output_lens
+    return elapsed
+
+
+def run_hf_static(model: str, work: Workload, batch_size: int) -> float:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from shunter.replica.models.loader import ensure_hf_folder
+
+    hf = AutoModelForCausalLM.from_pretrained(ensure_hf_folder(model), torch_dtype=torch.float32).eval()
+    pad = 0
+    start = time.perf_counter()
+    for b in range(0, len(work.prompts), batch_size):
+        prompts = work.prompts[b : b + batch_size]
+        longest = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
+        new = max(work.output_lens[b : b + batch_size])
+        with torch.inference_mode():
+            hf.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                do_sample=False, pad_token_id=pad, eos_token_id=None,
+            )
+    return time.perf_counter() - start
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--num-requests", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompt-len", type=int, nargs=2, default=[16, 384], metavar=("MIN", "MAX"))
+    parser.add_argument("--output-len", type=int, nargs=2, default=[8, 256], metavar=("MIN", "MAX"))
+    parser.add_argument("--hf-batch-size", type=int, default=16)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=512)
+    parser.add_argument("--max-num-seqs", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=None, help="JSON result path (default: loadtest/results/)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from shunter.replica.models.loader import load_model
+
+    vocab = load_model(args.model).config.vocab_size
+    work = make_workload(args.num_requests, vocab, args.seed, *args.prompt_len, *args.output_len)
+    console = Console(stderr=True)
+    console.print(f"{len(work.prompts)} requests, {work.useful_tokens} output tokens, {torch.get_num_threads()} threads")
+    shunter_s = run_shunter(args.model, work, args)
+    hf_s = run_hf_static(args.model, work, args.hf_batch_size)
+    result = {
+        "command": "shunter bench offline " + " ".join(sys.argv[3:]),
+        "model": args.model,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "workload": {"num_requests": len(work.prompts), "useful_output_tokens": work.useful_tokens,
+                     "prompt_len": args.prompt_len, "output_len": args.output_len, "seed": args.seed},
+        "hf_static": {"batch_size": args.hf_batch_size, "seconds": hf_s, "tokens_per_s": work.useful_tokens / hf_s},
+        "shunter": {"max_num_batched_tokens": args.max_num_batched_tokens, "max_num_seqs": args.max_num_seqs,
+                    "seconds": shunter_s, "tokens_per_s": work.useful_tokens / shunter_s},
+    }
+    result["ratio"] = result["shunter"]["tokens_per_s"] / result["hf_static"]["tokens_per_s"]
+    table = Table(title=f"offline throughput, {args.model}")
+    for col in ("system", "seconds", "output tokens/s"):
+        table.add_column(col)
+    table.add_row(f"HF generate (static, batch {args.hf_batch_size})", f"{hf_s:.1f}", f"{work.useful_tokens / hf_s:.1f}")
+    table.add_row("Shunter (continuous batching)", f"{shunter_s:.1f}", f"{work.useful_tokens / shunter_s:.1f}")
+    Console().print(table)
+    Console().print(f"ratio Shunter / HF static: {result['ratio']:.2f}x")
+    out = args.out or RESULTS / f"bench_offline_{args.model.replace(':', '_').replace('/', '_')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0

@@ -1,0 +1,116 @@
+"""The oracle: greedy tokens from the engine equal Hugging Face `generate` on the real default
+model, token for token, however the engine schedules, chunks, caches and preempts (tier 3)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shunter import LLM, SamplingParams
+
+pytestmark = pytest.mark.slow
+
+MAX_TOKENS = 24
+SYSTEM = (
+    "You are a careful assistant for a railway company. Answer in one short paragraph, "
+    "name the rules you rely on, and never invent timetables. "
+)
+QUESTIONS = [
+    "Hi!",
+    "What is a shunting yard?",
+    "Write a haiku about trains at night.",
+    "List three prime numbers.",
+    "Explain, step by step and with an example, how a hump yard sorts freight cars into trains by "
+    "destination, and why gravity makes it faster than flat shunting with a locomotive.",
+    "Translate 'good morning' into French.",
+    "1, 2, 3, 5, 8, 13,",
+    "def fibonacci(n):",
+    "Summarize the history of the steam locomotive from Trevithick to the end of steam in Britain, "
+    "mentioning at least four engineers and the gauge war, in no more than five sentences.",
+    "Why is the sky blue?",
+    "The capital of France is",
+    "Once upon a time, in a small town next to the mountains, there lived an old signalman who",
+    "What does a dispatcher do?",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_folder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_folder)
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer) -> list[list[int]]:
+    return [list(tokenizer(q).input_ids) for q in QUESTIONS]
+
+
+@pytest.fixture(scope="module")
+def shared_prompts(tokenizer) -> list[list[int]]:
+    return [list(tokenizer(SYSTEM + q).input_ids) for q in QUESTIONS[:6]]
+
+
+def hf_greedy(folder, prompts: list[list[int]]) -> list[list[int]]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    outs = []
+    with torch.inference_mode():
+        for p in prompts:  # one at a time: no padding in the reference
+            ids = torch.tensor([p])
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_TOKENS, do_sample=False)
+            outs.append(gen[0, len(p):].tolist())
+    return outs
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2_folder, prompts, shared_prompts):
+    return hf_greedy(smollm2_folder, prompts + shared_prompts)
+
+
+def engine_greedy(prompts: list[list[int]], **settings) -> tuple[list[list[int]], LLM]:
+    llm = LLM(model="smollm2-135m-instruct", check_invariants=True, **settings)
+    outs = llm.generate(prompts, SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0))
+    assert llm.engine.stats().kv_blocks_in_use == 0
+    return [o.output_token_ids for o in outs], llm
+
+
+
+def test_plain(prompts, reference):
+    got, _ = engine_greedy(prompts)
+    assert got == reference[: len(prompts)]
+
+
+@pytest.mark.parametrize("mode", ["recompute", "swap"])
+def test_small_kv_pool_forces_preemption(prompts, reference, mode):
+    got, llm = engine_greedy(prompts, num_kv_blocks=14, preemption_mode=mode, swap_space=0.05, max_num_batched_tokens=128)
+    assert got == reference[: len(prompts)]
+    stats = llm.engine.stats()
+    assert stats.num_preemptions > 0
+    if mode == "swap":
+        assert stats.num_swaps > 0
+
+
+def test_tiny_token_budget_forces_chunking(prompts, reference):
+    got, llm = engine_greedy(prompts, max_num_batched_tokens=16)
+    assert got == reference[: len(prompts)]
+
+
+def test_shared_prefixes_hit_the_cache(prompts, shared_prompts, reference):
+    llm = LLM(model="smollm2-135m-instruct", check_invariants=True)
+    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
+    first = llm.generate(shared_prompts[:1], params)  # warms the cache with the system prompt
+    rest = llm.generate(shared_prompts[1:], params)
+    assert [o.output_token_ids for o in first + rest] == reference[len(prompts):]
+    assert all(o.num_cached_tokens >= 16 for o in rest)
+    assert llm.engine.stats().prefix_hit_rate > 0
+
+
+def test_text_and_stop_strings(prompts, reference, tokenizer):
+    llm = LLM(model="smollm2-135m-instruct")
+    out = llm.generate([prompts[1]], SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0))[0]
+    assert out.text == tokenizer.decode(reference[1], skip_special_tokens=True)
+    words = out.text.split()
+    stop = words[len(words) // 2]
+    cut = llm.generate([prompts[1]], SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, stop=[stop]))[0]
+    assert cut.finish_reason == "stop" and cut.text == out.text[: out.text.index(stop)]
