@@ -1,0 +1,87 @@
+"""Decision time of each routing policy at 8, 64 and 1,024 fake replicas.
+
+`python -m shunter.router.bench_routing [--replicas 8 64 1024] [--decisions 20000]`
+Each replica holds some cached prefixes (so prefix_aware walks a real index) and random loads;
+a decision is one `select()` over fresh `LoadReport`s; reports are built once per batch, as the
+router keeps them between load updates. Prompt hashing is timed separately: the router does it
+once per request whatever the policy.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+
+
+def build(n: int, seed: int = 0):
+    from shunter.replica.block_hash import block_hashes
+    from shunter.router.load import LoadReport, RoutingRequest
+    from shunter.router.prefix_index import PrefixIndex
+
+    class Event:
+        def __init__(self, kind: str, block_hash: int) -> None:
+            self.kind, self.block_hash = kind, block_hash
+
+    rng = random.Random(seed)
+    index = PrefixIndex()
+    prefixes = [[rng.randrange(1, 30000) for _ in range(16 * 32)] for _ in range(16)]
+    chains = [block_hashes(p, 16) for p in prefixes]
+    reports = []
+    for i in range(n):
+        rid = f"r{i}"
+        for chain in rng.sample(chains, 3):
+            index.apply(rid, [Event("stored", h) for h in chain[: rng.randrange(4, 32)]])
+        reports.append(LoadReport(rid, kv_blocks_in_use=rng.randrange(0, 400), blocks_expected_growth=rng.randrange(0, 50)))
+    requests = []
+    for j in range(256):
+        prompt = prefixes[j % len(prefixes)] + [rng.randrange(1, 30000) for _ in range(40)]
+        hashes = block_hashes(prompt, 16)
+        requests.append(RoutingRequest(f"q{j}", hashes, len(hashes), len(hashes) + 4))
+    return index, reports, requests, prefixes
+
+
+def time_policy(name: str, n: int, decisions: int) -> list[float]:
+    """Per-decision seconds, measured in batches of 100 to keep the timer's own cost out."""
+    from shunter.router.policies import make_routing_policy
+
+    index, reports, requests, _ = build(n)
+    policy = make_routing_policy(name, index) if name == "prefix_aware" else make_routing_policy(name)
+    samples = []
+    batch = 100
+    for b in range(max(1, decisions // batch)):
+        start = time.perf_counter()
+        for k in range(batch):
+            policy.select(reports, requests[(b * batch + k) % len(requests)])
+        samples.append((time.perf_counter() - start) / batch)
+    return samples
+
+
+def time_hashing(prompt_tokens: int = 552, repeats: int = 2000) -> float:
+    from shunter.replica.block_hash import block_hashes
+
+    prompt = list(range(prompt_tokens))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        block_hashes(prompt, 16)
+    return (time.perf_counter() - start) / repeats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicas", type=int, nargs="+", default=[8, 64, 1024])
+    parser.add_argument("--decisions", type=int, default=20000)
+    args = parser.parse_args(argv)
+    from shunter.router.policies import REGISTRY
+
+    print(f"{'policy':<14}" + "".join(f"{n:>12} repl" for n in args.replicas) + "   (p50 µs per decision)")
+    for name in sorted(REGISTRY):
+        row = [statistics.median(time_policy(name, n, args.decisions)) * 1e6 for n in args.replicas]
+        print(f"{name:<14}" + "".join(f"{v:>17.2f}" for v in row))
+    print(f"prompt hashing (552 tokens, 34 blocks): {time_hashing() * 1e6:.1f} µs per request")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

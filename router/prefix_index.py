@@ -1,0 +1,71 @@
+"""Which replica holds which cached block, learned from the replicas' cache events.
+
+Block hashes are chained (a block's hash covers every token before it), so a replica that holds
+block k of a prompt's chain and every block before it has the first k blocks of that prompt
+cached. The index is a hint: events arrive late and a replica may evict at any time, so a wrong
+guess only costs a recompute, never a wrong token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol
+
+
+class CacheEventLike(Protocol):
+    kind: str
+    block_hash: int
+
+
+@dataclass
+class PrefixIndex:
+    holders: dict[int, set[str]] = field(default_factory=dict)  # block hash -> replica ids
+    by_replica: dict[str, set[int]] = field(default_factory=dict)  # replica id -> block hashes
+
+    def apply(self, replica_id: str, events: Iterable[CacheEventLike]) -> None:
+        held = self.by_replica.setdefault(replica_id, set())
+        for event in events:
+            if event.kind == "stored":
+                self.holders.setdefault(event.block_hash, set()).add(replica_id)
+                held.add(event.block_hash)
+            elif event.kind == "evicted":
+                self._drop(replica_id, event.block_hash)
+                held.discard(event.block_hash)
+
+    def _drop(self, replica_id: str, block_hash: int) -> None:
+        owners = self.holders.get(block_hash)
+        if owners is not None:
+            owners.discard(replica_id)
+            if not owners:
+                del self.holders[block_hash]
+
+    def forget(self, replica_id: str) -> None:
+        """A replica died or restarted: its cache is gone."""
+        for block_hash in self.by_replica.pop(replica_id, set()):
+            self._drop(replica_id, block_hash)
+
+    def match(self, block_hashes: list[int]) -> dict[str, int]:
+        """Number of leading blocks of the chain each replica holds (replicas with none are absent).
+
+        Walks the chain narrowing the set of replicas that hold every block so far; a replica's
+        depth is recorded when it drops out, so the work is set operations, not per-replica loops."""
+        matched: dict[str, int] = {}
+        alive: set[str] | None = None
+        depth = 0
+        for block_hash in block_hashes:
+            owners = self.holders.get(block_hash)
+            if not owners:
+                break
+            if alive is None:
+                alive = set(owners)
+            else:
+                kept = alive & owners
+                if len(kept) != len(alive):
+                    for replica_id in alive - kept:
+                        matched[replica_id] = depth
+                alive = kept
+                if not alive:
+                    break
+            depth += 1
+        for replica_id in alive or ():
+            matched[replica_id] = depth
+        return matched

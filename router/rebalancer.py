@@ -1,0 +1,83 @@
+"""Load-pair balancing: move running requests from the most to the least loaded replica.
+
+Routing only places new requests; outputs of unknown length still drift replicas apart. Every
+`interval_s` the rebalancer pairs the most and the least loaded replica and plans migrations of
+decoding requests from one to the other until their loads are within the thresholds. With
+cache-size specialization on, a request grown past `size_threshold_blocks` on a small-cache
+replica moves to the least loaded large-cache one first. Plain object over `LoadReport`s and a
+`Clock`, like the routing policies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from shunter.clock import Clock, MonotonicClock
+from shunter.router.load import LoadReport, imbalanced
+
+
+@dataclass(frozen=True)
+class Migration:
+    request_id: str
+    source: str
+    target: str
+
+
+class Rebalancer:
+    def __init__(
+        self, clock: Clock | None = None, interval_s: float = 1.0, abs_threshold: int = 16,
+        rel_threshold: float = 1.25, max_per_round: int = 4, size_threshold_blocks: int | None = None,
+    ) -> None:
+        self.clock = clock or MonotonicClock()
+        self.interval_s, self.max_per_round = interval_s, max_per_round
+        self.abs_threshold, self.rel_threshold = abs_threshold, rel_threshold
+        self.size_threshold_blocks = size_threshold_blocks
+        self._last = self.clock.now()
+
+    def due(self) -> bool:
+        """True once per interval; the caller then calls `plan`."""
+        now = self.clock.now()
+        if now - self._last < self.interval_s:
+            return False
+        self._last = now
+        return True
+
+    def plan(self, replicas: Sequence[LoadReport]) -> list[Migration]:
+        healthy = [r for r in replicas if r.healthy]
+        if len(healthy) < 2:
+            return []
+        moves = self._specialize(healthy)
+        moved = {m.request_id for m in moves}
+        return moves + self._pair(healthy, moved)[: max(0, self.max_per_round - len(moves))]
+
+    def _pair(self, healthy: list[LoadReport], moved: set[str]) -> list[Migration]:
+        source = max(healthy, key=lambda r: r.load)
+        target = min(healthy, key=lambda r: r.load)
+        high, low = source.load, target.load
+        moves: list[Migration] = []
+        candidates = sorted(
+            (q for q in source.requests if q.decoding and q.request_id not in moved), key=lambda q: -q.blocks
+        )
+        for q in candidates:
+            if len(moves) >= self.max_per_round or not imbalanced(high, low, self.abs_threshold, self.rel_threshold):
+                break
+            if 0 < q.blocks < high - low:  # moving it narrows the gap (|gap - 2b| < gap)
+                moves.append(Migration(q.request_id, source.replica_id, target.replica_id))
+                high, low = high - q.blocks, low + q.blocks
+        return moves
+
+    def _specialize(self, healthy: list[LoadReport]) -> list[Migration]:
+        if self.size_threshold_blocks is None:
+            return []
+        large = [r for r in healthy if r.large_cache]
+        if not large:
+            return []
+        moves = []
+        for replica in healthy:
+            if replica.large_cache:
+                continue
+            for q in replica.requests:
+                if q.decoding and q.blocks > self.size_threshold_blocks and len(moves) < self.max_per_round:
+                    target = min(large, key=lambda r: r.load)
+                    moves.append(Migration(q.request_id, replica.replica_id, target.replica_id))
+        return moves
