@@ -20,7 +20,7 @@ class EngineConfig:
     device: str | None = None  # None: cuda if available, else cpu
     dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
     max_model_len: int | None = None  # None: the model's max_position_embeddings
-    kv_memory_fraction: float = 0.2  # of free memory for the KV pool when num_kv_blocks is None (CPU)
+    kv_memory_fraction: float = 0.05  # of free host memory for the KV pool when num_kv_blocks is None (CPU)
     gpu_memory_utilization: float = 0.9
     seed: int = 0
     check_invariants: bool = False
