@@ -1,0 +1,88 @@
+"""Replicas as Ray async actors: one actor wraps one engine (its loop on its own thread).
+
+Tokens come back through `poll()` in per-step batches; `export` returns two object refs so a
+migrating request's KV blocks go from the source actor to the target without passing through
+the router (the router only reads the token list). Actors restart after a crash
+(`max_restarts=-1`); calls never retry, so a crash surfaces at once as `ReplicaDead`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from shunter.router.replica_client import ReplicaDead
+from shunter.router.replica_core import PollResult, ReplicaCore, ReplicaInfo, load_engine
+
+try:
+    from ray.exceptions import ActorUnavailableError
+except ImportError:  # older Ray
+    ActorUnavailableError = RayActorError  # type: ignore[misc,assignment]
+
+
+class ReplicaActor:
+    def __init__(self, replica_id: str, engine_config: Any, engine_factory: str | None = None) -> None:
+        self.core = ReplicaCore(replica_id, load_engine(engine_config, engine_factory))
+
+    async def info(self) -> ReplicaInfo:
+        return self.core.info()
+
+    async def submit(self, request_id: str, prompt_token_ids: list[int], params: Any) -> None:
+        await self.core.submit(request_id, prompt_token_ids, params)
+
+    async def abort(self, request_id: str) -> None:
+        await self.core.abort(request_id)
+
+    async def poll(self, max_wait: float) -> PollResult:
+        return await self.core.poll(max_wait)
+
+    @ray.method(num_returns=2)
+    async def export(self, request_id: str) -> tuple[list[int] | None, Any]:
+        return await self.core.export(request_id)
+
+    async def import_(self, state: Any) -> None:
+        await self.core.import_(state)
+
+
+RemoteReplicaActor = ray.remote(ReplicaActor)
+
+
+def spawn(replica_id: str, engine_config: Any, engine_factory: str | None = None, num_cpus: float = 1,
+          num_gpus: float = 0) -> Any:
+    """Start one replica actor (restarted by Ray if its process dies)."""
+    return RemoteReplicaActor.options(
+        name=f"shunter-{replica_id}", num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0,
+        max_concurrency=1000,
+    ).remote(replica_id, engine_config, engine_factory)
+
+
+class RayReplicaClient:
+    def __init__(self, replica_id: str, handle: Any) -> None:
+        self.replica_id, self.handle = replica_id, handle
+
+    async def _await(self, ref: Any) -> Any:
+        try:
+            return await ref
+        except (RayActorError, ActorUnavailableError) as e:
+            raise ReplicaDead(f"replica {self.replica_id}: {type(e).__name__}") from e
+
+    async def info(self) -> ReplicaInfo:
+        return await self._await(self.handle.info.remote())
+
+    async def submit(self, request_id: str, prompt_token_ids: list[int], params: Any) -> None:
+        await self._await(self.handle.submit.remote(request_id, prompt_token_ids, params))
+
+    async def abort(self, request_id: str) -> None:
+        await self._await(self.handle.abort.remote(request_id))
+
+    async def poll(self, max_wait: float) -> PollResult:
+        return await self._await(self.handle.poll.remote(max_wait))
+
+    async def export(self, request_id: str) -> tuple[list[int] | None, Any]:
+        tokens_ref, state_ref = self.handle.export.remote(request_id)
+        tokens = await self._await(tokens_ref)
+        return tokens, state_ref
+
+    async def import_(self, state: Any) -> None:
+        await self._await(self.handle.import_.remote(state))

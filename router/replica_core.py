@@ -1,0 +1,186 @@
+"""One replica's serving loop, independent of how it is reached (Ray actor or in-process).
+
+The engine is not thread-safe and its `step()` blocks for a whole forward pass, so it runs on a
+thread of its own; everything else (submit, abort, export, import) is queued as a command the
+loop runs between two steps. What the steps make is collected in an outbox that callers drain
+with one long `poll()`: every token of every request since the last poll comes back in one
+reply, so the cost of crossing to the router is per step, never per token.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import queue
+import socket
+import threading
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenDelta:
+    """New tokens of one request from one step (or a few, if the poller was slow)."""
+
+    request_id: str
+    new_token_ids: list[int]
+    num_output_tokens: int  # len(output_token_ids) on this replica after these tokens
+    finish_reason: str | None = None
+    num_cached_tokens: int = 0
+
+
+@dataclass
+class PollResult:
+    deltas: list[TokenDelta] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, int]] = field(default_factory=list)  # (kind, block hash)
+
+
+@dataclass
+class ReplicaInfo:
+    """What the router and frontend need to know of the model behind a replica."""
+
+    replica_id: str
+    node: str
+    pid: int
+    block_size: int
+    vocab_size: int
+    max_model_len: int
+    eos_token_ids: list[int]
+    tokenizer: Any = None
+
+
+class ReplicaCore:
+    def __init__(self, replica_id: str, engine: Any) -> None:
+        self.replica_id = replica_id
+        self.engine = engine
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._deltas: dict[str, TokenDelta] = {}
+        self._events: list[tuple[str, int]] = []
+        self._stats: dict[str, Any] = self._snapshot()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name=f"engine-{replica_id}", daemon=True)
+        self._thread.start()
+
+    def info(self) -> ReplicaInfo:
+        mc = self.engine.model_config
+        return ReplicaInfo(self.replica_id, socket.gethostname(), os.getpid(), self.engine.block_size,
+                           mc.vocab_size, self.engine.max_model_len, list(mc.eos_token_ids), self.engine.tokenizer)
+
+    # ---- commands, run on the engine thread between steps ----------------------------------
+    def call(self, fn: Callable[[Any], Any]) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._commands.put((fn, future))
+        self._wake.set()
+        return future
+
+    async def run(self, fn: Callable[[Any], Any]) -> Any:
+        return await asyncio.wrap_future(self.call(fn))
+
+    async def submit(self, request_id: str, prompt_token_ids: list[int], params: Any) -> None:
+        await self.run(lambda e: e.add_request(request_id, prompt_token_ids, params))
+
+    async def abort(self, request_id: str) -> None:
+        await self.run(lambda e: e.abort_request(request_id))
+
+    async def export(self, request_id: str) -> tuple[list[int] | None, Any]:
+        state = await self.run(lambda e: e.export_request(request_id))
+        return (None, None) if state is None else (list(state.output_token_ids), state)
+
+    async def import_(self, state: Any) -> None:
+        await self.run(lambda e: e.import_request(state))
+
+    # ---- the loop --------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stopped:
+            self._run_commands()
+            if self.engine.has_unfinished_requests():
+                try:
+                    outputs = self.engine.step()
+                except Exception:  # a broken engine must not hang its streams: kill the replica
+                    log.exception("replica %s: engine step failed", self.replica_id)
+                    os._exit(1)
+                self._publish(outputs)
+            else:
+                self._publish([])
+                self._wake.wait(0.05)
+                self._wake.clear()
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                fn, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(self.engine))
+            except BaseException as e:  # handed back to the caller (ValueError -> INVALID_ARGUMENT)
+                future.set_exception(e)
+
+    def _publish(self, outputs: list) -> None:
+        events = [(ev.kind, ev.block_hash) for ev in self.engine.drain_cache_events()]
+        stats = self._snapshot()
+        with self._lock:
+            for out in outputs:
+                prev = self._deltas.get(out.request_id)
+                if prev is None:
+                    self._deltas[out.request_id] = TokenDelta(
+                        out.request_id, list(out.new_token_ids), len(out.output_token_ids), out.finish_reason,
+                        out.num_cached_tokens)
+                else:  # the poller is behind: merge steps
+                    prev.new_token_ids.extend(out.new_token_ids)
+                    prev.num_output_tokens = len(out.output_token_ids)
+                    prev.finish_reason = out.finish_reason
+            self._events.extend(events)
+            self._stats = stats
+            waiters = self._waiters if (outputs or events) else []
+            if waiters:
+                self._waiters = []
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
+
+    def _snapshot(self) -> dict[str, Any]:
+        stats = self.engine.stats()
+        return asdict(stats) if is_dataclass(stats) else dict(vars(stats))
+
+    async def poll(self, max_wait: float = 0.5) -> PollResult:
+        """Everything made since the last poll; waits up to `max_wait` s for something."""
+        with self._lock:
+            ready = bool(self._deltas or self._events)
+            if not ready:
+                event = asyncio.Event()
+                self._waiters.append((asyncio.get_running_loop(), event))
+        if not ready:
+            try:
+                await asyncio.wait_for(event.wait(), max_wait)
+            except asyncio.TimeoutError:
+                pass
+        with self._lock:
+            result = PollResult(list(self._deltas.values()), dict(self._stats), self._events)
+            self._deltas, self._events = {}, []
+        return result
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+
+def load_engine(engine_config: Any, engine_factory: str | None = None) -> Any:
+    """Build the engine: the real one by default, or `module:function` (tests pass a fake)."""
+    if engine_factory:
+        import importlib
+
+        module, _, name = engine_factory.partition(":")
+        return getattr(importlib.import_module(module), name)(engine_config)
+    from shunter.replica.engine import Engine
+
+    return Engine(engine_config)

@@ -1,0 +1,316 @@
+"""The Router: routes requests to replicas, streams their tokens back, migrates and fails over.
+
+It keeps one long-poll task per replica (tokens, load and cache events arrive together, once per
+engine step at most), a `RoutingPolicy` that places new requests, a `Rebalancer` that moves
+running ones, and the journal that lets a request change replica without the client seeing a
+gap or a duplicate.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections import namedtuple
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Sequence
+
+from shunter.clock import Clock, MonotonicClock
+from shunter.errors import Overloaded, ReplicaUnavailable
+from shunter.replica.block_hash import block_hashes
+from shunter.router.load import LoadReport, RequestLoad, RoutingRequest, cdiv
+from shunter.router.policies import DEFAULT, make_routing_policy
+from shunter.router.prefix_index import PrefixIndex
+from shunter.router.rebalancer import Rebalancer
+from shunter.router.replica_client import ReplicaClient, ReplicaDead
+from shunter.router.replica_core import PollResult, ReplicaInfo, TokenDelta
+from shunter.router.state_store import Delta, JournalEntry, MemoryStateStore
+
+log = logging.getLogger(__name__)
+_Event = namedtuple("_Event", "kind block_hash")
+STAT_FIELDS = ("kv_blocks_total", "kv_blocks_in_use", "kv_blocks_cached", "blocks_expected_growth", "blocks_waiting",
+               "num_running", "num_waiting", "num_swapped", "prefix_hit_rate")
+
+
+@dataclass
+class RouterConfig:
+    routing: str = DEFAULT
+    routing_settings: dict[str, Any] = field(default_factory=dict)
+    max_in_flight: int = 1024  # beyond it new requests get RESOURCE_EXHAUSTED
+    poll_wait_s: float = 0.5  # an idle replica still reports this often (heartbeat)
+    rebalance: bool = True
+    rebalancer_settings: dict[str, Any] = field(default_factory=dict)
+    rejoin_timeout_s: float = 120.0
+
+
+@dataclass
+class Counters:
+    routed: int = 0
+    migrated: int = 0
+    failed_over: int = 0
+    rejected: int = 0
+    rejoined: int = 0
+
+
+@dataclass
+class ReplicaSlot:
+    client: ReplicaClient
+    report: LoadReport
+    info: ReplicaInfo | None = None
+    healthy: bool = True
+    task: asyncio.Task | None = None
+
+
+class Router:
+    def __init__(self, clients: Sequence[ReplicaClient], config: RouterConfig | None = None,
+                 clock: Clock | None = None) -> None:
+        self.config = config or RouterConfig()
+        self.clock = clock or MonotonicClock()
+        self.index = PrefixIndex()
+        self.policy = make_routing_policy(self.config.routing, self.index, **self.config.routing_settings)
+        self.rebalancer = Rebalancer(self.clock, **self.config.rebalancer_settings)
+        self.slots = {c.replica_id: ReplicaSlot(c, LoadReport(c.replica_id)) for c in clients}
+        self.journal = MemoryStateStore()
+        self.counters = Counters()
+        self.draining = False
+        self._stopping = False
+        self._tasks: list[asyncio.Task] = []
+
+    # ---- life --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        infos = await asyncio.gather(*(s.client.info() for s in self.slots.values()))
+        for slot, info in zip(self.slots.values(), infos):
+            slot.info = info
+            slot.report.node = info.node
+            slot.task = asyncio.create_task(self._poll_loop(slot))
+            self._tasks.append(slot.task)
+        if self.config.rebalance:
+            self._tasks.append(asyncio.create_task(self._rebalance_loop()))
+
+    @property
+    def info(self) -> ReplicaInfo:
+        return next(s.info for s in self.slots.values() if s.info is not None)
+
+    async def drain(self, timeout_s: float = 30.0) -> bool:
+        """Refuse new requests; wait for the in-flight ones. True when all finished in time."""
+        self.draining = True
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while len(self.journal) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        return len(self.journal) == 0
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---- requests ----------------------------------------------------------------------------
+    async def generate(self, request_id: str, prompt: list[int], params: Any) -> AsyncIterator[Delta]:
+        """Stream one request's tokens; the last Delta has `finish_reason`. Leaving early aborts it."""
+        if self.draining:
+            raise ReplicaUnavailable("the server is draining")
+        if len(self.journal) >= self.config.max_in_flight:
+            self.counters.rejected += 1
+            raise Overloaded(f"{len(self.journal)} requests in flight (max_in_flight={self.config.max_in_flight})")
+        entry = JournalEntry(request_id, list(prompt), params)
+        self.journal.add(entry)
+        try:
+            await self._place(entry, entry.prompt_token_ids, params)
+            while True:
+                item = await entry.queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            if not entry.finished:
+                entry.finished = True
+                owner = self.slots.get(entry.replica_id or "")
+                if owner is not None and owner.healthy:
+                    asyncio.create_task(self._quiet_abort(owner, request_id))
+            self.journal.remove(request_id)
+
+    async def _quiet_abort(self, slot: ReplicaSlot, request_id: str) -> None:
+        try:
+            await slot.client.abort(request_id)
+        except Exception:  # the replica is gone: nothing to abort
+            pass
+
+    def _routing_request(self, request_id: str, prompt: list[int], params: Any) -> RoutingRequest:
+        bs = self.info.block_size
+        hashes = block_hashes(prompt, bs) if self.policy.needs_prefix else []
+        total = len(prompt) + (getattr(params, "expected_output_tokens", None) or params.max_tokens)
+        return RoutingRequest(request_id, hashes, cdiv(len(prompt), bs), cdiv(total, bs))
+
+    async def _place(self, entry: JournalEntry, prompt: list[int], params: Any) -> None:
+        """Pick a replica and submit; a replica found dead is skipped. ValueError passes through."""
+        routing = self._routing_request(entry.request_id, prompt, params)
+        for _ in range(len(self.slots)):
+            replica_id = self.policy.select([s.report for s in self.slots.values()], routing)
+            slot = self.slots[replica_id]
+            entry.replica_id, entry.epoch = replica_id, entry.epoch + 1
+            slot.report.pending_blocks += routing.expected_blocks
+            try:
+                await slot.client.submit(entry.request_id, prompt, params)
+            except ReplicaDead:
+                self._mark_down(slot)
+                continue
+            except BaseException:
+                entry.replica_id = None
+                raise
+            self.counters.routed += 1
+            return
+        raise ReplicaUnavailable("no healthy replica took the request")
+
+    # ---- what replicas send back -------------------------------------------------------------
+    async def _poll_loop(self, slot: ReplicaSlot) -> None:
+        while not self._stopping:
+            try:
+                result = await slot.client.poll(self.config.poll_wait_s)
+            except ReplicaDead:
+                await self._on_death(slot)
+                await self._rejoin(slot)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("poll of replica %s failed", slot.client.replica_id)
+                await asyncio.sleep(0.1)
+                continue
+            self._apply(slot, result)
+
+    def _apply(self, slot: ReplicaSlot, result: PollResult) -> None:
+        if not slot.healthy:
+            return
+        stats = result.stats
+        report = slot.report
+        for name in STAT_FIELDS:
+            if name in stats:
+                setattr(report, name, stats[name])
+        report.pending_blocks = 0
+        if result.events:
+            self.index.apply(slot.client.replica_id, [_Event._make(e) for e in result.events])
+        for delta in result.deltas:
+            self._deliver(slot.client.replica_id, delta)
+
+    def _deliver(self, replica_id: str, d: TokenDelta) -> None:
+        """Accept tokens only from the owner and only past what was already sent (by position)."""
+        entry = self.journal.get(d.request_id)
+        if entry is None or entry.finished or entry.replica_id != replica_id:
+            return
+        if entry.offset == 0 and d.num_cached_tokens and not entry.num_cached_tokens:
+            entry.num_cached_tokens = d.num_cached_tokens
+        fresh = entry.offset + d.num_output_tokens - len(entry.sent)
+        if fresh > len(d.new_token_ids):
+            log.error("request %s: %d tokens missing from replica %s", d.request_id, fresh - len(d.new_token_ids), replica_id)
+        new = d.new_token_ids[len(d.new_token_ids) - fresh:] if fresh > 0 else []
+        self._emit(entry, new, d.finish_reason, replica_id)
+
+    def _emit(self, entry: JournalEntry, new: list[int], finish: str | None, replica_id: str) -> None:
+        entry.sent.extend(new)
+        if finish is not None:
+            entry.finished = True
+        if new or finish is not None:
+            entry.queue.put_nowait(Delta(list(new), finish, entry.num_cached_tokens, replica_id))
+
+    # ---- failover ------------------------------------------------------------------------------
+    def _mark_down(self, slot: ReplicaSlot) -> bool:
+        if not slot.healthy:
+            return False
+        slot.healthy = slot.report.healthy = False
+        self.index.forget(slot.client.replica_id)
+        log.warning("replica %s is down", slot.client.replica_id)
+        return True
+
+    async def _on_death(self, slot: ReplicaSlot) -> None:
+        self._mark_down(slot)
+        for entry in self.journal.owned_by(slot.client.replica_id):
+            await self._failover(entry)
+
+    async def _failover(self, entry: JournalEntry) -> None:
+        """Resubmit elsewhere as prompt + tokens already sent, for the tokens still owed."""
+        self.counters.failed_over += 1
+        remaining = entry.params.max_tokens - len(entry.sent)
+        if remaining <= 0:
+            self._emit(entry, [], "length", entry.replica_id or "")
+            return
+        entry.replica_id, entry.offset = None, len(entry.sent)
+        params = dataclasses.replace(entry.params, max_tokens=remaining)
+        try:
+            await self._place(entry, entry.prompt_token_ids + entry.sent, params)
+        except Exception as e:
+            entry.finished = True
+            entry.queue.put_nowait(e if isinstance(e, ReplicaUnavailable) else ReplicaUnavailable(str(e)))
+
+    async def _rejoin(self, slot: ReplicaSlot) -> None:
+        """Wait for the replica to come back (its supervisor restarts it), then route to it again."""
+        delay, loop = 0.1, asyncio.get_running_loop()
+        deadline = loop.time() + self.config.rejoin_timeout_s
+        while not self._stopping:
+            try:
+                slot.info = await asyncio.wait_for(slot.client.info(), max(1.0, deadline - loop.time()))
+                break
+            except (ReplicaDead, asyncio.TimeoutError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        if self._stopping:
+            return
+        slot.report = LoadReport(slot.client.replica_id, node=slot.info.node)
+        slot.healthy = True
+        self.counters.rejoined += 1
+        log.warning("replica %s rejoined", slot.client.replica_id)
+
+    # ---- migration -----------------------------------------------------------------------------
+    async def migrate(self, request_id: str, target: str) -> bool:
+        """Move a running request to `target` with its KV; the stream continues from where it was."""
+        entry = self.journal.get(request_id)
+        dst = self.slots.get(target)
+        if entry is None or entry.finished or entry.migrating or dst is None or not dst.healthy:
+            return False
+        src = self.slots.get(entry.replica_id or "")
+        if src is None or src is dst:
+            return False
+        entry.migrating = True
+        try:
+            try:
+                tokens, state = await src.client.export(request_id)
+            except ReplicaDead:
+                return False  # its poll loop fails the request over
+            if tokens is None or entry.finished:
+                return False  # it finished meanwhile; its last tokens come through the poll
+            # From here the source's late deltas for it are ignored; the state has all its tokens.
+            entry.epoch += 1
+            entry.replica_id, epoch = target, entry.epoch
+            self._emit(entry, tokens[len(entry.sent) - entry.offset:], None, src.client.replica_id)
+            try:
+                await dst.client.import_(state)
+            except Exception:
+                log.exception("import of %s into %s failed; failing over", request_id, target)
+                if entry.epoch == epoch and not entry.finished:
+                    await self._failover(entry)
+                return False
+            if entry.finished:  # the client left during the move
+                await self._quiet_abort(dst, request_id)
+            self.counters.migrated += 1
+            return True
+        finally:
+            entry.migrating = False
+
+    async def _rebalance_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(0.05)
+            if self.rebalancer.due():
+                for move in self.rebalancer.plan(self.reports(with_requests=True)):
+                    asyncio.create_task(self.migrate(move.request_id, move.target))
+
+    def reports(self, with_requests: bool = False) -> list[LoadReport]:
+        if not with_requests:
+            return [s.report for s in self.slots.values()]
+        bs = self.info.block_size
+        per: dict[str, list[RequestLoad]] = {rid: [] for rid in self.slots}
+        for e in self.journal.entries.values():
+            if e.replica_id in per and not e.finished and not e.migrating:
+                blocks = cdiv(len(e.prompt_token_ids) + e.params.max_tokens, bs)
+                per[e.replica_id].append(RequestLoad(e.request_id, blocks, decoding=len(e.sent) > 0))
+        return [dataclasses.replace(s.report, requests=per[rid]) for rid, s in self.slots.items()]

@@ -1,0 +1,140 @@
+"""The Router over in-process fake replicas: streams, migration, failover, overload."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shunter.errors import Overloaded
+from shunter.router.replica_client import LocalReplicaClient
+from shunter.router.router import Router, RouterConfig
+from shunter.sampling_params import SamplingParams
+from tests.fakes import FakeEngine, reference_output
+
+
+def make_router(n: int = 2, step_time: float = 0.002, **config) -> tuple[Router, list[LocalReplicaClient]]:
+    clients = [LocalReplicaClient(f"r{i}", lambda: FakeEngine(step_time=step_time)) for i in range(n)]
+    config.setdefault("rebalance", False)
+    return Router(clients, RouterConfig(poll_wait_s=0.05, **config)), clients
+
+
+async def collect(router: Router, rid: str, prompt: list[int], max_tokens: int, on_token=None):
+    tokens, deltas = [], []
+    async for d in router.generate(rid, prompt, SamplingParams(max_tokens=max_tokens, ignore_eos=True)):
+        tokens += d.token_ids
+        deltas.append(d)
+        if on_token is not None:
+            await on_token(len(tokens))
+    return tokens, deltas
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_streams_equal_the_reference_and_spread_over_replicas():
+    async def main():
+        router, clients = make_router(routing="least_load")
+        await router.start()
+        prompts = [[i + 1] * 20 for i in range(6)]
+        results = await asyncio.gather(*(collect(router, f"q{i}", p, 30) for i, p in enumerate(prompts)))
+        for p, (tokens, deltas) in zip(prompts, results):
+            assert tokens == reference_output(p, 30, ignore_eos=True)
+            assert deltas[-1].finish_reason == "length"
+        assert {d.replica_id for _, ds in results for d in ds} == {"r0", "r1"}
+        assert len(router.journal) == 0 and router.counters.routed == 6
+        await router.stop()
+        for c in clients:
+            c.kill()
+
+    run(main())
+
+
+def test_migration_mid_stream_keeps_the_tokens():
+    async def main():
+        router, clients = make_router(step_time=0.005)
+        await router.start()
+        moved = []
+
+        async def on_token(n):
+            if n == 10 and not moved:
+                src = router.journal.get("m").replica_id
+                moved.append((src, await router.migrate("m", "r1" if src == "r0" else "r0")))
+
+        tokens, deltas = await collect(router, "m", [5] * 40, 60, on_token)
+        assert tokens == reference_output([5] * 40, 60, ignore_eos=True)
+        assert moved[0][1] and router.counters.migrated == 1
+        assert len({d.replica_id for d in deltas}) == 2
+        await router.stop()
+        for c in clients:
+            c.kill()
+
+    run(main())
+
+
+def test_killed_replica_streams_complete_with_fault_free_tokens_and_it_rejoins():
+    async def main():
+        router, clients = make_router(n=2, step_time=0.005, routing="round_robin")
+        await router.start()
+        killed = []
+
+        async def on_token(n):
+            if n == 8 and not killed:
+                killed.append(True)
+                clients[0].kill()
+                asyncio.get_running_loop().call_later(0.3, clients[0].restart)
+
+        prompts = [[i + 2] * 20 for i in range(4)]
+        results = await asyncio.gather(
+            *(collect(router, f"k{i}", p, 40, on_token if i == 0 else None) for i, p in enumerate(prompts)))
+        for p, (tokens, _) in zip(prompts, results):
+            assert tokens == reference_output(p, 40, ignore_eos=True)
+        assert router.counters.failed_over >= 1
+        for _ in range(100):
+            if router.slots["r0"].healthy:
+                break
+            await asyncio.sleep(0.05)
+        assert router.slots["r0"].healthy and router.counters.rejoined == 1
+        await router.stop()
+        for c in clients:
+            c.kill()
+
+    run(main())
+
+
+def test_overload_is_refused_not_queued_forever():
+    async def main():
+        router, clients = make_router(max_in_flight=1, step_time=0.01)
+        await router.start()
+        first = router.generate("a", [1] * 10, SamplingParams(max_tokens=50, ignore_eos=True))
+        await first.__anext__()
+        with pytest.raises(Overloaded):
+            await router.generate("b", [1] * 10, SamplingParams(max_tokens=5)).__anext__()
+        await first.aclose()
+        assert len(router.journal) == 0
+        await router.stop()
+        for c in clients:
+            c.kill()
+
+    run(main())
+
+
+def test_rebalancer_moves_requests_off_a_crowded_replica():
+    async def main():
+        router, clients = make_router(step_time=0.01, routing="round_robin", rebalance=True,
+                                      rebalancer_settings={"interval_s": 0.1, "abs_threshold": 4, "rel_threshold": 1.1})
+        await router.start()
+        router.slots["r1"].healthy = router.slots["r1"].report.healthy = False  # everything lands on r0
+        gens = [collect(router, f"b{i}", [i + 1] * 30, 60) for i in range(4)]
+        task = asyncio.gather(*gens)
+        await asyncio.sleep(0.1)
+        router.slots["r1"].healthy = router.slots["r1"].report.healthy = True
+        results = await task
+        for i, (tokens, _) in enumerate(results):
+            assert tokens == reference_output([i + 1] * 30, 60, ignore_eos=True)
+        assert router.counters.migrated >= 1
+        await router.stop()
+        for c in clients:
+            c.kill()
+
+    run(main())
