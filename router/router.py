@@ -78,9 +78,11 @@ class Router:
     # ---- life --------------------------------------------------------------------------------
     async def start(self) -> None:
         infos = await asyncio.gather(*(s.client.info() for s in self.slots.values()))
-        for slot, info in zip(self.slots.values(), infos):
+        first = await asyncio.gather(*(s.client.poll(0.0) for s in self.slots.values()))
+        for slot, info, result in zip(self.slots.values(), infos, first):
             slot.info = info
             slot.report.node = info.node
+            self._apply(slot, result)
             slot.task = asyncio.create_task(self._poll_loop(slot))
             self._tasks.append(slot.task)
         if self.config.rebalance:

@@ -153,8 +153,10 @@ class FakeEngine:
     """One token per running request per step; `step_time` seconds of sleep per step (the
     actor's loop runs on its own thread, so a sleep stands in for the model's forward)."""
 
-    def __init__(self, config=None, step_time: float = 0.002, with_tokenizer: bool = False) -> None:
+    def __init__(self, config=None, step_time: float = 0.002, with_tokenizer: bool = False,
+                 script: list[int] | None = None) -> None:
         self.config = config
+        self.script = script  # if set, the i-th output token of every request is script[i % len]
         self.block_size = getattr(config, "block_size", 16)
         self.step_time = getattr(config, "fake_step_time", step_time)
         self.model_config = FakeModelConfig()
@@ -200,7 +202,10 @@ class FakeEngine:
             time.sleep(self.step_time)
         outs = []
         for rid, req in list(self.requests.items()):
-            token = next_token(req.prompt + req.output, self.model_config.vocab_size)
+            if self.script:
+                token = self.script[len(req.output) % len(self.script)]
+            else:
+                token = next_token(req.prompt + req.output, self.model_config.vocab_size)
             req.output.append(token)
             reason = None
             if (token == EOS and not req.params.ignore_eos) or token in req.params.stop_token_ids:

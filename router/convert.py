@@ -1,0 +1,123 @@
+"""Turn a `GenerateRequest` into token ids and `SamplingParams`, or a message naming the field.
+
+Everything a client can get wrong is caught here, before a replica sees it, so a bad request
+costs one INVALID_ARGUMENT and the server keeps serving.
+"""
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from shunter.router.replica_core import ReplicaInfo
+from shunter.sampling_params import SamplingParams
+
+MAX_REQUEST_ID = 128
+MAX_STOP = 16
+ROLES = ("system", "user", "assistant", "tool")
+PRIORITIES = {0: "interactive", 1: "interactive", 2: "batch"}
+
+
+class InvalidArgument(ValueError):
+    """A client error; the message starts with the field's name."""
+
+
+@dataclass
+class Prepared:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    stop: list[str]
+
+
+def _finite(name: str, value: float, low: float | None = None, high: float | None = None, low_open: bool = False) -> float:
+    if not math.isfinite(value):
+        raise InvalidArgument(f"{name}: must be a finite number, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise InvalidArgument(f"{name}: must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise InvalidArgument(f"{name}: must be <= {high}, got {value}")
+    return float(value)
+
+
+def request_id_of(req: Any) -> str:
+    rid = req.request_id
+    if not rid:
+        return uuid.uuid4().hex
+    if len(rid) > MAX_REQUEST_ID or not rid.isprintable():
+        raise InvalidArgument(f"request_id: at most {MAX_REQUEST_ID} printable characters")
+    return rid
+
+
+def tokenize(req: Any, info: ReplicaInfo) -> list[int]:
+    which = req.WhichOneof("input")
+    tok = info.tokenizer
+    if which is None:
+        raise InvalidArgument("prompt: one of prompt, prompt_token_ids or messages is required")
+    if which == "prompt_token_ids":
+        ids = list(req.prompt_token_ids.ids)
+        if not ids:
+            raise InvalidArgument("prompt_token_ids: must not be empty")
+        bad = next((t for t in ids if t >= info.vocab_size), None)
+        if bad is not None:
+            raise InvalidArgument(f"prompt_token_ids: token id {bad} is outside the vocabulary [0, {info.vocab_size})")
+        return ids
+    if tok is None:
+        raise InvalidArgument(f"{which}: this model has no tokenizer; send prompt_token_ids")
+    if which == "prompt":
+        if not req.prompt:
+            raise InvalidArgument("prompt: must not be empty")
+        return list(tok(req.prompt).input_ids)
+    turns = list(req.messages.messages)
+    if not turns:
+        raise InvalidArgument("messages: must not be empty")
+    for i, m in enumerate(turns):
+        if m.role not in ROLES:
+            raise InvalidArgument(f"messages[{i}].role: must be one of {', '.join(ROLES)}, got {m.role!r}")
+    if not getattr(tok, "chat_template", None):
+        raise InvalidArgument("messages: this model has no chat template; send prompt")
+    ids = tok.apply_chat_template([{"role": m.role, "content": m.content} for m in turns], add_generation_prompt=True)
+    return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+
+
+def sampling_params(req: Any, info: ReplicaInfo, prompt_len: int) -> SamplingParams:
+    s = req.sampling
+    max_tokens = s.max_tokens if s.HasField("max_tokens") else 16
+    if max_tokens < 1:
+        raise InvalidArgument(f"sampling.max_tokens: must be >= 1, got {max_tokens}")
+    if prompt_len + max_tokens > info.max_model_len:
+        raise InvalidArgument(f"sampling.max_tokens: prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) "
+                              f"exceeds the model's context of {info.max_model_len} tokens")
+    temperature = _finite("sampling.temperature", s.temperature, 0.0, 100.0) if s.HasField("temperature") else 1.0
+    top_p = _finite("sampling.top_p", s.top_p, 0.0, 1.0, low_open=True) if s.HasField("top_p") else 1.0
+    top_k = s.top_k if s.HasField("top_k") else -1
+    if top_k < -1:
+        raise InvalidArgument(f"sampling.top_k: must be -1 or 0 (off) or positive, got {top_k}")
+    seed = s.seed if s.HasField("seed") else None
+    if seed is not None and seed >= 2**63:
+        raise InvalidArgument(f"sampling.seed: must be < 2**63, got {seed}")
+    stop = list(s.stop)
+    if len(stop) > MAX_STOP or any(not x for x in stop):
+        raise InvalidArgument(f"sampling.stop: at most {MAX_STOP} non-empty strings")
+    bad = next((t for t in s.stop_token_ids if t >= info.vocab_size), None)
+    if bad is not None:
+        raise InvalidArgument(f"sampling.stop_token_ids: token id {bad} is outside the vocabulary")
+    if req.priority not in PRIORITIES:
+        raise InvalidArgument(f"priority: unknown value {req.priority}")
+    ttft = _finite("slo.ttft_ms", req.slo.ttft_ms, 0.0, low_open=True) if req.slo.HasField("ttft_ms") else None
+    tbt = _finite("slo.tbt_ms", req.slo.tbt_ms, 0.0, low_open=True) if req.slo.HasField("tbt_ms") else None
+    try:
+        return SamplingParams(
+            max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=max(top_k, -1) if top_k else -1,
+            seed=seed, stop=stop, stop_token_ids=list(s.stop_token_ids), ignore_eos=s.ignore_eos,
+            priority=PRIORITIES[req.priority], ttft_ms=ttft, tbt_ms=tbt)
+    except ValueError as e:  # SamplingParams names the field; say where it sits in the request
+        raise InvalidArgument(f"sampling.{e}") from e
+
+
+def prepare(req: Any, info: ReplicaInfo) -> Prepared:
+    rid = request_id_of(req)
+    ids = tokenize(req, info)
+    params = sampling_params(req, info, len(ids))
+    return Prepared(rid, ids, params, list(params.stop))
