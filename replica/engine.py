@@ -58,9 +58,13 @@ class Engine:
         )
         policy = make_policy(config.policy, self.clock, **config.policy_settings)
         sched_config = SchedulerConfig(
-            config.max_num_batched_tokens, config.max_num_seqs, config.preemption_mode, config.check_invariants
+            config.max_num_batched_tokens, config.max_num_seqs, config.preemption_mode, config.check_invariants,
+            admission_watermark=config.admission_watermark,
         )
-        self.scheduler = Scheduler(sched_config, self.kv, policy, self.clock)
+        # "auto" preemption compares recompute with swap, so it needs their measured prices.
+        measure = getattr(self.runner, "measure_preemption_costs", None)
+        costs = measure() if config.preemption_mode == "auto" and measure is not None else None
+        self.scheduler = Scheduler(sched_config, self.kv, policy, self.clock, costs)
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
         self._rng = random.Random(config.seed)
         self._step_time_ema = 0.0
@@ -123,7 +127,7 @@ class Engine:
     def step(self) -> list[RequestOutput]:
         if not self.scheduler.has_unfinished():
             return []
-        started = time.perf_counter()
+        started, clock_started = time.perf_counter(), self.clock.now()
         out = self.scheduler.schedule()
         tokens = self.runner.execute(out)
         outputs = [self._finish(r, r.finish_reason or "abort", []) for r in out.finished]
@@ -133,6 +137,7 @@ class Engine:
             if token is not None:
                 outputs.append(self._append_token(scheduled.request, token, now))
         elapsed = time.perf_counter() - started
+        self.scheduler.observe_step(self.clock.now() - clock_started, out.num_tokens)
         self._step_time_ema = elapsed if self._step_time_ema == 0 else 0.9 * self._step_time_ema + 0.1 * elapsed
         return outputs
 

@@ -13,7 +13,8 @@ class EngineConfig:
     max_num_batched_tokens: int = 512
     max_num_seqs: int = 64
     enable_prefix_caching: bool = True
-    preemption_mode: str = "recompute"
+    preemption_mode: str = "recompute"  # "recompute" | "swap" | "auto" (per victim, the cheaper measured way)
+    admission_watermark: float | None = None  # admit only while predicted KV use stays under this fraction
     swap_space: float = 4.0  # GiB of CPU memory for swapped-out KV blocks
     policy: str = "fcfs"
     policy_settings: dict[str, Any] = field(default_factory=dict)
@@ -34,5 +35,9 @@ class EngineConfig:
             raise ValueError(f"swap_space must be >= 0 GiB, got {self.swap_space}")
         if not 0 < self.kv_memory_fraction <= 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1], got {self.kv_memory_fraction}")
+        if self.preemption_mode not in ("recompute", "swap", "auto"):
+            raise ValueError(f"preemption_mode must be 'recompute', 'swap' or 'auto', got {self.preemption_mode!r}")
+        if self.admission_watermark is not None and not 0 < self.admission_watermark <= 1:
+            raise ValueError(f"admission_watermark must be in (0, 1] or None, got {self.admission_watermark}")
         if self.dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 
 import torch
 
@@ -10,7 +12,9 @@ from shunter.replica.engine_config import EngineConfig
 from shunter.replica.memory import num_cpu_blocks, num_device_blocks
 from shunter.replica.models.kv_layout import allocate_kv_caches, kv_bytes_per_block
 from shunter.replica.models.loader import LoadedModel, load_model
+from shunter.replica.kv_cache_manager import cdiv
 from shunter.replica.packing import Chunk, pack
+from shunter.replica.preemption import PreemptionCosts
 from shunter.replica.sampler import sample
 from shunter.replica.scheduler import SchedulerOutput
 
@@ -83,6 +87,40 @@ class ModelRunner:
         for (k, v), (src_k, src_v) in zip(self.kv_caches, kv):
             k[ids] = src_k.to(self.device, k.dtype)
             v[ids] = src_v.to(self.device, v.dtype)
+
+    @torch.inference_mode()
+    def measure_preemption_costs(self, num_tokens: int = 256) -> PreemptionCosts:
+        """Time one prefill and one swap-out at start-up, so "auto" preemption can compare them.
+
+        Writes scratch KV into blocks that no request holds yet (start-up), publishes no hash."""
+        blocks = min(self.num_blocks, cdiv(num_tokens, self.block_size))
+        tokens = min(num_tokens, blocks * self.block_size)
+        chunk = Chunk([1] * tokens, 0, list(range(blocks)), True)
+        batch = pack([chunk], self.block_size, self.device)
+        timings = []
+        for _ in range(3):  # the first run warms up; keep the fastest of the others
+            started = time.perf_counter()
+            self.model.compute_logits(self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn)[-1:])
+            self._sync()
+            timings.append(time.perf_counter() - started)
+        per_token = min(timings[1:]) / tokens
+        per_block = math.inf
+        moved = min(blocks, self.num_cpu_blocks)
+        if moved:
+            pairs = [(i, i) for i in range(moved)]
+            swap_timings = []
+            for _ in range(3):
+                started = time.perf_counter()
+                self.swap(pairs, to_cpu=True)
+                self._sync()
+                swap_timings.append(time.perf_counter() - started)
+            per_block = min(swap_timings[1:]) / moved
+        log.info("preemption costs: recompute %.3g s/token, swap %.3g s/block", per_token, per_block)
+        return PreemptionCosts(per_token, per_block, self.block_size)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> list[int | None]:

@@ -1,7 +1,16 @@
 """Iteration-level scheduling: each step decides how many tokens each request computes now.
 
-Mechanism only (token budget, seats, blocks, preemption, swap); the order of requests and the
-choice of victims come from the `SchedulingPolicy`.
+Mechanism only: token budget, seats, blocks, preemption (recompute, swap, or per victim the
+cheaper of the two), memory-aware admission, deadline expiry. The policy supplies the order in
+which requests are offered budget (`plan`), who is preempted, whether a queued request may take a
+running one's place, and optionally the step's size. One step:
+
+1. end requests whose deadline can no longer be met;
+2. if the best queued request lacks a seat or blocks and outranks a running one, preempt for it;
+3. walk the policy's plan: running requests get their tokens (prefills chunked), preempting
+   victims when blocks run out; swapped and waiting ones are admitted while seats, blocks and
+   the admission watermark allow, strictly in plan order (the first that does not fit closes
+   admission for the step, so a large request is not overtaken forever by small ones).
 """
 from __future__ import annotations
 
@@ -9,8 +18,10 @@ import logging
 from dataclasses import dataclass, field
 
 from shunter.clock import Clock
-from shunter.replica.kv_cache_manager import KVCacheManager, PrefixHit
+from shunter.replica.kv_cache_manager import KVCacheManager, PrefixHit, cdiv
 from shunter.replica.policies import PolicyContext, SchedulingPolicy
+from shunter.replica.policies.step_time import StepTimeModel
+from shunter.replica.preemption import MODES, PreemptionCosts
 from shunter.replica.request import Request, RequestStatus
 
 log = logging.getLogger(__name__)
@@ -20,16 +31,21 @@ log = logging.getLogger(__name__)
 class SchedulerConfig:
     max_num_batched_tokens: int = 512
     max_num_seqs: int = 64
-    preemption_mode: str = "recompute"  # "recompute" | "swap"
+    preemption_mode: str = "recompute"  # "recompute" | "swap" | "auto" (the cheaper, per victim)
     check_invariants: bool = False  # assert bookkeeping after every step (tests)
+    # Admit a request only if the KV that running requests and it are predicted to take in all
+    # (prompt + predicted output) stays under this fraction of the pool; None: admit on need now.
+    admission_watermark: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
-        if self.preemption_mode not in ("recompute", "swap"):
-            raise ValueError(f"preemption_mode must be 'recompute' or 'swap', got {self.preemption_mode!r}")
+        if self.preemption_mode not in MODES:
+            raise ValueError(f"preemption_mode must be one of {MODES}, got {self.preemption_mode!r}")
+        if self.admission_watermark is not None and not 0 < self.admission_watermark <= 1:
+            raise ValueError(f"admission_watermark must be in (0, 1] or None, got {self.admission_watermark}")
 
 
 @dataclass
@@ -70,14 +86,36 @@ class SchedulerStats:
     num_swaps_out: int = 0
     num_swaps_in: int = 0
     num_recomputed_tokens: int = 0
+    num_priority_preemptions: int = 0  # of num_preemptions: to seat a higher-ranked queued request
+    num_deadline_finished: int = 0
+
+
+@dataclass
+class _Step:
+    """What one `schedule()` call has used so far."""
+
+    budget: int
+    chunk: int  # most tokens one prefill chunk may take
+    busy: set[str] = field(default_factory=set)  # hold blocks claimed this step: never victims
+    preempted: set[str] = field(default_factory=set)  # left this step: not readmitted in it
+    admitting: bool = True  # closed by the first queued request that does not fit
+    reserved_blocks: int | None = None  # predicted future blocks of running requests (watermark)
+
+
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv: KVCacheManager, policy: SchedulingPolicy, clock: Clock) -> None:
+    def __init__(
+        self, config: SchedulerConfig, kv: KVCacheManager, policy: SchedulingPolicy, clock: Clock,
+        costs: PreemptionCosts | None = None,
+    ) -> None:
+        """`costs` are the measured prices of recompute and swap (defaults when not measured)."""
         self.config = config
         self.kv = kv
         self.policy = policy
         self.clock = clock
+        self.costs = costs or PreemptionCosts(block_size=kv.block_size)
+        self.step_model = StepTimeModel()
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.swapped: list[Request] = []
@@ -127,90 +165,163 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.requests)
 
+    def observe_step(self, seconds: float, num_tokens: int) -> None:
+        """The engine reports each step's duration; SLAI and deadlines read the fitted model."""
+        self.step_model.observe(num_tokens, seconds)
+
     # ---- one step ------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
-        budget = self.config.max_num_batched_tokens
-        busy: set[str] = set()  # requests holding blocks claimed this step: never victims
         self.policy.on_step(self._context())
-
-        for req in self.policy.order(self.running):
-            if budget == 0:
+        self._expire_deadlines(out)
+        step = _Step(budget=self.config.max_num_batched_tokens, chunk=self.config.max_num_batched_tokens)
+        self._preempt_for_rank(step, out)
+        plan = self.policy.plan(list(self.running), list(self.swapped), list(self.waiting))
+        step.budget = min(self.policy.token_budget() or step.budget, step.budget)
+        step.chunk = min(self.policy.prefill_chunk() or step.budget, step.budget)
+        for req in plan:
+            if step.budget == 0:
                 break
-            if req.status is not RequestStatus.RUNNING:
-                continue  # preempted earlier in this loop
-            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
-            if self._allocate_or_preempt(req, num_new, busy, out):
-                budget -= self._schedule(req, num_new, busy, out)
-
-        if not out.preempted:
-            budget = self._resume_swapped(budget, busy, out)
-            self._admit_waiting(budget, busy, out)
-
+            if req.request_id in step.preempted:
+                continue
+            if req.status is RequestStatus.RUNNING:
+                self._run(req, step, out)
+            elif step.admitting and req.status is RequestStatus.SWAPPED:
+                self._swap_in(req, step, out)
+            elif step.admitting and req.status is RequestStatus.WAITING:
+                self._admit(req, step, out)
         self.num_steps += 1
         if self.config.check_invariants:
             self.check_invariants(out)
         return out
 
-    def _allocate_or_preempt(self, req: Request, num_new: int, busy: set[str], out: SchedulerOutput) -> bool:
-        """Get blocks for a running request, preempting policy-chosen victims until they fit."""
-        while not self.kv.allocate(req, num_new):
-            candidates = [r for r in self.running if r.request_id not in busy]
-            victim = self.policy.pick_victim(candidates)
-            self._preempt(victim, out)
-            if victim is req:
-                return False
-        return True
+    def _num_new(self, req: Request, step: _Step, already: int = 0) -> int:
+        """Tokens `req` computes now: all it lacks, a prefill capped at the chunk, within budget."""
+        left = req.num_tokens - req.num_computed_tokens - already
+        if left > 1:
+            left = min(left, step.chunk)
+        return min(left, step.budget)
 
-    def _schedule(self, req: Request, num_new: int, busy: set[str], out: SchedulerOutput) -> int:
+    def _run(self, req: Request, step: _Step, out: SchedulerOutput) -> None:
+        """Get blocks for a running request, preempting policy-chosen victims until they fit."""
+        num_new = self._num_new(req, step)
+        while not self.kv.allocate(req, num_new):
+            candidates = [r for r in self.running if r.request_id not in step.busy]
+            victim = self.policy.pick_victim(candidates)
+            self._preempt(victim, step, out)
+            step.admitting = False  # memory is short: no one new this step
+            if victim is req:
+                return
+        self._schedule(req, num_new, step, out)
+
+    def _schedule(self, req: Request, num_new: int, step: _Step, out: SchedulerOutput) -> None:
         out.scheduled.append(ScheduledRequest(req, req.num_computed_tokens, num_new, self.kv.blocks_of(req.request_id)))
-        busy.add(req.request_id)
+        step.busy.add(req.request_id)
+        step.budget -= num_new
         if req.first_scheduled_time is None:
             req.first_scheduled_time = self.clock.now()
         self.policy.on_scheduled(req, num_new)
-        return num_new
 
-    def _resume_swapped(self, budget: int, busy: set[str], out: SchedulerOutput) -> int:
-        """Swapped requests come back before new ones: they already hold progress."""
-        for req in self.policy.order(self.swapped):
-            if budget == 0 or len(self.running) >= self.config.max_num_seqs:
-                break
-            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
-            cpu_blocks = len(self.kv.cpu_tables[req.request_id])
-            grow = -(-(req.num_computed_tokens + num_new) // self.kv.block_size) - cpu_blocks
-            if cpu_blocks + max(grow, 0) > self.kv.num_free_blocks:
-                break
-            out.blocks_to_swap_in.extend(self.kv.swap_in(req))
-            self.stats.num_swaps_in += 1
-            self.swapped.remove(req)
-            self.running.append(req)
-            req.status = RequestStatus.RUNNING
-            assert self.kv.allocate(req, num_new)
-            budget -= self._schedule(req, num_new, busy, out)
-        return budget
+    def _swap_in(self, req: Request, step: _Step, out: SchedulerOutput) -> None:
+        """Swapped requests come back ahead of new ones of equal level (the policy's queue_key)."""
+        num_new = self._num_new(req, step)
+        cpu_blocks = len(self.kv.cpu_tables[req.request_id])
+        grow = max(cdiv(req.num_computed_tokens + num_new, self.kv.block_size) - cpu_blocks, 0)
+        if (
+            len(self.running) >= self.config.max_num_seqs
+            or cpu_blocks + grow > self.kv.num_free_blocks
+            or not self._under_watermark(req, step)
+        ):
+            step.admitting = False
+            return
+        out.blocks_to_swap_in.extend(self.kv.swap_in(req))
+        self.stats.num_swaps_in += 1
+        self.swapped.remove(req)
+        self._seat(req, step)
+        assert self.kv.allocate(req, num_new)
+        self._schedule(req, num_new, step, out)
 
-    def _admit_waiting(self, budget: int, busy: set[str], out: SchedulerOutput) -> None:
-        for req in self.policy.order(self.waiting):
-            if budget == 0 or len(self.running) >= self.config.max_num_seqs:
-                break
-            hit = self.kv.find_prefix(req) if req.num_computed_tokens == 0 else PrefixHit([], 0)
-            num_new = min(req.num_tokens - req.num_computed_tokens - hit.num_tokens, budget)
-            if not self.kv.allocate(req, num_new, hit):
-                break
-            if req.num_cached_tokens < 0:
-                req.num_cached_tokens = hit.num_tokens
-                self.kv.record_prefix_lookup(req.num_prompt_tokens, hit.num_tokens)
-            self.waiting.remove(req)
-            self.running.append(req)
-            req.status = RequestStatus.RUNNING
-            budget -= self._schedule(req, num_new, busy, out)
+    def _admit(self, req: Request, step: _Step, out: SchedulerOutput) -> None:
+        if len(self.running) >= self.config.max_num_seqs or not self._under_watermark(req, step):
+            step.admitting = False
+            return
+        hit = self.kv.find_prefix(req) if req.num_computed_tokens == 0 else PrefixHit([], 0)
+        num_new = self._num_new(req, step, already=hit.num_tokens)
+        if not self.kv.allocate(req, num_new, hit):
+            step.admitting = False
+            return
+        if req.num_cached_tokens < 0:
+            req.num_cached_tokens = hit.num_tokens
+            self.kv.record_prefix_lookup(req.num_prompt_tokens, hit.num_tokens)
+        self.waiting.remove(req)
+        self._seat(req, step)
+        self._schedule(req, num_new, step, out)
 
-    def _preempt(self, victim: Request, out: SchedulerOutput) -> None:
+    def _seat(self, req: Request, step: _Step) -> None:
+        self.running.append(req)
+        req.status = RequestStatus.RUNNING
+        if step.reserved_blocks is not None:
+            step.reserved_blocks += self._future_blocks(req)
+
+    # ---- admission watermark ---------------------------------------------------------------
+    def _footprint_blocks(self, req: Request) -> int:
+        """Blocks the request is predicted to hold at its end: prompt + predicted output."""
+        out_tokens = max(self.policy.predicted_output(req), req.num_output_tokens + 1)
+        return cdiv(req.num_prompt_tokens + out_tokens, self.kv.block_size)
+
+    def _future_blocks(self, req: Request) -> int:
+        return max(self._footprint_blocks(req) - len(self.kv.blocks_of(req.request_id)), 0)
+
+    def _under_watermark(self, req: Request, step: _Step) -> bool:
+        """Predicted footprint of everything running plus `req` fits under the watermark.
+        With nothing running, anything that fits at all is admitted (or it would never run)."""
+        watermark = self.config.admission_watermark
+        if watermark is None or not self.running:
+            return True
+        if step.reserved_blocks is None:
+            step.reserved_blocks = sum(self._future_blocks(r) for r in self.running)
+        used = self.kv.num_blocks_in_use() + step.reserved_blocks + self._footprint_blocks(req)
+        return used <= watermark * self.kv.num_blocks
+
+    # ---- preemption ------------------------------------------------------------------------
+    def _preempt_for_rank(self, step: _Step, out: SchedulerOutput) -> None:
+        """Let the best queued request displace lower-ranked running ones when the seats or the
+        blocks are full, as far as the policy's `should_preempt` allows (none under FCFS)."""
+        queued = self.swapped + self.waiting
+        if not queued or not self.running:
+            return
+        head = min(queued, key=self.policy.queue_key)
+        need_seat = len(self.running) >= self.config.max_num_seqs
+        need_blocks = self._blocks_to_start(head, step.budget) - self.kv.num_free_blocks
+        victims: list[Request] = []
+        candidates = list(self.running)
+        freed = 0
+        while candidates and ((need_seat and not victims) or freed < need_blocks):
+            victim = self.policy.pick_victim(candidates)
+            if not self.policy.should_preempt(head, victim):
+                return  # not enough lower-ranked work to make room: preempt nobody
+            victims.append(victim)
+            candidates.remove(victim)
+            freed += len(self.kv.blocks_of(victim.request_id))
+        if (need_seat and not victims) or freed < need_blocks:
+            return
+        for victim in victims:
+            self._preempt(victim, step, out)
+            self.stats.num_priority_preemptions += 1
+
+    def _blocks_to_start(self, req: Request, budget: int) -> int:
+        if req.status is RequestStatus.SWAPPED:
+            return len(self.kv.cpu_tables[req.request_id]) + 1
+        return cdiv(min(req.num_tokens, budget), self.kv.block_size)
+
+    def _preempt(self, victim: Request, step: _Step, out: SchedulerOutput) -> None:
         self.running.remove(victim)
         victim.num_preemptions += 1
         self.stats.num_preemptions += 1
         out.preempted.append(victim)
-        if self.config.preemption_mode == "swap" and self.kv.can_swap_out(victim):
+        step.preempted.add(victim.request_id)
+        how = self.costs.choose(victim, self.config.preemption_mode, self.kv.can_swap_out(victim))
+        if how == "swap":
             out.blocks_to_swap_out.extend(self.kv.swap_out(victim))
             victim.status = RequestStatus.SWAPPED
             self.swapped.append(victim)
@@ -223,9 +334,36 @@ class Scheduler:
             self.waiting.append(victim)
         log.debug("preempted %s (%s)", victim.request_id, victim.status.value)
 
+    # ---- deadlines -------------------------------------------------------------------------
+    def _expire_deadlines(self, out: SchedulerOutput) -> None:
+        """End requests whose deadline has passed or is closer than the steps they still need."""
+        now = self.clock.now()
+        step_s = self.step_model.mean_step_time
+        for req in [r for r in self.requests.values() if r.params.deadline_ms is not None]:
+            deadline = req.arrival_time + req.params.deadline_ms / 1000.0
+            if now + self._min_steps_left(req) * step_s > deadline:
+                self.finish(req, "deadline")
+                out.finished.append(req)
+                self.stats.num_deadline_finished += 1
+
+    def _min_steps_left(self, req: Request) -> int:
+        """A lower bound: the prefill still to do at full budget, then one step per token that
+        must still come (all of them with `ignore_eos`, else at least one: EOS may come next)."""
+        to_compute = max(req.num_tokens - req.num_computed_tokens, 1)  # ends with the next token
+        tokens_left = req.params.max_tokens - req.num_output_tokens if req.params.ignore_eos else 1
+        return cdiv(to_compute, self.config.max_num_batched_tokens) + max(tokens_left, 1) - 1
+
     def _context(self) -> PolicyContext:
-        usage = self.kv.num_blocks_in_use() / self.kv.num_blocks
-        return PolicyContext(kv_usage=usage, step=self.num_steps)
+        return PolicyContext(
+            kv_usage=self.kv.num_blocks_in_use() / self.kv.num_blocks,
+            mean_step_time=self.step_model.mean_step_time,
+            step=self.num_steps,
+            costs=self.costs,
+            preemption_mode=self.config.preemption_mode,
+            step_model=self.step_model,
+            max_num_seqs=self.config.max_num_seqs,
+            max_num_batched_tokens=self.config.max_num_batched_tokens,
+        )
 
     # ---- after the model ran ---------------------------------------------------------------
     def advance(self, scheduled: ScheduledRequest) -> None:
@@ -238,17 +376,23 @@ class Scheduler:
         live = set(self.requests)
         assert len(self.running) <= self.config.max_num_seqs
         assert {r.request_id for r in self.waiting + self.running + self.swapped} == live
+        assert len(self.waiting) + len(self.running) + len(self.swapped) == len(live)
         for req in self.running:
             assert req.status is RequestStatus.RUNNING
             assert len(self.kv.blocks_of(req.request_id)) * self.kv.block_size >= req.num_computed_tokens
         for req in self.swapped:
+            assert req.status is RequestStatus.SWAPPED
             assert req.request_id in self.kv.cpu_tables and req.request_id not in self.kv.block_tables
         for req in self.waiting:
+            assert req.status is RequestStatus.WAITING
             assert req.request_id not in self.kv.block_tables
         if out is not None:
             assert out.num_tokens <= self.config.max_num_batched_tokens
             assert len({s.request.request_id for s in out.scheduled}) == len(out.scheduled)
             for s in out.scheduled:
+                assert s.request.status is RequestStatus.RUNNING
                 assert s.num_new_tokens >= 1 and s.start + s.num_new_tokens <= s.request.num_tokens
                 assert len(s.block_ids) * self.kv.block_size >= s.start + s.num_new_tokens
+            for req in out.finished:
+                assert req.is_finished and req.request_id not in live
         self.kv.check_invariants(live)

@@ -6,8 +6,15 @@ from typing import Any
 from shunter.clock import Clock
 from shunter.replica.policies.base import PolicyContext, SchedulingPolicy
 from shunter.replica.policies.fcfs import FCFSPolicy
+from shunter.replica.policies.mlq import MLQPolicy
+from shunter.replica.policies.priority import PriorityPolicy
+from shunter.replica.policies.sjf import SJFPolicy
+from shunter.replica.policies.slo import SLAIPolicy
+from shunter.replica.policies.static import StaticBatchPolicy
 
-POLICIES: dict[str, type[SchedulingPolicy]] = {cls.name: cls for cls in (FCFSPolicy,)}
+POLICIES: dict[str, type[SchedulingPolicy]] = {
+    cls.name: cls for cls in (FCFSPolicy, SJFPolicy, MLQPolicy, PriorityPolicy, SLAIPolicy, StaticBatchPolicy)
+}
 
 __all__ = ["POLICIES", "PolicyContext", "SchedulingPolicy", "make_policy"]
 

@@ -1,15 +1,20 @@
 """The seam between scheduling mechanism and scheduling policy.
 
-A policy decides order (who gets the step's token budget first) and victims (who gives up
-blocks when memory runs out). It sees only request state and a Clock: no torch, no Ray.
+A policy decides order (who gets the step's token budget first), admission (which queued
+request is next), victims (who gives up blocks or a seat), and optionally the step's size
+(SLAI). It sees only request state, a Clock and a `PolicyContext` snapshot: no torch, no Ray,
+so the same object runs in the engine, in tests under a FakeClock, and in the simulator.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from shunter.clock import Clock
-from shunter.replica.request import Request
+from shunter.replica.policies.estimator import OutputLengthEstimator
+from shunter.replica.policies.step_time import StepTimeModel
+from shunter.replica.preemption import PreemptionCosts
+from shunter.replica.request import Request, RequestStatus
 
 
 @dataclass
@@ -19,37 +24,84 @@ class PolicyContext:
     kv_usage: float = 0.0  # fraction of device blocks held by live requests
     mean_step_time: float = 0.0  # seconds, measured
     step: int = 0
+    costs: PreemptionCosts = field(default_factory=PreemptionCosts)
+    preemption_mode: str = "recompute"
+    step_model: StepTimeModel = field(default_factory=StepTimeModel)
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
 
 
 class SchedulingPolicy:
-    """Base policy: ordering by `rank` (lower runs first), victim = the worst-ranked candidate."""
+    """Base policy. `level` is the coarse priority class (lower is more important), `rank` the
+    full order (lower runs first). Subclasses define `rank` and, where classes exist, `level`."""
 
     name: ClassVar[str] = "base"
 
-    def __init__(self, clock: Clock, **settings: Any) -> None:
+    def __init__(self, clock: Clock, estimator_quantile: float = 0.5, **settings: Any) -> None:
         if settings:
             raise ValueError(f"policy {self.name!r} takes no settings {sorted(settings)}")
         self.clock = clock
+        self.estimator = OutputLengthEstimator(quantile=estimator_quantile)
+        self.context = PolicyContext()
 
+    # ---- order -----------------------------------------------------------------------------
     def rank(self, request: Request) -> tuple:
         raise NotImplementedError
+
+    def level(self, request: Request) -> float:
+        return 0.0
 
     def order(self, requests: list[Request]) -> list[Request]:
         return sorted(requests, key=self.rank)
 
+    def queue_key(self, request: Request) -> tuple:
+        """Order among queued requests: swapped ones come back before new ones of equal level."""
+        return (self.level(request), request.status is not RequestStatus.SWAPPED, self.rank(request))
+
+    def plan(self, running: list[Request], swapped: list[Request], waiting: list[Request]) -> list[Request]:
+        """Who is offered budget this step, in order. Decode-first (stall-free): running decodes,
+        then running prefills (chunked into what is left), then queued requests."""
+        ordered = self.order(running)
+        decodes = [r for r in ordered if not r.is_prefilling]
+        prefills = [r for r in ordered if r.is_prefilling]
+        return decodes + prefills + sorted(swapped + waiting, key=self.queue_key)
+
+    # ---- step size (SLAI adapts these; None means the engine's configured limits) ------------
+    def token_budget(self) -> int | None:
+        return None
+
+    def prefill_chunk(self) -> int | None:
+        return None
+
+    # ---- victims ---------------------------------------------------------------------------
+    def resume_cost(self, request: Request) -> float:
+        return self.context.costs.resume_s(request, self.context.preemption_mode)
+
+    def victim_key(self, request: Request) -> tuple:
+        """Larger is preempted first: lowest class, then cheapest to resume, then worst rank."""
+        return (self.level(request), -self.resume_cost(request), self.rank(request))
+
     def pick_victim(self, candidates: list[Request]) -> Request:
-        return max(candidates, key=self.rank)
+        return max(candidates, key=self.victim_key)
 
     def should_preempt(self, waiting: Request, running: Request) -> bool:
         """Whether `waiting` may take the place of `running` when no seat or block is left."""
         return False
 
-    # Hooks with no effect by default; stateful policies (MLQ, SJF's estimator) use them.
+    # ---- what the policy knows about requests ----------------------------------------------
+    def predicted_output(self, request: Request) -> int:
+        return self.estimator.predict(request)
+
+    def waited(self, request: Request) -> float:
+        """Seconds since the request last got budget (since arrival if never)."""
+        return max(self.clock.now() - request.policy_state.get("last_service", request.arrival_time), 0.0)
+
+    # ---- hooks: subclasses extend them and call super() --------------------------------------
     def on_scheduled(self, request: Request, num_tokens: int) -> None:
-        pass
+        request.policy_state["last_service"] = self.clock.now()
 
     def on_finished(self, request: Request) -> None:
-        pass
+        self.estimator.observe(request)
 
     def on_step(self, context: PolicyContext) -> None:
-        pass
+        self.context = context

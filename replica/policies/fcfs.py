@@ -1,4 +1,4 @@
-"""First come, first served: arrival order, the newest arrival is preempted first."""
+"""First come, first served: arrival order; the newest arrival is preempted first."""
 from __future__ import annotations
 
 from shunter.replica.policies.base import SchedulingPolicy
@@ -10,3 +10,7 @@ class FCFSPolicy(SchedulingPolicy):
 
     def rank(self, request: Request) -> tuple:
         return (request.arrival_time, request.request_id)
+
+    def victim_key(self, request: Request) -> tuple:
+        """In FCFS the lowest priority *is* the newest arrival; cost only breaks exact ties."""
+        return (self.rank(request), -self.resume_cost(request))
