@@ -1,0 +1,104 @@
+"""gRPC end to end over Ray actor replicas on loopback: stream, migrate mid-stream, kill a replica.
+
+The replicas run the fake engine (a deterministic 'model'), so every stream has a known answer
+whatever replica, migration or failover served it. One module-scoped server keeps Ray's cost low.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from shunter.proto import generation_pb2 as pb
+from shunter.replica.engine_config import EngineConfig
+from shunter.router.router import RouterConfig
+from tests.fakes import reference_output
+from tests.router.conftest import ServerThread
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster):
+    from shunter.router.replica_actor import RayReplicaClient, spawn
+
+    config = EngineConfig(model="fake")
+    config.fake_step_time = 0.01
+    clients = [RayReplicaClient(f"r{i}", spawn(f"r{i}", config, "tests.fakes:make_fake_engine", num_cpus=1))
+               for i in range(2)]
+    s = ServerThread(clients, RouterConfig(routing="round_robin", poll_wait_s=0.2, rebalance=False))
+    yield s
+    s.close()
+    for c in clients:
+        ray_cluster.kill(c.handle, no_restart=True)
+
+
+def request(prompt: list[int], max_tokens: int) -> pb.GenerateRequest:
+    return pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=prompt),
+                              sampling=pb.SamplingOptions(max_tokens=max_tokens, ignore_eos=True, temperature=0))
+
+
+def stream(server, prompt, max_tokens, on_chunk=None):
+    tokens, replicas = [], []
+    for chunk in server.stub.Generate(request(prompt, max_tokens), timeout=60):
+        tokens += chunk.token_ids
+        replicas.append(chunk.replica_id)
+        if on_chunk:
+            on_chunk(chunk, len(tokens))
+    return tokens, replicas
+
+
+def test_streams_over_two_ray_replicas(server):
+    results = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, stream(server, [i + 1] * 20, 20)))
+               for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for i in range(4):
+        assert results[i][0] == reference_output([i + 1] * 20, 20, ignore_eos=True)
+    assert {r for _, reps in results.values() for r in reps} == {"r0", "r1"}
+
+
+def test_migration_mid_stream_keeps_the_tokens(server):
+    moved = []
+
+    def on_chunk(chunk, n):
+        if n >= 10 and not moved:
+            target = "r1" if chunk.replica_id == "r0" else "r0"
+            moved.append(server.call(server.router.migrate(chunk.request_id, target)))
+
+    before = server.router.counters.migrated
+    tokens, replicas = stream(server, [9] * 30, 60, on_chunk)
+    assert tokens == reference_output([9] * 30, 60, ignore_eos=True)
+    assert moved == [True] and server.router.counters.migrated == before + 1
+    assert len(set(replicas)) == 2
+
+
+def test_killing_a_replica_mid_stream_every_stream_completes(server):
+    victim = server.router.slots["r0"]
+    pid = victim.info.pid
+    results, killed = {}, []
+
+    def on_chunk(chunk, n):
+        if n >= 8 and not killed:
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    prompts = [[i + 20] * 25 for i in range(4)]
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(
+        i, stream(server, prompts[i], 50, on_chunk if i == 0 else None))) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert killed
+    for i, p in enumerate(prompts):
+        assert results[i][0] == reference_output(p, 50, ignore_eos=True), i
+    assert server.router.counters.failed_over >= 1
+    deadline = time.time() + 60
+    while not victim.healthy and time.time() < deadline:
+        time.sleep(0.2)
+    assert victim.healthy and victim.info.pid != pid  # restarted by Ray and rejoined
+    tokens, _ = stream(server, [3] * 10, 5)
+    assert tokens == reference_output([3] * 10, 5, ignore_eos=True)
