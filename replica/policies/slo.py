@@ -6,7 +6,8 @@ target) - Θ x (measured mean step time): started later, its next token would mi
 Θ is `theta`, or `theta_high` once KV usage passes `memory_threshold` (when preemptions loom,
 start earlier). Each step offers budget in this order: decodes whose LST has passed (earliest
 first), prefills already under way, swapped requests, new prefills shortest prompt first (one
-waiting `starvation_s` goes first), then the remaining decodes. The step's token budget is the
+waiting `starvation_s` goes first; interactive before batch, as their TTFT targets differ), then
+the remaining decodes. The step's token budget is the
 most tokens the measured step-time model says fit in the tightest decode slack, clipped to
 [min_budget, max_budget]; the prefill chunk is what that budget leaves after one token per
 running decode: more prefill when slack is large, less when a decode is about to miss its TBT.
@@ -82,9 +83,9 @@ class SLAIPolicy(SchedulingPolicy):
         return 0.0 if self.starved(request) else float(CLASS_LEVEL[request.params.priority])
 
     def rank(self, request: Request) -> tuple:
-        """For new prefills: starved first, then shortest prompt still to compute."""
+        """For new prefills: starved first, then class (the tighter TTFT), then shortest prompt."""
         left = request.num_tokens - request.num_computed_tokens
-        return (not self.starved(request), left, request.arrival_time, request.request_id)
+        return (not self.starved(request), self.level(request), left, request.arrival_time, request.request_id)
 
     def should_preempt(self, waiting: Request, running: Request) -> bool:
         return self.level(waiting) < self.level(running)
