@@ -1,0 +1,87 @@
+"""gRPC end to end over two Ray replicas running the real engine on CPU.
+
+random:tiny for most checks (tokens equal the offline engine's, a shared prefix lands on the
+replica holding it), SmolLM2 once (text prompt through its tokenizer, tokens equal offline).
+"""
+from __future__ import annotations
+
+import pytest
+
+from shunter.proto import generation_pb2 as pb
+from shunter.router.router import RouterConfig
+from shunter.sampling_params import SamplingParams
+from tests.router.conftest import ServerThread
+
+pytestmark = pytest.mark.slow
+
+
+def start(ray_cluster, config, prefix: str, routing: str = "prefix_aware") -> tuple[ServerThread, list]:
+    from shunter.router.replica_actor import RayReplicaClient, spawn
+
+    clients = [RayReplicaClient(f"{prefix}{i}", spawn(f"{prefix}{i}", config, num_cpus=1)) for i in range(2)]
+    return ServerThread(clients, RouterConfig(routing=routing, poll_wait_s=0.2, rebalance=False)), clients
+
+
+def offline(config, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+    from shunter.replica.engine import Engine
+
+    engine = Engine(config)
+    done = {}
+    for i, p in enumerate(prompts):
+        engine.add_request(str(i), p, SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True))
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out.output_token_ids
+    return [done[str(i)] for i in range(len(prompts))]
+
+
+def generate(server, max_tokens: int, **kw) -> list[pb.GenerateResponse]:
+    req = pb.GenerateRequest(sampling=pb.SamplingOptions(max_tokens=max_tokens, temperature=0, ignore_eos=True), **kw)
+    return list(server.stub.Generate(req, timeout=120))
+
+
+@pytest.fixture(scope="module")
+def tiny(ray_cluster):
+    from shunter.replica.engine_config import EngineConfig
+
+    config = EngineConfig(model="random:tiny", device="cpu", num_kv_blocks=256, seed=0)
+    server, clients = start(ray_cluster, config, "tiny")
+    yield server, config
+    server.close()
+    for c in clients:
+        ray_cluster.kill(c.handle, no_restart=True)
+
+
+def test_tiny_tokens_equal_the_offline_engine(tiny):
+    server, config = tiny
+    prompts = [[(7 * i + j) % 500 + 1 for j in range(20 + 5 * i)] for i in range(3)]
+    got = [[t for c in generate(server, 12, prompt_token_ids=pb.TokenIds(ids=p)) for t in c.token_ids] for p in prompts]
+    assert got == offline(config, prompts, 12)
+
+
+def test_shared_prefix_lands_on_the_holder(tiny):
+    server, _ = tiny
+    system = [(13 * j) % 500 + 1 for j in range(4 * 16)]
+    first = generate(server, 4, prompt_token_ids=pb.TokenIds(ids=system + [5, 6, 7]))
+    holder = first[-1].replica_id
+    for k in range(3):
+        chunks = generate(server, 4, prompt_token_ids=pb.TokenIds(ids=system + [20 + k] * 5))
+        assert chunks[-1].replica_id == holder
+        assert chunks[-1].usage.cached_tokens >= len(system) - 16
+
+
+def test_smollm2_text_prompt_equals_the_offline_engine(ray_cluster, tiny, smollm2_folder):
+    from shunter.replica.engine_config import EngineConfig
+
+    server, clients = start(ray_cluster, EngineConfig(device="cpu", num_kv_blocks=128, seed=0), "smol")
+    try:
+        chunks = generate(server, 12, prompt="The capital of France is")
+        ids = server.router.info.tokenizer("The capital of France is").input_ids
+        want = offline(EngineConfig(device="cpu", num_kv_blocks=128, seed=0), [list(ids)], 12)[0]
+        assert [t for c in chunks for t in c.token_ids] == want
+        assert "".join(c.text for c in chunks) == server.router.info.tokenizer.decode(want, skip_special_tokens=True)
+    finally:
+        server.close()
+        for c in clients:
+            ray_cluster.kill(c.handle, no_restart=True)
