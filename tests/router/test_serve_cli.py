@@ -1,0 +1,57 @@
+"""`shunter serve` as users run it (joining the session's Ray cluster), `shunter status`, SIGTERM drain."""
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import grpc
+import pytest
+
+from shunter.proto import generation_pb2 as pb
+from shunter.proto import generation_pb2_grpc as pb_grpc
+from tests.fakes import reference_output
+from tests.router.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_status_and_sigterm_drain(ray_cluster):
+    port = free_port()
+    address = ray_cluster.get_runtime_context().gcs_address
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shunter.cli", "serve", "--address", address, "--port", str(port), "--replicas", "2",
+         "--num-cpus-per-replica", "0.5", "--engine-factory", "tests.fakes:make_fake_engine", "--model", "fake"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "serving" in line, line + proc.stderr.read()
+        status = subprocess.run([sys.executable, "-m", "shunter.cli", "status", "--address", f"127.0.0.1:{port}"],
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and "replica-0" in status.stdout and "replica-1" in status.stdout
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = pb_grpc.GenerationStub(channel)
+        req = pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=[4] * 10),
+                                 sampling=pb.SamplingOptions(max_tokens=300, ignore_eos=True))
+        stream = stub.Generate(req, timeout=60)
+        first = next(stream)
+        result = {}
+        reader = threading.Thread(target=lambda: result.setdefault("rest", list(stream)))
+        reader.start()
+        proc.send_signal(signal.SIGTERM)
+        reader.join(60)
+        tokens = list(first.token_ids) + [t for c in result["rest"] for t in c.token_ids]
+        assert tokens == reference_output([4] * 10, 300, ignore_eos=True)  # the running stream finished
+        assert proc.wait(60) == 0
+        channel.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
