@@ -19,7 +19,10 @@ CLASS_LEVEL = {"interactive": 0, "batch": 1}
 class PriorityPolicy(SchedulingPolicy):
     name = "priority"
 
-    def __init__(self, clock: Clock, aging_s: float = 5.0, preemptive: bool = True, **settings: Any) -> None:
+    def __init__(self, clock: Clock, aging_s: float = 30.0, preemptive: bool = True, **settings: Any) -> None:
+        """`aging_s` defaults to the batch class's TTFT target: a batch job that has waited as long
+        as its own target is promoted. Much shorter and, under overload, everyone ages to the top
+        class and the policy degenerates to FCFS."""
         super().__init__(clock, **settings)
         if aging_s <= 0:
             raise ValueError(f"aging_s must be > 0, got {aging_s}")
