@@ -1,9 +1,10 @@
 """Multi-level feedback queue: short work first without knowing lengths in advance.
 
-A request starts at a level set by its prompt length (one level per threshold it exceeds).
-At level k it may compute `quantum * 2**k` tokens of new work before it is demoted a level;
-recomputing tokens it had already computed (after a preemption) is not new work, so a preempted
-job cannot be demoted by its own recovery. Nothing starves: a request that waited `aging_s`
+A request starts at a level set by its prompt length (one level per threshold it exceeds), so
+the prompt is paid for by where it starts (FastServe's skip-join). At level k it may then make
+`quantum * 2**k` output tokens before it is demoted a level; recomputing tokens it had already
+computed (after a preemption) is not new work, so a preempted job is not demoted by its own
+recovery. Nothing starves: a request that waited `aging_s`
 without service climbs a level per `aging_s` (kept once served), and one that used up
 `max_demotions` quanta (counting those spent at the bottom level) goes back to the top. A lower level preempts a higher one.
 """
@@ -56,7 +57,7 @@ class MLQPolicy(SchedulingPolicy):
         state = request.policy_state
         level = int(self.level(request))  # aging is kept once served
         end = request.num_computed_tokens + num_tokens
-        high_water = state.get("high_water", 0)
+        high_water = state.get("high_water", request.num_prompt_tokens)  # output positions only
         served = state.get("served", 0) + max(end - high_water, 0)
         state["high_water"] = max(high_water, end)
         if served >= self.quantum << level:  # quantum used up: down a level (or stay at the bottom)

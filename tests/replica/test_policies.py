@@ -113,13 +113,16 @@ def test_mlq_starts_by_prompt_length_demotes_after_a_doubling_quantum_and_ages()
     short, mid, long = req("s", prompt=8), req("m", prompt=32), req("l", prompt=100)
     assert [p.level(r) for r in (short, mid, long)] == [0, 1, 2]
     assert ids(p.order([long, mid, short])) == ["s", "m", "l"]
-    p.on_scheduled(short, 8)  # 8 new tokens = the level-0 quantum
-    assert p.level(short) == 1
+    p.on_scheduled(short, 8)  # the prompt is paid for by the start level, not the quantum
+    assert p.level(short) == 0
     short.num_computed_tokens = 8
+    p.on_scheduled(short, 8)  # 8 output positions = the level-0 quantum
+    assert p.level(short) == 1
+    short.num_computed_tokens = 16
     p.on_scheduled(short, 15)
     assert p.level(short) == 1  # 15 < 16, the level-1 quantum
     short.num_computed_tokens = 0  # preempted by recompute: recomputing is not new work
-    p.on_scheduled(short, 23)
+    p.on_scheduled(short, 31)
     assert p.level(short) == 1
     clock.advance(2.0)  # two aging periods without service: up to level 0 (from 2)
     assert p.level(long) == 0
@@ -133,6 +136,7 @@ def test_mlq_starts_by_prompt_length_demotes_after_a_doubling_quantum_and_ages()
 def test_mlq_goes_back_to_the_top_after_max_demotions():
     p = make_policy("mlq", FakeClock(), num_levels=2, quantum=4, max_demotions=3)
     r = req("r", prompt=4)
+    r.num_computed_tokens = 4
     levels = []
     for _ in range(4):
         p.on_scheduled(r, 16)

@@ -95,9 +95,8 @@ def test_finish_order_per_policy_with_one_seat():
         "static": ["long-batch", "short-batch", "mid-inter", "short-inter"],
         "sjf": ["short-batch", "short-inter", "mid-inter", "long-batch"],
         "priority": ["mid-inter", "short-inter", "long-batch", "short-batch"],
-        # All start at level 0; long-batch's 60-token prefill uses up the 32-token quantum, so it
-        # drops a level and short-batch takes its seat; mid-inter likewise yields to short-inter.
-        "mlq": ["short-batch", "short-inter", "long-batch", "mid-inter"],
+        # All start at level 0 (prompts under 128) and none makes 32 tokens: FIFO.
+        "mlq": ["long-batch", "short-batch", "mid-inter", "short-inter"],
         "slo": ["short-inter", "mid-inter", "short-batch", "long-batch"],  # class, then shortest prompt
     }
     for policy, order in want.items():
@@ -248,3 +247,16 @@ def test_policy_settings_reach_the_policy_through_engine_config(policy):
         EngineConfig(preemption_mode="teleport")
     with pytest.raises(ValueError, match="admission_watermark"):
         EngineConfig(admission_watermark=1.5)
+
+
+def test_mlq_demoted_job_yields_its_seat_to_a_newcomer_and_still_finishes():
+    engine = make_engine(policy="mlq", policy_settings={"quantum": 4}, max_num_seqs=1)
+    engine.add_request("chatty", prompt(6, 1), SamplingParams(max_tokens=30, temperature=0, ignore_eos=True))
+    for _ in range(8):  # 8 output tokens: the level-0 quantum (4) is used up
+        engine.step()
+    engine.add_request("new", prompt(6, 2), SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))
+    finished = []
+    while engine.has_unfinished_requests():
+        finished += [o.request_id for o in engine.step() if o.finished]
+    assert finished == ["new", "chatty"]
+    assert engine.scheduler.stats.num_priority_preemptions == 1
