@@ -29,8 +29,9 @@ def run(args: argparse.Namespace) -> int:
         if engine.tokenizer is None:
             raise ValueError(f"model: {args.model} has no tokenizer, so it cannot take a text prompt")
         if args.chat:
-            ids = engine.tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
-            ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+            messages = [{"role": "user", "content": args.prompt}]
+            text = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = list(engine.tokenizer(text, add_special_tokens=False).input_ids)
         else:
             ids = list(engine.tokenizer(args.prompt).input_ids)
         engine.add_request("cli", ids, params)
