@@ -33,7 +33,11 @@ class PolicyContext:
 
 class SchedulingPolicy:
     """Base policy. `level` is the coarse priority class (lower is more important), `rank` the
-    full order (lower runs first). Subclasses define `rank` and, where classes exist, `level`."""
+    full order (lower runs first). Subclasses define `rank` and, where classes exist, `level`.
+
+    Starvation bounds (aging, max wait) default to 30 s, the batch class's TTFT target: a bound,
+    not the typical wait. Under overload, queueing delays exceed a short bound for everyone,
+    everyone is promoted, and the policy silently degenerates into FCFS."""
 
     name: ClassVar[str] = "base"
 

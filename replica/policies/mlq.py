@@ -26,7 +26,7 @@ class MLQPolicy(SchedulingPolicy):
         num_levels: int = 4,
         quantum: int = 32,
         level_prompt_tokens: Sequence[int] = (128, 512, 2048),
-        aging_s: float = 5.0,
+        aging_s: float = 30.0,
         max_demotions: int = 6,
         preemptive: bool = True,
         **settings: Any,

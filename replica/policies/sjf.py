@@ -17,7 +17,7 @@ from shunter.replica.request import Request
 class SJFPolicy(SchedulingPolicy):
     name = "sjf"
 
-    def __init__(self, clock: Clock, max_wait_s: float = 10.0, preemptive: bool = False, **settings: Any) -> None:
+    def __init__(self, clock: Clock, max_wait_s: float = 30.0, preemptive: bool = False, **settings: Any) -> None:
         super().__init__(clock, **settings)
         if max_wait_s <= 0:
             raise ValueError(f"max_wait_s must be > 0, got {max_wait_s}")

@@ -38,7 +38,7 @@ class SLAIPolicy(SchedulingPolicy):
         min_budget: int = 16,
         max_budget: int | None = None,
         min_chunk: int = 16,
-        starvation_s: float = 10.0,
+        starvation_s: float = 30.0,
         slo_defaults: dict | None = None,
         **settings: Any,
     ) -> None:
