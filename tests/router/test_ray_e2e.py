@@ -16,7 +16,7 @@ from shunter.proto import generation_pb2 as pb
 from shunter.replica.engine_config import EngineConfig
 from shunter.router.router import RouterConfig
 from tests.fakes import reference_output
-from tests.router.conftest import ServerThread
+from shunter.router.background import BackgroundServer
 
 pytestmark = pytest.mark.slow
 
@@ -27,9 +27,9 @@ def server(ray_cluster):
 
     config = EngineConfig(model="fake")
     config.fake_step_time = 0.01
-    clients = [RayReplicaClient(f"r{i}", spawn(f"r{i}", config, "tests.fakes:make_fake_engine", num_cpus=1))
+    clients = [RayReplicaClient(f"r{i}", spawn(f"r{i}", config, "shunter.router.fake_engine:make_fake_engine", num_cpus=1))
                for i in range(2)]
-    s = ServerThread(clients, RouterConfig(routing="round_robin", poll_wait_s=0.2, rebalance=False))
+    s = BackgroundServer(clients, RouterConfig(routing="round_robin", poll_wait_s=0.2, rebalance=False))
     yield s
     s.close()
     for c in clients:

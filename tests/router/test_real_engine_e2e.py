@@ -10,16 +10,16 @@ import pytest
 from shunter.proto import generation_pb2 as pb
 from shunter.router.router import RouterConfig
 from shunter.sampling_params import SamplingParams
-from tests.router.conftest import ServerThread
+from shunter.router.background import BackgroundServer
 
 pytestmark = pytest.mark.slow
 
 
-def start(ray_cluster, config, prefix: str, routing: str = "prefix_aware") -> tuple[ServerThread, list]:
+def start(ray_cluster, config, prefix: str, routing: str = "prefix_aware") -> tuple[BackgroundServer, list]:
     from shunter.router.replica_actor import RayReplicaClient, spawn
 
     clients = [RayReplicaClient(f"{prefix}{i}", spawn(f"{prefix}{i}", config, num_cpus=1)) for i in range(2)]
-    return ServerThread(clients, RouterConfig(routing=routing, poll_wait_s=0.2, rebalance=False)), clients
+    return BackgroundServer(clients, RouterConfig(routing=routing, poll_wait_s=0.2, rebalance=False)), clients
 
 
 def offline(config, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:

@@ -29,7 +29,7 @@ def test_serve_status_and_sigterm_drain(ray_cluster):
     address = ray_cluster.get_runtime_context().gcs_address
     proc = subprocess.Popen(
         [sys.executable, "-m", "shunter.cli", "serve", "--address", address, "--port", str(port), "--replicas", "2",
-         "--num-cpus-per-replica", "0.5", "--engine-factory", "tests.fakes:make_fake_engine", "--model", "fake"],
+         "--num-cpus-per-replica", "0.5", "--engine-factory", "shunter.router.fake_engine:make_fake_engine", "--model", "fake"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()

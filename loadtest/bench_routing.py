@@ -1,28 +1,31 @@
 """Decision time of each routing policy at 8, 64 and 1,024 fake replicas.
 
-`python -m shunter.router.bench_routing [--replicas 8 64 1024] [--decisions 20000]`
+`python -m shunter.loadtest.bench_routing [--replicas 8 64 1024] [--decisions 20000] [--out PATH]`
 Each replica holds some cached prefixes (so prefix_aware walks a real index) and random loads;
 a decision is one `select()` over fresh `LoadReport`s; reports are built once per batch, as the
 router keeps them between load updates. Prompt hashing is timed separately: the router does it
-once per request whatever the policy.
+once per request whatever the policy. Prints a table; writes JSON to `loadtest/results/`.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import random
 import statistics
 import sys
 import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def build(n: int, seed: int = 0):
     from shunter.replica.block_hash import block_hashes
     from shunter.router.load import LoadReport, RoutingRequest
+    from shunter.router.fake_engine import FakeCacheEvent as Event
     from shunter.router.prefix_index import PrefixIndex
-
-    class Event:
-        def __init__(self, kind: str, block_hash: int) -> None:
-            self.kind, self.block_hash = kind, block_hash
 
     rng = random.Random(seed)
     index = PrefixIndex()
@@ -72,14 +75,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", type=int, nargs="+", default=[8, 64, 1024])
     parser.add_argument("--decisions", type=int, default=20000)
+    parser.add_argument("--out", type=Path, default=None, help="JSON result path (default: loadtest/results/)")
     args = parser.parse_args(argv)
     from shunter.router.policies import REGISTRY
 
     print(f"{'policy':<14}" + "".join(f"{n:>12} repl" for n in args.replicas) + "   (p50 µs per decision)")
+    table: dict[str, dict[str, float]] = {}
     for name in sorted(REGISTRY):
         row = [statistics.median(time_policy(name, n, args.decisions)) * 1e6 for n in args.replicas]
+        table[name] = {str(n): v for n, v in zip(args.replicas, row)}
         print(f"{name:<14}" + "".join(f"{v:>17.2f}" for v in row))
-    print(f"prompt hashing (552 tokens, 34 blocks): {time_hashing() * 1e6:.1f} µs per request")
+    hashing = time_hashing(repeats=max(10, min(2000, args.decisions // 10))) * 1e6
+    print(f"prompt hashing (552 tokens, 34 blocks): {hashing:.1f} µs per request")
+    result = {
+        "bench": "routing", "command": "python -m shunter.loadtest.bench_routing " + " ".join(sys.argv[1:] if argv is None else argv),
+        "unit": "p50 µs per decision", "decisions": args.decisions, "policies": table, "prompt_hashing_us": hashing,
+        "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    out = args.out or RESULTS / "bench_routing.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
     return 0
 
 

@@ -1,0 +1,135 @@
+"""The router + gRPC hop: client time to first token minus the engine's own.
+
+`python -m shunter.loadtest.bench_hop [--requests 300] [--repeat 3] [--ray] [--out PATH]`
+Replicas run a zero-cost fake engine (`shunter.router.fake_engine`: no model time) that stamps
+when it took each request and when it made its first token, so engine TTFT is known and the rest
+is the hop: gRPC, validation, routing, the submit call, the engine thread's wake-up and the
+poll back. With `--ray` the replicas are Ray actors (the deployed path); their stamps stay in
+the actors, so the hop reported is the whole client TTFT (an upper bound: the free engine's own
+TTFT is tens of microseconds, see the in-process run). Requests are sequential (one in flight),
+so the numbers are latency, not throughput. Prints a table; writes JSON to `loadtest/results/`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WARMUP = 20
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def start_clients(use_ray: bool, n: int) -> list:
+    if not use_ray:
+        from shunter.router.fake_engine import make_zero_cost_engine
+        from shunter.router.replica_client import LocalReplicaClient
+
+        return [LocalReplicaClient(f"r{i}", make_zero_cost_engine) for i in range(n)]
+    import ray
+
+    from shunter.router.replica_actor import RayReplicaClient, spawn
+
+    if not ray.is_initialized():  # else join the caller's (a test session's) instance
+        ray.init(num_cpus=max(2, n), include_dashboard=False, log_to_driver=False)
+    return [RayReplicaClient(f"r{i}", spawn(f"r{i}", None, "shunter.router.fake_engine:make_zero_cost_engine"))
+            for i in range(n)]
+
+
+def _ray_running() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def run_round(server, requests: int, tag: str) -> list[float]:
+    """Client TTFT (s) of `requests` sequential requests after a warm-up, 2 tokens each."""
+    from shunter.proto import generation_pb2 as pb
+
+    ttft = []
+    for i in range(requests + WARMUP):
+        req = pb.GenerateRequest(request_id=f"{tag}-{i}", prompt_token_ids=pb.TokenIds(ids=[1 + i % 50] * 32),
+                                 sampling=pb.SamplingOptions(max_tokens=2, ignore_eos=True, temperature=0))
+        start = time.perf_counter()
+        stream = server.stub.Generate(req)
+        next(stream)
+        ttft.append(time.perf_counter() - start)
+        for _ in stream:
+            pass
+    return ttft[WARMUP:]
+
+
+def engine_ttft(clients: list, tag: str) -> list[float]:
+    """The engine's own TTFT (s) of one round's measured requests (in-process replicas only)."""
+    out = []
+    for c in clients:
+        stamps = getattr(getattr(c, "core", None), "engine", None)
+        for rid, s in (stamps.stamps.items() if stamps is not None else ()):
+            if rid.startswith(tag + "-") and int(rid.rsplit("-", 1)[1]) >= WARMUP and len(s) == 2:
+                out.append(s[1] - s[0])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=300, help="measured requests per round (after 20 warm-up)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; the summary is the median of their p50s")
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--ray", action="store_true", help="replicas as Ray actors (a local Ray instance)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON result path (default: loadtest/results/)")
+    args = parser.parse_args(argv)
+    from shunter.router.background import BackgroundServer
+    from shunter.router.router import RouterConfig
+
+    own_ray = args.ray and not _ray_running()
+    clients = start_clients(args.ray, args.replicas)
+    server = BackgroundServer(clients, RouterConfig(poll_wait_s=0.5, rebalance=False))
+    rounds = []
+    try:
+        for r in range(args.repeat):
+            client = run_round(server, args.requests, f"h{r}")
+            engine = engine_ttft(clients, f"h{r}")
+            c50, e50 = statistics.median(client) * 1e3, (statistics.median(engine) * 1e3 if engine else 0.0)
+            rounds.append({"client_ttft_p50_ms": c50, "client_ttft_p99_ms": percentile(client, 0.99) * 1e3,
+                           "engine_ttft_p50_ms": e50 if engine else None, "hop_p50_ms": c50 - e50})
+    finally:
+        server.close()
+        if args.ray:
+            import ray
+
+            for c in clients:
+                ray.kill(c.handle, no_restart=True)
+            if own_ray:
+                ray.shutdown()
+    mode = "ray" if args.ray else "in-process"
+    print(f"{mode} replicas ({args.replicas}), {args.requests} sequential requests x {args.repeat} rounds")
+    for i, r in enumerate(rounds):
+        eng = f"{r['engine_ttft_p50_ms']:.3f}" if r["engine_ttft_p50_ms"] is not None else "n/a"
+        print(f"  round {i}: client TTFT p50 {r['client_ttft_p50_ms']:.3f} ms  p99 {r['client_ttft_p99_ms']:.3f} ms  "
+              f"engine TTFT p50 {eng} ms  hop p50 {r['hop_p50_ms']:.3f} ms")
+    hop = statistics.median(r["hop_p50_ms"] for r in rounds)
+    print(f"hop p50 (median of rounds): {hop:.3f} ms")
+    result = {
+        "bench": "hop", "command": "python -m shunter.loadtest.bench_hop " + " ".join(sys.argv[1:] if argv is None else argv),
+        "mode": mode, "replicas": args.replicas, "requests": args.requests, "rounds": rounds, "hop_p50_ms": hop,
+        "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    out = args.out or RESULTS / f"bench_hop_{mode}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

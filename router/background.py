@@ -1,0 +1,52 @@
+"""The gRPC server (frontend + router) on an event loop of its own thread.
+
+For callers that drive the server with a blocking gRPC client in the same process: benchmarks,
+notebooks, tests. `shunter serve` does not use it (it owns its event loop).
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Sequence
+
+import grpc
+
+from shunter.proto import generation_pb2_grpc as pb_grpc
+from shunter.router.frontend import Frontend
+from shunter.router.router import Router, RouterConfig
+
+
+class BackgroundServer:
+    """Start with the replica clients; `stub` is a blocking client on 127.0.0.1; `close()` stops it
+    all (and kills in-process replicas)."""
+
+    def __init__(self, clients: Sequence[Any], config: RouterConfig | None = None, model: str = "fake") -> None:
+        self.clients = list(clients)
+        self.loop = asyncio.new_event_loop()
+        self.router = Router(self.clients, config or RouterConfig(poll_wait_s=0.05, rebalance=False))
+        self.thread = threading.Thread(target=self.loop.run_forever, name="shunter-server", daemon=True)
+        self.thread.start()
+        self.frontend: Frontend = self.call(self._start(model))
+        self.port = self.frontend.port
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = pb_grpc.GenerationStub(self.channel)
+
+    async def _start(self, model: str) -> Frontend:
+        await self.router.start()
+        frontend = Frontend(self.router, "127.0.0.1", 0, model=model)
+        await frontend.start()
+        return frontend
+
+    def call(self, coro, timeout: float = 60) -> Any:
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+        self.call(self.frontend.server.stop(grace=None))
+        self.call(self.router.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        for c in self.clients:
+            if hasattr(c, "kill"):
+                c.kill()

@@ -1,0 +1,36 @@
+"""The router benchmarks run end to end with tiny settings, so they cannot rot."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shunter.loadtest import bench_hop, bench_routing
+
+
+def test_bench_hop_in_process(tmp_path, capsys):
+    out = tmp_path / "hop.json"
+    assert bench_hop.main(["--requests", "5", "--repeat", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["mode"] == "in-process" and len(result["rounds"]) == 2
+    assert result["command"].startswith("python -m shunter.loadtest.bench_hop --requests 5")
+    assert 0 < result["rounds"][0]["client_ttft_p50_ms"] < 1000
+    assert result["rounds"][0]["engine_ttft_p50_ms"] is not None
+    assert "hop p50" in capsys.readouterr().out
+
+
+def test_bench_routing_tiny(tmp_path, capsys):
+    out = tmp_path / "routing.json"
+    assert bench_routing.main(["--replicas", "4", "16", "--decisions", "200", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["policies"]) == {"round_robin", "least_load", "power_of_two", "prefix_aware"}
+    assert all(set(row) == {"4", "16"} and all(v > 0 for v in row.values()) for row in result["policies"].values())
+    assert "prefix_aware" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_hop_over_ray(tmp_path):
+    out = tmp_path / "hop_ray.json"
+    assert bench_hop.main(["--ray", "--requests", "5", "--repeat", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["mode"] == "ray" and 0 < result["hop_p50_ms"] < 1000
