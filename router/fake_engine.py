@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from shunter.outputs import RequestOutput
 from shunter.replica.block_hash import block_hashes
@@ -100,6 +101,7 @@ class FakeMigrationState:
     num_cached_tokens: int
     kv: list | None
     block_size: int = 16
+    rng_state: Any = None
 
 
 @dataclass
@@ -202,11 +204,13 @@ class FakeEngine:
         return FakeMigrationState(request_id, req.prompt, list(req.output), req.params, 0.0, n, req.cached_tokens,
                                   kv=[("kv", n)], block_size=self.block_size)
 
-    def import_request(self, state: FakeMigrationState) -> None:
+    def import_request(self, state: FakeMigrationState) -> int:
+        """Returns the tokens resumed with KV (0: recomputed; the fake's tokens are the same either way)."""
         if state.request_id in self.requests:
             raise ValueError(f"request_id {state.request_id!r} is already in use")
         self.requests[state.request_id] = _Req(list(state.prompt_token_ids), state.params,
                                                list(state.output_token_ids), state.num_cached_tokens)
+        return state.num_computed_tokens if state.kv is not None else 0
 
 
 def make_fake_engine(config) -> FakeEngine:

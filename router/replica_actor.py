@@ -1,24 +1,28 @@
 """Replicas as Ray async actors: one actor wraps one engine (its loop on its own thread).
 
-Tokens come back through `poll()` in per-step batches; `export` returns two object refs so a
-migrating request's KV blocks go from the source actor to the target without passing through
-the router (the router only reads the token list). Actors restart after a crash
+Tokens come back through `poll()` in per-step batches; `export` returns three object refs (its
+tokens, its state, its KV blocks) so the blocks go from the source actor to the target without
+passing through the router (the router only reads the token list). The target fetches the
+blocks itself: if that fails, it imports the state without them and recomputes. Actors restart after a crash
 (`max_restarts=-1`); calls never retry, so a crash surfaces at once as `ReplicaDead`.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
 
 from shunter.router.replica_client import ReplicaDead
-from shunter.router.replica_core import PollResult, ReplicaCore, ReplicaInfo, load_engine
+from shunter.router.replica_core import PollResult, ReplicaCore, ReplicaInfo, load_engine, without_kv
 
 try:
     from ray.exceptions import ActorUnavailableError
 except ImportError:  # older Ray
     ActorUnavailableError = RayActorError  # type: ignore[misc,assignment]
+
+log = logging.getLogger(__name__)
 
 
 class ReplicaActor:
@@ -37,12 +41,25 @@ class ReplicaActor:
     async def poll(self, max_wait: float) -> PollResult:
         return await self.core.poll(max_wait)
 
-    @ray.method(num_returns=2)
-    async def export(self, request_id: str) -> tuple[list[int] | None, Any]:
-        return await self.core.export(request_id)
+    @ray.method(num_returns=3)
+    async def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, Any, Any]:
+        tokens, state = await self.core.export(request_id, with_kv)
+        if state is None:
+            return None, None, None
+        kv, state.kv = state.kv, None
+        return tokens, state, kv
 
-    async def import_(self, state: Any) -> None:
-        await self.core.import_(state)
+    async def import_(self, state: Any, kv_box: list | None = None) -> int:
+        """`kv_box` = [ref to the KV blocks] (boxed, so Ray leaves the fetch, and its failure, to us)."""
+        if kv_box and state.kv is None and state.num_computed_tokens > 0:
+            try:
+                state.kv = await kv_box[0]
+            except Exception as e:  # lost with the source, or evicted: recompute instead
+                log.warning("replica %s: KV of %s did not arrive (%s); recomputing", self.core.replica_id,
+                            state.request_id, type(e).__name__)
+        if state.kv is None:
+            state = without_kv(state)
+        return await self.core.import_(state)
 
 
 RemoteReplicaActor = ray.remote(ReplicaActor)
@@ -79,10 +96,11 @@ class RayReplicaClient:
     async def poll(self, max_wait: float) -> PollResult:
         return await self._await(self.handle.poll.remote(max_wait))
 
-    async def export(self, request_id: str) -> tuple[list[int] | None, Any]:
-        tokens_ref, state_ref = self.handle.export.remote(request_id)
+    async def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, Any]:
+        tokens_ref, state_ref, kv_ref = self.handle.export.remote(request_id, with_kv)
         tokens = await self._await(tokens_ref)
-        return tokens, state_ref
+        return tokens, (state_ref, kv_ref)
 
-    async def import_(self, state: Any) -> None:
-        await self._await(self.handle.import_.remote(state))
+    async def import_(self, state: Any) -> int:
+        state_ref, kv_ref = state
+        return await self._await(self.handle.import_.remote(state_ref, [kv_ref]))

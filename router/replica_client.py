@@ -22,8 +22,8 @@ class ReplicaClient(Protocol):
     async def submit(self, request_id: str, prompt_token_ids: list[int], params: Any) -> None: ...
     async def abort(self, request_id: str) -> None: ...
     async def poll(self, max_wait: float) -> PollResult: ...
-    async def export(self, request_id: str) -> tuple[list[int] | None, Any]: ...
-    async def import_(self, state: Any) -> None: ...
+    async def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, Any]: ...
+    async def import_(self, state: Any) -> int: ...  # tokens resumed with KV (0: recomputed)
 
 
 class LocalReplicaClient:
@@ -65,8 +65,8 @@ class LocalReplicaClient:
             raise ReplicaDead(f"replica {self.replica_id} died during a poll")
         return result
 
-    async def export(self, request_id: str) -> tuple[list[int] | None, Any]:
-        return await self._alive().export(request_id)
+    async def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, Any]:
+        return await self._alive().export(request_id, with_kv)
 
-    async def import_(self, state: Any) -> None:
-        await self._alive().import_(state)
+    async def import_(self, state: Any) -> int:
+        return await self._alive().import_(state)

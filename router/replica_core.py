@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import queue
@@ -89,12 +90,19 @@ class ReplicaCore:
     async def abort(self, request_id: str) -> None:
         await self.run(lambda e: e.abort_request(request_id))
 
-    async def export(self, request_id: str) -> tuple[list[int] | None, Any]:
+    async def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, Any]:
+        """(its output tokens, its state) taken out of this replica; (None, None) if it is not here.
+        Without KV the state makes the target recompute (as when the blocks cannot be moved)."""
         state = await self.run(lambda e: e.export_request(request_id))
-        return (None, None) if state is None else (list(state.output_token_ids), state)
+        if state is None:
+            return None, None
+        if not with_kv:
+            state = without_kv(state)
+        return list(state.output_token_ids), state
 
-    async def import_(self, state: Any) -> None:
-        await self.run(lambda e: e.import_request(state))
+    async def import_(self, state: Any) -> int:
+        """Resume an exported request here; the tokens it resumed with KV (0: it recomputes)."""
+        return await self.run(lambda e: _import(e, state))
 
     # ---- the loop --------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -172,6 +180,24 @@ class ReplicaCore:
         self._stopped = True
         self._wake.set()
         self._thread.join(timeout=5)
+
+
+def without_kv(state: Any) -> Any:
+    """The same migration state with no KV: the target recomputes the request's tokens."""
+    return dataclasses.replace(state, kv=None, num_computed_tokens=0)
+
+
+def _import(engine: Any, state: Any) -> int:
+    """Import on the engine thread; how many tokens came with usable KV (nothing stepped meanwhile).
+
+    An engine's `import_request` may return that count itself; otherwise it is read off the
+    scheduler's request (the real engine seats a request with usable KV as computed)."""
+    resumed = engine.import_request(state)
+    if isinstance(resumed, int):
+        return resumed
+    scheduler = getattr(engine, "scheduler", None)
+    request = scheduler.requests.get(state.request_id) if scheduler is not None else None
+    return request.num_computed_tokens if request is not None else 0
 
 
 def load_engine(engine_config: Any, engine_factory: str | None = None) -> Any:

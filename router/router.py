@@ -46,6 +46,7 @@ class RouterConfig:
 class Counters:
     routed: int = 0
     migrated: int = 0
+    migrated_recomputed: int = 0  # of migrated: the KV did not come (or fit), the target recomputed
     failed_over: int = 0
     rejected: int = 0
     rejoined: int = 0
@@ -264,8 +265,9 @@ class Router:
         log.warning("replica %s rejoined", slot.client.replica_id)
 
     # ---- migration -----------------------------------------------------------------------------
-    async def migrate(self, request_id: str, target: str) -> bool:
-        """Move a running request to `target` with its KV; the stream continues from where it was."""
+    async def migrate(self, request_id: str, target: str, with_kv: bool = True) -> bool:
+        """Move a running request to `target` with its KV (or without: the target recomputes);
+        the stream continues from where it was."""
         entry = self.journal.get(request_id)
         dst = self.slots.get(target)
         if entry is None or entry.finished or entry.migrating or dst is None or not dst.healthy:
@@ -276,7 +278,7 @@ class Router:
         entry.migrating = True
         try:
             try:
-                tokens, state = await src.client.export(request_id)
+                tokens, state = await src.client.export(request_id, with_kv)
             except ReplicaDead:
                 return False  # its poll loop fails the request over
             if tokens is None or entry.finished:
@@ -286,7 +288,7 @@ class Router:
             entry.replica_id, epoch = target, entry.epoch
             self._emit(entry, tokens[len(entry.sent) - entry.offset:], None, src.client.replica_id)
             try:
-                await dst.client.import_(state)
+                resumed = await dst.client.import_(state)
             except Exception:
                 log.exception("import of %s into %s failed; failing over", request_id, target)
                 if entry.epoch == epoch and not entry.finished:
@@ -295,6 +297,7 @@ class Router:
             if entry.finished:  # the client left during the move
                 await self._quiet_abort(dst, request_id)
             self.counters.migrated += 1
+            self.counters.migrated_recomputed += not resumed
             return True
         finally:
             entry.migrating = False

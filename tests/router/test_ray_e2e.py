@@ -70,11 +70,42 @@ def test_migration_mid_stream_keeps_the_tokens(server):
             target = "r1" if chunk.replica_id == "r0" else "r0"
             moved.append(server.call(server.router.migrate(chunk.request_id, target)))
 
-    before = server.router.counters.migrated
+    before, recomputed = server.router.counters.migrated, server.router.counters.migrated_recomputed
     tokens, replicas = stream(server, [9] * 30, 60, on_chunk)
     assert tokens == reference_output([9] * 30, 60, ignore_eos=True)
     assert moved == [True] and server.router.counters.migrated == before + 1
+    assert server.router.counters.migrated_recomputed == recomputed  # the KV came with it
     assert len(set(replicas)) == 2
+
+
+def test_kv_lost_in_transfer_the_target_recomputes(server, ray_cluster, monkeypatch):
+    """The KV object cannot be fetched by the target (here: its producer failed): the target
+    imports the state without it and recomputes; the stream is unbroken."""
+
+    @ray_cluster.remote
+    def lost_kv():
+        raise RuntimeError("object lost")
+
+    def on_chunk(chunk, n):
+        if n >= 10 and not moved:
+            source = server.router.slots[chunk.replica_id].client
+            real_export = source.export
+
+            async def export(request_id, with_kv=True):
+                tokens, (state_ref, _) = await real_export(request_id, with_kv)
+                return tokens, (state_ref, lost_kv.remote())
+
+            monkeypatch.setattr(source, "export", export)
+            target = "r1" if chunk.replica_id == "r0" else "r0"
+            moved.append(server.call(server.router.migrate(chunk.request_id, target)))
+            monkeypatch.undo()
+
+    moved: list[bool] = []
+    recomputed = server.router.counters.migrated_recomputed
+    tokens, replicas = stream(server, [8] * 30, 60, on_chunk)
+    assert tokens == reference_output([8] * 30, 60, ignore_eos=True)
+    assert moved == [True] and len(set(replicas)) == 2
+    assert server.router.counters.migrated_recomputed == recomputed + 1
 
 
 def test_killing_a_replica_mid_stream_every_stream_completes(server):

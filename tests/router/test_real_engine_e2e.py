@@ -85,3 +85,35 @@ def test_smollm2_text_prompt_equals_the_offline_engine(ray_cluster, tiny, smollm
         server.close()
         for c in clients:
             ray_cluster.kill(c.handle, no_restart=True)
+
+
+def stream_and_migrate(server, prompt: list[int], max_tokens: int, at: int, with_kv: bool) -> tuple[list[int], set, list]:
+    """Stream a request; after `at` tokens, move it to the other replica (blocking the reader
+    while the move runs, so it surely happens mid-stream)."""
+    moved: list[bool] = []
+    tokens: list[int] = []
+    replicas = set()
+    req = pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=prompt),
+                             sampling=pb.SamplingOptions(max_tokens=max_tokens, temperature=0, ignore_eos=True))
+    for chunk in server.stub.Generate(req, timeout=120):
+        tokens += chunk.token_ids
+        replicas.add(chunk.replica_id)
+        if len(tokens) >= at and not moved:
+            others = [r for r in server.router.slots if r != chunk.replica_id]
+            moved.append(server.call(server.router.migrate(chunk.request_id, others[0], with_kv=with_kv)))
+    return tokens, replicas, moved
+
+
+@pytest.mark.parametrize("with_kv", [True, False], ids=["kv-moved", "kv-lost-recompute"])
+def test_live_migration_of_real_kv_keeps_the_tokens(tiny, with_kv):
+    """The KV blocks go actor to actor and the target resumes decoding without recomputing the
+    request (or, without them, recomputes); either way the client's tokens are a plain run's."""
+    server, config = tiny
+    prompt = [(11 * j + (3 if with_kv else 5)) % 500 + 1 for j in range(37)]  # 2 full blocks + a partial one
+    counters = server.router.counters
+    migrated, recomputed = counters.migrated, counters.migrated_recomputed
+    tokens, replicas, moved = stream_and_migrate(server, prompt, 160, at=6, with_kv=with_kv)
+    assert moved == [True] and counters.migrated == migrated + 1
+    assert len(replicas) == 2
+    assert tokens == offline(config, [prompt], 160)[0]
+    assert counters.migrated_recomputed == recomputed + (0 if with_kv else 1)
