@@ -6,7 +6,8 @@ when it took each request and when it made its first token, so engine TTFT is kn
 is the hop: gRPC, validation, routing, the submit call, the engine thread's wake-up and the
 poll back. With `--ray` the replicas are Ray actors (the deployed path); their stamps stay in
 the actors, so the hop reported is the whole client TTFT (an upper bound: the free engine's own
-TTFT is tens of microseconds, see the in-process run). Requests are sequential (one in flight),
+TTFT is tens of microseconds, see the in-process run); it also times the cheapest actor call
+from the router's loop, the floor of any path with a Ray call on it. Requests are sequential (one in flight),
 so the numbers are latency, not throughput. Prints a table; writes JSON to `loadtest/results/`.
 """
 from __future__ import annotations
@@ -68,6 +69,17 @@ def run_round(server, requests: int, tag: str) -> list[float]:
     return ttft[WARMUP:]
 
 
+async def _actor_rtt(client, n: int) -> list[float]:
+    """Round trips of the cheapest replica call (`info`) from the router's event loop: the
+    floor any design with a Ray call on the first token's path pays once."""
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await client.info()
+        out.append(time.perf_counter() - start)
+    return out
+
+
 def engine_ttft(clients: list, tag: str) -> list[float]:
     """The engine's own TTFT (s) of one round's measured requests (in-process replicas only)."""
     out = []
@@ -99,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             client = run_round(server, args.requests, f"h{r}")
             engine = engine_ttft(clients, f"h{r}")
             c50, e50 = statistics.median(client) * 1e3, (statistics.median(engine) * 1e3 if engine else 0.0)
+            rtt = server.call(_actor_rtt(clients[0], max(5, args.requests // 2))) if args.ray else []
             rounds.append({"client_ttft_p50_ms": c50, "client_ttft_p99_ms": percentile(client, 0.99) * 1e3,
-                           "engine_ttft_p50_ms": e50 if engine else None, "hop_p50_ms": c50 - e50})
+                           "engine_ttft_p50_ms": e50 if engine else None, "hop_p50_ms": c50 - e50,
+                           "ray_rtt_p50_ms": statistics.median(rtt) * 1e3 if rtt else None})
     finally:
         server.close()
         if args.ray:
@@ -115,12 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     for i, r in enumerate(rounds):
         eng = f"{r['engine_ttft_p50_ms']:.3f}" if r["engine_ttft_p50_ms"] is not None else "n/a"
         print(f"  round {i}: client TTFT p50 {r['client_ttft_p50_ms']:.3f} ms  p99 {r['client_ttft_p99_ms']:.3f} ms  "
-              f"engine TTFT p50 {eng} ms  hop p50 {r['hop_p50_ms']:.3f} ms")
+              f"engine TTFT p50 {eng} ms  hop p50 {r['hop_p50_ms']:.3f} ms"
+              + (f"  (bare actor call RTT p50 {r['ray_rtt_p50_ms']:.3f} ms)" if r["ray_rtt_p50_ms"] else ""))
     hop = statistics.median(r["hop_p50_ms"] for r in rounds)
-    print(f"hop p50 (median of rounds): {hop:.3f} ms")
+    rtt = statistics.median(r["ray_rtt_p50_ms"] for r in rounds) if args.ray else None
+    print(f"hop p50 (median of rounds): {hop:.3f} ms" + (f";  bare actor call RTT p50 {rtt:.3f} ms" if rtt else ""))
     result = {
         "bench": "hop", "command": "python -m shunter.loadtest.bench_hop " + " ".join(sys.argv[1:] if argv is None else argv),
         "mode": mode, "replicas": args.replicas, "requests": args.requests, "rounds": rounds, "hop_p50_ms": hop,
+        "ray_rtt_p50_ms": rtt,
         "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

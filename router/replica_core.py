@@ -31,6 +31,8 @@ class TokenDelta:
     num_output_tokens: int  # len(output_token_ids) on this replica after these tokens
     finish_reason: str | None = None
     num_cached_tokens: int = 0
+    error: str | None = None  # the engine refused the request (finish_reason "error")
+    invalid: bool = False  # ... because the request itself is wrong (ValueError: INVALID_ARGUMENT)
 
 
 @dataclass
@@ -85,7 +87,17 @@ class ReplicaCore:
         return await asyncio.wrap_future(self.call(fn))
 
     async def submit(self, request_id: str, prompt_token_ids: list[int], params: Any) -> None:
-        await self.run(lambda e: e.add_request(request_id, prompt_token_ids, params))
+        """Queue the request and return at once (the reply is off the first token's path); a
+        refusal comes back through `poll` as a delta with `error`."""
+        self.call(lambda e: self._add(e, request_id, prompt_token_ids, params))
+
+    def _add(self, engine: Any, request_id: str, prompt_token_ids: list[int], params: Any) -> None:
+        try:
+            engine.add_request(request_id, prompt_token_ids, params)
+        except Exception as e:
+            with self._lock:
+                self._deltas[request_id] = TokenDelta(request_id, [], 0, "error", error=str(e) or type(e).__name__,
+                                                      invalid=isinstance(e, ValueError))
 
     async def abort(self, request_id: str) -> None:
         await self.run(lambda e: e.abort_request(request_id))
@@ -149,7 +161,7 @@ class ReplicaCore:
                     prev.finish_reason = out.finish_reason
             self._events.extend(events)
             self._stats = stats
-            waiters = self._waiters if (outputs or events) else []
+            waiters = self._waiters if (self._deltas or self._events) else []
             if waiters:
                 self._waiters = []
         for loop, event in waiters:

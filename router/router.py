@@ -182,6 +182,10 @@ class Router:
                 await asyncio.sleep(0.1)
                 continue
             self._apply(slot, result)
+            if result.deltas:
+                # Let the streams just fed send their tokens before this loop pays for the next
+                # poll call (issuing a Ray call costs a few hundred µs of this thread).
+                await asyncio.sleep(0)
 
     def _apply(self, slot: ReplicaSlot, result: PollResult) -> None:
         if not slot.healthy:
@@ -201,6 +205,10 @@ class Router:
         """Accept tokens only from the owner and only past what was already sent (by position)."""
         entry = self.journal.get(d.request_id)
         if entry is None or entry.finished or entry.replica_id != replica_id:
+            return
+        if d.error is not None:  # the replica refused it (submit does not wait to hear so)
+            entry.finished = True
+            entry.queue.put_nowait(ValueError(d.error) if d.invalid else ReplicaUnavailable(d.error))
             return
         if entry.offset == 0 and d.num_cached_tokens and not entry.num_cached_tokens:
             entry.num_cached_tokens = d.num_cached_tokens

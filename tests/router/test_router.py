@@ -138,3 +138,20 @@ def test_rebalancer_moves_requests_off_a_crowded_replica():
             c.kill()
 
     run(main())
+
+
+def test_a_request_the_engine_refuses_fails_its_stream_with_the_engines_message():
+    """submit does not wait for the engine thread; the refusal comes back through the poll."""
+    async def main():
+        router, clients = make_router()
+        await router.start()
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            await collect(router, "bad", [1, 5000], 4)
+        tokens, _ = await collect(router, "good", [1, 2, 3], 4)  # the replica keeps serving
+        assert tokens == reference_output([1, 2, 3], 4, ignore_eos=True)
+        assert len(router.journal) == 0
+        await router.stop()
+        for c in clients:
+            c.kill()
+
+    run(main())
