@@ -21,13 +21,22 @@ def _healthy(replicas: Sequence[LoadReport]) -> list[LoadReport]:
     return healthy
 
 
+def _load(r: LoadReport) -> int:
+    """`LoadReport.load`, spelled out where a decision reads it once per replica: the property
+    call was ~40% of a 64-replica decision (tests/router/test_policies.py checks they agree)."""
+    return r.kv_blocks_in_use + r.blocks_expected_growth + r.blocks_waiting + r.pending_blocks
+
+
 def _least_loaded(replicas: Sequence[LoadReport]) -> LoadReport:
-    best = replicas[0]
-    best_load = best.load
-    for r in replicas[1:]:
-        load = r.load
-        if load < best_load:
-            best, best_load = r, load
+    """The healthy replica with the lowest load (the first of equals), in one pass."""
+    best, best_load = None, 0
+    for r in replicas:
+        if r.healthy:
+            load = r.kv_blocks_in_use + r.blocks_expected_growth + r.blocks_waiting + r.pending_blocks  # _load(r)
+            if best is None or load < best_load:
+                best, best_load = r, load
+    if best is None:
+        raise ReplicaUnavailable("no healthy replica")
     return best
 
 
@@ -62,7 +71,7 @@ class LeastLoad(RoutingPolicy):
     name = "least_load"
 
     def select(self, replicas: Sequence[LoadReport], request: RoutingRequest) -> str:
-        return _least_loaded(_healthy(replicas)).replica_id
+        return _least_loaded(replicas).replica_id
 
 
 class PowerOfTwo(RoutingPolicy):
@@ -103,26 +112,51 @@ class PrefixAware(RoutingPolicy):
         self.abs_threshold, self.rel_threshold, self.cost_weight = abs_threshold, rel_threshold, cost_weight
 
     def select(self, replicas: Sequence[LoadReport], request: RoutingRequest) -> str:
-        healthy = _healthy(replicas)
-        least = _least_loaded(healthy)
-        matched = self.index.match(request.block_hashes) if request.block_hashes else {}
-        if not matched:
-            return least.replica_id
-        if self.cost_weight > 0:
-            uncached = request.num_prompt_blocks
-            best = min(healthy, key=lambda r: r.load + self.cost_weight * (uncached - matched.get(r.replica_id, 0)))
-        else:  # longest prefix, then lower load; only the holders need looking at
-            best, best_key = least, None
-            for r in healthy:
+        matched = self.index.match(request.block_hashes) if request.block_hashes else None
+        if self.cost_weight > 0 and matched:
+            return self._by_cost(replicas, request, matched)
+        # One pass: each replica's load read once; the least loaded (first of equals) and the
+        # holder of the longest prefix (then the lower load, then the first) side by side.
+        least = best = None
+        least_load = best_load = best_depth = 0
+        for r in replicas:
+            if not r.healthy:
+                continue
+            load = r.kv_blocks_in_use + r.blocks_expected_growth + r.blocks_waiting + r.pending_blocks  # _load(r)
+            if least is None or load < least_load:
+                least, least_load = r, load
+            if matched:
                 depth = matched.get(r.replica_id)
-                if depth is not None:
-                    key = (depth, -r.load)
-                    if best_key is None or key > best_key:
-                        best, best_key = r, key
+                if depth is not None and (best is None or depth > best_depth or (depth == best_depth and load < best_load)):
+                    best, best_load, best_depth = r, load, depth
+        if least is None:
+            raise ReplicaUnavailable("no healthy replica")
+        if best is None or best is least:
+            return least.replica_id
+        if imbalanced(best_load + request.expected_blocks, least_load, self.abs_threshold, self.rel_threshold):
+            return least.replica_id
+        return best.replica_id
+
+    def _by_cost(self, replicas: Sequence[LoadReport], request: RoutingRequest, matched: dict[str, int]) -> str:
+        """Lowest load + weight * uncached prompt blocks, unless that leaves loads imbalanced."""
+        uncached, weight = request.num_prompt_blocks, self.cost_weight
+        least = best = None
+        least_load = best_load = 0
+        best_cost = 0.0
+        for r in replicas:
+            if not r.healthy:
+                continue
+            load = _load(r)
+            if least is None or load < least_load:
+                least, least_load = r, load
+            cost = load + weight * (uncached - matched.get(r.replica_id, 0))
+            if best is None or cost < best_cost:
+                best, best_load, best_cost = r, load, cost
+        if least is None:
+            raise ReplicaUnavailable("no healthy replica")
         if best is least:
-            return best.replica_id
-        after = best.load + request.expected_blocks
-        if imbalanced(after, least.load, self.abs_threshold, self.rel_threshold):
+            return least.replica_id
+        if imbalanced(best_load + request.expected_blocks, least_load, self.abs_threshold, self.rel_threshold):
             return least.replica_id
         return best.replica_id
 

@@ -46,26 +46,28 @@ class PrefixIndex:
     def match(self, block_hashes: list[int]) -> dict[str, int]:
         """Number of leading blocks of the chain each replica holds (replicas with none are absent).
 
-        Walks the chain narrowing the set of replicas that hold every block so far; a replica's
-        depth is recorded when it drops out, so the work is set operations, not per-replica loops."""
+        Walks the chain once, narrowing the set of replicas that hold every block so far; a
+        replica's depth is recorded when it drops out. While no one drops out (the usual case:
+        a deeper block's holders are a subset of a shallower one's), a step is one subset test
+        and allocates nothing."""
+        holders = self.holders
         matched: dict[str, int] = {}
-        alive: set[str] | None = None
+        alive: set[str] | frozenset[str] = frozenset()
         depth = 0
         for block_hash in block_hashes:
-            owners = self.holders.get(block_hash)
+            owners = holders.get(block_hash)
             if not owners:
                 break
-            if alive is None:
-                alive = set(owners)
-            else:
+            if depth == 0:
+                alive = owners  # read only: never mutated below
+            elif not alive <= owners:
                 kept = alive & owners
-                if len(kept) != len(alive):
-                    for replica_id in alive - kept:
-                        matched[replica_id] = depth
+                for replica_id in alive - kept:
+                    matched[replica_id] = depth
                 alive = kept
                 if not alive:
                     break
             depth += 1
-        for replica_id in alive or ():
+        for replica_id in alive:
             matched[replica_id] = depth
         return matched

@@ -8,7 +8,7 @@ import pytest
 from shunter.errors import ReplicaUnavailable
 from shunter.replica.block_hash import block_hashes
 from shunter.router.load import LoadReport, RoutingRequest, cdiv, imbalanced
-from shunter.router.policies import REGISTRY, make_routing_policy
+from shunter.router.policies import REGISTRY, PrefixAware, make_routing_policy
 from shunter.router.prefix_index import PrefixIndex
 from tests.fakes import FakeCacheEvent, FakeReplica
 
@@ -138,3 +138,53 @@ def test_prefix_aware_cost_weight_trades_cache_for_load():
     req = request_for("q", prompt + [1])
     assert policy.select([LoadReport("a", kv_blocks_in_use=12), LoadReport("b", kv_blocks_in_use=10)], req) == "a"
     assert policy.select([LoadReport("a", kv_blocks_in_use=20), LoadReport("b", kv_blocks_in_use=10)], req) == "b"
+
+
+def test_policies_read_the_same_load_as_the_report():
+    from shunter.router.policies import _load
+
+    r = LoadReport("a", kv_blocks_in_use=5, blocks_expected_growth=7, blocks_waiting=11, pending_blocks=13)
+    assert _load(r) == r.load == 36
+
+
+def _spec_prefix_aware(index: PrefixIndex, replicas, request, abs_t, rel_t, weight) -> str:
+    """prefix_aware written the obvious (slow) way: the optimized one must decide the same."""
+    healthy = [r for r in replicas if r.healthy]
+    least = min(healthy, key=lambda r: r.load)  # min keeps the first of equals
+
+    def depth(r) -> int:
+        held, d = index.by_replica.get(r.replica_id, set()), 0
+        while d < len(request.block_hashes) and request.block_hashes[d] in held:
+            d += 1
+        return d
+
+    depths = {r.replica_id: depth(r) for r in healthy}
+    if not any(depths.values()):
+        return least.replica_id
+    if weight > 0:
+        best = min(healthy, key=lambda r: r.load + weight * (request.num_prompt_blocks - depths[r.replica_id]))
+    else:
+        best = max((r for r in healthy if depths[r.replica_id]), key=lambda r: (depths[r.replica_id], -r.load))
+    if best is least or imbalanced(best.load + request.expected_blocks, least.load, abs_t, rel_t):
+        return least.replica_id
+    return best.replica_id
+
+
+def test_prefix_aware_decides_as_its_plain_specification_on_random_clusters():
+    rng = random.Random(7)
+    for _ in range(200):
+        n = rng.choice([1, 2, 5, 16])
+        chains = [[rng.randrange(1, 50) for _ in range(rng.randrange(1, 10))] for _ in range(5)]
+        index, replicas = PrefixIndex(), []
+        for i in range(n):
+            events = [FakeCacheEvent("stored", h) for c in rng.sample(chains, 2) for h in c[: rng.randrange(0, len(c) + 1)]]
+            events += [FakeCacheEvent("evicted", rng.randrange(1, 50)) for _ in range(rng.randrange(0, 3))]
+            index.apply(f"r{i}", events)
+            replicas.append(LoadReport(f"r{i}", healthy=i == 0 or rng.random() > 0.2, kv_blocks_in_use=rng.randrange(0, 60),
+                                       blocks_expected_growth=rng.randrange(0, 4), pending_blocks=rng.randrange(0, 3)))
+        for _ in range(10):
+            hashes = rng.choice(chains) + [rng.randrange(1, 50) for _ in range(rng.randrange(0, 3))]
+            request = RoutingRequest("q", hashes, rng.randrange(1, 10), rng.randrange(1, 30))
+            for abs_t, rel_t, weight in ((32, 1.5, 0.0), (0, 1.0, 0.0), (8, 1.2, 2.0)):
+                policy = PrefixAware(index, abs_threshold=abs_t, rel_threshold=rel_t, cost_weight=weight)
+                assert policy.select(replicas, request) == _spec_prefix_aware(index, replicas, request, abs_t, rel_t, weight)
