@@ -32,3 +32,21 @@ def smollm2_model(smollm2_folder):
     from shunter.replica.models.loader import load_model
 
     return load_model("smollm2-135m-instruct", device="cpu", dtype=torch.float32)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole test session: a second `ray.init` in one process after
+    a shutdown is slow and flaky, so every Ray test (router, benchmarks) joins this one."""
+    import os
+
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=80 * 1024**2, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    yield ray
+    ray.shutdown()

@@ -29,7 +29,7 @@ def test_bench_routing_tiny(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_bench_hop_over_ray(tmp_path):
+def test_bench_hop_over_ray(tmp_path, ray_cluster):
     out = tmp_path / "hop_ray.json"
     assert bench_hop.main(["--ray", "--requests", "5", "--repeat", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())

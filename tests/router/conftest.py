@@ -20,20 +20,3 @@ def serve() -> Callable[..., BackgroundServer]:
     yield start
     for s in servers:
         s.close()
-
-
-REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray cluster for the whole test session ."""
-    import os
-
-    import ray
-
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=80 * 1024**2, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
-    yield ray
-    ray.shutdown()

@@ -13,7 +13,7 @@ import pytest
 from shunter.proto import generation_pb2 as pb
 from shunter.proto import generation_pb2_grpc as pb_grpc
 from tests.fakes import reference_output
-from tests.router.conftest import REPO
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
