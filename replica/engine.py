@@ -130,6 +130,7 @@ class Engine:
         started, clock_started = time.perf_counter(), self.clock.now()
         out = self.scheduler.schedule()
         tokens = self.runner.execute(out)
+        self.kv.swaps_done()
         outputs = [self._finish(r, r.finish_reason or "abort", []) for r in out.finished]
         now = self.clock.now()
         for scheduled, token in zip(out.scheduled, tokens):

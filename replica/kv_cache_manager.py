@@ -34,6 +34,9 @@ class KVCacheManager:
     block_hashes: dict[str, list[int]] = field(init=False, default_factory=dict)
     cpu_free: list[int] = field(init=False)
     cpu_tables: dict[str, list[int]] = field(init=False, default_factory=dict)
+    # CPU blocks this step's swap-ins read: free again only once the runner has copied them
+    # (`swaps_done`), so no swap-out of the same step can overwrite them first.
+    cpu_being_read: list[int] = field(init=False, default_factory=list)
     prefix_queries: int = 0  # prompt tokens looked up
     prefix_hits: int = 0  # of which found cached
 
@@ -142,8 +145,13 @@ class KVCacheManager:
         cpu_ids = self.cpu_tables.pop(request.request_id)
         table = self.pool.allocate(len(cpu_ids))
         self.block_tables[request.request_id] = table
-        self.cpu_free.extend(cpu_ids)
+        self.cpu_being_read.extend(cpu_ids)
         return list(zip(cpu_ids, table))
+
+    def swaps_done(self) -> None:
+        """The runner has executed the step's copies: the CPU blocks swap-ins read are free."""
+        self.cpu_free.extend(self.cpu_being_read)
+        self.cpu_being_read.clear()
 
     def free_swapped(self, request: Request) -> None:
         self.cpu_free.extend(self.cpu_tables.pop(request.request_id, []))
@@ -171,4 +179,4 @@ class KVCacheManager:
         cached_free = sum(1 for b in self.pool.free_queue if self.pool.blocks[b].block_hash is not None)
         assert cached_free == self.pool.num_cached_free
         held_cpu = sum(len(t) for t in self.cpu_tables.values())
-        assert held_cpu + len(self.cpu_free) == self.num_cpu_blocks
+        assert held_cpu + len(self.cpu_free) + len(self.cpu_being_read) == self.num_cpu_blocks

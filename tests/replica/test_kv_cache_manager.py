@@ -75,7 +75,28 @@ def test_swap_out_and_in_round_trip():
     pairs = kv.swap_out(r)
     assert [p[0] for p in pairs] == device_blocks and kv.num_free_blocks == 4 and kv.num_free_cpu_blocks == 2
     back = kv.swap_in(r)
-    assert [p[0] for p in back] == [p[1] for p in pairs] and kv.num_free_cpu_blocks == 4
+    assert [p[0] for p in back] == [p[1] for p in pairs]
+    kv.swaps_done()
+    assert kv.num_free_cpu_blocks == 4
+
+
+def test_cpu_blocks_read_by_a_swap_in_are_not_reused_by_a_swap_out_of_the_same_step():
+    """The runner copies a step's swap-outs before its swap-ins (so a device block a swap-out
+    frees can be refilled by a swap-in). A CPU block freed by a swap-in must therefore not be
+    handed to a swap-out in the same step: the swap-out would overwrite it before it was read."""
+    kv = KVCacheManager(num_blocks=4, block_size=4, num_cpu_blocks=1)
+    a, b = req("a", list(range(4))), req("b", list(range(10, 14)))
+    compute(kv, a, 4)
+    kv.swap_out(a)
+    kv.swaps_done()
+    compute(kv, b, 4)
+    (cpu_read, _), = kv.swap_in(a)  # step N: a comes back ...
+    assert not kv.can_swap_out(b) and kv.num_free_cpu_blocks == 0  # ... so b cannot take its CPU block
+    kv.check_invariants({"a", "b"})
+    kv.swaps_done()  # the runner has copied step N
+    assert kv.can_swap_out(b)
+    (_, cpu_written), = kv.swap_out(b)
+    assert cpu_written == cpu_read
 
 
 def test_block_pool_rejects_an_empty_pool():
@@ -86,7 +107,7 @@ def test_block_pool_rejects_an_empty_pool():
 
 
 ops = st.lists(
-    st.tuples(st.sampled_from(["add", "step", "finish", "abort", "preempt", "swap"]), st.integers(0, 5), st.integers(1, 40)),
+    st.tuples(st.sampled_from(["add", "step", "finish", "abort", "preempt", "swap", "copied"]), st.integers(0, 5), st.integers(1, 40)),
     max_size=60,
 )
 
@@ -104,6 +125,8 @@ def test_any_sequence_of_operations_leaks_no_block(ops, caching):
         if op == "add":
             counter += 1
             live[f"r{counter}"] = req(f"r{counter}", [which] * 8 + list(range(n)))
+        elif op == "copied":  # the runner executed the step's swaps
+            kv.swaps_done()
         elif target is None:
             continue
         elif op == "step" and target.request_id not in swapped:
@@ -137,6 +160,7 @@ def test_any_sequence_of_operations_leaks_no_block(ops, caching):
         if r.request_id in swapped:
             kv.free_swapped(r)
         kv.free(r)
+    kv.swaps_done()
     kv.check_invariants(set())
     assert kv.num_free_blocks == 16 and kv.num_free_cpu_blocks == 8
     assert all(b.ref_count == 0 for b in kv.pool.blocks)

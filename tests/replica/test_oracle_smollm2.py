@@ -75,7 +75,6 @@ def engine_greedy(prompts: list[list[int]], **settings) -> tuple[list[list[int]]
     return [o.output_token_ids for o in outs], llm
 
 
-
 def test_plain(prompts, reference):
     got, _ = engine_greedy(prompts)
     assert got == reference[: len(prompts)]
@@ -89,6 +88,22 @@ def test_small_kv_pool_forces_preemption(prompts, reference, mode):
     assert stats.num_preemptions > 0
     if mode == "swap":
         assert stats.num_swaps > 0
+
+
+@pytest.mark.parametrize("mode", ["recompute", "swap", "auto"])
+@pytest.mark.parametrize("policy", ["fcfs", "sjf", "mlq", "priority", "slo", "static"])
+def test_every_policy_and_preemption_mode_keeps_the_tokens(prompts, reference, policy, mode):
+    """Policies reorder work and pick victims; under memory and seat pressure, with mixed
+    classes and output hints, the tokens stay HF's."""
+    llm = LLM(model="smollm2-135m-instruct", check_invariants=True, policy=policy, num_kv_blocks=14,
+              preemption_mode=mode, swap_space=0.05, max_num_batched_tokens=64, max_num_seqs=8)
+    params = [SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, priority=("interactive", "batch")[i % 2],
+                             expected_output_tokens=(None, 8, 64)[i % 3]) for i in range(len(prompts))]
+    outs = llm.generate(prompts, params)
+    assert [o.output_token_ids for o in outs] == reference[: len(prompts)]
+    stats = llm.engine.stats()
+    assert stats.kv_blocks_in_use == 0
+    assert stats.num_preemptions > 0 or policy == "static"
 
 
 def test_tiny_token_budget_forces_chunking(prompts, reference):
