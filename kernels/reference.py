@@ -31,8 +31,10 @@ def _gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, max_len: int) ->
     S, max_blocks = block_tables.shape
     block_size = cache.shape[1]
     needed = min(max_blocks, (max_len + block_size - 1) // block_size)
-    gathered = cache[block_tables[:, :needed].long().clamp_min(0)]  # [S, needed, bs, H, D]
-    return gathered.reshape(S, needed * block_size, *cache.shape[2:])[:, :max_len]
+    # index_select, not cache[ids]: advanced indexing is ~3x slower on CPU for the same copy.
+    ids = block_tables[:, :needed].reshape(-1).long().clamp_min(0)
+    gathered = torch.index_select(cache, 0, ids)  # [S * needed, bs, H, D]
+    return gathered.view(S, needed * block_size, *cache.shape[2:])[:, :max_len]
 
 
 def _attend(q_pad: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:

@@ -91,14 +91,16 @@ def engine_ttft(clients: list, tag: str) -> list[float]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=int, default=300, help="measured requests per round (after 20 warm-up)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the summary is the median of their p50s")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--ray", action="store_true", help="replicas as Ray actors (a local Ray instance)")
     parser.add_argument("--out", type=Path, default=None, help="JSON result path (default: loadtest/results/)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    args.command_line = getattr(args, "command_line", None) or " ".join(sys.argv[3:])  # after `shunter bench NAME`
     from shunter.router.background import BackgroundServer
     from shunter.router.router import RouterConfig
 
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     rtt = statistics.median(r["ray_rtt_p50_ms"] for r in rounds) if args.ray else None
     print(f"hop p50 (median of rounds): {hop:.3f} ms" + (f";  bare actor call RTT p50 {rtt:.3f} ms" if rtt else ""))
     result = {
-        "bench": "hop", "command": "python -m shunter.loadtest.bench_hop " + " ".join(sys.argv[1:] if argv is None else argv),
+        "bench": "hop", "command": "shunter bench hop " + args.command_line,
         "mode": mode, "replicas": args.replicas, "requests": args.requests, "rounds": rounds, "hop_p50_ms": hop,
         "ray_rtt_p50_ms": rtt,
         "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -146,6 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.command_line = " ".join(sys.argv[1:] if argv is None else argv)
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -71,12 +71,14 @@ def time_hashing(prompt_tokens: int = 552, repeats: int = 2000) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replicas", type=int, nargs="+", default=[8, 64, 1024])
     parser.add_argument("--decisions", type=int, default=20000)
     parser.add_argument("--out", type=Path, default=None, help="JSON result path (default: loadtest/results/)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    args.command_line = getattr(args, "command_line", None) or " ".join(sys.argv[3:])  # after `shunter bench NAME`
     from shunter.router.policies import REGISTRY
 
     print(f"{'policy':<14}" + "".join(f"{n:>12} repl" for n in args.replicas) + "   (p50 µs per decision)")
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     hashing = time_hashing(repeats=max(10, min(2000, args.decisions // 10))) * 1e6
     print(f"prompt hashing (552 tokens, 34 blocks): {hashing:.1f} µs per request")
     result = {
-        "bench": "routing", "command": "python -m shunter.loadtest.bench_routing " + " ".join(sys.argv[1:] if argv is None else argv),
+        "bench": "routing", "command": "shunter bench routing " + args.command_line,
         "unit": "p50 µs per decision", "decisions": args.decisions, "policies": table, "prompt_hashing_us": hashing,
         "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -98,6 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.command_line = " ".join(sys.argv[1:] if argv is None else argv)
+    return run(args)
 
 
 if __name__ == "__main__":

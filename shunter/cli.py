@@ -19,6 +19,9 @@ COMMANDS: list[tuple[str, str, str]] = [
 BENCHES: list[tuple[str, str, str]] = [
     ("offline", "shunter.loadtest.bench_offline", "offline throughput: Shunter vs Hugging Face static generate"),
     ("policies", "shunter.loadtest.bench_policies", "latency of short and long requests under each scheduling policy"),
+    ("kernels", "shunter.loadtest.bench_kernels", "paged-attention kernel bandwidth vs copy bandwidth and padded SDPA (GPU)"),
+    ("hop", "shunter.loadtest.bench_hop", "time the router and gRPC hop adds to time to first token"),
+    ("routing", "shunter.loadtest.bench_routing", "routing decision time per policy at 8, 64 and 1,024 fake replicas"),
 ]
 
 

@@ -13,7 +13,7 @@ def test_bench_hop_in_process(tmp_path, capsys):
     assert bench_hop.main(["--requests", "5", "--repeat", "2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["mode"] == "in-process" and len(result["rounds"]) == 2
-    assert result["command"].startswith("python -m shunter.loadtest.bench_hop --requests 5")
+    assert result["command"].startswith("shunter bench hop --requests 5")
     assert 0 < result["rounds"][0]["client_ttft_p50_ms"] < 1000
     assert result["rounds"][0]["engine_ttft_p50_ms"] is not None
     assert "hop p50" in capsys.readouterr().out
