@@ -58,7 +58,7 @@ def run_hf_static(model: str, work: Workload, batch_size: int) -> float:
 
     from shunter.replica.models.loader import ensure_hf_folder
 
-    hf = AutoModelForCausalLM.from_pretrained(ensure_hf_folder(model), torch_dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(ensure_hf_folder(model), dtype=torch.float32).eval()
     pad = 0
     start = time.perf_counter()
     for b in range(0, len(work.prompts), batch_size):

@@ -53,7 +53,7 @@ def shared_prompts(tokenizer) -> list[list[int]]:
 def hf_greedy(folder, prompts: list[list[int]]) -> list[list[int]]:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     outs = []
     with torch.inference_mode():
         for p in prompts:  # one at a time: no padding in the reference
