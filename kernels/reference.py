@@ -124,4 +124,7 @@ def copy_blocks(src_cache: torch.Tensor, dst_cache: torch.Tensor, src_ids: torch
     if src_ids.numel() == 0:
         return
     rows = src_cache[src_ids.to(src_cache.device).long()]
-    dst_cache[dst_ids.to(dst_cache.device).long()] = rows.to(dst_cache.device, non_blocking=True)
+    # Asynchronous only towards a GPU (stream-ordered before its next kernel); a copy to the CPU
+    # must be complete when this returns, since the CPU reads it next.
+    to_gpu = dst_cache.device.type == "cuda"
+    dst_cache[dst_ids.to(dst_cache.device).long()] = rows.to(dst_cache.device, non_blocking=to_gpu)
