@@ -18,6 +18,7 @@ COMMANDS: list[tuple[str, str, str]] = [
 ]
 BENCHES: list[tuple[str, str, str]] = [
     ("offline", "shunter.loadtest.bench_offline", "offline throughput: Shunter vs Hugging Face static generate"),
+    ("engine", "shunter.loadtest.bench_engine", "GPU offline throughput on ShareGPT-like lengths vs HF static, HF continuous batching, roofline"),
     ("policies", "shunter.loadtest.bench_policies", "latency of short and long requests under each scheduling policy"),
     ("kernels", "shunter.loadtest.bench_kernels", "paged-attention kernel bandwidth vs copy bandwidth and padded SDPA (GPU)"),
     ("hop", "shunter.loadtest.bench_hop", "time the router and gRPC hop adds to time to first token"),

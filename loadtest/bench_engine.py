@@ -1,0 +1,228 @@
+"""`shunter bench engine`: offline throughput on ShareGPT-like lengths against Hugging Face static
+`generate`, Hugging Face's own continuous batching (`generate_batch`'s manager) and the roofline.
+
+Prompt and output lengths are log-normal (medians ~200 and ~250 tokens, capped), random token
+ids, EOS ignored: every system makes exactly the requested tokens, and throughput counts only
+those. The roofline replays the schedule Shunter actually ran (see `roofline.py`), with peak
+FLOP/s and copy bandwidth measured on the same device in the same run. Made for the GPU
+(`random:llama-3.2-1b` in bfloat16); it runs anywhere with small settings.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+from shunter.loadtest.bench_offline import Workload
+from shunter.loadtest.roofline import ChunkShape, ModelCost, bound_seconds, measure_bandwidth, measure_peak_flops
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def lognormal_workload(n: int, vocab_size: int, seed: int, input_median: int, output_median: int, sigma: float,
+                       cap: int) -> Workload:
+    rng = random.Random(seed)
+
+    def length(median: int) -> int:
+        return max(1, min(cap, round(rng.lognormvariate(math.log(median), sigma))))
+
+    prompts, outs = [], []
+    for _ in range(n):
+        prompts.append([rng.randrange(100, vocab_size) for _ in range(length(input_median))])
+        outs.append(length(output_median))
+    return Workload(prompts, outs)
+
+
+def make_llm(args: argparse.Namespace):
+    from shunter import LLM
+
+    return LLM(model=args.model, device=args.device, max_num_batched_tokens=args.max_num_batched_tokens,
+               max_num_seqs=args.max_num_seqs)
+
+
+def run_shunter(llm, work: Workload, args: argparse.Namespace) -> tuple[float, list[list[ChunkShape]]]:
+    """Seconds for the whole workload and the shape of every step it ran."""
+    from shunter import SamplingParams
+
+    params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in work.output_lens]
+    llm.generate(work.prompts[:2], params[:2], use_tqdm=False)  # warm-up (kernels compile here)
+    steps: list[list[ChunkShape]] = []
+    runner = llm.engine.runner
+    execute = runner.execute
+
+    def recording_execute(out):
+        steps.append([ChunkShape(s.start, s.num_new_tokens, s.samples) for s in out.scheduled])
+        return execute(out)
+
+    runner.execute = recording_execute
+    _sync(args.device)
+    start = time.perf_counter()
+    outs = llm.generate(work.prompts, params, use_tqdm=sys.stderr.isatty())
+    _sync(args.device)
+    elapsed = time.perf_counter() - start
+    runner.execute = execute
+    assert [len(o.output_token_ids) for o in outs] == work.output_lens
+    return elapsed, steps
+
+
+def _hf_model(args: argparse.Namespace, attn: str | None = None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from shunter.replica.models.loader import ensure_hf_folder
+
+    kwargs = {"attn_implementation": attn} if attn else {}
+    model = AutoModelForCausalLM.from_pretrained(ensure_hf_folder(args.model), dtype=getattr(torch, args.dtype), **kwargs)
+    return model.to(args.device).eval()
+
+
+def run_hf_static(work: Workload, args: argparse.Namespace) -> float:
+    """Batches of `hf_batch_size`, left padding, each run to its longest output."""
+    import torch
+
+    model = _hf_model(args)
+    pad = 0
+    _sync(args.device)
+    start = time.perf_counter()
+    for b in range(0, len(work.prompts), args.hf_batch_size):
+        prompts = work.prompts[b : b + args.hf_batch_size]
+        longest = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts], device=args.device)
+        mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=args.device)
+        new = max(work.output_lens[b : b + args.hf_batch_size])
+        with torch.inference_mode():
+            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                           do_sample=False, pad_token_id=pad, eos_token_id=None)
+    _sync(args.device)
+    return time.perf_counter() - start
+
+
+def run_hf_continuous(work: Workload, args: argparse.Namespace) -> float:
+    """transformers' continuous batching (what `generate_batch` runs), each request with its own
+    number of new tokens, EOS off."""
+    from transformers import GenerationConfig
+
+    model = _hf_model(args, attn="paged|sdpa")
+    config = GenerationConfig(max_new_tokens=max(work.output_lens), do_sample=False, eos_token_id=-1, pad_token_id=0)
+    with model.continuous_batching_context_manager(generation_config=config, block=True, timeout=5) as manager:
+        _sync(args.device)
+        start = time.perf_counter()
+        ids = [manager.add_request(p, max_new_tokens=n) for p, n in zip(work.prompts, work.output_lens)]
+        done: dict[str, int] = {}
+        while len(done) < len(ids):
+            result = manager.get_result(timeout=1)
+            if result is not None and result.is_finished():
+                done[result.request_id] = len(result.generated_tokens)
+            elif result is None and not manager.is_running():
+                raise RuntimeError("transformers' continuous batching stopped before finishing")
+        _sync(args.device)
+        elapsed = time.perf_counter() - start
+    made = [done[i] for i in ids]
+    if made != work.output_lens:
+        raise RuntimeError(f"generate_batch made {sum(made)} tokens, {work.useful_tokens} were asked")
+    return elapsed
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="random:llama-3.2-1b")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--num-requests", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--input-median", type=int, default=200)
+    parser.add_argument("--output-median", type=int, default=250)
+    parser.add_argument("--sigma", type=float, default=0.8, help="log-normal sigma of both lengths")
+    parser.add_argument("--cap", type=int, default=2048, help="longest prompt and longest output")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--hf-batch-size", type=int, default=64)
+    parser.add_argument("--static-requests", type=int, default=256,
+                        help="HF static generate runs on the first N requests (it is slow); tokens/s compared")
+    parser.add_argument("--skip-hf-continuous", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="JSON result path (default: loadtest/results/)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.dtype = "bfloat16" if args.device == "cuda" else "float32"
+    console = Console(stderr=True)
+    llm = make_llm(args)
+    model_config, dtype = llm.engine.runner.config, llm.engine.runner.dtype
+    work = lognormal_workload(args.num_requests, model_config.vocab_size, args.seed, args.input_median,
+                              args.output_median, args.sigma, args.cap)
+    console.print(f"{len(work.prompts)} requests, {sum(map(len, work.prompts))} prompt and {work.useful_tokens} "
+                  f"output tokens, {args.model} on {args.device} ({args.dtype})")
+    shunter_s, steps = run_shunter(llm, work, args)
+    del llm  # its KV pool holds most of the device: free it for the baselines
+    gc.collect()
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    peak, bandwidth = measure_peak_flops(args.device, dtype), measure_bandwidth(args.device)
+    cost = ModelCost.of(model_config, torch.tensor([], dtype=dtype).element_size())
+    bound_s = bound_seconds(cost, steps, peak, bandwidth)
+    subset = Workload(work.prompts[: args.static_requests], work.output_lens[: args.static_requests])
+    static_s = run_hf_static(subset, args)
+    continuous_s = None if args.skip_hf_continuous else run_hf_continuous(work, args)
+    rate = {
+        "shunter": work.useful_tokens / shunter_s,
+        "roofline": work.useful_tokens / bound_s,
+        "hf_static": subset.useful_tokens / static_s,
+        "hf_continuous": work.useful_tokens / continuous_s if continuous_s else None,
+    }
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    result = {
+        "command": "shunter bench engine " + " ".join(sys.argv[3:]),
+        "model": args.model, "device": device_name, "dtype": args.dtype, "torch": torch.__version__,
+        "workload": {"num_requests": len(work.prompts), "prompt_tokens": sum(map(len, work.prompts)),
+                     "useful_output_tokens": work.useful_tokens, "input_median": args.input_median,
+                     "output_median": args.output_median, "sigma": args.sigma, "cap": args.cap, "seed": args.seed},
+        "measured": {"peak_tflops": peak / 1e12, "copy_bandwidth_gbs": bandwidth / 1e9, "steps": len(steps)},
+        "seconds": {"shunter": shunter_s, "roofline_bound": bound_s, "hf_static": static_s,
+                    "hf_continuous": continuous_s},
+        "hf_static_requests": len(subset.prompts), "hf_batch_size": args.hf_batch_size,
+        "output_tokens_per_s": rate,
+        "ratios": {
+            "shunter_over_roofline": rate["shunter"] / rate["roofline"],
+            "shunter_over_hf_static": rate["shunter"] / rate["hf_static"],
+            "shunter_over_hf_continuous": rate["shunter"] / rate["hf_continuous"] if continuous_s else None,
+        },
+    }
+    table = Table(title=f"offline throughput, {args.model} on {device_name}")
+    for col in ("system", "output tokens/s", "Shunter is"):
+        table.add_column(col)
+    for name, label in (("roofline", "roofline bound (same schedule)"), ("shunter", "Shunter"),
+                        ("hf_continuous", "HF continuous batching (paged|sdpa)"),
+                        ("hf_static", f"HF static generate (batch {args.hf_batch_size})")):
+        if rate[name] is not None:
+            table.add_row(label, f"{rate[name]:.1f}", f"{rate['shunter'] / rate[name]:.2f}x")
+    Console().print(table)
+    out = args.out or RESULTS / f"bench_engine_{args.model.replace(':', '_').replace('/', '_')}_{args.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"wrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The roofline bound of an engine run: the least time the hardware could have taken for the
+steps the scheduler actually issued.
+
+Each step costs at least the larger of its FLOPs over the peak and its bytes (all weights once,
+plus the KV every scheduled sequence reads) over the measured bandwidth. Summed over the steps
+this is the time a perfect implementation of the same schedule would need; the engine's share of
+it is how close the kernels and the Python around them come.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shunter.replica.models.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class ChunkShape:
+    start: int  # tokens already in the cache
+    num_new: int  # tokens computed this step
+    samples: bool  # whether the step ends with a logit row for it
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    layer_params: int  # weights of all decoder layers' matmuls
+    head_params: int  # lm_head
+    weight_bytes: int  # what a step must read at least once (embedding rows aside)
+    attn_flops_per_key: int  # per query token and per key it attends (QK and PV, all layers)
+    kv_bytes_per_token: int  # K and V of one cached token, all layers
+
+    @classmethod
+    def of(cls, config: ModelConfig, dtype_bytes: int) -> "ModelCost":
+        h, i, d = config.hidden_size, config.intermediate_size, config.head_dim
+        attn = h * d * (config.num_heads * 2 + config.num_kv_heads * 2)
+        layer = config.num_layers * (attn + 3 * h * i)
+        head = h * config.vocab_size
+        return cls(
+            layer_params=layer,
+            head_params=head,
+            weight_bytes=(layer + head) * dtype_bytes,
+            attn_flops_per_key=4 * config.num_heads * d * config.num_layers,
+            kv_bytes_per_token=2 * config.num_kv_heads * d * config.num_layers * dtype_bytes,
+        )
+
+    def step_flops(self, chunks: list[ChunkShape]) -> int:
+        tokens = sum(c.num_new for c in chunks)
+        rows = sum(c.samples for c in chunks)
+        # Query at position p attends p + 1 keys: sum over the chunk's positions.
+        keys = sum(c.num_new * c.start + c.num_new * (c.num_new + 1) // 2 for c in chunks)
+        return 2 * self.layer_params * tokens + 2 * self.head_params * rows + self.attn_flops_per_key * keys
+
+    def step_bytes(self, chunks: list[ChunkShape]) -> int:
+        return self.weight_bytes + self.kv_bytes_per_token * sum(c.start + c.num_new for c in chunks)
+
+    def step_seconds(self, chunks: list[ChunkShape], peak_flops: float, bandwidth: float) -> float:
+        return max(self.step_flops(chunks) / peak_flops, self.step_bytes(chunks) / bandwidth)
+
+
+def bound_seconds(cost: ModelCost, steps: list[list[ChunkShape]], peak_flops: float, bandwidth: float) -> float:
+    return sum(cost.step_seconds(s, peak_flops, bandwidth) for s in steps if s)
+
+
+def measure_peak_flops(device: str, dtype) -> float:
+    """FLOP/s of a large square matmul in the model's dtype: the achievable peak."""
+    import time
+
+    import torch
+
+    n = 8192 if device == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    reps = 20 if device == "cuda" else 5
+    a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def measure_bandwidth(device: str) -> float:
+    """Bytes/s of a large copy, read plus written (1 GiB on a GPU, 256 MiB on the CPU)."""
+    import time
+
+    import torch
+
+    size = (1 << 30) if device == "cuda" else (1 << 28)
+    src = torch.empty(size, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    _sync(device)
+    reps = 20 if device == "cuda" else 5
+    start = time.perf_counter()
+    for _ in range(reps):
+        dst.copy_(src)
+    _sync(device)
+    return 2 * size * reps / (time.perf_counter() - start)
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
