@@ -13,8 +13,7 @@ from shunter.clock import FakeClock
 from shunter.replica.engine import Engine
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.scheduler import SchedulerOutput
-
-EOS = 0
+from shunter.router.fake_engine import EOS, next_token, reference_output  # noqa: F401 (one fake model)
 
 
 @dataclass
@@ -22,13 +21,6 @@ class FakeModelConfig:
     vocab_size: int = 1000
     eos_token_ids: list[int] = field(default_factory=lambda: [EOS])
     max_position_embeddings: int = 4096
-
-
-def next_token(tokens: list[int], vocab_size: int = 1000) -> int:
-    """Deterministic 'model': never EOS unless the context asks for it (token 999 forces EOS)."""
-    if tokens[-1] == vocab_size - 1:
-        return EOS
-    return (sum((i + 1) * t for i, t in enumerate(tokens)) * 31 + len(tokens)) % (vocab_size - 2) + 1
 
 
 class FakeRunner:
@@ -80,18 +72,6 @@ class FakeRunner:
         if self.clock is not None:
             self.clock.advance(self.step_time)
         return tokens
-
-
-def reference_output(prompt: list[int], max_tokens: int, ignore_eos: bool = False) -> list[int]:
-    """What any correct scheduling must produce for `prompt` under the fake model."""
-    tokens, out = list(prompt), []
-    while len(out) < max_tokens:
-        t = next_token(tokens)
-        tokens.append(t)
-        out.append(t)
-        if t == EOS and not ignore_eos:
-            break
-    return out
 
 
 def make_engine(num_blocks: int = 64, num_cpu_blocks: int = 0, clock: FakeClock | None = None, **settings) -> Engine:
