@@ -23,6 +23,7 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     kv_memory_fraction: float = 0.05  # of free host memory for the KV pool when num_kv_blocks is None (CPU)
     gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = False  # CUDA: run decode steps eagerly instead of replaying CUDA graphs
     seed: int = 0
     check_invariants: bool = False
 

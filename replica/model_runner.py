@@ -8,6 +8,7 @@ import time
 import torch
 
 from shunter import kernels
+from shunter.replica.decode_graphs import DecodeGraphs
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.memory import num_cpu_blocks, num_device_blocks
 from shunter.replica.models.kv_layout import allocate_kv_caches, kv_bytes_per_block
@@ -46,6 +47,7 @@ class ModelRunner:
             else []
         )
         self.generators: dict[str, torch.Generator] = {}
+        self.decode_graphs: DecodeGraphs | None = None  # CUDA graphs of decode steps (`use_decode_graphs`)
 
     @classmethod
     def create(cls, config: EngineConfig) -> "ModelRunner":
@@ -58,7 +60,18 @@ class ModelRunner:
         num_blocks = num_device_blocks(config, device, block_bytes, max_model_len)
         cpu_blocks = num_cpu_blocks(config, block_bytes)
         log.info("model %s on %s: %d KV blocks, %d CPU blocks", config.model, device, num_blocks, cpu_blocks)
-        return cls(loaded, num_blocks, config.block_size, cpu_blocks, max_model_len)
+        runner = cls(loaded, num_blocks, config.block_size, cpu_blocks, max_model_len)
+        if device.type == "cuda" and not config.enforce_eager:
+            runner.use_decode_graphs(config.max_num_seqs, capture=True)
+        return runner
+
+    def use_decode_graphs(self, max_num_seqs: int, capture: bool) -> None:
+        """Replay decode steps from graphs captured per batch size (`capture=False`: the same
+        padded static buffers, run eagerly, as on the CPU)."""
+        start = time.perf_counter()
+        max_blocks = cdiv(self.max_model_len, self.block_size)
+        self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, max_num_seqs, max_blocks, self.device, capture)
+        log.info("decode graphs for batch sizes %s in %.1f s", self.decode_graphs.sizes, time.perf_counter() - start)
 
     def add_generator(self, request_id: str, seed: int) -> None:
         self.generators[request_id] = torch.Generator().manual_seed(seed)
@@ -134,7 +147,10 @@ class ModelRunner:
             for s in out.scheduled
         ]
         batch = pack(chunks, self.block_size, self.device)
-        hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn)
+        if self.decode_graphs is not None and self.decode_graphs.fits(batch):
+            hidden = self.decode_graphs.run(batch)
+        else:
+            hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn)
         sampling = [s for s in out.scheduled if s.samples]
         tokens: list[int | None] = [None] * len(out.scheduled)
         if not sampling:
