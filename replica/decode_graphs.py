@@ -64,8 +64,8 @@ class DecodeGraphs:
 
     def fits(self, batch: Batch) -> bool:
         attn = batch.attn
-        return (attn.max_query_len == 1 and batch.input_ids.numel() == attn.context_lens.numel()
-                and attn.context_lens.numel() <= self.sizes[-1] and attn.block_tables.shape[1] <= self.max_blocks)
+        return (attn.max_query_len == 1 and attn.context_lens.numel() <= self.sizes[-1]
+                and attn.block_tables.shape[1] <= self.max_blocks)
 
     @torch.inference_mode()
     def run(self, batch: Batch) -> torch.Tensor:
@@ -78,9 +78,9 @@ class DecodeGraphs:
         b.positions[:S].copy_(batch.positions)
         b.slot_mapping[:S].copy_(batch.attn.slot_mapping)
         b.slot_mapping[S:n].fill_(-1)
+        # Columns past `width` and padded rows keep stale block ids: always valid ones, and read
+        # only below each row's context length (one token for a padded row), so no clearing.
         b.block_tables[:S, :width].copy_(batch.attn.block_tables)
-        b.block_tables[:S, width:].zero_()
-        b.block_tables[S:n].zero_()
         b.context_lens[:S].copy_(batch.attn.context_lens)
         b.context_lens[S:n].fill_(1)
         if n in self.graphs:
