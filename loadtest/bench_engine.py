@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from shunter.loadtest.bench_offline import Workload
-from shunter.loadtest.roofline import ChunkShape, ModelCost, bound_seconds, measure_bandwidth, measure_peak_flops
+from shunter.loadtest.bench_cli import run_bench
+from shunter.loadtest.bench_offline import Workload, run_hf_static
+from shunter.loadtest.roofline import ChunkShape, ModelCost, bound_seconds, measure_bandwidth, measure_peak_flops, sync
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -60,57 +61,29 @@ def run_shunter(llm, work: Workload, args: argparse.Namespace) -> tuple[float, l
         return execute(out)
 
     runner.execute = recording_execute
-    _sync(args.device)
+    sync(args.device)
     start = time.perf_counter()
     outs = llm.generate(work.prompts, params, use_tqdm=sys.stderr.isatty())
-    _sync(args.device)
+    sync(args.device)
     elapsed = time.perf_counter() - start
     runner.execute = execute
     assert [len(o.output_token_ids) for o in outs] == work.output_lens
     return elapsed, steps
 
 
-def _hf_model(args: argparse.Namespace, attn: str | None = None):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from shunter.replica.models.loader import ensure_hf_folder
-
-    kwargs = {"attn_implementation": attn} if attn else {}
-    model = AutoModelForCausalLM.from_pretrained(ensure_hf_folder(args.model), dtype=getattr(torch, args.dtype), **kwargs)
-    return model.to(args.device).eval()
-
-
-def run_hf_static(work: Workload, args: argparse.Namespace) -> float:
-    """Batches of `hf_batch_size`, left padding, each run to its longest output."""
-    import torch
-
-    model = _hf_model(args)
-    pad = 0
-    _sync(args.device)
-    start = time.perf_counter()
-    for b in range(0, len(work.prompts), args.hf_batch_size):
-        prompts = work.prompts[b : b + args.hf_batch_size]
-        longest = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts], device=args.device)
-        mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=args.device)
-        new = max(work.output_lens[b : b + args.hf_batch_size])
-        with torch.inference_mode():
-            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                           do_sample=False, pad_token_id=pad, eos_token_id=None)
-    _sync(args.device)
-    return time.perf_counter() - start
-
-
 def run_hf_continuous(work: Workload, args: argparse.Namespace) -> float:
     """transformers' continuous batching (what `generate_batch` runs), each request with its own
     number of new tokens, EOS off."""
-    from transformers import GenerationConfig
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
-    model = _hf_model(args, attn="paged|sdpa")
+    from shunter.replica.models.loader import ensure_hf_folder
+
+    model = AutoModelForCausalLM.from_pretrained(ensure_hf_folder(args.model), dtype=getattr(torch, args.dtype),
+                                                 attn_implementation="paged|sdpa").to(args.device).eval()
     config = GenerationConfig(max_new_tokens=max(work.output_lens), do_sample=False, eos_token_id=-1, pad_token_id=0)
     with model.continuous_batching_context_manager(generation_config=config, block=True, timeout=5) as manager:
-        _sync(args.device)
+        sync(args.device)
         start = time.perf_counter()
         ids = [manager.add_request(p, max_new_tokens=n) for p, n in zip(work.prompts, work.output_lens)]
         done: dict[str, int] = {}
@@ -120,19 +93,12 @@ def run_hf_continuous(work: Workload, args: argparse.Namespace) -> float:
                 done[result.request_id] = len(result.generated_tokens)
             elif result is None and not manager.is_running():
                 raise RuntimeError("transformers' continuous batching stopped before finishing")
-        _sync(args.device)
+        sync(args.device)
         elapsed = time.perf_counter() - start
     made = [done[i] for i in ids]
     if made != work.output_lens:
         raise RuntimeError(f"generate_batch made {sum(made)} tokens, {work.useful_tokens} were asked")
     return elapsed
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -176,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     cost = ModelCost.of(model_config, torch.tensor([], dtype=dtype).element_size())
     bound_s = bound_seconds(cost, steps, peak, bandwidth)
     subset = Workload(work.prompts[: args.static_requests], work.output_lens[: args.static_requests])
-    static_s = run_hf_static(subset, args)
+    static_s = run_hf_static(args.model, subset, args.hf_batch_size, args.device, args.dtype)
     continuous_s = None if args.skip_hf_continuous else run_hf_continuous(work, args)
     rate = {
         "shunter": work.useful_tokens / shunter_s,
@@ -186,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     }
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     result = {
-        "command": "shunter bench engine " + " ".join(sys.argv[3:]),
+        "command": args._invocation,
         "model": args.model, "device": device_name, "dtype": args.dtype, "torch": torch.__version__,
         "workload": {"num_requests": len(work.prompts), "prompt_tokens": sum(map(len, work.prompts)),
                      "useful_output_tokens": work.useful_tokens, "input_median": args.input_median,
@@ -219,9 +185,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_bench("engine", __doc__.splitlines()[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from shunter.loadtest.bench_cli import run_bench
+
 RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP = 20
 
@@ -100,7 +102,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    args.command_line = getattr(args, "command_line", None) or " ".join(sys.argv[3:])  # after `shunter bench NAME`
     from shunter.router.background import BackgroundServer
     from shunter.router.router import RouterConfig
 
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     rtt = statistics.median(r["ray_rtt_p50_ms"] for r in rounds) if args.ray else None
     print(f"hop p50 (median of rounds): {hop:.3f} ms" + (f";  bare actor call RTT p50 {rtt:.3f} ms" if rtt else ""))
     result = {
-        "bench": "hop", "command": "shunter bench hop " + args.command_line,
+        "bench": "hop", "command": args._invocation,
         "mode": mode, "replicas": args.replicas, "requests": args.requests, "rounds": rounds, "hop_p50_ms": hop,
         "ray_rtt_p50_ms": rtt,
         "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -151,11 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    args.command_line = " ".join(sys.argv[1:] if argv is None else argv)
-    return run(args)
+    return run_bench("hop", __doc__.splitlines()[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
+
+from shunter.loadtest.bench_cli import run_bench
+from shunter.loadtest.roofline import measure_bandwidth
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -47,17 +49,6 @@ def _time_ms(fn, iters: int) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return sorted(times)[len(times) // 2]
-
-
-def copy_bandwidth_gbs(iters: int) -> float:
-    """Device-to-device copy of 1 GiB: bytes read plus bytes written per second."""
-    import torch
-
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = _time_ms(lambda: dst.copy_(src), max(5, iters // 5))
-    del src, dst
-    return 2 * (1 << 30) / ms / 1e6
 
 
 def _decode_point(args: argparse.Namespace, max_len: int, gen) -> dict:
@@ -145,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     gen = torch.Generator().manual_seed(args.seed)
-    copy_gbs = copy_bandwidth_gbs(args.iters)
+    copy_gbs = measure_bandwidth("cuda") / 1e9
     points = []
     for max_len in args.contexts:
         point = _decode_point(args, max_len, gen)
@@ -154,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
               f"  sdpa padded {point['sdpa_padded_gbs']:7.1f} GB/s  splits {point['num_splits']}")
         torch.cuda.empty_cache()
     result = {
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "command": args._invocation,
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "triton": __import__("triton").__version__,
@@ -171,10 +162,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args())
+def main(argv: list[str] | None = None) -> int:
+    return run_bench("kernels", __doc__.splitlines()[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -52,26 +52,30 @@ def run_shunter(model: str, work: Workload, args: argparse.Namespace) -> float:
     return elapsed
 
 
-def run_hf_static(model: str, work: Workload, batch_size: int) -> float:
+def run_hf_static(model: str, work: Workload, batch_size: int, device: str = "cpu", dtype: str = "float32") -> float:
+    """Batches of `batch_size`, left padding, each batch run to its longest output."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from shunter.loadtest.roofline import sync
     from shunter.replica.models.loader import ensure_hf_folder
 
-    hf = AutoModelForCausalLM.from_pretrained(ensure_hf_folder(model), dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(ensure_hf_folder(model), dtype=getattr(torch, dtype)).to(device).eval()
     pad = 0
+    sync(device)
     start = time.perf_counter()
     for b in range(0, len(work.prompts), batch_size):
         prompts = work.prompts[b : b + batch_size]
         longest = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
+        ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=device)
         new = max(work.output_lens[b : b + batch_size])
         with torch.inference_mode():
             hf.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
                 do_sample=False, pad_token_id=pad, eos_token_id=None,
             )
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -101,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     shunter_s = run_shunter(args.model, work, args)
     hf_s = run_hf_static(args.model, work, args.hf_batch_size)
     result = {
-        "command": "shunter bench offline " + " ".join(sys.argv[3:]),
+        "command": args._invocation,
         "model": args.model,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "workload": {"num_requests": len(work.prompts), "useful_output_tokens": work.useful_tokens,

@@ -13,7 +13,6 @@ import argparse
 import json
 import platform
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -165,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or RESULTS / "bench_policies.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
-        "command": "shunter bench policies " + " ".join(sys.argv[3:]),
+        "command": args._invocation,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")},
         "jobs": [{k: v for k, v in asdict(j).items() if k != "prompt"} | {"prompt_len": len(j.prompt)} for j in jobs],

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from shunter.loadtest.bench_cli import run_bench
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -78,7 +80,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    args.command_line = getattr(args, "command_line", None) or " ".join(sys.argv[3:])  # after `shunter bench NAME`
     from shunter.router.policies import REGISTRY
 
     print(f"{'policy':<14}" + "".join(f"{n:>12} repl" for n in args.replicas) + "   (p50 µs per decision)")
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     hashing = time_hashing(repeats=max(10, min(2000, args.decisions // 10))) * 1e6
     print(f"prompt hashing (552 tokens, 34 blocks): {hashing:.1f} µs per request")
     result = {
-        "bench": "routing", "command": "shunter bench routing " + args.command_line,
+        "bench": "routing", "command": args._invocation,
         "unit": "p50 µs per decision", "decisions": args.decisions, "policies": table, "prompt_hashing_us": hashing,
         "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -103,11 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    args.command_line = " ".join(sys.argv[1:] if argv is None else argv)
-    return run(args)
+    return run_bench("routing", __doc__.splitlines()[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -71,11 +71,11 @@ def measure_peak_flops(device: str, dtype) -> float:
     b = torch.randn(n, n, device=device, dtype=dtype)
     reps = 20 if device == "cuda" else 5
     a @ b
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
-    _sync(device)
+    sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
@@ -89,16 +89,17 @@ def measure_bandwidth(device: str) -> float:
     src = torch.empty(size, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    _sync(device)
+    sync(device)
     reps = 20 if device == "cuda" else 5
     start = time.perf_counter()
     for _ in range(reps):
         dst.copy_(src)
-    _sync(device)
+    sync(device)
     return 2 * size * reps / (time.perf_counter() - start)
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
+    """Wait for the device (timings of GPU work end here)."""
     import torch
 
     if device == "cuda":
