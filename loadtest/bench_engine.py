@@ -67,7 +67,7 @@ def run_shunter(llm, work: Workload, args: argparse.Namespace) -> tuple[float, l
     sync(args.device)
     elapsed = time.perf_counter() - start
     runner.execute = execute
-    assert [len(o.output_token_ids) for o in outs] == work.output_lens
+    assert [len(o.outputs[0].token_ids) for o in outs] == work.output_lens
     return elapsed, steps
 
 

@@ -1,7 +1,7 @@
 """The router + gRPC hop: client time to first token minus the engine's own.
 
 `python -m shunter.loadtest.bench_hop [--requests 300] [--repeat 3] [--ray] [--out PATH]`
-Replicas run a zero-cost fake engine (`shunter.router.fake_engine`: no model time) that stamps
+Replicas run a zero-cost fake engine (`shunter.testing.fake_engine`: no model time) that stamps
 when it took each request and when it made its first token, so engine TTFT is known and the rest
 is the hop: gRPC, validation, routing, the submit call, the engine thread's wake-up and the
 poll back. With `--ray` the replicas are Ray actors (the deployed path); their stamps stay in
@@ -22,20 +22,16 @@ import time
 from pathlib import Path
 
 from shunter.loadtest.bench_cli import run_bench
+from shunter.mathutil import percentile
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP = 20
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def start_clients(use_ray: bool, n: int) -> list:
     if not use_ray:
-        from shunter.router.fake_engine import make_zero_cost_engine
         from shunter.router.replica_client import LocalReplicaClient
+        from shunter.testing.fake_engine import make_zero_cost_engine
 
         return [LocalReplicaClient(f"r{i}", make_zero_cost_engine) for i in range(n)]
     import ray
@@ -44,7 +40,7 @@ def start_clients(use_ray: bool, n: int) -> list:
 
     if not ray.is_initialized():  # else join the caller's (a test session's) instance
         ray.init(num_cpus=max(2, n), include_dashboard=False, log_to_driver=False)
-    return [RayReplicaClient(f"r{i}", spawn(f"r{i}", None, "shunter.router.fake_engine:make_zero_cost_engine"))
+    return [RayReplicaClient(f"r{i}", spawn(f"r{i}", None, "shunter.testing.fake_engine:make_zero_cost_engine"))
             for i in range(n)]
 
 
@@ -102,8 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shunter.router.background import BackgroundServer
     from shunter.router.router import RouterConfig
+    from shunter.testing.background import BackgroundServer
 
     own_ray = args.ray and not _ray_running()
     clients = start_clients(args.ray, args.replicas)

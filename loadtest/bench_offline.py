@@ -48,7 +48,7 @@ def run_shunter(model: str, work: Workload, args: argparse.Namespace) -> float:
     start = time.perf_counter()
     outs = llm.generate(work.prompts, params, use_tqdm=sys.stderr.isatty())
     elapsed = time.perf_counter() - start
-    assert [len(o.output_token_ids) for o in outs] == work.output_lens
+    assert [len(o.outputs[0].token_ids) for o in outs] == work.output_lens
     return elapsed
 
 

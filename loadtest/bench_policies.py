@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shunter.mathutil import percentile
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ALL_POLICIES = ["fcfs", "sjf", "mlq", "priority", "slo", "static"]
 
@@ -56,6 +58,7 @@ def make_jobs(args: argparse.Namespace, vocab_size: int) -> list[Job]:
 def run_policy(policy: str, jobs: list[Job], args: argparse.Namespace) -> tuple[dict[str, JobResult], dict[str, Any]]:
     """Feed the stream to a fresh engine under `policy`; per-request results and engine stats."""
     from shunter import LLM, SamplingParams
+    from shunter.replica.output_collector import OutputCollector
 
     llm = LLM(
         model=args.model, policy=policy, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
@@ -67,6 +70,7 @@ def run_policy(policy: str, jobs: list[Job], args: argparse.Namespace) -> tuple[
     pending = sorted(jobs, key=lambda j: j.arrival_s)
     kinds = {j.request_id: j.kind for j in jobs}
     results: dict[str, JobResult] = {}
+    collector = OutputCollector()
     start = time.monotonic()
     while pending or engine.has_unfinished_requests():
         now = time.monotonic()
@@ -80,12 +84,11 @@ def run_policy(policy: str, jobs: list[Job], args: argparse.Namespace) -> tuple[
         if not engine.has_unfinished_requests():
             time.sleep(max(start + pending[0].arrival_s - time.monotonic(), 0.0))
             continue
-        for out in engine.step():
-            if out.finished:
-                done = time.monotonic()
-                arrival = out.metrics["arrival_time"]
-                first = out.metrics.get("first_token_time", done)
-                results[out.request_id] = JobResult(kinds[out.request_id], done - arrival, first - arrival, out.output_token_ids)
+        for out in collector.fold(engine.step()):
+            done = time.monotonic()
+            arrival = out.metrics.arrival_time
+            first = out.metrics.first_token_time or done
+            results[out.request_id] = JobResult(kinds[out.request_id], done - arrival, first - arrival, out.outputs[0].token_ids)
     makespan = time.monotonic() - start
     stats = engine.stats()
     sched = engine.scheduler.stats
@@ -98,16 +101,6 @@ def run_policy(policy: str, jobs: list[Job], args: argparse.Namespace) -> tuple[
         "steps": stats.num_steps - base_stats.num_steps,
     }
     return results, summary
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    pos = q * (len(ordered) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def latency_summary(results: dict[str, JobResult], kind: str) -> dict[str, float]:

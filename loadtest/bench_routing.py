@@ -25,8 +25,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def build(n: int, seed: int = 0):
     from shunter.replica.block_hash import block_hashes
+    from shunter.replica.engine_protocol import CacheEvent as Event
     from shunter.router.load import LoadReport, RoutingRequest
-    from shunter.router.fake_engine import FakeCacheEvent as Event
     from shunter.router.prefix_index import PrefixIndex
 
     rng = random.Random(seed)

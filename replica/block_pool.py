@@ -8,15 +8,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Literal
 
-
-@dataclass
-class CacheEvent:
-    """What the router's prefix index learns from: a block hash appeared or disappeared."""
-
-    kind: Literal["stored", "evicted"]
-    block_hash: int
+from shunter.replica.engine_protocol import CacheEvent
 
 
 @dataclass

@@ -7,55 +7,41 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
 
 from shunter.clock import Clock, MonotonicClock
-from shunter.outputs import RequestOutput
-from shunter.replica.block_pool import CacheEvent
+from shunter.mathutil import cdiv
 from shunter.replica.detokenizer import IncrementalDetokenizer
 from shunter.replica.engine_config import EngineConfig
-from shunter.replica.kv_cache_manager import KVCacheManager, cdiv
-from shunter.replica.migration import MigrationState
+from shunter.replica.engine_protocol import CacheEvent, EngineOutput, EngineStats, MigrationState, ModelLimits
+from shunter.replica.kv_cache_manager import KVCacheManager
+from shunter.replica.load_estimate import remaining_blocks
 from shunter.replica.model_runner import ModelRunner
 from shunter.replica.policies import make_policy
 from shunter.replica.request import Request, RequestStatus
 from shunter.replica.scheduler import Scheduler, SchedulerConfig
+from shunter.replica.validation import validate_request
 from shunter.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class EngineStats:
-    num_running: int
-    num_waiting: int
-    num_swapped: int
-    kv_blocks_total: int
-    kv_blocks_in_use: int  # held by live requests
-    kv_blocks_cached: int  # free but holding a reusable prefix
-    prefix_hit_rate: float  # prompt tokens served from the cache / prompt tokens looked up
-    num_preemptions: int
-    num_swaps: int
-    num_recomputed_tokens: int
-    blocks_expected_growth: int  # blocks running requests will still take (max_tokens or a hint)
-    blocks_waiting: int  # blocks the queued prompts will take
-    num_steps: int
-    mean_step_time: float
-
-
 class Engine:
+    """Implements `EngineProtocol` over the real model (or, in tests, a scripted runner)."""
+
     def __init__(self, config: EngineConfig, clock: Clock | None = None, runner: ModelRunner | None = None) -> None:
         """`runner` replaces the model (tests pass a scripted fake); by default the model is loaded."""
         self.config = config
         self.clock = clock or MonotonicClock()
         self.runner = runner or ModelRunner.create(config)
-        self.model_config = self.runner.config
         self.tokenizer = self.runner.tokenizer
         self.max_model_len = self.runner.max_model_len
         self.block_size = config.block_size
         self.kv = KVCacheManager(
             self.runner.num_blocks, config.block_size, self.runner.num_cpu_blocks, config.enable_prefix_caching
         )
+        self.eos_token_ids = tuple(self.runner.config.eos_token_ids)
+        self.limits = ModelLimits(self.runner.config.vocab_size, self.max_model_len, self.block_size,
+                                  self.kv.num_blocks, self.eos_token_ids)
         policy = make_policy(config.policy, self.clock, **config.policy_settings)
         sched_config = SchedulerConfig(
             config.max_num_batched_tokens, config.max_num_seqs, config.preemption_mode, config.check_invariants,
@@ -70,33 +56,11 @@ class Engine:
         self._step_time_ema = 0.0
 
     # ---- requests in -----------------------------------------------------------------------
-    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Raise ValueError naming the field for anything this engine cannot serve."""
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
-        if len(prompt_token_ids) == 0:
-            raise ValueError("prompt must not be empty")
-        vocab = self.model_config.vocab_size
-        bad = [t for t in prompt_token_ids if not isinstance(t, int) or not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"prompt_token_ids: token id {bad[0]!r} is outside the vocabulary [0, {vocab})")
-        total = len(prompt_token_ids) + params.max_tokens
-        if total > self.max_model_len:
-            raise ValueError(
-                f"max_tokens: prompt ({len(prompt_token_ids)} tokens) + max_tokens ({params.max_tokens}) = {total} "
-                f"exceeds the model's context of {self.max_model_len} tokens"
-            )
-        if cdiv(total, self.block_size) > self.kv.num_blocks:
-            raise ValueError(
-                f"max_tokens: prompt + max_tokens ({total} tokens) needs more KV blocks than num_kv_blocks "
-                f"({self.kv.num_blocks} blocks of {self.block_size})"
-            )
-
     def add_request(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, arrival_time: float | None = None
     ) -> None:
         prompt_token_ids = list(prompt_token_ids)
-        self.validate(prompt_token_ids, params)
+        validate_request(prompt_token_ids, params, self.limits)
         if request_id in self.scheduler.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         request = Request(
@@ -104,7 +68,7 @@ class Engine:
             prompt_token_ids,
             params,
             arrival_time=self.clock.now() if arrival_time is None else arrival_time,
-            eos_token_ids=tuple(self.model_config.eos_token_ids),
+            eos_token_ids=self.eos_token_ids,
         )
         self._track(request)
         self.scheduler.add(request)
@@ -117,14 +81,14 @@ class Engine:
         if self.tokenizer is not None:
             self.detokenizers[request.request_id] = IncrementalDetokenizer(self.tokenizer, params.stop)
 
-    def abort_request(self, request_id: str) -> RequestOutput | None:
+    def abort_request(self, request_id: str) -> EngineOutput | None:
         request = self.scheduler.requests.get(request_id)
         if request is None:
             return None
         return self._finish(request, "abort", [])
 
     # ---- one step --------------------------------------------------------------------------
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> list[EngineOutput]:
         if not self.scheduler.has_unfinished():
             return []
         started, clock_started = time.perf_counter(), self.clock.now()
@@ -142,7 +106,7 @@ class Engine:
         self._step_time_ema = elapsed if self._step_time_ema == 0 else 0.9 * self._step_time_ema + 0.1 * elapsed
         return outputs
 
-    def _append_token(self, request: Request, token: int, now: float) -> RequestOutput:
+    def _append_token(self, request: Request, token: int, now: float) -> EngineOutput:
         request.output_token_ids.append(token)
         if request.first_token_time is None:
             request.first_token_time = now
@@ -164,33 +128,20 @@ class Engine:
             return "length"
         return None
 
-    def _finish(self, request: Request, reason: str, new_tokens: list[int], new_text: str = "") -> RequestOutput:
+    def _finish(self, request: Request, reason: str, new_tokens: list[int], new_text: str = "") -> EngineOutput:
         if not request.is_finished:
             self.scheduler.finish(request, reason)
         detok = self.detokenizers.pop(request.request_id, None)
         if detok is not None:
             new_text += detok.flush()
         self.runner.drop_generator(request.request_id)
-        return self._output(request, new_tokens, new_text, detok)
+        return self._output(request, new_tokens, new_text)
 
-    def _output(
-        self, request: Request, new_tokens: list[int], new_text: str, detok: IncrementalDetokenizer | None = None
-    ) -> RequestOutput:
-        detok = detok or self.detokenizers.get(request.request_id)
-        metrics = {"arrival_time": request.arrival_time}
-        if request.first_token_time is not None:
-            metrics["first_token_time"] = request.first_token_time
-        return RequestOutput(
-            request_id=request.request_id,
-            prompt_token_ids=request.prompt_token_ids,
-            output_token_ids=list(request.output_token_ids),
-            new_token_ids=new_tokens,
-            finish_reason=request.finish_reason,
-            text=detok.text if detok else "",
-            new_text=new_text,
-            num_cached_tokens=max(request.num_cached_tokens, 0),
-            metrics=metrics,
-        )
+    @staticmethod
+    def _output(request: Request, new_tokens: list[int], new_text: str) -> EngineOutput:
+        return EngineOutput(request.request_id, new_tokens, request.num_output_tokens, request.finish_reason,  # type: ignore[arg-type]
+                            new_text, max(request.num_cached_tokens, 0), request.arrival_time,
+                            request.first_token_time)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -199,8 +150,7 @@ class Engine:
     def stats(self) -> EngineStats:
         s = self.scheduler
         growth = sum(
-            cdiv(r.num_prompt_tokens + (r.params.expected_output_tokens or r.params.max_tokens), self.block_size)
-            - len(self.kv.blocks_of(r.request_id))
+            remaining_blocks(r.num_prompt_tokens, r.params, self.block_size, len(self.kv.blocks_of(r.request_id)))
             for r in s.running
         )
         waiting = sum(cdiv(r.num_tokens, self.block_size) for r in s.waiting + s.swapped)
@@ -216,7 +166,7 @@ class Engine:
             num_preemptions=s.stats.num_preemptions,
             num_swaps=s.stats.num_swaps_out,
             num_recomputed_tokens=s.stats.num_recomputed_tokens,
-            blocks_expected_growth=max(growth, 0),
+            blocks_expected_growth=growth,
             blocks_waiting=waiting,
             num_steps=s.num_steps,
             mean_step_time=self._step_time_ema,
@@ -250,8 +200,9 @@ class Engine:
         self.runner.drop_generator(request_id)
         return state
 
-    def import_request(self, state: MigrationState) -> None:
-        """Resume a request exported elsewhere: with its KV if it came and fits, else by recompute."""
+    def import_request(self, state: MigrationState) -> int:
+        """Resume a request exported elsewhere: with its KV if it came and fits, else by recompute.
+        Returns the tokens resumed with KV (0: it recomputes)."""
         if state.request_id in self.scheduler.requests:
             raise ValueError(f"request_id {state.request_id!r} is already in use")
         request = Request(
@@ -259,7 +210,7 @@ class Engine:
             list(state.prompt_token_ids),
             state.params,
             arrival_time=state.arrival_time,
-            eos_token_ids=tuple(self.model_config.eos_token_ids),
+            eos_token_ids=self.eos_token_ids,
             output_token_ids=list(state.output_token_ids),
             num_cached_tokens=state.num_cached_tokens,
         )
@@ -274,11 +225,13 @@ class Engine:
         usable = state.kv is not None and state.block_size == self.block_size and state.num_computed_tokens > 0
         if not usable:
             self.scheduler.add(request)
-            return
+            return 0
         blocks = self.scheduler.admit_migrated(request, state.num_computed_tokens)
-        if blocks is not None:
-            self.runner.write_blocks(blocks, state.kv)
-            self.kv.cache_computed_blocks(request)
+        if blocks is None:
+            return 0
+        self.runner.write_blocks(blocks, state.kv)
+        self.kv.cache_computed_blocks(request)
+        return request.num_computed_tokens
 
     def drain_cache_events(self) -> list[CacheEvent]:
         return self.kv.drain_events()

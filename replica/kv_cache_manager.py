@@ -7,13 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shunter.mathutil import cdiv
 from shunter.replica.block_hash import ROOT_HASH, hash_block
 from shunter.replica.block_pool import BlockPool, CacheEvent
 from shunter.replica.request import Request
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @dataclass

@@ -1,15 +1,20 @@
-"""The offline API, shaped like vLLM's: `LLM(model=...).generate(prompts, SamplingParams(...))`."""
+"""The offline API, shaped like vLLM's: `LLM(model=...).generate(prompts, SamplingParams(...))`
+and `LLM.chat(messages)`, returning `RequestOutput`s with `outputs[i].text` / `.token_ids`."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any, Sequence
 
 from shunter.outputs import RequestOutput
 from shunter.replica.engine import Engine
 from shunter.replica.engine_config import EngineConfig
+from shunter.replica.output_collector import OutputCollector
+from shunter.replica.validation import validate_request
 from shunter.sampling_params import SamplingParams
 
 Prompt = str | Sequence[int]
+Message = dict[str, str]  # {"role": ..., "content": ...}
 
 
 class LLM:
@@ -45,16 +50,39 @@ class LLM:
             raise ValueError(f"sampling_params: {len(params_list)} given for {len(prompts)} prompts")
         token_lists = [self.encode(p) for p in prompts]
         for tokens, p in zip(token_lists, params_list):
-            self.engine.validate(tokens, p)
+            validate_request(tokens, _sample_params(p, 0), self.engine.limits)
+        collector = OutputCollector()
         ids = []
-        for tokens, p in zip(token_lists, params_list):
+        for prompt, tokens, p in zip(prompts, token_lists, params_list):
             request_id = f"offline-{self._counter}"
             self._counter += 1
-            self.engine.add_request(request_id, tokens, p)
+            text = prompt if isinstance(prompt, str) else None
+            for i, engine_id in enumerate(collector.expect(request_id, text, tokens, p.n)):
+                self.engine.add_request(engine_id, tokens, _sample_params(p, i))
             ids.append(request_id)
-        return self._run(ids, use_tqdm)
+        return self._run(ids, collector, use_tqdm)
 
-    def _run(self, ids: list[str], use_tqdm: bool | None) -> list[RequestOutput]:
+    def chat(
+        self,
+        messages: list[Message] | list[list[Message]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool | None = None,
+    ) -> list[RequestOutput]:
+        """Generate a reply to each conversation, rendered with the model's chat template."""
+        tok = self.engine.tokenizer
+        if tok is None or not getattr(tok, "chat_template", None):
+            raise ValueError("messages: this model has no chat template; use generate()")
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = []
+        for c, conversation in enumerate(conversations):
+            for i, m in enumerate(conversation):  # type: ignore[union-attr]
+                if not isinstance(m, dict) or not {"role", "content"} <= m.keys():
+                    raise ValueError(f"messages[{c}][{i}]: must be a dict with 'role' and 'content'")
+            text = tok.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+            prompts.append(list(tok(text, add_special_tokens=False).input_ids))
+        return self.generate(prompts, sampling_params, use_tqdm)
+
+    def _run(self, ids: list[str], collector: OutputCollector, use_tqdm: bool | None) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}
         show = sys.stderr.isatty() if use_tqdm is None else use_tqdm
         bar = None
@@ -63,11 +91,18 @@ class LLM:
 
             bar = tqdm(total=len(ids), desc="generate", unit="req", dynamic_ncols=True)
         while self.engine.has_unfinished_requests():
-            for out in self.engine.step():
-                if out.finished:
-                    finished[out.request_id] = out
-                    if bar is not None:
-                        bar.update(1)
+            for out in collector.fold(self.engine.step()):
+                finished[out.request_id] = out
+                if bar is not None:
+                    bar.update(1)
         if bar is not None:
             bar.close()
         return [finished[i] for i in ids]
+
+
+def _sample_params(params: SamplingParams, index: int) -> SamplingParams:
+    """The engine runs one sequence per request: sample `index` of `n`, with its own seed."""
+    if params.n == 1:
+        return params
+    seed = None if params.seed is None else params.seed + index
+    return dataclasses.replace(params, n=1, seed=seed)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from shunter.mathutil import cdiv
 from shunter.replica.engine_config import EngineConfig
-from shunter.replica.kv_cache_manager import cdiv
 
 
 def available_host_memory() -> int:

@@ -8,12 +8,12 @@ import time
 import torch
 
 from shunter import kernels
+from shunter.mathutil import cdiv
 from shunter.replica.decode_graphs import DecodeGraphs
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.memory import num_cpu_blocks, num_device_blocks
 from shunter.replica.models.kv_layout import allocate_kv_caches, kv_bytes_per_block
 from shunter.replica.models.loader import LoadedModel, load_model
-from shunter.replica.kv_cache_manager import cdiv
 from shunter.replica.packing import Chunk, pack
 from shunter.replica.preemption import PreemptionCosts
 from shunter.replica.sampler import sample

@@ -18,7 +18,8 @@ import logging
 from dataclasses import dataclass, field
 
 from shunter.clock import Clock
-from shunter.replica.kv_cache_manager import KVCacheManager, PrefixHit, cdiv
+from shunter.mathutil import cdiv
+from shunter.replica.kv_cache_manager import KVCacheManager, PrefixHit
 from shunter.replica.policies import PolicyContext, SchedulingPolicy
 from shunter.replica.policies.step_time import StepTimeModel
 from shunter.replica.preemption import MODES, PreemptionCosts
@@ -238,7 +239,8 @@ class Scheduler:
         self.stats.num_swaps_in += 1
         self.swapped.remove(req)
         self._seat(req, step)
-        assert self.kv.allocate(req, num_new)
+        if not self.kv.allocate(req, num_new):  # cannot fail: checked against num_free_blocks above
+            raise RuntimeError(f"swap-in of {req.request_id}: blocks checked free were not")
         self._schedule(req, num_new, step, out)
 
     def _admit(self, req: Request, step: _Step, out: SchedulerOutput) -> None:

@@ -18,7 +18,7 @@ from shunter.errors import Overloaded, ReplicaUnavailable
 from shunter.proto import generation_pb2 as pb
 from shunter.proto import generation_pb2_grpc as pb_grpc
 from shunter.replica.detokenizer import IncrementalDetokenizer
-from shunter.router.convert import prepare
+from shunter.router.grpc_request import prepare
 from shunter.router.router import Router
 
 log = logging.getLogger(__name__)

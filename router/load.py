@@ -11,10 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 @dataclass
 class RequestLoad:
     """One request a replica is serving, as the rebalancer sees it."""

@@ -9,13 +9,17 @@ blocks itself: if that fails, it imports the state without them and recomputes. 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
 
-from shunter.router.replica_client import ReplicaDead
-from shunter.router.replica_core import PollResult, ReplicaCore, ReplicaInfo, load_engine, without_kv
+from shunter.replica.engine_config import EngineConfig
+from shunter.replica.engine_protocol import MigrationState
+from shunter.replica.replica_core import PollResult, ReplicaCore, ReplicaInfo, load_engine
+from shunter.router.replica_client import ExportedRequest, ReplicaDead
+from shunter.sampling_params import SamplingParams
 
 try:
     from ray.exceptions import ActorUnavailableError
@@ -25,14 +29,24 @@ except ImportError:  # older Ray
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class RayExport:
+    """An exported request as Ray holds it: the tokens here, the state and KV as object refs
+    in the source's object store, fetched by the target itself."""
+
+    output_token_ids: list[int]
+    state_ref: ray.ObjectRef
+    kv_ref: ray.ObjectRef
+
+
 class ReplicaActor:
-    def __init__(self, replica_id: str, engine_config: Any, engine_factory: str | None = None) -> None:
+    def __init__(self, replica_id: str, engine_config: EngineConfig, engine_factory: str | None = None) -> None:
         self.core = ReplicaCore(replica_id, load_engine(engine_config, engine_factory))
 
     async def info(self) -> ReplicaInfo:
         return self.core.info()
 
-    async def submit(self, request_id: str, prompt_token_ids: list[int], params: Any) -> None:
+    async def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         await self.core.submit(request_id, prompt_token_ids, params)
 
     async def abort(self, request_id: str) -> None:
@@ -42,14 +56,14 @@ class ReplicaActor:
         return await self.core.poll(max_wait)
 
     @ray.method(num_returns=3)
-    async def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, Any, Any]:
-        tokens, state = await self.core.export(request_id, with_kv)
+    async def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, MigrationState | None, object]:
+        state = await self.core.export(request_id, with_kv)
         if state is None:
             return None, None, None
         kv, state.kv = state.kv, None
-        return tokens, state, kv
+        return list(state.output_token_ids), state, kv
 
-    async def import_(self, state: Any, kv_box: list | None = None) -> int:
+    async def import_(self, state: MigrationState, kv_box: list[ray.ObjectRef] | None = None) -> int:
         """`kv_box` = [ref to the KV blocks] (boxed, so Ray leaves the fetch, and its failure, to us)."""
         if kv_box and state.kv is None and state.num_computed_tokens > 0:
             try:
@@ -58,15 +72,15 @@ class ReplicaActor:
                 log.warning("replica %s: KV of %s did not arrive (%s); recomputing", self.core.replica_id,
                             state.request_id, type(e).__name__)
         if state.kv is None:
-            state = without_kv(state)
+            state = state.without_kv()
         return await self.core.import_(state)
 
 
 RemoteReplicaActor = ray.remote(ReplicaActor)
 
 
-def spawn(replica_id: str, engine_config: Any, engine_factory: str | None = None, num_cpus: float = 1,
-          num_gpus: float = 0) -> Any:
+def spawn(replica_id: str, engine_config: EngineConfig, engine_factory: str | None = None, num_cpus: float = 1,
+          num_gpus: float = 0) -> ray.actor.ActorHandle:
     """Start one replica actor (restarted by Ray if its process dies)."""
     return RemoteReplicaActor.options(
         name=f"shunter-{replica_id}", num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0,
@@ -75,7 +89,7 @@ def spawn(replica_id: str, engine_config: Any, engine_factory: str | None = None
 
 
 class RayReplicaClient:
-    def __init__(self, replica_id: str, handle: Any) -> None:
+    def __init__(self, replica_id: str, handle: ray.actor.ActorHandle) -> None:
         self.replica_id, self.handle = replica_id, handle
 
     async def _await(self, ref: Any) -> Any:
@@ -87,7 +101,7 @@ class RayReplicaClient:
     async def info(self) -> ReplicaInfo:
         return await self._await(self.handle.info.remote())
 
-    async def submit(self, request_id: str, prompt_token_ids: list[int], params: Any) -> None:
+    async def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         await self._await(self.handle.submit.remote(request_id, prompt_token_ids, params))
 
     async def abort(self, request_id: str) -> None:
@@ -96,11 +110,12 @@ class RayReplicaClient:
     async def poll(self, max_wait: float) -> PollResult:
         return await self._await(self.handle.poll.remote(max_wait))
 
-    async def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, Any]:
+    async def export(self, request_id: str, with_kv: bool = True) -> RayExport | None:
         tokens_ref, state_ref, kv_ref = self.handle.export.remote(request_id, with_kv)
         tokens = await self._await(tokens_ref)
-        return tokens, (state_ref, kv_ref)
+        return None if tokens is None else RayExport(tokens, state_ref, kv_ref)
 
-    async def import_(self, state: Any) -> int:
-        state_ref, kv_ref = state
-        return await self._await(self.handle.import_.remote(state_ref, [kv_ref]))
+    async def import_(self, exported: ExportedRequest) -> int:
+        if not isinstance(exported, RayExport):
+            raise TypeError(f"a Ray replica imports a RayExport, got {type(exported).__name__}")
+        return await self._await(self.handle.import_.remote(exported.state_ref, [exported.kv_ref]))

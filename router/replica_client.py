@@ -5,32 +5,42 @@ whatever transport noticed it, so failover has one trigger.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 from shunter.errors import ReplicaUnavailable
-from shunter.router.replica_core import PollResult, ReplicaCore, ReplicaInfo
+from shunter.replica.engine_protocol import EngineProtocol, MigrationState
+from shunter.replica.replica_core import PollResult, ReplicaCore, ReplicaInfo
+from shunter.sampling_params import SamplingParams
 
 
 class ReplicaDead(ReplicaUnavailable):
     """The replica's process is gone (it may come back: ask `info()` until it answers)."""
 
 
+class ExportedRequest(Protocol):
+    """A request taken out of one replica, as its transport carries it to another: the router
+    reads only the tokens; the state (and KV) stay wherever the transport keeps them."""
+
+    @property
+    def output_token_ids(self) -> list[int]: ...
+
+
 class ReplicaClient(Protocol):
     replica_id: str
 
     async def info(self) -> ReplicaInfo: ...
-    async def submit(self, request_id: str, prompt_token_ids: list[int], params: Any) -> None: ...
+    async def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None: ...
     async def abort(self, request_id: str) -> None: ...
     async def poll(self, max_wait: float) -> PollResult: ...
-    async def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, Any]: ...
-    async def import_(self, state: Any) -> int: ...  # tokens resumed with KV (0: recomputed)
+    async def export(self, request_id: str, with_kv: bool = True) -> ExportedRequest | None: ...
+    async def import_(self, exported: ExportedRequest) -> int: ...  # tokens resumed with KV (0: recomputed)
 
 
 class LocalReplicaClient:
-    """A replica in this process (tests, and `serve --replicas 0` style debugging). `kill()` and
-    `restart()` play a process dying and its supervisor bringing it back."""
+    """A replica in this process (tests, benchmarks). `kill()` and `restart()` play a process
+    dying and its supervisor bringing it back."""
 
-    def __init__(self, replica_id: str, engine_factory: Callable[[], Any]) -> None:
+    def __init__(self, replica_id: str, engine_factory: Callable[[], EngineProtocol]) -> None:
         self.replica_id = replica_id
         self._factory = engine_factory
         self.core: ReplicaCore | None = ReplicaCore(replica_id, engine_factory())
@@ -52,7 +62,7 @@ class LocalReplicaClient:
     async def info(self) -> ReplicaInfo:
         return self._alive().info()
 
-    async def submit(self, request_id: str, prompt_token_ids: list[int], params: Any) -> None:
+    async def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         await self._alive().submit(request_id, prompt_token_ids, params)
 
     async def abort(self, request_id: str) -> None:
@@ -65,8 +75,10 @@ class LocalReplicaClient:
             raise ReplicaDead(f"replica {self.replica_id} died during a poll")
         return result
 
-    async def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, Any]:
+    async def export(self, request_id: str, with_kv: bool = True) -> MigrationState | None:
         return await self._alive().export(request_id, with_kv)
 
-    async def import_(self, state: Any) -> int:
-        return await self._alive().import_(state)
+    async def import_(self, exported: ExportedRequest) -> int:
+        if not isinstance(exported, MigrationState):
+            raise TypeError(f"an in-process replica imports a MigrationState, got {type(exported).__name__}")
+        return await self._alive().import_(exported)

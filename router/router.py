@@ -10,23 +10,24 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections import namedtuple
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Coroutine, Sequence
 
 from shunter.clock import Clock, MonotonicClock
 from shunter.errors import Overloaded, ReplicaUnavailable
+from shunter.mathutil import cdiv
 from shunter.replica.block_hash import block_hashes
-from shunter.router.load import LoadReport, RequestLoad, RoutingRequest, cdiv
+from shunter.replica.load_estimate import expected_blocks
+from shunter.replica.replica_core import PollResult, ReplicaInfo, TokenDelta
+from shunter.router.load import LoadReport, RequestLoad, RoutingRequest
 from shunter.router.policies import DEFAULT, make_routing_policy
 from shunter.router.prefix_index import PrefixIndex
 from shunter.router.rebalancer import Rebalancer
 from shunter.router.replica_client import ReplicaClient, ReplicaDead
-from shunter.router.replica_core import PollResult, ReplicaInfo, TokenDelta
 from shunter.router.state_store import Delta, JournalEntry, MemoryStateStore
+from shunter.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
-_Event = namedtuple("_Event", "kind block_hash")
 STAT_FIELDS = ("kv_blocks_total", "kv_blocks_in_use", "kv_blocks_cached", "blocks_expected_growth", "blocks_waiting",
                "num_running", "num_waiting", "num_swapped", "prefix_hit_rate")
 
@@ -74,7 +75,8 @@ class Router:
         self.counters = Counters()
         self.draining = False
         self._stopping = False
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task] = []  # long-lived loops, cancelled by stop()
+        self._background: set[asyncio.Task] = set()  # one-off aborts and migrations
 
     # ---- life --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -105,10 +107,22 @@ class Router:
         self._stopping = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
+        """Run a one-off task in the background; keep a reference (the loop holds only weak
+        ones) and log its failure instead of losing it."""
+        task = asyncio.create_task(coro, name=what)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
 
     # ---- requests ----------------------------------------------------------------------------
-    async def generate(self, request_id: str, prompt: list[int], params: Any) -> AsyncIterator[Delta]:
+    async def generate(self, request_id: str, prompt: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
         """Stream one request's tokens; the last Delta has `finish_reason`. Leaving early aborts it."""
         if self.draining:
             raise ReplicaUnavailable("the server is draining")
@@ -131,7 +145,7 @@ class Router:
                 entry.finished = True
                 owner = self.slots.get(entry.replica_id or "")
                 if owner is not None and owner.healthy:
-                    asyncio.create_task(self._quiet_abort(owner, request_id))
+                    self._spawn(self._quiet_abort(owner, request_id), f"abort {request_id}")
             self.journal.remove(request_id)
 
     async def _quiet_abort(self, slot: ReplicaSlot, request_id: str) -> None:
@@ -140,13 +154,12 @@ class Router:
         except Exception:  # the replica is gone: nothing to abort
             pass
 
-    def _routing_request(self, request_id: str, prompt: list[int], params: Any) -> RoutingRequest:
-        bs = self.info.block_size
+    def _routing_request(self, request_id: str, prompt: list[int], params: SamplingParams) -> RoutingRequest:
+        bs = self.info.limits.block_size
         hashes = block_hashes(prompt, bs) if self.policy.needs_prefix else []
-        total = len(prompt) + (getattr(params, "expected_output_tokens", None) or params.max_tokens)
-        return RoutingRequest(request_id, hashes, cdiv(len(prompt), bs), cdiv(total, bs))
+        return RoutingRequest(request_id, hashes, cdiv(len(prompt), bs), expected_blocks(len(prompt), params, bs))
 
-    async def _place(self, entry: JournalEntry, prompt: list[int], params: Any) -> None:
+    async def _place(self, entry: JournalEntry, prompt: list[int], params: SamplingParams) -> None:
         """Pick a replica and submit; a replica found dead is skipped. ValueError passes through."""
         routing = self._routing_request(entry.request_id, prompt, params)
         for _ in range(len(self.slots)):
@@ -190,14 +203,12 @@ class Router:
     def _apply(self, slot: ReplicaSlot, result: PollResult) -> None:
         if not slot.healthy:
             return
-        stats = result.stats
         report = slot.report
         for name in STAT_FIELDS:
-            if name in stats:
-                setattr(report, name, stats[name])
+            setattr(report, name, getattr(result.stats, name))
         report.pending_blocks = 0
         if result.events:
-            self.index.apply(slot.client.replica_id, [_Event._make(e) for e in result.events])
+            self.index.apply(slot.client.replica_id, result.events)
         for delta in result.deltas:
             self._deliver(slot.client.replica_id, delta)
 
@@ -286,17 +297,18 @@ class Router:
         entry.migrating = True
         try:
             try:
-                tokens, state = await src.client.export(request_id, with_kv)
+                exported = await src.client.export(request_id, with_kv)
             except ReplicaDead:
                 return False  # its poll loop fails the request over
-            if tokens is None or entry.finished:
+            if exported is None or entry.finished:
                 return False  # it finished meanwhile; its last tokens come through the poll
+            tokens = exported.output_token_ids
             # From here the source's late deltas for it are ignored; the state has all its tokens.
             entry.epoch += 1
             entry.replica_id, epoch = target, entry.epoch
             self._emit(entry, tokens[len(entry.sent) - entry.offset:], None, src.client.replica_id)
             try:
-                resumed = await dst.client.import_(state)
+                resumed = await dst.client.import_(exported)
             except Exception:
                 log.exception("import of %s into %s failed; failing over", request_id, target)
                 if entry.epoch == epoch and not entry.finished:
@@ -315,15 +327,15 @@ class Router:
             await asyncio.sleep(0.05)
             if self.rebalancer.due():
                 for move in self.rebalancer.plan(self.reports(with_requests=True)):
-                    asyncio.create_task(self.migrate(move.request_id, move.target))
+                    self._spawn(self.migrate(move.request_id, move.target), f"migrate {move.request_id}")
 
     def reports(self, with_requests: bool = False) -> list[LoadReport]:
         if not with_requests:
             return [s.report for s in self.slots.values()]
-        bs = self.info.block_size
+        bs = self.info.limits.block_size
         per: dict[str, list[RequestLoad]] = {rid: [] for rid in self.slots}
         for e in self.journal.entries.values():
             if e.replica_id in per and not e.finished and not e.migrating:
-                blocks = cdiv(len(e.prompt_token_ids) + e.params.max_tokens, bs)
+                blocks = expected_blocks(len(e.prompt_token_ids), e.params, bs, len(e.prompt_token_ids) + len(e.sent))
                 per[e.replica_id].append(RequestLoad(e.request_id, blocks, decoding=len(e.sent) > 0))
         return [dataclasses.replace(s.report, requests=per[rid]) for rid, s in self.slots.items()]

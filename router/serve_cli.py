@@ -11,7 +11,9 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="model name, HF folder, .gguf or random:<shape>")
+    parser.add_argument("--model", default="smollm2-135m-instruct",
+                        help="model name, HF folder, .gguf, random:<shape>, or fake:ids / fake:bytes (a deterministic "
+                             "stand-in with no model, for testing the serving path)")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051)
@@ -28,7 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-rebalance", action="store_true", help="turn off load-pair migration")
     parser.add_argument("--max-in-flight", type=int, default=1024)
     parser.add_argument("--drain-timeout", type=float, default=30.0)
-    parser.add_argument("--engine-factory", default=None, help=argparse.SUPPRESS)  # tests: module:function
 
 
 def _engine_config(args: argparse.Namespace):
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from shunter.router.replica_actor import RayReplicaClient, spawn
+    from shunter.testing.fake_engine import FACTORY, FAKE_MODEL_PREFIX
 
     if args.address:
         ray.init(address=args.address, include_dashboard=False)
@@ -96,9 +98,10 @@ def run(args: argparse.Namespace) -> int:
         need = max(1, int(args.replicas * args.num_cpus_per_replica + 0.999))
         ray.init(num_cpus=need, include_dashboard=False)
     clients = []
+    factory = FACTORY if args.model.startswith(FAKE_MODEL_PREFIX) else None
     for i in range(args.replicas):
         rid = f"replica-{i}"
-        handle = spawn(rid, config, args.engine_factory, args.num_cpus_per_replica, args.num_gpus_per_replica)
+        handle = spawn(rid, config, factory, args.num_cpus_per_replica, args.num_gpus_per_replica)
         clients.append(RayReplicaClient(rid, handle))
     try:
         return asyncio.run(serve(args, clients))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+
+from shunter.sampling_params import SamplingParams
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Delta:
 class JournalEntry:
     request_id: str
     prompt_token_ids: list[int]
-    params: Any  # SamplingParams as submitted by the client
+    params: SamplingParams  # as submitted by the client
     replica_id: str | None = None  # current owner; None while in transit
     offset: int = 0  # tokens streamed before the current owner got it (its output index 0 = sent[offset])
     sent: list[int] = field(default_factory=list)

@@ -1,27 +1,38 @@
-"""What the engine gives back: per-step deltas while streaming, whole results offline."""
+"""What `LLM.generate` gives back, shaped like vLLM's: one `RequestOutput` per prompt, with one
+`CompletionOutput` per sample (`SamplingParams.n`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
-class RequestOutput:
-    """The state of one request after an engine step.
+class CompletionOutput:
+    """One generated sequence. `finish_reason` is "stop", "length", "abort" or "deadline"."""
 
-    `new_token_ids` / `new_text` are what this step made (what a stream sends); `output_token_ids`
-    / `text` are everything so far. `finish_reason` is set once: "stop", "length", "abort" or "deadline".
-    """
-
-    request_id: str
-    prompt_token_ids: list[int]
-    output_token_ids: list[int]
-    new_token_ids: list[int] = field(default_factory=list)
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None = None  # not computed yet: always None
     finish_reason: str | None = None
-    text: str = ""  # all text so far (cut at a stop string); empty for models without a tokenizer
-    new_text: str = ""  # the text this step released
-    num_cached_tokens: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+
+@dataclass
+class RequestMetrics:
+    arrival_time: float
+    first_token_time: float | None = None
+    finished_time: float | None = None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str | None  # None when the prompt was given as token ids
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    finished: bool = False
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    metrics: RequestMetrics | None = None

@@ -9,10 +9,12 @@ class SamplingParams:
     """Sampling settings for one request, validated at construction.
 
     `temperature=0` means greedy. `top_k=-1` (or 0) turns top-k off. `seed` makes a sampled
-    request reproducible on its own, whatever else shares its batch.
+    request reproducible on its own, whatever else shares its batch. `n` samples per prompt
+    (offline `LLM` only): sample i draws with seed `seed + i` when a seed is given.
     """
 
     max_tokens: int = 16
+    n: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
@@ -32,6 +34,8 @@ class SamplingParams:
             self.stop = [self.stop]
         self.stop = list(self.stop)
         self.stop_token_ids = list(self.stop_token_ids)
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {self.n!r}")
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
         if self.temperature < 0:

@@ -1,19 +1,26 @@
 """Shared fakes for router tests: replicas for routing simulations; the engine comes from the library.
 
 The fake engine (`FakeEngine`, `ByteTokenizer`, the deterministic 'model' and its
-`reference_output`) lives in `shunter.router.fake_engine`, because the benchmarks and the
+`reference_output`) lives in `shunter.testing.fake_engine`, because the benchmarks and the
 simulator run it too; it is re-exported here so tests keep one import.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shunter.mathutil import cdiv
 from shunter.replica.block_hash import block_hashes
-from shunter.router.fake_engine import (  # noqa: F401 (re-exported for tests)
-    EOS, VOCAB, ByteTokenizer, FakeCacheEvent, FakeEngine, make_fake_engine, make_zero_cost_engine, next_token,
+from shunter.replica.engine_protocol import CacheEvent
+from shunter.router.load import LoadReport, RequestLoad
+from shunter.testing.fake_engine import (  # noqa: F401 (re-exported for tests)
+    EOS,
+    VOCAB,
+    ByteTokenizer,
+    FakeEngine,
+    make_zero_cost_engine,
+    next_token,
     reference_output,
 )
-from shunter.router.load import LoadReport, RequestLoad, cdiv
 
 
 # ---- routing simulation ------------------------------------------------------------------
@@ -39,7 +46,7 @@ class FakeReplica:
             hit += 1
         for h in hashes[hit:]:
             self.cached.add(h)
-            self.events.append(FakeCacheEvent("stored", h))
+            self.events.append(CacheEvent("stored", h))
         self.requests[request_id] = cdiv(len(prompt) + max_tokens, self.block_size)
         return hit * self.block_size
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shunter.clock import FakeClock
+from shunter.outputs import RequestOutput
 from shunter.replica.engine import Engine
 from shunter.replica.engine_config import EngineConfig
+from shunter.replica.output_collector import OutputCollector
 from shunter.replica.scheduler import SchedulerOutput
-from shunter.router.fake_engine import EOS, next_token, reference_output  # noqa: F401 (one fake model)
+from shunter.testing.fake_engine import EOS, next_token, reference_output  # noqa: F401 (one fake model)
 
 
 @dataclass
@@ -81,13 +83,23 @@ def make_engine(num_blocks: int = 64, num_cpu_blocks: int = 0, clock: FakeClock 
     return Engine(config, clock=clock, runner=runner)
 
 
+def finished_outputs(engine: Engine, collector: OutputCollector, steps: int = 1) -> dict[str, RequestOutput]:
+    """Run `steps` steps; the requests they finished, whole."""
+    done: dict[str, RequestOutput] = {}
+    for _ in range(steps):
+        done.update({o.request_id: o for o in collector.fold(engine.step())})
+    return done
+
+
 def run_to_completion(engine: Engine, max_steps: int = 10_000) -> dict[str, list[int]]:
-    """Step until idle; the final output tokens of each request."""
+    """Step until idle; the final output tokens of each request (all of them, also those made
+    by steps run before this call: read off the engine's requests, not the step deltas)."""
     done: dict[str, list[int]] = {}
     for _ in range(max_steps):
         if not engine.has_unfinished_requests():
             return done
+        requests = dict(engine.scheduler.requests)
         for out in engine.step():
             if out.finished:
-                done[out.request_id] = out.output_token_ids
+                done[out.request_id] = list(requests[out.request_id].output_token_ids)
     raise AssertionError(f"engine still busy after {max_steps} steps")

@@ -22,7 +22,7 @@ def test_batch_sizes_cover_every_batch_up_to_the_seat_limit():
 
 def _greedy(llm: LLM) -> list[list[int]]:
     params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
-    return [o.output_token_ids for o in llm.generate(PROMPTS, params, use_tqdm=False)]
+    return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params, use_tqdm=False)]
 
 
 def test_padded_decode_equals_eager_decode():

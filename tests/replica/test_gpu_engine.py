@@ -27,7 +27,7 @@ def test_greedy_on_cuda_equals_hf_up_to_bfloat16_ties(smollm2_folder):
     tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
     prompts = [list(tokenizer(p).input_ids) for p in PROMPTS]
     llm = LLM(model="smollm2-135m-instruct", device="cuda", check_invariants=True)
-    got = [o.output_token_ids for o in llm.generate(prompts, SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0))]
+    got = [o.outputs[0].token_ids for o in llm.generate(prompts, SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0))]
     del llm
     hf = AutoModelForCausalLM.from_pretrained(smollm2_folder, dtype=torch.bfloat16).to("cuda").eval()
     ties = 0

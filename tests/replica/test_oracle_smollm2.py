@@ -72,7 +72,7 @@ def engine_greedy(prompts: list[list[int]], **settings) -> tuple[list[list[int]]
     llm = LLM(model="smollm2-135m-instruct", check_invariants=True, **settings)
     outs = llm.generate(prompts, SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0))
     assert llm.engine.stats().kv_blocks_in_use == 0
-    return [o.output_token_ids for o in outs], llm
+    return [o.outputs[0].token_ids for o in outs], llm
 
 
 def test_plain(prompts, reference):
@@ -100,7 +100,7 @@ def test_every_policy_and_preemption_mode_keeps_the_tokens(prompts, reference, p
     params = [SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, priority=("interactive", "batch")[i % 2],
                              expected_output_tokens=(None, 8, 64)[i % 3]) for i in range(len(prompts))]
     outs = llm.generate(prompts, params)
-    assert [o.output_token_ids for o in outs] == reference[: len(prompts)]
+    assert [o.outputs[0].token_ids for o in outs] == reference[: len(prompts)]
     stats = llm.engine.stats()
     assert stats.kv_blocks_in_use == 0
     assert stats.num_preemptions > 0 or policy == "static"
@@ -116,16 +116,16 @@ def test_shared_prefixes_hit_the_cache(prompts, shared_prompts, reference):
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
     first = llm.generate(shared_prompts[:1], params)  # warms the cache with the system prompt
     rest = llm.generate(shared_prompts[1:], params)
-    assert [o.output_token_ids for o in first + rest] == reference[len(prompts):]
+    assert [o.outputs[0].token_ids for o in first + rest] == reference[len(prompts):]
     assert all(o.num_cached_tokens >= 16 for o in rest)
     assert llm.engine.stats().prefix_hit_rate > 0
 
 
 def test_text_and_stop_strings(prompts, reference, tokenizer):
     llm = LLM(model="smollm2-135m-instruct")
-    out = llm.generate([prompts[1]], SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0))[0]
+    out = llm.generate([prompts[1]], SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0))[0].outputs[0]
     assert out.text == tokenizer.decode(reference[1], skip_special_tokens=True)
     words = out.text.split()
     stop = words[len(words) // 2]
-    cut = llm.generate([prompts[1]], SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, stop=[stop]))[0]
+    cut = llm.generate([prompts[1]], SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, stop=[stop]))[0].outputs[0]
     assert cut.finish_reason == "stop" and cut.text == out.text[: out.text.index(stop)]

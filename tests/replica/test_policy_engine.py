@@ -13,9 +13,10 @@ from shunter import SamplingParams
 from shunter.clock import FakeClock
 from shunter.replica.engine import Engine
 from shunter.replica.engine_config import EngineConfig
+from shunter.replica.output_collector import OutputCollector
 from shunter.replica.policies import POLICIES
 from shunter.replica.preemption import PreemptionCosts
-from tests.replica.fakes import FakeRunner, make_engine, reference_output, run_to_completion
+from tests.replica.fakes import FakeRunner, finished_outputs, make_engine, reference_output, run_to_completion
 
 MODES = ["recompute", "swap", "auto"]
 
@@ -53,7 +54,7 @@ def test_oracle_under_every_policy_and_preemption_mode(policy, mode):
             max_num_seqs=rng.choice([2, 4, 8]), enable_prefix_caching=rng.random() < 0.7,
         )
         shared = prompt(rng.choice([0, 16]), trial)
-        expected, done = {}, {}
+        expected, done, collector = {}, {}, OutputCollector()
         for i in range(rng.randint(4, 9)):
             p = shared + prompt(rng.randint(1, 120), 1000 * trial + i)
             n = rng.randint(1, 40)
@@ -64,7 +65,7 @@ def test_oracle_under_every_policy_and_preemption_mode(policy, mode):
             engine.add_request(f"t{i}", p, params)
             expected[f"t{i}"] = reference_output(p, n)
             if rng.random() < 0.4:  # arrivals spread over time
-                done.update({o.request_id: o.output_token_ids for o in engine.step() if o.finished})
+                done.update({rid: o.outputs[0].token_ids for rid, o in finished_outputs(engine, collector).items()})
         done.update(run_to_completion(engine))
         assert done == expected
         assert engine.stats().kv_blocks_in_use == 0
@@ -161,14 +162,15 @@ def _stream_until_long_finishes(policy: str, max_steps: int, **settings) -> int 
     engine.step()
     long_prompt = prompt(200, 99)
     engine.add_request("long", long_prompt, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True))
+    collector = OutputCollector()
     for step in range(max_steps):
         for j in range(2):
             rid = f"s{step}-{j}"
             engine.add_request(rid, prompt(4, step * 2 + j), SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))
-        for out in engine.step():
-            if out.request_id == "long" and out.finished:
-                assert out.output_token_ids == reference_output(long_prompt, 20, ignore_eos=True)
-                return step
+        done = finished_outputs(engine, collector)
+        if "long" in done:
+            assert done["long"].outputs[0].token_ids == reference_output(long_prompt, 20, ignore_eos=True)
+            return step
     return None
 
 
@@ -205,12 +207,12 @@ def test_deadline_that_can_no_longer_be_met_ends_the_request():
     engine.add_request("hog", prompt(10, 1), SamplingParams(max_tokens=30, temperature=0, ignore_eos=True))
     engine.add_request("late", prompt(10, 2), SamplingParams(max_tokens=5, temperature=0, deadline_ms=100))
     engine.add_request("fine", prompt(10, 3), SamplingParams(max_tokens=5, temperature=0, deadline_ms=10_000))
-    outs = {}
+    outs, collector = {}, OutputCollector()
     while engine.has_unfinished_requests():
-        outs.update({o.request_id: o for o in engine.step() if o.finished})
-    assert outs["late"].finish_reason == "deadline" and outs["late"].output_token_ids == []
+        outs.update({rid: o.outputs[0] for rid, o in finished_outputs(engine, collector).items()})
+    assert outs["late"].finish_reason == "deadline" and outs["late"].token_ids == []
     assert outs["fine"].finish_reason == "length"
-    assert outs["hog"].output_token_ids == reference_output(prompt(10, 1), 30, ignore_eos=True)
+    assert outs["hog"].token_ids == reference_output(prompt(10, 1), 30, ignore_eos=True)
     assert engine.scheduler.stats.num_deadline_finished == 1
     assert engine.stats().kv_blocks_in_use == 0
 

@@ -6,7 +6,8 @@ import random
 import pytest
 
 from shunter import SamplingParams
-from tests.replica.fakes import make_engine, reference_output, run_to_completion
+from shunter.replica.output_collector import OutputCollector
+from tests.replica.fakes import finished_outputs, make_engine, reference_output, run_to_completion
 
 
 def prompt(n: int, seed: int) -> list[int]:
@@ -112,12 +113,12 @@ def test_eos_stops_unless_ignored():
     engine.add_request("stop", p, SamplingParams(max_tokens=5, temperature=0))
     engine.add_request("ignore", p, SamplingParams(max_tokens=5, temperature=0, ignore_eos=True))
     engine.add_request("stop-id", prompt(4, 1), SamplingParams(max_tokens=5, temperature=0, stop_token_ids=[reference_output(prompt(4, 1), 2)[1]]))
-    outs = {}
+    outs, collector = {}, OutputCollector()
     while engine.has_unfinished_requests():
-        outs.update({o.request_id: o for o in engine.step() if o.finished})
-    assert outs["stop"].output_token_ids == [0] and outs["stop"].finish_reason == "stop"
-    assert len(outs["ignore"].output_token_ids) == 5 and outs["ignore"].finish_reason == "length"
-    assert len(outs["stop-id"].output_token_ids) == 2 and outs["stop-id"].finish_reason == "stop"
+        outs.update({rid: o.outputs[0] for rid, o in finished_outputs(engine, collector).items()})
+    assert outs["stop"].token_ids == [0] and outs["stop"].finish_reason == "stop"
+    assert len(outs["ignore"].token_ids) == 5 and outs["ignore"].finish_reason == "length"
+    assert len(outs["stop-id"].token_ids) == 2 and outs["stop-id"].finish_reason == "stop"
 
 
 def test_abort_frees_everything_and_spares_the_others():
@@ -139,8 +140,12 @@ def test_abort_frees_everything_and_spares_the_others():
         ([], SamplingParams(), "prompt"),
         ([1, 5000], SamplingParams(), "prompt_token_ids"),
         ([1, -3], SamplingParams(), "prompt_token_ids"),
-        ([1] * 4000, SamplingParams(max_tokens=200), "max_tokens"),
-        ([1] * 100, SamplingParams(max_tokens=2000), "num_kv_blocks"),
+        ([1] * 4000, SamplingParams(max_tokens=200), "^max_tokens: .* at most 96 fit"),
+        ([1] * 4096, SamplingParams(max_tokens=1), "^prompt_token_ids: the prompt .* leaves no room"),
+        ([1] * 100, SamplingParams(max_tokens=2000), "^max_tokens: .*more KV blocks .*64 blocks of 16"),
+        ([1] * 1100, SamplingParams(max_tokens=1), "^prompt_token_ids: .*more KV blocks"),
+        ([1, 2], SamplingParams(n=2), "^n: "),
+        ([1, 2], SamplingParams(stop_token_ids=[1000]), "^stop_token_ids: "),
     ],
 )
 def test_bad_requests_name_the_field_and_disturb_nothing(tokens, params, field):

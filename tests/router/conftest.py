@@ -5,8 +5,8 @@ from typing import Callable
 
 import pytest
 
-from shunter.router.background import BackgroundServer
 from shunter.router.router import RouterConfig
+from shunter.testing.background import BackgroundServer
 
 
 @pytest.fixture

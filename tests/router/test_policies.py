@@ -6,11 +6,13 @@ import random
 import pytest
 
 from shunter.errors import ReplicaUnavailable
+from shunter.mathutil import cdiv
 from shunter.replica.block_hash import block_hashes
-from shunter.router.load import LoadReport, RoutingRequest, cdiv, imbalanced
+from shunter.replica.engine_protocol import CacheEvent
+from shunter.router.load import LoadReport, RoutingRequest, imbalanced
 from shunter.router.policies import REGISTRY, PrefixAware, make_routing_policy
 from shunter.router.prefix_index import PrefixIndex
-from tests.fakes import FakeCacheEvent, FakeReplica
+from tests.fakes import FakeReplica
 
 BS = 16
 
@@ -74,10 +76,10 @@ def test_power_of_two_never_picks_the_worse_of_its_pair():
 def test_prefix_index_matches_only_contiguous_prefixes():
     index = PrefixIndex()
     chain = [11, 22, 33]
-    index.apply("a", [FakeCacheEvent("stored", h) for h in chain])
-    index.apply("b", [FakeCacheEvent("stored", 11), FakeCacheEvent("stored", 33)])
+    index.apply("a", [CacheEvent("stored", h) for h in chain])
+    index.apply("b", [CacheEvent("stored", 11), CacheEvent("stored", 33)])
     assert index.match(chain) == {"a": 3, "b": 1}
-    index.apply("a", [FakeCacheEvent("evicted", 22)])
+    index.apply("a", [CacheEvent("evicted", 22)])
     assert index.match(chain) == {"a": 1, "b": 1}
     index.forget("b")
     assert index.match(chain) == {"a": 1}
@@ -98,7 +100,7 @@ def test_prefix_aware_sends_a_shared_prefix_to_its_holder():
 
 def test_prefix_aware_falls_back_to_least_load_when_imbalanced():
     index = PrefixIndex()
-    index.apply("a", [FakeCacheEvent("stored", h) for h in block_hashes(list(range(64)), BS)])
+    index.apply("a", [CacheEvent("stored", h) for h in block_hashes(list(range(64)), BS)])
     policy = make_routing_policy("prefix_aware", index, abs_threshold=32, rel_threshold=1.5)
     req = request_for("q", list(range(64)) + [7])
     balanced = [LoadReport("a", kv_blocks_in_use=40), LoadReport("b", kv_blocks_in_use=30)]
@@ -133,7 +135,7 @@ def test_hot_prefix_does_not_pile_onto_one_replica():
 def test_prefix_aware_cost_weight_trades_cache_for_load():
     index = PrefixIndex()
     prompt = list(range(4 * BS))
-    index.apply("a", [FakeCacheEvent("stored", h) for h in block_hashes(prompt, BS)])
+    index.apply("a", [CacheEvent("stored", h) for h in block_hashes(prompt, BS)])
     policy = make_routing_policy("prefix_aware", index, cost_weight=1.0)
     req = request_for("q", prompt + [1])
     assert policy.select([LoadReport("a", kv_blocks_in_use=12), LoadReport("b", kv_blocks_in_use=10)], req) == "a"
@@ -177,8 +179,8 @@ def test_prefix_aware_decides_as_its_plain_specification_on_random_clusters():
         chains = [[rng.randrange(1, 50) for _ in range(rng.randrange(1, 10))] for _ in range(5)]
         index, replicas = PrefixIndex(), []
         for i in range(n):
-            events = [FakeCacheEvent("stored", h) for c in rng.sample(chains, 2) for h in c[: rng.randrange(0, len(c) + 1)]]
-            events += [FakeCacheEvent("evicted", rng.randrange(1, 50)) for _ in range(rng.randrange(0, 3))]
+            events = [CacheEvent("stored", h) for c in rng.sample(chains, 2) for h in c[: rng.randrange(0, len(c) + 1)]]
+            events += [CacheEvent("evicted", rng.randrange(1, 50)) for _ in range(rng.randrange(0, 3))]
             index.apply(f"r{i}", events)
             replicas.append(LoadReport(f"r{i}", healthy=i == 0 or rng.random() > 0.2, kv_blocks_in_use=rng.randrange(0, 60),
                                        blocks_expected_growth=rng.randrange(0, 4), pending_blocks=rng.randrange(0, 3)))

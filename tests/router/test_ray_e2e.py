@@ -5,6 +5,7 @@ whatever replica, migration or failover served it. One module-scoped server keep
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -15,8 +16,9 @@ import pytest
 from shunter.proto import generation_pb2 as pb
 from shunter.replica.engine_config import EngineConfig
 from shunter.router.router import RouterConfig
+from shunter.testing.background import BackgroundServer
+from shunter.testing.fake_engine import FACTORY
 from tests.fakes import reference_output
-from shunter.router.background import BackgroundServer
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +27,8 @@ pytestmark = pytest.mark.slow
 def server(ray_cluster):
     from shunter.router.replica_actor import RayReplicaClient, spawn
 
-    config = EngineConfig(model="fake")
-    config.fake_step_time = 0.01
-    clients = [RayReplicaClient(f"r{i}", spawn(f"r{i}", config, "shunter.router.fake_engine:make_fake_engine", num_cpus=1))
+    config = EngineConfig(model="fake:ids:10")
+    clients = [RayReplicaClient(f"r{i}", spawn(f"r{i}", config, FACTORY, num_cpus=1))
                for i in range(2)]
     s = BackgroundServer(clients, RouterConfig(routing="round_robin", poll_wait_s=0.2, rebalance=False))
     yield s
@@ -92,8 +93,8 @@ def test_kv_lost_in_transfer_the_target_recomputes(server, ray_cluster, monkeypa
             real_export = source.export
 
             async def export(request_id, with_kv=True):
-                tokens, (state_ref, _) = await real_export(request_id, with_kv)
-                return tokens, (state_ref, lost_kv.remote())
+                exported = await real_export(request_id, with_kv)
+                return dataclasses.replace(exported, kv_ref=lost_kv.remote())
 
             monkeypatch.setattr(source, "export", export)
             target = "r1" if chunk.replica_id == "r0" else "r0"

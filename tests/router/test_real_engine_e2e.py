@@ -5,12 +5,14 @@ replica holding it), SmolLM2 once (text prompt through its tokenizer, tokens equ
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from shunter.proto import generation_pb2 as pb
 from shunter.router.router import RouterConfig
 from shunter.sampling_params import SamplingParams
-from shunter.router.background import BackgroundServer
+from shunter.testing.background import BackgroundServer
 
 pytestmark = pytest.mark.slow
 
@@ -23,17 +25,11 @@ def start(ray_cluster, config, prefix: str, routing: str = "prefix_aware") -> tu
 
 
 def offline(config, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
-    from shunter.replica.engine import Engine
+    from shunter.replica.llm import LLM
 
-    engine = Engine(config)
-    done = {}
-    for i, p in enumerate(prompts):
-        engine.add_request(str(i), p, SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True))
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished:
-                done[out.request_id] = out.output_token_ids
-    return [done[str(i)] for i in range(len(prompts))]
+    llm = LLM(**dataclasses.asdict(config))
+    outs = llm.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True), use_tqdm=False)
+    return [o.outputs[0].token_ids for o in outs]
 
 
 def generate(server, max_tokens: int, **kw) -> list[pb.GenerateResponse]:

@@ -12,8 +12,8 @@ import pytest
 
 from shunter.proto import generation_pb2 as pb
 from shunter.proto import generation_pb2_grpc as pb_grpc
-from tests.fakes import reference_output
 from tests.conftest import REPO
+from tests.fakes import reference_output
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def test_serve_status_and_sigterm_drain(ray_cluster):
     address = ray_cluster.get_runtime_context().gcs_address
     proc = subprocess.Popen(
         [sys.executable, "-m", "shunter.cli", "serve", "--address", address, "--port", str(port), "--replicas", "2",
-         "--num-cpus-per-replica", "0.5", "--engine-factory", "shunter.router.fake_engine:make_fake_engine", "--model", "fake"],
+         "--num-cpus-per-replica", "0.5", "--model", "fake:ids"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()

@@ -1,16 +1,19 @@
 """Turn a `GenerateRequest` into token ids and `SamplingParams`, or a message naming the field.
 
 Everything a client can get wrong is caught here, before a replica sees it, so a bad request
-costs one INVALID_ARGUMENT and the server keeps serving.
+costs one INVALID_ARGUMENT and the server keeps serving. What depends on the model (token ids,
+context length, KV blocks) is checked by the one validator `LLM` and the engines use too
+(`shunter.replica.validation`), with field names as they sit in the gRPC request.
 """
 from __future__ import annotations
 
 import math
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
-from shunter.router.replica_core import ReplicaInfo
+from shunter.proto import generation_pb2 as pb
+from shunter.replica.replica_core import ReplicaInfo
+from shunter.replica.validation import validate_request
 from shunter.sampling_params import SamplingParams
 
 MAX_REQUEST_ID = 128
@@ -41,7 +44,7 @@ def _finite(name: str, value: float, low: float | None = None, high: float | Non
     return float(value)
 
 
-def request_id_of(req: Any) -> str:
+def request_id_of(req: pb.GenerateRequest) -> str:
     rid = req.request_id
     if not rid:
         return uuid.uuid4().hex
@@ -50,19 +53,13 @@ def request_id_of(req: Any) -> str:
     return rid
 
 
-def tokenize(req: Any, info: ReplicaInfo) -> list[int]:
+def tokenize(req: pb.GenerateRequest, info: ReplicaInfo) -> list[int]:
     which = req.WhichOneof("input")
     tok = info.tokenizer
     if which is None:
         raise InvalidArgument("prompt: one of prompt, prompt_token_ids or messages is required")
     if which == "prompt_token_ids":
-        ids = list(req.prompt_token_ids.ids)
-        if not ids:
-            raise InvalidArgument("prompt_token_ids: must not be empty")
-        bad = next((t for t in ids if t >= info.vocab_size), None)
-        if bad is not None:
-            raise InvalidArgument(f"prompt_token_ids: token id {bad} is outside the vocabulary [0, {info.vocab_size})")
-        return ids
+        return list(req.prompt_token_ids.ids)
     if tok is None:
         raise InvalidArgument(f"{which}: this model has no tokenizer; send prompt_token_ids")
     if which == "prompt":
@@ -81,14 +78,11 @@ def tokenize(req: Any, info: ReplicaInfo) -> list[int]:
     return list(ids["input_ids"] if isinstance(ids, dict) else ids)
 
 
-def sampling_params(req: Any, info: ReplicaInfo, prompt_len: int) -> SamplingParams:
+def sampling_params(req: pb.GenerateRequest) -> SamplingParams:
     s = req.sampling
     max_tokens = s.max_tokens if s.HasField("max_tokens") else 16
     if max_tokens < 1:
         raise InvalidArgument(f"sampling.max_tokens: must be >= 1, got {max_tokens}")
-    if prompt_len + max_tokens > info.max_model_len:
-        raise InvalidArgument(f"sampling.max_tokens: prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) "
-                              f"exceeds the model's context of {info.max_model_len} tokens")
     temperature = _finite("sampling.temperature", s.temperature, 0.0, 100.0) if s.HasField("temperature") else 1.0
     top_p = _finite("sampling.top_p", s.top_p, 0.0, 1.0, low_open=True) if s.HasField("top_p") else 1.0
     top_k = s.top_k if s.HasField("top_k") else -1
@@ -100,9 +94,6 @@ def sampling_params(req: Any, info: ReplicaInfo, prompt_len: int) -> SamplingPar
     stop = list(s.stop)
     if len(stop) > MAX_STOP or any(not x for x in stop):
         raise InvalidArgument(f"sampling.stop: at most {MAX_STOP} non-empty strings")
-    bad = next((t for t in s.stop_token_ids if t >= info.vocab_size), None)
-    if bad is not None:
-        raise InvalidArgument(f"sampling.stop_token_ids: token id {bad} is outside the vocabulary")
     if req.priority not in PRIORITIES:
         raise InvalidArgument(f"priority: unknown value {req.priority}")
     ttft = _finite("slo.ttft_ms", req.slo.ttft_ms, 0.0, low_open=True) if req.slo.HasField("ttft_ms") else None
@@ -116,8 +107,13 @@ def sampling_params(req: Any, info: ReplicaInfo, prompt_len: int) -> SamplingPar
         raise InvalidArgument(f"sampling.{e}") from e
 
 
-def prepare(req: Any, info: ReplicaInfo) -> Prepared:
+def prepare(req: pb.GenerateRequest, info: ReplicaInfo) -> Prepared:
     rid = request_id_of(req)
     ids = tokenize(req, info)
-    params = sampling_params(req, info, len(ids))
+    params = sampling_params(req)
+    which = req.WhichOneof("input")
+    try:
+        validate_request(ids, params, info.limits, prompt_field=which, field_prefix="sampling.")
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from e
     return Prepared(rid, ids, params, list(params.stop))

@@ -10,16 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
+import importlib
 import logging
 import os
 import queue
 import socket
 import threading
-from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Callable, TypeVar
+
+from shunter.replica.engine_config import EngineConfig
+from shunter.replica.engine_protocol import (
+    CacheEvent,
+    EngineOutput,
+    EngineProtocol,
+    EngineStats,
+    MigrationState,
+    ModelLimits,
+    Tokenizer,
+)
+from shunter.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -37,9 +50,9 @@ class TokenDelta:
 
 @dataclass
 class PollResult:
+    stats: EngineStats
     deltas: list[TokenDelta] = field(default_factory=list)
-    stats: dict[str, Any] = field(default_factory=dict)
-    events: list[tuple[str, int]] = field(default_factory=list)  # (kind, block hash)
+    events: list[CacheEvent] = field(default_factory=list)
 
 
 @dataclass
@@ -49,49 +62,44 @@ class ReplicaInfo:
     replica_id: str
     node: str
     pid: int
-    block_size: int
-    vocab_size: int
-    max_model_len: int
-    eos_token_ids: list[int]
-    tokenizer: Any = None
+    limits: ModelLimits
+    tokenizer: Tokenizer | None = None
 
 
 class ReplicaCore:
-    def __init__(self, replica_id: str, engine: Any) -> None:
+    def __init__(self, replica_id: str, engine: EngineProtocol) -> None:
         self.replica_id = replica_id
         self.engine = engine
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._deltas: dict[str, TokenDelta] = {}
-        self._events: list[tuple[str, int]] = []
-        self._stats: dict[str, Any] = self._snapshot()
+        self._events: list[CacheEvent] = []
+        self._stats = engine.stats()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name=f"engine-{replica_id}", daemon=True)
         self._thread.start()
 
     def info(self) -> ReplicaInfo:
-        mc = self.engine.model_config
-        return ReplicaInfo(self.replica_id, socket.gethostname(), os.getpid(), self.engine.block_size,
-                           mc.vocab_size, self.engine.max_model_len, list(mc.eos_token_ids), self.engine.tokenizer)
+        return ReplicaInfo(self.replica_id, socket.gethostname(), os.getpid(), self.engine.limits, self.engine.tokenizer)
 
     # ---- commands, run on the engine thread between steps ----------------------------------
-    def call(self, fn: Callable[[Any], Any]) -> concurrent.futures.Future:
+    def call(self, fn: Callable[[EngineProtocol], T]) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._commands.put((fn, future))
         self._wake.set()
         return future
 
-    async def run(self, fn: Callable[[Any], Any]) -> Any:
+    async def run(self, fn: Callable[[EngineProtocol], T]) -> T:
         return await asyncio.wrap_future(self.call(fn))
 
-    async def submit(self, request_id: str, prompt_token_ids: list[int], params: Any) -> None:
+    async def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Queue the request and return at once (the reply is off the first token's path); a
         refusal comes back through `poll` as a delta with `error`."""
         self.call(lambda e: self._add(e, request_id, prompt_token_ids, params))
 
-    def _add(self, engine: Any, request_id: str, prompt_token_ids: list[int], params: Any) -> None:
+    def _add(self, engine: EngineProtocol, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         try:
             engine.add_request(request_id, prompt_token_ids, params)
         except Exception as e:
@@ -102,19 +110,17 @@ class ReplicaCore:
     async def abort(self, request_id: str) -> None:
         await self.run(lambda e: e.abort_request(request_id))
 
-    async def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, Any]:
-        """(its output tokens, its state) taken out of this replica; (None, None) if it is not here.
-        Without KV the state makes the target recompute (as when the blocks cannot be moved)."""
+    async def export(self, request_id: str, with_kv: bool = True) -> MigrationState | None:
+        """The request taken out of this replica; None if it is not here. Without KV the state
+        makes the target recompute (as when the blocks cannot be moved)."""
         state = await self.run(lambda e: e.export_request(request_id))
-        if state is None:
-            return None, None
-        if not with_kv:
-            state = without_kv(state)
-        return list(state.output_token_ids), state
+        if state is not None and not with_kv:
+            state = state.without_kv()
+        return state
 
-    async def import_(self, state: Any) -> int:
+    async def import_(self, state: MigrationState) -> int:
         """Resume an exported request here; the tokens it resumed with KV (0: it recomputes)."""
-        return await self.run(lambda e: _import(e, state))
+        return await self.run(lambda e: e.import_request(state))
 
     # ---- the loop --------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -145,19 +151,19 @@ class ReplicaCore:
             except BaseException as e:  # handed back to the caller (ValueError -> INVALID_ARGUMENT)
                 future.set_exception(e)
 
-    def _publish(self, outputs: list) -> None:
-        events = [(ev.kind, ev.block_hash) for ev in self.engine.drain_cache_events()]
-        stats = self._snapshot()
+    def _publish(self, outputs: list[EngineOutput]) -> None:
+        events = self.engine.drain_cache_events()
+        stats = self.engine.stats()
         with self._lock:
             for out in outputs:
                 prev = self._deltas.get(out.request_id)
                 if prev is None:
                     self._deltas[out.request_id] = TokenDelta(
-                        out.request_id, list(out.new_token_ids), len(out.output_token_ids), out.finish_reason,
+                        out.request_id, list(out.new_token_ids), out.num_output_tokens, out.finish_reason,
                         out.num_cached_tokens)
                 else:  # the poller is behind: merge steps
                     prev.new_token_ids.extend(out.new_token_ids)
-                    prev.num_output_tokens = len(out.output_token_ids)
+                    prev.num_output_tokens = out.num_output_tokens
                     prev.finish_reason = out.finish_reason
             self._events.extend(events)
             self._stats = stats
@@ -166,10 +172,6 @@ class ReplicaCore:
                 self._waiters = []
         for loop, event in waiters:
             loop.call_soon_threadsafe(event.set)
-
-    def _snapshot(self) -> dict[str, Any]:
-        stats = self.engine.stats()
-        return asdict(stats) if is_dataclass(stats) else dict(vars(stats))
 
     async def poll(self, max_wait: float = 0.5) -> PollResult:
         """Everything made since the last poll; waits up to `max_wait` s for something."""
@@ -184,7 +186,7 @@ class ReplicaCore:
             except asyncio.TimeoutError:
                 pass
         with self._lock:
-            result = PollResult(list(self._deltas.values()), dict(self._stats), self._events)
+            result = PollResult(self._stats, list(self._deltas.values()), self._events)
             self._deltas, self._events = {}, []
         return result
 
@@ -194,31 +196,12 @@ class ReplicaCore:
         self._thread.join(timeout=5)
 
 
-def without_kv(state: Any) -> Any:
-    """The same migration state with no KV: the target recomputes the request's tokens."""
-    return dataclasses.replace(state, kv=None, num_computed_tokens=0)
-
-
-def _import(engine: Any, state: Any) -> int:
-    """Import on the engine thread; how many tokens came with usable KV (nothing stepped meanwhile).
-
-    An engine's `import_request` may return that count itself; otherwise it is read off the
-    scheduler's request (the real engine seats a request with usable KV as computed)."""
-    resumed = engine.import_request(state)
-    if isinstance(resumed, int):
-        return resumed
-    scheduler = getattr(engine, "scheduler", None)
-    request = scheduler.requests.get(state.request_id) if scheduler is not None else None
-    return request.num_computed_tokens if request is not None else 0
-
-
-def load_engine(engine_config: Any, engine_factory: str | None = None) -> Any:
-    """Build the engine: the real one by default, or `module:function` (tests pass a fake)."""
+def load_engine(config: EngineConfig, engine_factory: str | None = None) -> EngineProtocol:
+    """Build the engine: the real one, or `module:callable(config)` (the `fake:` models name
+    `shunter.testing.fake_engine:FakeEngine`; the import is by name so this layer never imports it)."""
     if engine_factory:
-        import importlib
-
         module, _, name = engine_factory.partition(":")
-        return getattr(importlib.import_module(module), name)(engine_config)
+        return getattr(importlib.import_module(module), name)(config)
     from shunter.replica.engine import Engine
 
-    return Engine(engine_config)
+    return Engine(config)

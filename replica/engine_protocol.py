@@ -1,0 +1,138 @@
+"""The engine contract: what a replica's loop, the offline `LLM` and the router may ask of an engine.
+
+`Engine` (the real model) and `shunter.testing.fake_engine.FakeEngine` (a deterministic
+stand-in for benchmarks and tests) both implement `EngineProtocol` and speak only the types
+defined here, so a change to one that the other does not follow fails
+`tests/replica/test_engine_protocol.py`. Like vLLM v1's `EngineCoreOutput`, a step's result is
+a per-request delta (`EngineOutput`); whole results are assembled above the engine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
+
+from shunter.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    import torch
+
+FinishReason = Literal["stop", "length", "abort", "deadline"]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEvent:
+    """What the router's prefix index learns from: a block hash appeared or disappeared."""
+
+    kind: Literal["stored", "evicted"]
+    block_hash: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLimits:
+    """What a request is checked against before any engine sees it (`replica/validation.py`)."""
+
+    vocab_size: int
+    max_model_len: int  # prompt + output tokens, at most
+    block_size: int  # tokens per KV block
+    num_kv_blocks: int  # one request may hold at most this many
+    eos_token_ids: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class EngineOutput:
+    """One request's progress in one step: the tokens (and text) this step made, maybe the end."""
+
+    request_id: str
+    new_token_ids: list[int]
+    num_output_tokens: int  # output tokens so far on this engine, these included
+    finish_reason: FinishReason | None = None
+    new_text: str = ""  # the text these tokens released (empty without a tokenizer)
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    arrival_time: float = 0.0
+    first_token_time: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """An engine's state after its last step: what the load report and `shunter status` show."""
+
+    num_running: int
+    num_waiting: int
+    num_swapped: int
+    kv_blocks_total: int
+    kv_blocks_in_use: int  # held by live requests
+    kv_blocks_cached: int  # free but holding a reusable prefix
+    prefix_hit_rate: float  # prompt tokens served from the cache / prompt tokens looked up
+    num_preemptions: int
+    num_swaps: int
+    num_recomputed_tokens: int
+    blocks_expected_growth: int  # blocks running requests will still take (`replica/load_estimate.py`)
+    blocks_waiting: int  # blocks the queued prompts will take
+    num_steps: int
+    mean_step_time: float  # seconds, exponential moving average
+
+
+@dataclass
+class MigrationState:
+    """A running request packed for a move to another replica: its state and its KV blocks."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    params: SamplingParams
+    arrival_time: float
+    num_computed_tokens: int
+    num_cached_tokens: int
+    # Per layer (k, v) of shape [num_blocks, block_size, num_kv_heads, head_dim] on the CPU,
+    # covering the first num_computed_tokens tokens; None means the target recomputes.
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    block_size: int = 16
+    rng_state: torch.Tensor | None = None  # the request's sampling generator, so seeded sampling continues
+
+    def without_kv(self) -> MigrationState:
+        """The same request with no KV: the target recomputes its tokens."""
+        from dataclasses import replace
+
+        return replace(self, kv=None, num_computed_tokens=0)
+
+
+class Tokenizer(Protocol):
+    """The part of a Hugging Face tokenizer the serving path uses."""
+
+    def __call__(self, text: str) -> object: ...  # .input_ids: list[int]
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+
+
+@runtime_checkable
+class EngineProtocol(Protocol):
+    """Not thread-safe: one thread (the replica loop, or `LLM`) owns an engine."""
+
+    limits: ModelLimits
+    tokenizer: Tokenizer | None
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                    arrival_time: float | None = None) -> None:
+        """Queue a request; ValueError naming the field if it cannot be served."""
+
+    def abort_request(self, request_id: str) -> EngineOutput | None:
+        """Finish it now ("abort") and free what it holds; None if it is not here."""
+
+    def step(self) -> list[EngineOutput]:
+        """Run one iteration; an output for every request that made a token or finished."""
+
+    def has_unfinished_requests(self) -> bool: ...
+
+    def stats(self) -> EngineStats: ...
+
+    def drain_cache_events(self) -> list[CacheEvent]:
+        """Prefix-cache changes since the last call."""
+
+    def export_request(self, request_id: str) -> MigrationState | None:
+        """Take a request out with its computed KV; None if it is not here."""
+
+    def import_request(self, state: MigrationState) -> int:
+        """Resume an exported request; returns the tokens resumed with KV (0: it recomputes)."""
