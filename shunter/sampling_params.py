@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Priority classes, most important first: a class's level is what policies order by.
+CLASS_LEVEL = {"interactive": 0, "batch": 1}
+
 
 @dataclass
 class SamplingParams:
@@ -48,8 +51,8 @@ class SamplingParams:
             raise ValueError("stop must be a list of non-empty strings")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             raise ValueError("stop_token_ids must be non-negative integers")
-        if self.priority not in ("interactive", "batch"):
-            raise ValueError(f"priority must be 'interactive' or 'batch', got {self.priority!r}")
+        if self.priority not in CLASS_LEVEL:
+            raise ValueError(f"priority must be one of {', '.join(CLASS_LEVEL)}, got {self.priority!r}")
         for name in ("ttft_ms", "tbt_ms", "deadline_ms"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -40,6 +40,9 @@ class SchedulingPolicy:
     everyone is promoted, and the policy silently degenerates into FCFS."""
 
     name: ClassVar[str] = "base"
+    # Victims: True when the rank alone says who goes first (cost only breaks ties); False
+    # when, within a class, the cheapest to resume goes first.
+    rank_picks_victims: ClassVar[bool] = False
 
     def __init__(self, clock: Clock, estimator_quantile: float = 0.5, **settings: Any) -> None:
         if settings:
@@ -82,7 +85,10 @@ class SchedulingPolicy:
         return self.context.costs.resume_s(request, self.context.preemption_mode)
 
     def victim_key(self, request: Request) -> tuple:
-        """Larger is preempted first: lowest class, then cheapest to resume, then worst rank."""
+        """Larger is preempted first: lowest class, then cheapest to resume and worst rank
+        (in the order `rank_picks_victims` says)."""
+        if self.rank_picks_victims:
+            return (self.level(request), self.rank(request), -self.resume_cost(request))
         return (self.level(request), -self.resume_cost(request), self.rank(request))
 
     def pick_victim(self, candidates: list[Request]) -> Request:

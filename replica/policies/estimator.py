@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from shunter.mathutil import percentile
 from shunter.replica.request import Request
 
 
@@ -18,8 +19,7 @@ def _bucket(num_prompt_tokens: int) -> int:
 
 
 def _quantile(values: deque[int], q: float) -> int:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return round(percentile(values, q))
 
 
 @dataclass

@@ -7,10 +7,7 @@ from shunter.replica.request import Request
 
 class FCFSPolicy(SchedulingPolicy):
     name = "fcfs"
+    rank_picks_victims = True  # the lowest priority *is* the newest arrival
 
     def rank(self, request: Request) -> tuple:
         return (request.arrival_time, request.request_id)
-
-    def victim_key(self, request: Request) -> tuple:
-        """In FCFS the lowest priority *is* the newest arrival; cost only breaks exact ties."""
-        return (self.rank(request), -self.resume_cost(request))

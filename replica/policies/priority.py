@@ -12,8 +12,7 @@ from typing import Any
 from shunter.clock import Clock
 from shunter.replica.policies.base import SchedulingPolicy
 from shunter.replica.request import Request
-
-CLASS_LEVEL = {"interactive": 0, "batch": 1}
+from shunter.sampling_params import CLASS_LEVEL
 
 
 class PriorityPolicy(SchedulingPolicy):

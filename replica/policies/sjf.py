@@ -16,6 +16,7 @@ from shunter.replica.request import Request
 
 class SJFPolicy(SchedulingPolicy):
     name = "sjf"
+    rank_picks_victims = True  # the lowest priority is the longest remaining job (starved ones last)
 
     def __init__(self, clock: Clock, max_wait_s: float = 30.0, preemptive: bool = False, **settings: Any) -> None:
         super().__init__(clock, **settings)
@@ -39,10 +40,6 @@ class SJFPolicy(SchedulingPolicy):
 
     def rank(self, request: Request) -> tuple:
         return (self.level(request), self.remaining_work(request), request.arrival_time, request.request_id)
-
-    def victim_key(self, request: Request) -> tuple:
-        """The lowest priority in SJF is the longest remaining job (starved ones last)."""
-        return (self.rank(request), -self.resume_cost(request))
 
     def should_preempt(self, waiting: Request, running: Request) -> bool:
         if not self.preemptive:

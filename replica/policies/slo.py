@@ -22,8 +22,7 @@ from shunter.clock import Clock
 from shunter.replica.policies.base import SchedulingPolicy
 from shunter.replica.policies.slos import parse_slo_defaults, slo_of
 from shunter.replica.request import Request
-
-CLASS_LEVEL = {"interactive": 0, "batch": 1}
+from shunter.sampling_params import CLASS_LEVEL
 
 
 class SLAIPolicy(SchedulingPolicy):

@@ -16,6 +16,7 @@ from shunter.replica.request import Request, RequestStatus
 
 class StaticBatchPolicy(SchedulingPolicy):
     name = "static"
+    rank_picks_victims = True
 
     def __init__(self, clock: Clock, batch_size: int | None = None, **settings: Any) -> None:
         super().__init__(clock, **settings)
@@ -26,9 +27,6 @@ class StaticBatchPolicy(SchedulingPolicy):
 
     def rank(self, request: Request) -> tuple:
         return (request.arrival_time, request.request_id)
-
-    def victim_key(self, request: Request) -> tuple:
-        return (self.rank(request), -self.resume_cost(request))
 
     def plan(self, running: list[Request], swapped: list[Request], waiting: list[Request]) -> list[Request]:
         live = {r.request_id for r in running + swapped + waiting}

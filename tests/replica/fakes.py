@@ -7,6 +7,7 @@ real model's greedy decoding, at the cost of nothing.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 from shunter.clock import FakeClock
@@ -74,6 +75,12 @@ class FakeRunner:
         if self.clock is not None:
             self.clock.advance(self.step_time)
         return tokens
+
+
+def prompt(n: int, seed: int) -> list[int]:
+    """A seeded random prompt of `n` tokens that never contains EOS (0) or its trigger (999)."""
+    rng = random.Random(seed)
+    return [rng.randrange(1, 998) for _ in range(n)]
 
 
 def make_engine(num_blocks: int = 64, num_cpu_blocks: int = 0, clock: FakeClock | None = None, **settings) -> Engine:

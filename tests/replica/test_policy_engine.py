@@ -16,14 +16,9 @@ from shunter.replica.engine_config import EngineConfig
 from shunter.replica.output_collector import OutputCollector
 from shunter.replica.policies import POLICIES
 from shunter.replica.preemption import PreemptionCosts
-from tests.replica.fakes import FakeRunner, finished_outputs, make_engine, reference_output, run_to_completion
+from tests.replica.fakes import FakeRunner, finished_outputs, make_engine, prompt, reference_output, run_to_completion
 
 MODES = ["recompute", "swap", "auto"]
-
-
-def prompt(n: int, seed: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(1, 998) for _ in range(n)]
 
 
 class CostedFakeRunner(FakeRunner):

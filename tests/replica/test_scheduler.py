@@ -7,12 +7,7 @@ import pytest
 
 from shunter import SamplingParams
 from shunter.replica.output_collector import OutputCollector
-from tests.replica.fakes import finished_outputs, make_engine, reference_output, run_to_completion
-
-
-def prompt(n: int, seed: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(1, 998) for _ in range(n)]
+from tests.replica.fakes import finished_outputs, make_engine, prompt, reference_output, run_to_completion
 
 
 def test_chunked_prefill_respects_the_token_budget():
