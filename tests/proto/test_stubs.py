@@ -1,4 +1,4 @@
-"""The committed stubs must be what the .proto generates today."""
+"""The committed stubs must be what the .proto generates today, and say what the server serves."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,14 +8,39 @@ from shunter.proto import generate
 
 def test_committed_stubs_match_the_proto(tmp_path: Path):
     fresh = generate.generate(tmp_path)
+    assert set(fresh) == set(generate.STUBS)
     for name, text in fresh.items():
         committed = (generate.PROTO_DIR / name).read_text()
         assert committed == text, f"proto/{name} is stale: run `python -m shunter.proto.generate`"
 
 
-def test_stubs_import_inside_the_package():
-    from shunter.proto import generation_pb2, generation_pb2_grpc
+def test_stubs_describe_the_generation_service():
+    from shunter.proto import generation_pb2
 
     assert generation_pb2.DESCRIPTOR.package == "shunter.v1"
-    assert generation_pb2_grpc.GenerationStub is not None
-    assert "Generation" in generation_pb2.DESCRIPTOR.services_by_name
+    service = generation_pb2.DESCRIPTOR.services_by_name["Generation"]
+    methods = {m.name: m for m in service.methods}
+    assert set(methods) == {"Generate", "ClusterStatus"}
+    generate_rpc = methods["Generate"]
+    assert generate_rpc.input_type.name == "GenerateRequest" and generate_rpc.output_type.name == "GenerateResponse"
+    assert generate_rpc.server_streaming and not generate_rpc.client_streaming
+    assert not methods["ClusterStatus"].server_streaming
+
+
+def test_the_grpc_stub_binds_each_rpc():
+    from shunter.proto import generation_pb2_grpc
+
+    class Channel:  # records what the stub asks of a channel
+        def __init__(self):
+            self.calls = {}
+
+        def unary_stream(self, path, **kw):
+            self.calls[path] = "unary_stream"
+
+        def unary_unary(self, path, **kw):
+            self.calls[path] = "unary_unary"
+
+    channel = Channel()
+    generation_pb2_grpc.GenerationStub(channel)
+    assert channel.calls == {"/shunter.v1.Generation/Generate": "unary_stream",
+                             "/shunter.v1.Generation/ClusterStatus": "unary_unary"}

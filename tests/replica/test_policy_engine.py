@@ -40,31 +40,41 @@ def costed_engine(num_blocks: int, num_cpu_blocks: int, **settings) -> Engine:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 def test_oracle_under_every_policy_and_preemption_mode(policy, mode):
-    """Random mixed workloads under memory and seat pressure: same tokens as the reference."""
+    """Mixed workloads under memory and seat pressure: same tokens as the reference. Trial 0
+    is sure to run out of blocks (six requests of 5 blocks each in a pool of 14); the others
+    are random."""
     rng = random.Random(f"{policy}-{mode}")
-    for trial in range(3):
+    preemptions = swaps = 0
+    for trial in range(4):
+        pressure = trial == 0
         engine = costed_engine(
-            num_blocks=rng.randint(14, 30), num_cpu_blocks=0 if mode == "recompute" else rng.choice([4, 64]),
-            policy=policy, preemption_mode=mode, max_num_batched_tokens=rng.choice([16, 64, 256]),
-            max_num_seqs=rng.choice([2, 4, 8]), enable_prefix_caching=rng.random() < 0.7,
+            num_blocks=14 if pressure else rng.randint(14, 30),
+            num_cpu_blocks=0 if mode == "recompute" else (64 if pressure else rng.choice([4, 64])),
+            policy=policy, preemption_mode=mode, max_num_batched_tokens=64 if pressure else rng.choice([16, 64, 256]),
+            max_num_seqs=8 if pressure else rng.choice([2, 4, 8]), enable_prefix_caching=rng.random() < 0.7,
         )
         shared = prompt(rng.choice([0, 16]), trial)
         expected, done, collector = {}, {}, OutputCollector()
-        for i in range(rng.randint(4, 9)):
-            p = shared + prompt(rng.randint(1, 120), 1000 * trial + i)
-            n = rng.randint(1, 40)
+        for i in range(6 if pressure else rng.randint(4, 9)):
+            p = prompt(30, i) if pressure else shared + prompt(rng.randint(1, 120), 1000 * trial + i)
+            n = 40 if pressure else rng.randint(1, 40)
             params = SamplingParams(
-                max_tokens=n, temperature=0, priority=rng.choice(["interactive", "batch"]),
+                max_tokens=n, temperature=0, ignore_eos=pressure, priority=rng.choice(["interactive", "batch"]),
                 expected_output_tokens=rng.choice([None, rng.randint(1, 40)]),
             )
             engine.add_request(f"t{i}", p, params)
-            expected[f"t{i}"] = reference_output(p, n)
-            if rng.random() < 0.4:  # arrivals spread over time
+            expected[f"t{i}"] = reference_output(p, n, ignore_eos=pressure)
+            if not pressure and rng.random() < 0.4:  # arrivals spread over time
                 done.update({rid: o.outputs[0].token_ids for rid, o in finished_outputs(engine, collector).items()})
         done.update(run_to_completion(engine))
         assert done == expected
         assert engine.stats().kv_blocks_in_use == 0
         assert engine.kv.num_free_cpu_blocks == engine.kv.num_cpu_blocks
+        preemptions += engine.stats().num_preemptions
+        swaps += engine.stats().num_swaps
+    assert preemptions > 0
+    if mode != "auto":  # swap mode really swapped; recompute mode never does
+        assert (swaps > 0) == (mode == "swap")
 
 
 def test_auto_mode_swaps_big_victims_and_recomputes_small_ones():

@@ -1,6 +1,7 @@
 """Routing policies over fake replicas: pure logic, no Ray, no gRPC."""
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -57,20 +58,36 @@ def test_round_robin_cycles():
     assert [policy.select(reports, RoutingRequest(str(i))) for i in range(6)] == list("abcabc")
 
 
-def test_least_load_counts_held_expected_queued_and_pending():
-    policy = make_routing_policy("least_load")
-    reports = [
-        LoadReport("a", kv_blocks_in_use=10),
-        LoadReport("b", blocks_expected_growth=5, blocks_waiting=4),
-        LoadReport("c", kv_blocks_in_use=2, pending_blocks=10),
-    ]
-    assert policy.select(reports, RoutingRequest("q")) == "b"
+TERMS = ("kv_blocks_in_use", "blocks_expected_growth", "blocks_waiting", "pending_blocks")
 
 
-def test_power_of_two_never_picks_the_worse_of_its_pair():
-    policy = make_routing_policy("power_of_two", seed=1)
-    reports = [LoadReport("hot", kv_blocks_in_use=1000)] + [LoadReport(f"c{i}") for i in range(1)]
-    assert all(policy.select(reports, RoutingRequest(str(i))) == "c0" for i in range(20))
+def test_least_load_counts_each_of_the_four_terms():
+    """r0 is least loaded counting all four terms (40 against 41); without any one term, the
+    replica that is heavy in just that term (20 of its 41) becomes the least loaded instead."""
+    reports = [LoadReport("r0", **{t: 10 for t in TERMS})]
+    for i, heavy in enumerate(TERMS, start=1):
+        reports.append(LoadReport(f"r{i}", **{t: 20 if t == heavy else 7 for t in TERMS}))
+    assert make_routing_policy("least_load").select(reports, RoutingRequest("q")) == "r0"
+    for i, dropped in enumerate(TERMS, start=1):
+        without = [dataclasses.replace(r, **{dropped: 0}) for r in reports]
+        assert make_routing_policy("least_load").select(without, RoutingRequest("q")) == f"r{i}", dropped
+
+
+def test_power_of_two_picks_the_lighter_of_a_seeded_pair():
+    """Five replicas of distinct loads: each pick is the lighter of two drawn without
+    replacement, so the heaviest is never chosen, the lightest often, and a seed repeats it all."""
+    reports = [LoadReport(f"r{i}", kv_blocks_in_use=10 * i) for i in range(5)]
+    policy = make_routing_policy("power_of_two", seed=7)
+    picks = [policy.select(reports, RoutingRequest(str(i))) for i in range(400)]
+    again = make_routing_policy("power_of_two", seed=7)
+    assert picks == [again.select(reports, RoutingRequest(str(i))) for i in range(400)]
+    counts = {r.replica_id: picks.count(r.replica_id) for r in reports}
+    assert counts["r4"] == 0  # the heaviest loses every pair it is in
+    # r_i wins a pair when drawn with a heavier one: P = 2 * (4 - i) / 20 = 0.4, 0.3, 0.2, 0.1.
+    for i, p in enumerate((0.4, 0.3, 0.2, 0.1)):
+        assert abs(counts[f"r{i}"] / 400 - p) < 0.08, counts
+    other = make_routing_policy("power_of_two", seed=8)
+    assert [other.select(reports, RoutingRequest(str(i))) for i in range(400)] != picks
 
 
 def test_prefix_index_matches_only_contiguous_prefixes():

@@ -12,10 +12,21 @@ from shunter.sampling_params import SamplingParams
 from tests.fakes import FakeEngine, reference_output
 
 
-def make_router(n: int = 2, step_time: float = 0.002, **config) -> tuple[Router, list[LocalReplicaClient]]:
-    clients = [LocalReplicaClient(f"r{i}", lambda: FakeEngine(step_time=step_time)) for i in range(n)]
-    config.setdefault("rebalance", False)
-    return Router(clients, RouterConfig(poll_wait_s=0.05, **config)), clients
+@pytest.fixture
+def make_router():
+    """Routers over in-process fake replicas; every replica's engine thread is stopped at
+    teardown, also when the test failed half-way."""
+    made: list[LocalReplicaClient] = []
+
+    def make(n: int = 2, step_time: float = 0.002, **config) -> tuple[Router, list[LocalReplicaClient]]:
+        clients = [LocalReplicaClient(f"r{i}", lambda: FakeEngine(step_time=step_time)) for i in range(n)]
+        made.extend(clients)
+        config.setdefault("rebalance", False)
+        return Router(clients, RouterConfig(poll_wait_s=0.05, **config)), clients
+
+    yield make
+    for client in made:
+        client.kill()
 
 
 async def collect(router: Router, rid: str, prompt: list[int], max_tokens: int, on_token=None):
@@ -32,7 +43,7 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 30))
 
 
-def test_streams_equal_the_reference_and_spread_over_replicas():
+def test_streams_equal_the_reference_and_spread_over_replicas(make_router):
     async def main():
         router, clients = make_router(routing="least_load")
         await router.start()
@@ -44,13 +55,11 @@ def test_streams_equal_the_reference_and_spread_over_replicas():
         assert {d.replica_id for _, ds in results for d in ds} == {"r0", "r1"}
         assert len(router.journal) == 0 and router.counters.routed == 6
         await router.stop()
-        for c in clients:
-            c.kill()
 
     run(main())
 
 
-def test_migration_mid_stream_keeps_the_tokens():
+def test_migration_mid_stream_keeps_the_tokens(make_router):
     async def main():
         router, clients = make_router(step_time=0.005)
         await router.start()
@@ -66,13 +75,11 @@ def test_migration_mid_stream_keeps_the_tokens():
         assert moved[0][1] and router.counters.migrated == 1
         assert len({d.replica_id for d in deltas}) == 2
         await router.stop()
-        for c in clients:
-            c.kill()
 
     run(main())
 
 
-def test_killed_replica_streams_complete_with_fault_free_tokens_and_it_rejoins():
+def test_killed_replica_streams_complete_with_fault_free_tokens_and_it_rejoins(make_router):
     async def main():
         router, clients = make_router(n=2, step_time=0.005, routing="round_robin")
         await router.start()
@@ -96,13 +103,11 @@ def test_killed_replica_streams_complete_with_fault_free_tokens_and_it_rejoins()
             await asyncio.sleep(0.05)
         assert router.slots["r0"].healthy and router.counters.rejoined == 1
         await router.stop()
-        for c in clients:
-            c.kill()
 
     run(main())
 
 
-def test_overload_is_refused_not_queued_forever():
+def test_overload_is_refused_not_queued_forever(make_router):
     async def main():
         router, clients = make_router(max_in_flight=1, step_time=0.01)
         await router.start()
@@ -113,13 +118,11 @@ def test_overload_is_refused_not_queued_forever():
         await first.aclose()
         assert len(router.journal) == 0
         await router.stop()
-        for c in clients:
-            c.kill()
 
     run(main())
 
 
-def test_rebalancer_moves_requests_off_a_crowded_replica():
+def test_rebalancer_moves_requests_off_a_crowded_replica(make_router):
     async def main():
         router, clients = make_router(step_time=0.01, routing="round_robin", rebalance=True,
                                       rebalancer_settings={"interval_s": 0.1, "abs_threshold": 4, "rel_threshold": 1.1})
@@ -134,13 +137,11 @@ def test_rebalancer_moves_requests_off_a_crowded_replica():
             assert tokens == reference_output([i + 1] * 30, 60, ignore_eos=True)
         assert router.counters.migrated >= 1
         await router.stop()
-        for c in clients:
-            c.kill()
 
     run(main())
 
 
-def test_a_request_the_engine_refuses_fails_its_stream_with_the_engines_message():
+def test_a_request_the_engine_refuses_fails_its_stream_with_the_engines_message(make_router):
     """submit does not wait for the engine thread; the refusal comes back through the poll."""
     async def main():
         router, clients = make_router()
@@ -151,7 +152,5 @@ def test_a_request_the_engine_refuses_fails_its_stream_with_the_engines_message(
         assert tokens == reference_output([1, 2, 3], 4, ignore_eos=True)
         assert len(router.journal) == 0
         await router.stop()
-        for c in clients:
-            c.kill()
 
     run(main())
