@@ -1,1 +1,1 @@
-"""Workload generators, load clients, metrics, reports, benchmarks and the simulator."""
+"""Benchmarks (`shunter bench ...`): workloads, baselines measured in the same run, results and plots."""

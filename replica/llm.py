@@ -52,15 +52,18 @@ class LLM:
         for tokens, p in zip(token_lists, params_list):
             validate_request(tokens, _sample_params(p, 0), self.engine.limits)
         collector = OutputCollector()
+        held: dict[str, list[tuple[str, list[int], SamplingParams]]] = {}
         ids = []
         for prompt, tokens, p in zip(prompts, token_lists, params_list):
             request_id = f"offline-{self._counter}"
             self._counter += 1
             text = prompt if isinstance(prompt, str) else None
-            for i, engine_id in enumerate(collector.expect(request_id, text, tokens, p.n)):
-                self.engine.add_request(engine_id, tokens, _sample_params(p, i))
+            first, *rest = collector.expect(request_id, text, tokens, p.n)
+            self.engine.add_request(first, tokens, _sample_params(p, 0))
+            if rest:  # added once the first has computed (and cached) the prompt's blocks
+                held[first] = [(engine_id, tokens, _sample_params(p, i)) for i, engine_id in enumerate(rest, 1)]
             ids.append(request_id)
-        return self._run(ids, collector, use_tqdm)
+        return self._run(ids, collector, held, use_tqdm)
 
     def chat(
         self,
@@ -82,7 +85,11 @@ class LLM:
             prompts.append(list(tok(text, add_special_tokens=False).input_ids))
         return self.generate(prompts, sampling_params, use_tqdm)
 
-    def _run(self, ids: list[str], collector: OutputCollector, use_tqdm: bool | None) -> list[RequestOutput]:
+    def _run(self, ids: list[str], collector: OutputCollector,
+             held: dict[str, list[tuple[str, list[int], SamplingParams]]], use_tqdm: bool | None) -> list[RequestOutput]:
+        """Step until every request is done. The samples in `held` wait for their first
+        sibling's first token: by then its prompt blocks are in the prefix cache, so the
+        other samples share them instead of computing the prompt again."""
         finished: dict[str, RequestOutput] = {}
         show = sys.stderr.isatty() if use_tqdm is None else use_tqdm
         bar = None
@@ -91,7 +98,11 @@ class LLM:
 
             bar = tqdm(total=len(ids), desc="generate", unit="req", dynamic_ncols=True)
         while self.engine.has_unfinished_requests():
-            for out in collector.fold(self.engine.step()):
+            outs = self.engine.step()
+            for out in outs:
+                for engine_id, tokens, params in held.pop(out.request_id, ()):
+                    self.engine.add_request(engine_id, tokens, params)
+            for out in collector.fold(outs):
                 finished[out.request_id] = out
                 if bar is not None:
                     bar.update(1)

@@ -3,7 +3,7 @@
 The two costs are measured once at start-up by the model runner (a prefill of a known length,
 a swap of known blocks) and are plain numbers from then on, so the scheduler can pick, per
 victim, the cheaper way back ("auto" mode) and policies can prefer victims cheap to resume.
-No torch here: the simulator and the policies use the same arithmetic.
+No torch here: the policies and their tests use the same arithmetic.
 """
 from __future__ import annotations
 

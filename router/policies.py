@@ -1,7 +1,7 @@
 """Routing policies: pick a replica for a new request from `LoadReport` snapshots.
 
 Plain classes with one method, `select(replicas, request) -> replica_id`; no Ray, gRPC or torch,
-so the router, the unit tests and the simulator run the same objects. A registry maps the
+so the router and the unit tests run the same objects. A registry maps the
 `--routing` name to a class.
 """
 from __future__ import annotations

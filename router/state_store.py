@@ -2,8 +2,8 @@
 
 The journal is what makes migration and failover invisible to the client: a request can be
 resubmitted anywhere as prompt + tokens already sent, and tokens that arrive twice (or from a
-replica that no longer owns the request) are recognised by position and dropped. In memory here;
-a shared store (Redis) would hold the same records for several frontends.
+replica that no longer owns the request) are recognised by position and dropped. Held in this
+process's memory.
 """
 from __future__ import annotations
 

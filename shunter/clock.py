@@ -1,4 +1,4 @@
-"""An injectable clock, so policies run the same under real time, tests and the simulator."""
+"""An injectable clock, so policies run the same under real time and under a test's fake time."""
 from __future__ import annotations
 
 import time

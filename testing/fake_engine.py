@@ -1,4 +1,4 @@
-"""A fake engine with the replica `Engine`'s contract and no model: for benchmarks, the simulator and tests.
+"""A fake engine with the replica `Engine`'s contract and no model: for benchmarks and tests.
 
 `FakeEngine` implements `EngineProtocol` with the same types as the real engine and a
 deterministic 'model' (each token a pure function of the tokens before it), so any routing,

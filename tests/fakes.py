@@ -2,7 +2,7 @@
 
 The fake engine (`FakeEngine`, `ByteTokenizer`, the deterministic 'model' and its
 `reference_output`) lives in `shunter.testing.fake_engine`, because the benchmarks and the
-simulator run it too; it is re-exported here so tests keep one import.
+tests share it; it is re-exported here so tests keep one import.
 """
 from __future__ import annotations
 

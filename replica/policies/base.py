@@ -3,7 +3,7 @@
 A policy decides order (who gets the step's token budget first), admission (which queued
 request is next), victims (who gives up blocks or a seat), and optionally the step's size
 (SLAI). It sees only request state, a Clock and a `PolicyContext` snapshot: no torch, no Ray,
-so the same object runs in the engine, in tests under a FakeClock, and in the simulator.
+so the same object runs in the engine and in tests under a FakeClock.
 """
 from __future__ import annotations
 

@@ -131,3 +131,16 @@ def test_text_and_stop_strings(prompts, reference, tokenizer):
     stop = words[len(words) // 2]
     cut = llm.generate([prompts[1]], SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, stop=[stop]))[0].outputs[0]
     assert cut.finish_reason == "stop" and cut.text == out.text[: out.text.index(stop)]
+
+
+def test_chat_renders_the_template_and_keeps_the_tokens(tokenizer):
+    llm = LLM(model="smollm2-135m-instruct")
+    conversations = [[{"role": "user", "content": q}] for q in QUESTIONS[:2]]
+    chats = llm.chat(conversations, SamplingParams(max_tokens=8, temperature=0.0), use_tqdm=False)
+    for conversation, out in zip(conversations, chats):
+        text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        assert out.prompt_token_ids == list(tokenizer(text, add_special_tokens=False).input_ids)
+        [plain] = llm.generate([out.prompt_token_ids], SamplingParams(max_tokens=8, temperature=0.0), use_tqdm=False)
+        assert out.outputs[0].token_ids == plain.outputs[0].token_ids and out.outputs[0].text
+    with pytest.raises(ValueError, match=r"^messages\[0\]\[0\]"):
+        llm.chat([{"role": "user"}])
