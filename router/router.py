@@ -84,7 +84,7 @@ class Router:
         first = await asyncio.gather(*(s.client.poll(0.0) for s in self.slots.values()))
         for slot, info, result in zip(self.slots.values(), infos, first):
             slot.info = info
-            slot.report.node = info.node
+            slot.report.node, slot.report.large_cache = info.node, info.large_cache
             self._apply(slot, result)
             slot.task = asyncio.create_task(self._poll_loop(slot))
             self._tasks.append(slot.task)
@@ -278,7 +278,7 @@ class Router:
                 delay = min(delay * 2, 2.0)
         if self._stopping:
             return
-        slot.report = LoadReport(slot.client.replica_id, node=slot.info.node)
+        slot.report = LoadReport(slot.client.replica_id, node=slot.info.node, large_cache=slot.info.large_cache)
         slot.healthy = True
         self.counters.rejoined += 1
         log.warning("replica %s rejoined", slot.client.replica_id)
