@@ -155,13 +155,15 @@ class RouterCounters(_message.Message):
     def __init__(self, routed: _Optional[int] = ..., migrated: _Optional[int] = ..., failed_over: _Optional[int] = ..., rejected: _Optional[int] = ..., in_flight: _Optional[int] = ...) -> None: ...
 
 class ClusterStatusResponse(_message.Message):
-    __slots__ = ("replicas", "counters", "routing", "model")
+    __slots__ = ("replicas", "counters", "routing", "model", "size_threshold_blocks")
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     ROUTING_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    SIZE_THRESHOLD_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
     counters: RouterCounters
     routing: str
     model: str
-    def __init__(self, replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., counters: _Optional[_Union[RouterCounters, _Mapping]] = ..., routing: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    size_threshold_blocks: int
+    def __init__(self, replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., counters: _Optional[_Union[RouterCounters, _Mapping]] = ..., routing: _Optional[str] = ..., model: _Optional[str] = ..., size_threshold_blocks: _Optional[int] = ...) -> None: ...

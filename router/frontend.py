@@ -72,7 +72,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         return tokens, "".join(text), finish
 
     async def ClusterStatus(self, request: pb.ClusterStatusRequest, context: grpc.aio.ServicerContext) -> pb.ClusterStatusResponse:
-        out = pb.ClusterStatusResponse(routing=self.router.policy.name, model=self.model)
+        out = pb.ClusterStatusResponse(routing=self.router.policy.name, model=self.model,
+                                       size_threshold_blocks=self.router.config.size_threshold_blocks or 0)
         for rid, slot in self.router.slots.items():
             r = slot.report
             out.replicas.append(pb.ReplicaStatus(

@@ -20,7 +20,7 @@ from shunter.replica.block_hash import block_hashes
 from shunter.replica.load_estimate import expected_blocks
 from shunter.replica.replica_core import PollResult, ReplicaInfo, TokenDelta
 from shunter.router.load import LoadReport, RequestLoad, RoutingRequest
-from shunter.router.policies import DEFAULT, make_routing_policy
+from shunter.router.policies import DEFAULT, SizeSpecialized, make_routing_policy
 from shunter.router.prefix_index import PrefixIndex
 from shunter.router.rebalancer import Rebalancer
 from shunter.router.replica_client import ReplicaClient, ReplicaDead
@@ -41,6 +41,9 @@ class RouterConfig:
     rebalance: bool = True
     rebalancer_settings: dict[str, Any] = field(default_factory=dict)
     rejoin_timeout_s: float = 120.0
+    # Cache-size specialization: a request expected (or grown) past this many KV blocks is placed
+    # on (or moved to) a large-cache replica. None: off.
+    size_threshold_blocks: int | None = None
 
 
 @dataclass
@@ -69,7 +72,10 @@ class Router:
         self.clock = clock or MonotonicClock()
         self.index = PrefixIndex()
         self.policy = make_routing_policy(self.config.routing, self.index, **self.config.routing_settings)
-        self.rebalancer = Rebalancer(self.clock, **self.config.rebalancer_settings)
+        threshold = self.config.size_threshold_blocks
+        if threshold is not None:
+            self.policy = SizeSpecialized(self.policy, threshold)
+        self.rebalancer = Rebalancer(self.clock, size_threshold_blocks=threshold, **self.config.rebalancer_settings)
         self.slots = {c.replica_id: ReplicaSlot(c, LoadReport(c.replica_id)) for c in clients}
         self.journal = MemoryStateStore()
         self.counters = Counters()

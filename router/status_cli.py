@@ -20,7 +20,8 @@ def format_table(status) -> str:
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in rows]
     c = status.counters
     lines.append(f"model {status.model}  routing {status.routing}  routed {c.routed}  migrated {c.migrated}  "
-                 f"failed over {c.failed_over}  rejected {c.rejected}  in flight {c.in_flight}")
+                 f"failed over {c.failed_over}  rejected {c.rejected}  in flight {c.in_flight}"
+                 + (f"  size threshold {status.size_threshold_blocks} blocks" if status.size_threshold_blocks else ""))
     return "\n".join(lines)
 
 
