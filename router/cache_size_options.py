@@ -37,8 +37,6 @@ def validate(args: argparse.Namespace) -> None:
     if k and not 0 < k < args.replicas:
         raise ValueError(f"--large-cache-replicas: must be in 0..{args.replicas - 1} (the other replicas keep the "
                          f"small pool), got {k}")
-    if k < 0:
-        raise ValueError(f"--large-cache-replicas: must be >= 0, got {k}")
     if not args.large_cache_factor > 1:
         raise ValueError(f"--large-cache-factor: must be > 1, got {args.large_cache_factor}")
     if b is not None and not k:

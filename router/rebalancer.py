@@ -80,15 +80,14 @@ class Rebalancer:
         least loaded once the moves planned before it are counted."""
         if not self._specializing(healthy):
             return []
-        added = {r.replica_id: 0 for r in healthy if r.large_cache}
-        loads = {r.replica_id: r.load for r in healthy}
+        large_loads = {r.replica_id: r.load for r in healthy if r.large_cache}
         moves = []
         for replica in healthy:
             if replica.large_cache:
                 continue
             for q in replica.requests:
                 if q.decoding and self._big(q) and len(moves) < self.max_per_round:
-                    target = min(added, key=lambda rid: loads[rid] + added[rid])
-                    added[target] += q.blocks
+                    target = min(large_loads, key=large_loads.__getitem__)
+                    large_loads[target] += q.blocks
                     moves.append(Migration(q.request_id, replica.replica_id, target))
         return moves
