@@ -113,7 +113,7 @@ class ClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("replica_id", "node", "healthy", "num_running", "num_waiting", "num_swapped", "kv_blocks_total", "kv_blocks_in_use", "kv_blocks_cached", "prefix_hit_rate", "load_blocks")
+    __slots__ = ("replica_id", "node", "healthy", "num_running", "num_waiting", "num_swapped", "kv_blocks_total", "kv_blocks_in_use", "kv_blocks_cached", "prefix_hit_rate", "load_blocks", "large_cache")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class ReplicaStatus(_message.Message):
     KV_BLOCKS_CACHED_FIELD_NUMBER: _ClassVar[int]
     PREFIX_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
     LOAD_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    LARGE_CACHE_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     node: str
     healthy: bool
@@ -136,7 +137,8 @@ class ReplicaStatus(_message.Message):
     kv_blocks_cached: int
     prefix_hit_rate: float
     load_blocks: int
-    def __init__(self, replica_id: _Optional[str] = ..., node: _Optional[str] = ..., healthy: _Optional[bool] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_swapped: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_in_use: _Optional[int] = ..., kv_blocks_cached: _Optional[int] = ..., prefix_hit_rate: _Optional[float] = ..., load_blocks: _Optional[int] = ...) -> None: ...
+    large_cache: bool
+    def __init__(self, replica_id: _Optional[str] = ..., node: _Optional[str] = ..., healthy: _Optional[bool] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_swapped: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_in_use: _Optional[int] = ..., kv_blocks_cached: _Optional[int] = ..., prefix_hit_rate: _Optional[float] = ..., load_blocks: _Optional[int] = ..., large_cache: _Optional[bool] = ...) -> None: ...
 
 class RouterCounters(_message.Message):
     __slots__ = ("routed", "migrated", "failed_over", "rejected", "in_flight")
@@ -153,13 +155,15 @@ class RouterCounters(_message.Message):
     def __init__(self, routed: _Optional[int] = ..., migrated: _Optional[int] = ..., failed_over: _Optional[int] = ..., rejected: _Optional[int] = ..., in_flight: _Optional[int] = ...) -> None: ...
 
 class ClusterStatusResponse(_message.Message):
-    __slots__ = ("replicas", "counters", "routing", "model")
+    __slots__ = ("replicas", "counters", "routing", "model", "size_threshold_blocks")
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     ROUTING_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    SIZE_THRESHOLD_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
     counters: RouterCounters
     routing: str
     model: str
-    def __init__(self, replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., counters: _Optional[_Union[RouterCounters, _Mapping]] = ..., routing: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    size_threshold_blocks: int
+    def __init__(self, replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., counters: _Optional[_Union[RouterCounters, _Mapping]] = ..., routing: _Optional[str] = ..., model: _Optional[str] = ..., size_threshold_blocks: _Optional[int] = ...) -> None: ...

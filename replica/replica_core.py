@@ -64,12 +64,15 @@ class ReplicaInfo:
     pid: int
     limits: ModelLimits
     tokenizer: Tokenizer | None = None
+    large_cache: bool = False  # given the larger KV pool: the router sends it the long requests
 
 
 class ReplicaCore:
-    def __init__(self, replica_id: str, engine: EngineProtocol) -> None:
+    def __init__(self, replica_id: str, engine: EngineProtocol, large_cache: bool = False) -> None:
+        """`large_cache`: this replica's role in cache-size specialization (its pool is the larger)."""
         self.replica_id = replica_id
         self.engine = engine
+        self.large_cache = large_cache
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -82,7 +85,8 @@ class ReplicaCore:
         self._thread.start()
 
     def info(self) -> ReplicaInfo:
-        return ReplicaInfo(self.replica_id, socket.gethostname(), os.getpid(), self.engine.limits, self.engine.tokenizer)
+        return ReplicaInfo(self.replica_id, socket.gethostname(), os.getpid(), self.engine.limits, self.engine.tokenizer,
+                           self.large_cache)
 
     # ---- commands, run on the engine thread between steps ----------------------------------
     def call(self, fn: Callable[[EngineProtocol], T]) -> concurrent.futures.Future[T]:

@@ -72,13 +72,15 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         return tokens, "".join(text), finish
 
     async def ClusterStatus(self, request: pb.ClusterStatusRequest, context: grpc.aio.ServicerContext) -> pb.ClusterStatusResponse:
-        out = pb.ClusterStatusResponse(routing=self.router.policy.name, model=self.model)
+        out = pb.ClusterStatusResponse(routing=self.router.policy.name, model=self.model,
+                                       size_threshold_blocks=self.router.config.size_threshold_blocks or 0)
         for rid, slot in self.router.slots.items():
             r = slot.report
             out.replicas.append(pb.ReplicaStatus(
                 replica_id=rid, node=r.node, healthy=slot.healthy, num_running=r.num_running, num_waiting=r.num_waiting,
                 num_swapped=r.num_swapped, kv_blocks_total=r.kv_blocks_total, kv_blocks_in_use=r.kv_blocks_in_use,
-                kv_blocks_cached=r.kv_blocks_cached, prefix_hit_rate=r.prefix_hit_rate, load_blocks=r.load))
+                kv_blocks_cached=r.kv_blocks_cached, prefix_hit_rate=r.prefix_hit_rate, load_blocks=r.load,
+                large_cache=r.large_cache))
         c = self.router.counters
         out.counters.CopyFrom(pb.RouterCounters(routed=c.routed, migrated=c.migrated, failed_over=c.failed_over,
                                                 rejected=c.rejected, in_flight=len(self.router.journal)))

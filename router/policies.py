@@ -161,6 +161,24 @@ class PrefixAware(RoutingPolicy):
         return best.replica_id
 
 
+class SizeSpecialized(RoutingPolicy):
+    """Cache-size specialization over another policy: a request expected to take more than
+    `size_threshold_blocks` goes to the least loaded healthy large-cache replica, so long requests
+    do not crowd the small pools into preemption; short requests, and long ones while no
+    large-cache replica is healthy, are routed by `inner`."""
+
+    def __init__(self, inner: RoutingPolicy, size_threshold_blocks: int) -> None:
+        self.inner, self.size_threshold_blocks = inner, size_threshold_blocks
+        self.name, self.needs_prefix = inner.name, inner.needs_prefix
+
+    def select(self, replicas: Sequence[LoadReport], request: RoutingRequest) -> str:
+        if request.expected_blocks > self.size_threshold_blocks:
+            large = [r for r in replicas if r.large_cache and r.healthy]
+            if large:
+                return _least_loaded(large).replica_id
+        return self.inner.select(replicas, request)
+
+
 REGISTRY: dict[str, Callable[..., RoutingPolicy]] = {
     RoundRobin.name: RoundRobin,
     LeastLoad.name: LeastLoad,

@@ -4,8 +4,9 @@ Routing only places new requests; outputs of unknown length still drift replicas
 `interval_s` the rebalancer pairs the most and the least loaded replica and plans migrations of
 decoding requests from one to the other until their loads are within the thresholds. With
 cache-size specialization on, a request grown past `size_threshold_blocks` on a small-cache
-replica moves to the least loaded large-cache one first. Plain object over `LoadReport`s and a
-`Clock`, like the routing policies.
+replica moves to the least loaded large-cache one first, and load pairs never send such a
+request back to a small replica (else the two kinds of move would bounce it). Plain object over
+`LoadReport`s and a `Clock`, like the routing policies.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from shunter.clock import Clock, MonotonicClock
-from shunter.router.load import LoadReport, imbalanced
+from shunter.router.load import LoadReport, RequestLoad, imbalanced
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,21 @@ class Rebalancer:
         moved = {m.request_id for m in moves}
         return moves + self._pair(healthy, moved)[: max(0, self.max_per_round - len(moves))]
 
+    def _specializing(self, healthy: list[LoadReport]) -> bool:
+        return self.size_threshold_blocks is not None and any(r.large_cache for r in healthy)
+
+    def _big(self, q: RequestLoad) -> bool:
+        return self.size_threshold_blocks is not None and q.blocks > self.size_threshold_blocks
+
     def _pair(self, healthy: list[LoadReport], moved: set[str]) -> list[Migration]:
         source = max(healthy, key=lambda r: r.load)
         target = min(healthy, key=lambda r: r.load)
         high, low = source.load, target.load
         moves: list[Migration] = []
+        keep_big = self._specializing(healthy) and not target.large_cache
         candidates = sorted(
-            (q for q in source.requests if q.decoding and q.request_id not in moved), key=lambda q: -q.blocks
+            (q for q in source.requests if q.decoding and q.request_id not in moved and not (keep_big and self._big(q))),
+            key=lambda q: -q.blocks,
         )
         for q in candidates:
             if len(moves) >= self.max_per_round or not imbalanced(high, low, self.abs_threshold, self.rel_threshold):
@@ -67,17 +76,18 @@ class Rebalancer:
         return moves
 
     def _specialize(self, healthy: list[LoadReport]) -> list[Migration]:
-        if self.size_threshold_blocks is None:
+        """Decoding requests past the threshold on small replicas, each to the large replica
+        least loaded once the moves planned before it are counted."""
+        if not self._specializing(healthy):
             return []
-        large = [r for r in healthy if r.large_cache]
-        if not large:
-            return []
+        large_loads = {r.replica_id: r.load for r in healthy if r.large_cache}
         moves = []
         for replica in healthy:
             if replica.large_cache:
                 continue
             for q in replica.requests:
-                if q.decoding and q.blocks > self.size_threshold_blocks and len(moves) < self.max_per_round:
-                    target = min(large, key=lambda r: r.load)
-                    moves.append(Migration(q.request_id, replica.replica_id, target.replica_id))
+                if q.decoding and self._big(q) and len(moves) < self.max_per_round:
+                    target = min(large_loads, key=large_loads.__getitem__)
+                    large_loads[target] += q.blocks
+                    moves.append(Migration(q.request_id, replica.replica_id, target))
         return moves

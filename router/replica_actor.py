@@ -40,8 +40,9 @@ class RayExport:
 
 
 class ReplicaActor:
-    def __init__(self, replica_id: str, engine_config: EngineConfig, engine_factory: str | None = None) -> None:
-        self.core = ReplicaCore(replica_id, load_engine(engine_config, engine_factory))
+    def __init__(self, replica_id: str, engine_config: EngineConfig, engine_factory: str | None = None,
+                 large_cache: bool = False) -> None:
+        self.core = ReplicaCore(replica_id, load_engine(engine_config, engine_factory), large_cache)
 
     async def info(self) -> ReplicaInfo:
         return self.core.info()
@@ -80,12 +81,12 @@ RemoteReplicaActor = ray.remote(ReplicaActor)
 
 
 def spawn(replica_id: str, engine_config: EngineConfig, engine_factory: str | None = None, num_cpus: float = 1,
-          num_gpus: float = 0) -> ray.actor.ActorHandle:
-    """Start one replica actor (restarted by Ray if its process dies)."""
+          num_gpus: float = 0, large_cache: bool = False) -> ray.actor.ActorHandle:
+    """Start one replica actor (restarted by Ray if its process dies, with the same role)."""
     return RemoteReplicaActor.options(
         name=f"shunter-{replica_id}", num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0,
         max_concurrency=1000,
-    ).remote(replica_id, engine_config, engine_factory)
+    ).remote(replica_id, engine_config, engine_factory, large_cache)
 
 
 class RayReplicaClient:

@@ -40,10 +40,10 @@ class LocalReplicaClient:
     """A replica in this process (tests, benchmarks). `kill()` and `restart()` play a process
     dying and its supervisor bringing it back."""
 
-    def __init__(self, replica_id: str, engine_factory: Callable[[], EngineProtocol]) -> None:
+    def __init__(self, replica_id: str, engine_factory: Callable[[], EngineProtocol], large_cache: bool = False) -> None:
         self.replica_id = replica_id
-        self._factory = engine_factory
-        self.core: ReplicaCore | None = ReplicaCore(replica_id, engine_factory())
+        self._factory, self._large_cache = engine_factory, large_cache
+        self.core: ReplicaCore | None = ReplicaCore(replica_id, engine_factory(), large_cache)
 
     def _alive(self) -> ReplicaCore:
         if self.core is None:
@@ -57,7 +57,7 @@ class LocalReplicaClient:
 
     def restart(self) -> None:
         self.kill()
-        self.core = ReplicaCore(self.replica_id, self._factory())
+        self.core = ReplicaCore(self.replica_id, self._factory(), self._large_cache)
 
     async def info(self) -> ReplicaInfo:
         return self._alive().info()

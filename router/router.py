@@ -20,7 +20,7 @@ from shunter.replica.block_hash import block_hashes
 from shunter.replica.load_estimate import expected_blocks
 from shunter.replica.replica_core import PollResult, ReplicaInfo, TokenDelta
 from shunter.router.load import LoadReport, RequestLoad, RoutingRequest
-from shunter.router.policies import DEFAULT, make_routing_policy
+from shunter.router.policies import DEFAULT, SizeSpecialized, make_routing_policy
 from shunter.router.prefix_index import PrefixIndex
 from shunter.router.rebalancer import Rebalancer
 from shunter.router.replica_client import ReplicaClient, ReplicaDead
@@ -41,6 +41,9 @@ class RouterConfig:
     rebalance: bool = True
     rebalancer_settings: dict[str, Any] = field(default_factory=dict)
     rejoin_timeout_s: float = 120.0
+    # Cache-size specialization: a request expected (or grown) past this many KV blocks is placed
+    # on (or moved to) a large-cache replica. None: off.
+    size_threshold_blocks: int | None = None
 
 
 @dataclass
@@ -69,7 +72,10 @@ class Router:
         self.clock = clock or MonotonicClock()
         self.index = PrefixIndex()
         self.policy = make_routing_policy(self.config.routing, self.index, **self.config.routing_settings)
-        self.rebalancer = Rebalancer(self.clock, **self.config.rebalancer_settings)
+        threshold = self.config.size_threshold_blocks
+        if threshold is not None:
+            self.policy = SizeSpecialized(self.policy, threshold)
+        self.rebalancer = Rebalancer(self.clock, size_threshold_blocks=threshold, **self.config.rebalancer_settings)
         self.slots = {c.replica_id: ReplicaSlot(c, LoadReport(c.replica_id)) for c in clients}
         self.journal = MemoryStateStore()
         self.counters = Counters()
@@ -84,7 +90,7 @@ class Router:
         first = await asyncio.gather(*(s.client.poll(0.0) for s in self.slots.values()))
         for slot, info, result in zip(self.slots.values(), infos, first):
             slot.info = info
-            slot.report.node = info.node
+            slot.report.node, slot.report.large_cache = info.node, info.large_cache
             self._apply(slot, result)
             slot.task = asyncio.create_task(self._poll_loop(slot))
             self._tasks.append(slot.task)
@@ -278,7 +284,7 @@ class Router:
                 delay = min(delay * 2, 2.0)
         if self._stopping:
             return
-        slot.report = LoadReport(slot.client.replica_id, node=slot.info.node)
+        slot.report = LoadReport(slot.client.replica_id, node=slot.info.node, large_cache=slot.info.large_cache)
         slot.healthy = True
         self.counters.rejoined += 1
         log.warning("replica %s rejoined", slot.client.replica_id)

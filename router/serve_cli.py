@@ -2,12 +2,16 @@
 
 With no flags: a local Ray instance started by this command, two SmolLM2 replicas on CPU,
 in-memory state, 127.0.0.1:50051. SIGINT/SIGTERM stop new requests (health NOT_SERVING,
-UNAVAILABLE), let the running ones finish (up to --drain-timeout), then exit.
+UNAVAILABLE), let the running ones finish (up to --drain-timeout), then exit. With
+--large-cache-replicas K the first K replicas get the larger KV pool and the long requests
+(`cache_size_options.py`).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+
+from shunter.router import cache_size_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-rebalance", action="store_true", help="turn off load-pair migration")
     parser.add_argument("--max-in-flight", type=int, default=1024)
     parser.add_argument("--drain-timeout", type=float, default=30.0)
+    cache_size_options.add_arguments(parser)
 
 
 def _engine_config(args: argparse.Namespace):
@@ -61,7 +66,8 @@ async def serve(args: argparse.Namespace, clients: list) -> int:
     from shunter.router.router import Router, RouterConfig
 
     router = Router(clients, RouterConfig(routing=args.routing, rebalance=not args.no_rebalance,
-                                          max_in_flight=args.max_in_flight))
+                                          max_in_flight=args.max_in_flight,
+                                          size_threshold_blocks=cache_size_options.threshold(args)))
     await router.start()
     frontend = Frontend(router, args.host, args.port, model=args.model)
     await frontend.start()
@@ -81,7 +87,8 @@ async def serve(args: argparse.Namespace, clients: list) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         _validate(args)
-        config = _engine_config(args)
+        cache_size_options.validate(args)
+        roles = cache_size_options.replica_roles(args, _engine_config(args))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -99,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
         ray.init(num_cpus=need, include_dashboard=False)
     clients = []
     factory = FACTORY if args.model.startswith(FAKE_MODEL_PREFIX) else None
-    for i in range(args.replicas):
+    for i, (config, large_cache) in enumerate(roles):
         rid = f"replica-{i}"
-        handle = spawn(rid, config, factory, args.num_cpus_per_replica, args.num_gpus_per_replica)
+        handle = spawn(rid, config, factory, args.num_cpus_per_replica, args.num_gpus_per_replica, large_cache)
         clients.append(RayReplicaClient(rid, handle))
     try:
         return asyncio.run(serve(args, clients))

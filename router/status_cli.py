@@ -11,16 +11,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def format_table(status) -> str:
-    head = ("replica", "node", "healthy", "run", "wait", "swap", "kv total", "kv used", "kv cached", "hit rate", "load")
+    head = ("replica", "node", "healthy", "run", "wait", "swap", "kv total", "kv used", "kv cached", "hit rate", "load", "cache")
     rows = [head]
     for r in status.replicas:
         rows.append((r.replica_id, r.node, "yes" if r.healthy else "NO", r.num_running, r.num_waiting, r.num_swapped,
-                     r.kv_blocks_total, r.kv_blocks_in_use, r.kv_blocks_cached, f"{r.prefix_hit_rate:.2f}", r.load_blocks))
+                     r.kv_blocks_total, r.kv_blocks_in_use, r.kv_blocks_cached, f"{r.prefix_hit_rate:.2f}", r.load_blocks, "large" if r.large_cache else "-"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in rows]
     c = status.counters
     lines.append(f"model {status.model}  routing {status.routing}  routed {c.routed}  migrated {c.migrated}  "
-                 f"failed over {c.failed_over}  rejected {c.rejected}  in flight {c.in_flight}")
+                 f"failed over {c.failed_over}  rejected {c.rejected}  in flight {c.in_flight}"
+                 + (f"  size threshold {status.size_threshold_blocks} blocks" if status.size_threshold_blocks else ""))
     return "\n".join(lines)
 
 

@@ -3,9 +3,9 @@ model, token for token, however the engine schedules, chunks, caches and preempt
 from __future__ import annotations
 
 import pytest
-import torch
 
 from shunter import LLM, SamplingParams
+from tests.hf_reference import hf_greedy
 
 pytestmark = pytest.mark.slow
 
@@ -50,22 +50,9 @@ def shared_prompts(tokenizer) -> list[list[int]]:
     return [list(tokenizer(SYSTEM + q).input_ids) for q in QUESTIONS[:6]]
 
 
-def hf_greedy(folder, prompts: list[list[int]]) -> list[list[int]]:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    outs = []
-    with torch.inference_mode():
-        for p in prompts:  # one at a time: no padding in the reference
-            ids = torch.tensor([p])
-            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_TOKENS, do_sample=False)
-            outs.append(gen[0, len(p):].tolist())
-    return outs
-
-
 @pytest.fixture(scope="module")
 def reference(smollm2_folder, prompts, shared_prompts):
-    return hf_greedy(smollm2_folder, prompts + shared_prompts)
+    return hf_greedy(smollm2_folder, prompts + shared_prompts, MAX_TOKENS)
 
 
 def engine_greedy(prompts: list[list[int]], **settings) -> tuple[list[list[int]], LLM]:

@@ -11,7 +11,7 @@ from shunter.mathutil import cdiv
 from shunter.replica.block_hash import block_hashes
 from shunter.replica.engine_protocol import CacheEvent
 from shunter.router.load import LoadReport, RoutingRequest, imbalanced
-from shunter.router.policies import REGISTRY, PrefixAware, make_routing_policy
+from shunter.router.policies import REGISTRY, PrefixAware, SizeSpecialized, make_routing_policy
 from shunter.router.prefix_index import PrefixIndex
 from tests.fakes import FakeReplica
 
@@ -207,3 +207,29 @@ def test_prefix_aware_decides_as_its_plain_specification_on_random_clusters():
             for abs_t, rel_t, weight in ((32, 1.5, 0.0), (0, 1.0, 0.0), (8, 1.2, 2.0)):
                 policy = PrefixAware(index, abs_threshold=abs_t, rel_threshold=rel_t, cost_weight=weight)
                 assert policy.select(replicas, request) == _spec_prefix_aware(index, replicas, request, abs_t, rel_t, weight)
+
+
+# ---- cache-size specialization -------------------------------------------------------------
+def test_size_specialized_sends_long_requests_to_the_least_loaded_large_replica():
+    policy = SizeSpecialized(make_routing_policy("least_load"), size_threshold_blocks=8)
+    reports = [LoadReport("s"), LoadReport("L1", kv_blocks_in_use=30, large_cache=True),
+               LoadReport("L2", kv_blocks_in_use=20, large_cache=True)]
+    assert policy.select(reports, RoutingRequest("long", expected_blocks=9)) == "L2"
+    assert policy.select(reports, RoutingRequest("at-threshold", expected_blocks=8)) == "s"  # the inner policy's
+
+
+def test_size_specialized_routes_long_requests_normally_without_a_healthy_large_replica():
+    policy = SizeSpecialized(make_routing_policy("least_load"), size_threshold_blocks=8)
+    reports = [LoadReport("s", kv_blocks_in_use=5), LoadReport("t"), LoadReport("L", healthy=False, large_cache=True)]
+    assert policy.select(reports, RoutingRequest("long", expected_blocks=50)) == "t"
+
+
+def test_size_specialized_leaves_short_requests_to_the_inner_policy():
+    index = PrefixIndex()
+    prompt = list(range(4 * BS))
+    index.apply("L", [CacheEvent("stored", h) for h in block_hashes(prompt, BS)])
+    policy = SizeSpecialized(make_routing_policy("prefix_aware", index), size_threshold_blocks=8)
+    assert policy.name == "prefix_aware" and policy.needs_prefix
+    reports = [LoadReport("s"), LoadReport("L", kv_blocks_in_use=4, large_cache=True)]
+    assert policy.select(reports, request_for("short", prompt + [1], max_tokens=8)) == "L"  # its prefix holder
+    assert policy.select(reports, request_for("short2", [7] * 20, max_tokens=8)) == "s"  # least loaded

@@ -5,7 +5,7 @@ import random
 
 from shunter.clock import FakeClock
 from shunter.router.load import LoadReport, RequestLoad, imbalanced
-from shunter.router.rebalancer import Rebalancer
+from shunter.router.rebalancer import Migration, Rebalancer
 
 
 def report(rid: str, blocks: list[int], large: bool = False, decoding: bool = True) -> LoadReport:
@@ -70,3 +70,44 @@ def test_cache_size_specialization_moves_big_requests_to_large_replicas():
     reb = Rebalancer(FakeClock(), abs_threshold=1000, size_threshold_blocks=20)
     moves = reb.plan([report("small", [30, 5]), report("big1", [1], large=True), report("big2", [50], large=True)])
     assert [(m.request_id, m.target) for m in moves] == [("small-0", "big1")]
+
+
+def test_specialization_spreads_big_requests_over_the_large_replicas_by_load():
+    reb = Rebalancer(FakeClock(), abs_threshold=1000, size_threshold_blocks=20)
+    moves = reb.plan([report("small", [30, 25]), report("big1", [1], large=True), report("big2", [10], large=True)])
+    # small-0 makes big1 31 blocks, so small-1 goes to big2 (10).
+    assert [(m.request_id, m.target) for m in moves] == [("small-0", "big1"), ("small-1", "big2")]
+
+
+def test_load_pairs_never_move_a_big_request_back_to_a_small_replica():
+    reb = Rebalancer(FakeClock(), abs_threshold=8, rel_threshold=1.2, size_threshold_blocks=20)
+    assert reb.plan([report("big", [40, 40, 3], large=True), report("small", [])]) == [
+        Migration("big-2", "big", "small")]
+    # Without a large replica to keep them, big requests balance like any other.
+    assert Rebalancer(FakeClock(), abs_threshold=8, rel_threshold=1.2, size_threshold_blocks=20).plan(
+        [report("a", [40, 40]), report("b", [])]) == [Migration("a-0", "a", "b")]
+
+
+def test_specialization_and_load_pairs_settle_randomized():
+    """With large-cache replicas, rounds of both kinds of move stop, and every big request ends
+    on a large replica (no request bounces between a small and a large one)."""
+    rng = random.Random(1)
+    threshold = 12
+    for trial in range(200):
+        reb = Rebalancer(FakeClock(), abs_threshold=8, rel_threshold=1.2, max_per_round=3,
+                         size_threshold_blocks=threshold)
+        n = rng.randrange(2, 6)
+        large = set(rng.sample(range(n), rng.randrange(1, n)))
+        loads = {f"r{i}": [rng.randrange(1, 30) for _ in range(rng.randrange(0, 10))] for i in range(n)}
+        for _ in range(100):
+            moves = reb.plan([report(k, v, large=int(k[1:]) in large) for k, v in loads.items()])
+            if not moves:
+                break
+            for m in moves:
+                idx = int(m.request_id.rsplit("-", 1)[1])
+                blocks, loads[m.source][idx] = loads[m.source][idx], 0
+                assert blocks <= threshold or int(m.target[1:]) in large, (trial, m, blocks)
+                loads[m.target].append(blocks)
+        else:
+            raise AssertionError(f"trial {trial}: still moving after 100 rounds")
+        assert all(b <= threshold for k, v in loads.items() if int(k[1:]) not in large for b in v), (trial, loads)

@@ -1,4 +1,5 @@
-"""`shunter serve` as users run it (joining the session's Ray cluster), `shunter status`, SIGTERM drain."""
+"""`shunter serve` as users run it (joining the session's Ray cluster), `shunter status` (with one
+large-cache replica), SIGTERM drain."""
 from __future__ import annotations
 
 import signal
@@ -29,7 +30,8 @@ def test_serve_status_and_sigterm_drain(ray_cluster):
     address = ray_cluster.get_runtime_context().gcs_address
     proc = subprocess.Popen(
         [sys.executable, "-m", "shunter.cli", "serve", "--address", address, "--port", str(port), "--replicas", "2",
-         "--num-cpus-per-replica", "0.5", "--model", "fake:ids"],
+         "--num-cpus-per-replica", "0.5", "--model", "fake:ids", "--large-cache-replicas", "1",
+         "--size-threshold-blocks", "4"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -37,6 +39,9 @@ def test_serve_status_and_sigterm_drain(ray_cluster):
         status = subprocess.run([sys.executable, "-m", "shunter.cli", "status", "--address", f"127.0.0.1:{port}"],
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 0 and "replica-0" in status.stdout and "replica-1" in status.stdout
+        rows = {line.split()[0]: line.split() for line in status.stdout.splitlines()}
+        assert rows["replica-0"][-1] == "large" and rows["replica-1"][-1] == "-"  # the role the flags gave
+        assert "size threshold 4 blocks" in status.stdout
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = pb_grpc.GenerationStub(channel)
         req = pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=[4] * 10),
