@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from shunter.outputs import RequestOutput
+from shunter.replica.chat import chat_prompt_ids
 from shunter.replica.engine import Engine
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.output_collector import OutputCollector
@@ -72,17 +73,11 @@ class LLM:
         use_tqdm: bool | None = None,
     ) -> list[RequestOutput]:
         """Generate a reply to each conversation, rendered with the model's chat template."""
-        tok = self.engine.tokenizer
-        if tok is None or not getattr(tok, "chat_template", None):
+        if not getattr(self.engine.tokenizer, "chat_template", None):
             raise ValueError("messages: this model has no chat template; use generate()")
-        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        prompts = []
-        for c, conversation in enumerate(conversations):
-            for i, m in enumerate(conversation):  # type: ignore[union-attr]
-                if not isinstance(m, dict) or not {"role", "content"} <= m.keys():
-                    raise ValueError(f"messages[{c}][{i}]: must be a dict with 'role' and 'content'")
-            text = tok.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-            prompts.append(list(tok(text, add_special_tokens=False).input_ids))
+        conversations = [messages] if messages and isinstance(messages[0], Mapping) else messages
+        prompts = [chat_prompt_ids(self.engine.tokenizer, conversation, field=f"messages[{c}]")
+                   for c, conversation in enumerate(conversations)]
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def _run(self, ids: list[str], collector: OutputCollector,

@@ -12,13 +12,13 @@ import uuid
 from dataclasses import dataclass
 
 from shunter.proto import generation_pb2 as pb
+from shunter.replica.chat import chat_prompt_ids
 from shunter.replica.replica_core import ReplicaInfo
 from shunter.replica.validation import validate_request
 from shunter.sampling_params import SamplingParams
 
 MAX_REQUEST_ID = 128
 MAX_STOP = 16
-ROLES = ("system", "user", "assistant", "tool")
 PRIORITIES = {0: "interactive", 1: "interactive", 2: "batch"}
 
 
@@ -66,16 +66,11 @@ def tokenize(req: pb.GenerateRequest, info: ReplicaInfo) -> list[int]:
         if not req.prompt:
             raise InvalidArgument("prompt: must not be empty")
         return list(tok(req.prompt).input_ids)
-    turns = list(req.messages.messages)
-    if not turns:
-        raise InvalidArgument("messages: must not be empty")
-    for i, m in enumerate(turns):
-        if m.role not in ROLES:
-            raise InvalidArgument(f"messages[{i}].role: must be one of {', '.join(ROLES)}, got {m.role!r}")
-    if not getattr(tok, "chat_template", None):
-        raise InvalidArgument("messages: this model has no chat template; send prompt")
-    ids = tok.apply_chat_template([{"role": m.role, "content": m.content} for m in turns], add_generation_prompt=True)
-    return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    messages = [{"role": m.role, "content": m.content} for m in req.messages.messages]
+    try:
+        return chat_prompt_ids(tok, messages)
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from e
 
 
 def sampling_params(req: pb.GenerateRequest) -> SamplingParams:

@@ -57,8 +57,19 @@ def test_messages_use_the_chat_template(serve):
     server = serve(fake_clients(with_tokenizer=True))
     chunks = list(server.stub.Generate(greq(messages=pb.Messages(messages=[pb.ChatMessage(role="user", content="hey")]),
                                             sampling={"max_tokens": 3})))
-    rendered = ByteTokenizer().apply_chat_template([{"role": "user", "content": "hey"}])
-    assert chunks[-1].usage.prompt_tokens == len(rendered)
+    rendered = ByteTokenizer().apply_chat_template([{"role": "user", "content": "hey"}], tokenize=False)
+    assert rendered == "<user>hey\n<assistant>"
+    assert chunks[-1].usage.prompt_tokens == len(rendered)  # one token a byte, no special token added again
+
+
+def test_bad_messages_name_the_field(serve):
+    server = serve(fake_clients(with_tokenizer=True))
+    for messages, field in [([], "messages: must not be empty"),
+                            ([pb.ChatMessage(role="user", content="a"), pb.ChatMessage(role="robot", content="b")],
+                             "messages[1].role")]:
+        with pytest.raises(grpc.RpcError) as err:
+            list(server.stub.Generate(greq(messages=pb.Messages(messages=messages))))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith(field)
 
 
 BAD = [
