@@ -15,7 +15,7 @@ from types import ModuleType
 
 import torch
 
-from shunter.kernels import reference
+from shunter.kernels import interpreter_compat, reference
 
 __all__ = [
     "write_kv_cache", "paged_attention_decode", "paged_attention_prefill", "attention", "copy_blocks", "triton_kernels",
@@ -47,6 +47,8 @@ def triton_kernels(*tensors: torch.Tensor) -> dict[str, ModuleType] | None:
 def load_triton_kernels(interpret: bool) -> dict[str, ModuleType]:
     """Import (or re-import) the kernel modules so that they were decorated with Triton's
     interpreter on or off as asked; `TRITON_INTERPRET` must already say the same."""
+    if interpret:
+        interpreter_compat.apply()
     for name in _KERNEL_MODULES:  # dependency order: the others import names from triton_common
         module = _loaded.get(name) or importlib.import_module(f"shunter.kernels.{name}")
         if module.INTERPRETED != interpret:
