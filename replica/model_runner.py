@@ -10,6 +10,7 @@ import torch
 from shunter import kernels
 from shunter.replica.decode_graphs import DecodeGraphs
 from shunter.replica.engine_config import EngineConfig
+from shunter.replica.host_fence import HostFence
 from shunter.replica.memory import num_cpu_blocks, num_device_blocks
 from shunter.replica.models.kv_layout import allocate_kv_caches, kv_bytes_per_block
 from shunter.replica.models.loader import LoadedModel, load_model
@@ -46,6 +47,7 @@ class ModelRunner:
             if num_cpu_blocks
             else []
         )
+        self.swap_out_fence = HostFence(self.device)  # swap-outs land in the CPU pool asynchronously
         self.generators: dict[str, torch.Generator] = {}
         self.decode_graphs: DecodeGraphs | None = None  # CUDA graphs of decode steps (`use_decode_graphs`)
 
@@ -83,12 +85,16 @@ class ModelRunner:
         """Copy blocks between the device pool and the CPU pool: one batched copy per layer and direction."""
         if not pairs:
             return
+        if not to_cpu:
+            self.swap_out_fence.wait()  # a swap-in reads the CPU pool on the CPU: earlier swap-outs must have landed
         src_ids = torch.tensor([p[0] for p in pairs], dtype=torch.long)
         dst_ids = torch.tensor([p[1] for p in pairs], dtype=torch.long)
         src, dst = (self.kv_caches, self.cpu_caches) if to_cpu else (self.cpu_caches, self.kv_caches)
         for (src_k, src_v), (dst_k, dst_v) in zip(src, dst):
             kernels.copy_blocks(src_k, dst_k, src_ids, dst_ids)
             kernels.copy_blocks(src_v, dst_v, src_ids, dst_ids)
+        if to_cpu:
+            self.swap_out_fence.record()
 
     def read_blocks(self, block_ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The KV of some blocks, on the CPU (for migration)."""
