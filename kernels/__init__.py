@@ -19,6 +19,7 @@ from shunter.kernels import interpreter_compat, reference
 
 __all__ = [
     "write_kv_cache", "paged_attention_decode", "paged_attention_prefill", "attention", "copy_blocks", "triton_kernels",
+    "compiled_variants",
 ]
 
 _KERNEL_MODULES = ("triton_common", "triton_cache", "triton_decode", "triton_prefill")
@@ -55,6 +56,18 @@ def load_triton_kernels(interpret: bool) -> dict[str, ModuleType]:
             module = importlib.reload(module)  # in place: the module object stays the same
         _loaded[name] = module
     return _loaded
+
+
+def compiled_variants() -> int:
+    """How many compiled binaries (kernel x specialization) the loaded Triton kernels hold. A
+    benchmark reads it before and after its timed run: any growth is compilation inside the timing."""
+    count = 0
+    for module in _loaded.values():
+        for value in vars(module).values():
+            caches = getattr(value, "device_caches", None)  # Triton's JITFunction: {device: (kernels, ...)}
+            if isinstance(caches, dict):
+                count += sum(len(entry[0]) for entry in caches.values())
+    return count
 
 
 def write_kv_cache(
