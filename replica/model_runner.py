@@ -11,12 +11,13 @@ from shunter import kernels
 from shunter.replica.decode_graphs import DecodeGraphs
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.host_fence import HostFence
-from shunter.replica.memory import num_cpu_blocks, num_device_blocks
+from shunter.replica.memory import CudaMemory, activation_peak, num_cpu_blocks, num_device_blocks
 from shunter.replica.models.kv_layout import allocate_kv_caches, kv_bytes_per_block
 from shunter.replica.models.loader import LoadedModel, load_model
 from shunter.replica.kv_cache_manager import cdiv
 from shunter.replica.packing import Chunk, pack
 from shunter.replica.preemption import PreemptionCosts
+from shunter.replica.profile_run import run_dummy_step
 from shunter.replica.sampler import sample
 from shunter.replica.scheduler import SchedulerOutput
 
@@ -59,7 +60,14 @@ class ModelRunner:
         loaded = load_model(config.model, device=device, dtype=dtype)
         max_model_len = config.max_model_len or loaded.config.max_position_embeddings
         block_bytes = kv_bytes_per_block(loaded.config, config.block_size, dtype)
-        num_blocks = num_device_blocks(config, device, block_bytes, max_model_len)
+        memory, activation_bytes = None, 0
+        if device.type == "cuda" and config.num_kv_blocks is None:
+            memory = CudaMemory(device)
+            num_tokens = min(config.max_num_batched_tokens, max_model_len)
+            activation_bytes = activation_peak(memory, lambda: run_dummy_step(
+                loaded.model, loaded.config, config.block_size, num_tokens, config.max_num_seqs, dtype, device))
+            log.info("profiling step of %d tokens: %.2f GiB of activations", num_tokens, activation_bytes / 2**30)
+        num_blocks = num_device_blocks(config, device, block_bytes, max_model_len, memory, activation_bytes)
         cpu_blocks = num_cpu_blocks(config, block_bytes)
         log.info("model %s on %s: %d KV blocks, %d CPU blocks", config.model, device, num_blocks, cpu_blocks)
         runner = cls(loaded, num_blocks, config.block_size, cpu_blocks, max_model_len)
