@@ -49,3 +49,5 @@ def test_bench_engine_runs_end_to_end_at_toy_size(tmp_path):
     assert all(rates[k] > 0 for k in ("shunter", "roofline", "hf_static", "hf_continuous"))
     assert rates["shunter"] < rates["roofline"]  # nothing beats the bound of its own schedule
     assert result["measured"]["steps"] > 0 and result["workload"]["useful_output_tokens"] > 0
+    assert result["hf_continuous_budget"]["max_batch_tokens"] == result["shunter_budget"]["max_num_batched_tokens"]
+    assert result["measured"]["kernel_variants_compiled_in_timed_run"] == 0
