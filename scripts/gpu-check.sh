@@ -98,7 +98,7 @@ else
   step import-check 60 bash -c "cd '$SCRATCH' && '$PY' -c '$IMPORTS' && '$PY' -m shunter.cli --help > /dev/null"
 fi
 # Ray-free test folders only (router/ and proto/ need Ray and the grpc tooling).
-step pytest-gpu 170 "$PY" -m pytest -m gpu -p no:cacheprovider -rA --junitxml="$OUT/pytest-gpu.xml" \
+step pytest-gpu 170 "$PY" -m pytest -m gpu -p no:cacheprovider -rA --timeout 90 --junitxml="$OUT/pytest-gpu.xml" \
   tests/kernels tests/replica tests/loadtest
 if [ "$SMOKE" = 1 ]; then
   step bench-kernels 60 env TRITON_INTERPRET=1 "$PY" -m shunter.cli bench kernels --device cpu --num-seqs 1 2 --contexts 48 \
@@ -110,7 +110,7 @@ if [ "$SMOKE" = 1 ]; then
 else
   step bench-kernels 80 "$PY" -m shunter.cli bench kernels --num-seqs 1 8 64 --contexts 2048 8192 \
     --samples 10 --calls 20 --out "$OUT/bench_kernels.json"
-  step bench-engine 220 "$PY" -m shunter.cli bench engine --model random:llama-3.2-1b --num-requests 300 \
+  step bench-engine 220 "$PY" -m shunter.cli bench engine --model random:llama-3.2-1b --num-requests 256 \
     --cap 1024 --static-requests 64 --hf-batch-size 64 --max-num-seqs 256 --max-num-batched-tokens 2048 \
     --out "$OUT/bench_engine.json"
 fi
