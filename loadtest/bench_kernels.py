@@ -55,15 +55,16 @@ def _paged_batch(args: argparse.Namespace, num_seqs: int, max_len: int, gen, dty
     lens = torch.randint(max(max_len // 2, 1), max_len + 1, (num_seqs,), generator=gen)
     blocks = (lens + page - 1) // page
     num_blocks = int(blocks.sum())
-    k_cache = torch.randn(num_blocks, page, Hkv, D, generator=gen).to(args.device, dtype)
-    v_cache = torch.randn(num_blocks, page, Hkv, D, generator=gen).to(args.device, dtype)
+    # Made on the device (seeded by torch.manual_seed in run): a CPU randn of GBs would take seconds.
+    k_cache = torch.randn(num_blocks, page, Hkv, D, device=args.device, dtype=dtype)
+    v_cache = torch.randn(num_blocks, page, Hkv, D, device=args.device, dtype=dtype)
     perm = torch.randperm(num_blocks, generator=gen)
     tables = torch.zeros(num_seqs, int(blocks.max()), dtype=torch.int32)
     used = 0
     for s, n in enumerate(blocks.tolist()):
         tables[s, :n] = perm[used:used + n]
         used += n
-    q = torch.randn(num_seqs, args.num_q_heads, D, generator=gen).to(args.device, dtype)
+    q = torch.randn(num_seqs, args.num_q_heads, D, device=args.device, dtype=dtype)
     return q, k_cache, v_cache, tables.to(args.device), lens.to(args.device, torch.int32), lens
 
 
@@ -154,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         print("Triton is not installed: nothing to benchmark", file=sys.stderr)
         return 2
     dtype = torch.bfloat16
+    torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     copy_gbs = measure_bandwidth(args.device) / 1e9
     points = []
