@@ -15,10 +15,11 @@ from types import ModuleType
 
 import torch
 
-from shunter.kernels import reference
+from shunter.kernels import interpreter_compat, reference
 
 __all__ = [
     "write_kv_cache", "paged_attention_decode", "paged_attention_prefill", "attention", "copy_blocks", "triton_kernels",
+    "compiled_variants",
 ]
 
 _KERNEL_MODULES = ("triton_common", "triton_cache", "triton_decode", "triton_prefill")
@@ -47,12 +48,26 @@ def triton_kernels(*tensors: torch.Tensor) -> dict[str, ModuleType] | None:
 def load_triton_kernels(interpret: bool) -> dict[str, ModuleType]:
     """Import (or re-import) the kernel modules so that they were decorated with Triton's
     interpreter on or off as asked; `TRITON_INTERPRET` must already say the same."""
+    if interpret:
+        interpreter_compat.apply()
     for name in _KERNEL_MODULES:  # dependency order: the others import names from triton_common
         module = _loaded.get(name) or importlib.import_module(f"shunter.kernels.{name}")
         if module.INTERPRETED != interpret:
             module = importlib.reload(module)  # in place: the module object stays the same
         _loaded[name] = module
     return _loaded
+
+
+def compiled_variants() -> int:
+    """How many compiled binaries (kernel x specialization) the loaded Triton kernels hold. A
+    benchmark reads it before and after its timed run: any growth is compilation inside the timing."""
+    count = 0
+    for module in _loaded.values():
+        for value in vars(module).values():
+            caches = getattr(value, "device_caches", None)  # Triton's JITFunction: {device: (kernels, ...)}
+            if isinstance(caches, dict):
+                count += sum(len(entry[0]) for entry in caches.values())
+    return count
 
 
 def write_kv_cache(

@@ -60,8 +60,10 @@ def copy_blocks(src_cache: torch.Tensor, dst_cache: torch.Tensor, src_ids: torch
     """`dst_cache[dst_ids] = src_cache[src_ids]` as one gather and one transfer.
 
     Device to host (swap out): gather on the device, then one non-blocking copy into the pinned
-    pool when the destination blocks are consecutive; otherwise into pinned staging, which is
-    waited for before the host-side scatter. Host to device (swap in): gather into pinned staging,
+    pool when the destination blocks are consecutive (it may not have landed when this returns:
+    the caller records an event and waits on it before the CPU reads the pool, see
+    `replica/host_fence.py`); otherwise into pinned staging, which is waited for before the
+    host-side scatter. Host to device (swap in): gather into pinned staging,
     one non-blocking copy up, scatter on the device (stream-ordered, no wait). Device to device:
     gather, copy, scatter.
     """

@@ -19,7 +19,7 @@ from shunter.kernels.triton_common import kv_offsets, softmax_step
 INTERPRETED = common.INTERPRETED
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bts"])  # the block table's width changes every step
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, cu_q_ptr, ctx_ptr, tile_seq_ptr, cu_tiles_ptr, out_ptr,
     scale_log2,

@@ -10,7 +10,6 @@ FLOP/s and copy bandwidth measured on the same device in the same run. Made for 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import random
@@ -20,7 +19,9 @@ from pathlib import Path
 
 from shunter.loadtest.bench_cli import run_bench
 from shunter.loadtest.bench_offline import Workload, run_hf_static
-from shunter.loadtest.roofline import ChunkShape, ModelCost, bound_seconds, measure_bandwidth, measure_peak_flops, sync
+from shunter.loadtest.hf_continuous import run_hf_continuous
+from shunter.loadtest.roofline import (ChunkShape, ModelCost, bound_seconds, is_cuda, measure_bandwidth,
+                                       measure_peak_flops, release_memory, sync)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -46,9 +47,10 @@ def make_llm(args: argparse.Namespace):
                max_num_seqs=args.max_num_seqs)
 
 
-def run_shunter(llm, work: Workload, args: argparse.Namespace) -> tuple[float, list[list[ChunkShape]]]:
-    """Seconds for the whole workload and the shape of every step it ran."""
-    from shunter import SamplingParams
+def run_shunter(llm, work: Workload, args: argparse.Namespace) -> tuple[float, list[list[ChunkShape]], int]:
+    """Seconds for the whole workload, the shape of every step it ran, and how many Triton
+    kernel variants compiled inside the timing (0 when the warm-up covered them all)."""
+    from shunter import SamplingParams, kernels
 
     params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in work.output_lens]
     llm.generate(work.prompts[:2], params[:2], use_tqdm=False)  # warm-up (kernels compile here)
@@ -61,6 +63,7 @@ def run_shunter(llm, work: Workload, args: argparse.Namespace) -> tuple[float, l
         return execute(out)
 
     runner.execute = recording_execute
+    compiled = kernels.compiled_variants()
     sync(args.device)
     start = time.perf_counter()
     outs = llm.generate(work.prompts, params, use_tqdm=sys.stderr.isatty())
@@ -68,37 +71,7 @@ def run_shunter(llm, work: Workload, args: argparse.Namespace) -> tuple[float, l
     elapsed = time.perf_counter() - start
     runner.execute = execute
     assert [len(o.outputs[0].token_ids) for o in outs] == work.output_lens
-    return elapsed, steps
-
-
-def run_hf_continuous(work: Workload, args: argparse.Namespace) -> float:
-    """transformers' continuous batching (what `generate_batch` runs), each request with its own
-    number of new tokens, EOS off."""
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
-    from shunter.replica.models.loader import ensure_hf_folder
-
-    model = AutoModelForCausalLM.from_pretrained(ensure_hf_folder(args.model), dtype=getattr(torch, args.dtype),
-                                                 attn_implementation="paged|sdpa").to(args.device).eval()
-    config = GenerationConfig(max_new_tokens=max(work.output_lens), do_sample=False, eos_token_id=-1, pad_token_id=0)
-    with model.continuous_batching_context_manager(generation_config=config, block=True, timeout=5) as manager:
-        sync(args.device)
-        start = time.perf_counter()
-        ids = [manager.add_request(p, max_new_tokens=n) for p, n in zip(work.prompts, work.output_lens)]
-        done: dict[str, int] = {}
-        while len(done) < len(ids):
-            result = manager.get_result(timeout=1)
-            if result is not None and result.is_finished():
-                done[result.request_id] = len(result.generated_tokens)
-            elif result is None and not manager.is_running():
-                raise RuntimeError("transformers' continuous batching stopped before finishing")
-        sync(args.device)
-        elapsed = time.perf_counter() - start
-    made = [done[i] for i in ids]
-    if made != work.output_lens:
-        raise RuntimeError(f"generate_batch made {sum(made)} tokens, {work.useful_tokens} were asked")
-    return elapsed
+    return elapsed, steps, kernels.compiled_variants() - compiled
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,8 +97,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from shunter.replica.models.loader import ensure_hf_folder
+
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.dtype = "bfloat16" if args.device == "cuda" else "float32"
+    args.dtype = "bfloat16" if is_cuda(args.device) else "float32"
     console = Console(stderr=True)
     llm = make_llm(args)
     model_config, dtype = llm.engine.runner.config, llm.engine.runner.dtype
@@ -133,34 +108,38 @@ def run(args: argparse.Namespace) -> int:
                               args.output_median, args.sigma, args.cap)
     console.print(f"{len(work.prompts)} requests, {sum(map(len, work.prompts))} prompt and {work.useful_tokens} "
                   f"output tokens, {args.model} on {args.device} ({args.dtype})")
-    shunter_s, steps = run_shunter(llm, work, args)
+    shunter_s, steps, compiled_in_run = run_shunter(llm, work, args)
     del llm  # its KV pool holds most of the device: free it for the baselines
-    gc.collect()
-    if args.device == "cuda":
-        torch.cuda.empty_cache()
+    release_memory(args.device)
     peak, bandwidth = measure_peak_flops(args.device, dtype), measure_bandwidth(args.device)
     cost = ModelCost.of(model_config, torch.tensor([], dtype=dtype).element_size())
     bound_s = bound_seconds(cost, steps, peak, bandwidth)
     subset = Workload(work.prompts[: args.static_requests], work.output_lens[: args.static_requests])
     static_s = run_hf_static(args.model, subset, args.hf_batch_size, args.device, args.dtype)
-    continuous_s = None if args.skip_hf_continuous else run_hf_continuous(work, args)
+    continuous_s, budget = None, None
+    if not args.skip_hf_continuous:
+        continuous_s, budget = run_hf_continuous(work, ensure_hf_folder(args.model), args.device, args.dtype,
+                                                 args.max_num_batched_tokens, args.max_num_seqs)
     rate = {
         "shunter": work.useful_tokens / shunter_s,
         "roofline": work.useful_tokens / bound_s,
         "hf_static": subset.useful_tokens / static_s,
         "hf_continuous": work.useful_tokens / continuous_s if continuous_s else None,
     }
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    device_name = torch.cuda.get_device_name(args.device) if is_cuda(args.device) else "cpu"
     result = {
         "command": args._invocation,
         "model": args.model, "device": device_name, "dtype": args.dtype, "torch": torch.__version__,
         "workload": {"num_requests": len(work.prompts), "prompt_tokens": sum(map(len, work.prompts)),
                      "useful_output_tokens": work.useful_tokens, "input_median": args.input_median,
                      "output_median": args.output_median, "sigma": args.sigma, "cap": args.cap, "seed": args.seed},
-        "measured": {"peak_tflops": peak / 1e12, "copy_bandwidth_gbs": bandwidth / 1e9, "steps": len(steps)},
+        "measured": {"peak_tflops": peak / 1e12, "copy_bandwidth_gbs": bandwidth / 1e9, "steps": len(steps),
+                     "kernel_variants_compiled_in_timed_run": compiled_in_run},
         "seconds": {"shunter": shunter_s, "roofline_bound": bound_s, "hf_static": static_s,
                     "hf_continuous": continuous_s},
         "hf_static_requests": len(subset.prompts), "hf_batch_size": args.hf_batch_size,
+        "shunter_budget": {"max_num_batched_tokens": args.max_num_batched_tokens, "max_num_seqs": args.max_num_seqs},
+        "hf_continuous_budget": budget,
         "output_tokens_per_s": rate,
         "ratios": {
             "shunter_over_roofline": rate["shunter"] / rate["roofline"],

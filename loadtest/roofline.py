@@ -60,16 +60,23 @@ def bound_seconds(cost: ModelCost, steps: list[list[ChunkShape]], peak_flops: fl
     return sum(cost.step_seconds(s, peak_flops, bandwidth) for s in steps if s)
 
 
+def is_cuda(device: str) -> bool:
+    """"cuda", "cuda:0" and torch.device("cuda", 1) alike."""
+    import torch
+
+    return torch.device(device).type == "cuda"
+
+
 def measure_peak_flops(device: str, dtype) -> float:
     """FLOP/s of a large square matmul in the model's dtype: the achievable peak."""
     import time
 
     import torch
 
-    n = 8192 if device == "cuda" else 1024
+    n = 8192 if is_cuda(device) else 1024
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    reps = 20 if device == "cuda" else 5
+    reps = 20 if is_cuda(device) else 5
     a @ b
     sync(device)
     start = time.perf_counter()
@@ -85,12 +92,12 @@ def measure_bandwidth(device: str) -> float:
 
     import torch
 
-    size = (1 << 30) if device == "cuda" else (1 << 28)
+    size = (1 << 30) if is_cuda(device) else (1 << 28)
     src = torch.empty(size, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
     sync(device)
-    reps = 20 if device == "cuda" else 5
+    reps = 20 if is_cuda(device) else 5
     start = time.perf_counter()
     for _ in range(reps):
         dst.copy_(src)
@@ -102,5 +109,18 @@ def sync(device: str) -> None:
     """Wait for the device (timings of GPU work end here)."""
     import torch
 
-    if device == "cuda":
-        torch.cuda.synchronize()
+    if is_cuda(device):
+        torch.cuda.synchronize(device)
+
+
+def release_memory(device: str) -> None:
+    """Return what the last system left behind to the device before the next one sizes itself
+    from free memory (HF continuous batching does)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if is_cuda(device):
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()

@@ -1,5 +1,14 @@
-"""How many KV blocks fit: on the device from free memory, on the CPU from `swap_space`."""
+"""How many KV blocks fit: on the device from free memory, on the CPU from `swap_space`.
+
+On a GPU the pool is sized after a profiling run (as vLLM does): free memory right after the
+weights load is not what the pool may take, because the largest step the scheduler may issue
+(a prefill of `max_num_batched_tokens`, the LM head on `max_num_seqs` rows) needs activations,
+and its first matmuls allocate cuBLAS workspace. One dummy step is run first; free memory is
+read after it, and its activation peak is set aside as well.
+"""
 from __future__ import annotations
+
+from typing import Callable, Protocol
 
 import torch
 
@@ -16,12 +25,62 @@ def available_host_memory() -> int:
     raise RuntimeError("MemAvailable not found in /proc/meminfo")
 
 
-def num_device_blocks(config: EngineConfig, device: torch.device, block_bytes: int, max_model_len: int) -> int:
+class DeviceMemory(Protocol):
+    """What the sizing reads from a device (`CudaMemory`; tests pass a fake)."""
+
+    def free_and_total(self) -> tuple[int, int]: ...
+
+    def allocated(self) -> int: ...
+
+    def peak_allocated(self) -> int: ...
+
+    def reset_peak(self) -> None: ...
+
+    def release(self) -> None: ...  # wait for the device, return cached blocks to it
+
+
+class CudaMemory:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def free_and_total(self) -> tuple[int, int]:
+        return torch.cuda.mem_get_info(self.device)
+
+    def allocated(self) -> int:
+        return torch.cuda.memory_allocated(self.device)
+
+    def peak_allocated(self) -> int:
+        return torch.cuda.max_memory_allocated(self.device)
+
+    def reset_peak(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def release(self) -> None:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+
+
+def activation_peak(memory: DeviceMemory, run_step: Callable[[], None]) -> int:
+    """Bytes `run_step` allocates at its peak beyond what is allocated before it (its tensors are
+    freed by the time it returns, so they are back in the free memory read afterwards)."""
+    memory.release()
+    before = memory.allocated()
+    memory.reset_peak()
+    run_step()
+    memory.release()
+    return max(0, memory.peak_allocated() - before)
+
+
+def num_device_blocks(
+    config: EngineConfig, device: torch.device, block_bytes: int, max_model_len: int,
+    memory: DeviceMemory | None = None, activation_bytes: int = 0,
+) -> int:
+    """`memory` and `activation_bytes` (from `activation_peak`) are read on a GPU only."""
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
     if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        budget = free - (1 - config.gpu_memory_utilization) * total
+        free, total = (memory or CudaMemory(device)).free_and_total()
+        budget = free - (1 - config.gpu_memory_utilization) * total - activation_bytes
     else:
         budget = available_host_memory() * config.kv_memory_fraction
     # More blocks than every seat filled to the context length would never be used.

@@ -11,11 +11,13 @@ from shunter import kernels
 from shunter.mathutil import cdiv
 from shunter.replica.decode_graphs import DecodeGraphs
 from shunter.replica.engine_config import EngineConfig
-from shunter.replica.memory import num_cpu_blocks, num_device_blocks
+from shunter.replica.host_fence import HostFence
+from shunter.replica.memory import CudaMemory, activation_peak, num_cpu_blocks, num_device_blocks
 from shunter.replica.models.kv_layout import allocate_kv_caches, kv_bytes_per_block
 from shunter.replica.models.loader import LoadedModel, load_model
 from shunter.replica.packing import Chunk, pack
 from shunter.replica.preemption import PreemptionCosts
+from shunter.replica.profile_run import run_dummy_step
 from shunter.replica.sampler import sample
 from shunter.replica.scheduler import SchedulerOutput
 
@@ -46,6 +48,7 @@ class ModelRunner:
             if num_cpu_blocks
             else []
         )
+        self.swap_out_fence = HostFence(self.device)  # swap-outs land in the CPU pool asynchronously
         self.generators: dict[str, torch.Generator] = {}
         self.decode_graphs: DecodeGraphs | None = None  # CUDA graphs of decode steps (`use_decode_graphs`)
 
@@ -57,7 +60,14 @@ class ModelRunner:
         loaded = load_model(config.model, device=device, dtype=dtype)
         max_model_len = config.max_model_len or loaded.config.max_position_embeddings
         block_bytes = kv_bytes_per_block(loaded.config, config.block_size, dtype)
-        num_blocks = num_device_blocks(config, device, block_bytes, max_model_len)
+        memory, activation_bytes = None, 0
+        if device.type == "cuda" and config.num_kv_blocks is None:
+            memory = CudaMemory(device)
+            num_tokens = min(config.max_num_batched_tokens, max_model_len)
+            activation_bytes = activation_peak(memory, lambda: run_dummy_step(
+                loaded.model, loaded.config, config.block_size, num_tokens, config.max_num_seqs, dtype, device))
+            log.info("profiling step of %d tokens: %.2f GiB of activations", num_tokens, activation_bytes / 2**30)
+        num_blocks = num_device_blocks(config, device, block_bytes, max_model_len, memory, activation_bytes)
         cpu_blocks = num_cpu_blocks(config, block_bytes)
         log.info("model %s on %s: %d KV blocks, %d CPU blocks", config.model, device, num_blocks, cpu_blocks)
         runner = cls(loaded, num_blocks, config.block_size, cpu_blocks, max_model_len)
@@ -83,12 +93,16 @@ class ModelRunner:
         """Copy blocks between the device pool and the CPU pool: one batched copy per layer and direction."""
         if not pairs:
             return
+        if not to_cpu:
+            self.swap_out_fence.wait()  # a swap-in reads the CPU pool on the CPU: earlier swap-outs must have landed
         src_ids = torch.tensor([p[0] for p in pairs], dtype=torch.long)
         dst_ids = torch.tensor([p[1] for p in pairs], dtype=torch.long)
         src, dst = (self.kv_caches, self.cpu_caches) if to_cpu else (self.cpu_caches, self.kv_caches)
         for (src_k, src_v), (dst_k, dst_v) in zip(src, dst):
             kernels.copy_blocks(src_k, dst_k, src_ids, dst_ids)
             kernels.copy_blocks(src_v, dst_v, src_ids, dst_ids)
+        if to_cpu:
+            self.swap_out_fence.record()
 
     def read_blocks(self, block_ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The KV of some blocks, on the CPU (for migration)."""

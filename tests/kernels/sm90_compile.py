@@ -48,8 +48,11 @@ def compile_all() -> list[dict]:
         for single in (True, False):
             done.append(_compile(decode._decode_split_kernel, data, dict(
                 GROUP=group, HEAD_DIM=head_dim, SINGLE=single, PAGE=16, BLOCK_G=max(16, common.pow2(group)),
-                BLOCK_D=block_d, BLOCK_N=decode._tile_n(head_dim), DOT_F32=common.dot_in_f32(cache_dtype))))
-        done.append(_compile(decode._decode_merge_kernel, data, dict(HEAD_DIM=head_dim, BLOCK_SPLITS=16, BLOCK_D=block_d)))
+                BLOCK_D=block_d, BLOCK_N=decode._tile_n(head_dim), DOT_F32=common.dot_in_f32(cache_dtype),
+                MIN_TILES=decode.MIN_TILES_PER_SPLIT)))
+        done.append(_compile(decode._decode_merge_kernel, data, dict(
+            HEAD_DIM=head_dim, BLOCK_SPLITS=decode.MAX_SPLITS, BLOCK_D=block_d, BLOCK_N=decode._tile_n(head_dim),
+            MIN_TILES=decode.MIN_TILES_PER_SPLIT), num_warps=4 if block_d <= 128 else 8))
         block_m, block_n, warps = prefill._tiles(head_dim, cache_dtype)
         done.append(_compile(prefill._prefill_kernel, data, dict(
             GROUP=group, HEAD_DIM=head_dim, PAGE=16, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_N=block_n,

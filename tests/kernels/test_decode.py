@@ -60,6 +60,51 @@ def test_split_count_heuristic():
     assert choose(num_seqs=2, num_kv_heads=8, max_tokens=64, block_n=64, num_sms=132) == 1  # too short to split
 
 
+def test_small_batches_fill_the_machine_under_a_graph_wide_block_table():
+    """Under CUDA graphs the block table spans max_model_len (131,072 tokens for Llama 3.2): one
+    sequence of 2,048 tokens must still spread over many SMs, not one slice per KV head."""
+    ops = _decode_ops()
+    splits = ops.choose_num_splits(num_seqs=1, num_kv_heads=8, max_tokens=131072, block_n=64, num_sms=132)
+    assert splits == 33
+    assert ops.active_splits(2048, splits, block_n=64) == 16  # 8 kv heads x 16 slices = 128 programs
+    assert ops.active_splits(8192, splits, block_n=64) == 32
+    assert ops.active_splits(100, splits, block_n=64) == 1  # two tiles: too short to split
+    assert ops.active_splits(5000, 1, block_n=64) == 1
+
+
+def test_decode_with_a_wide_block_table_and_empty_slices():
+    """Slices are cut from each sequence's own context: with a table 40 blocks wide, the short
+    sequences use a few slices and leave the rest empty (their partials are never read)."""
+    contexts = [300, 7, 64]
+    paged = make_paged(contexts, 2, 64, 16, torch.float32, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    extra = torch.randint(0, paged.k_cache.shape[0], (len(contexts), 40 - paged.block_tables.shape[1]), generator=gen)
+    tables = torch.cat([paged.block_tables, extra.to(torch.int32)], dim=1)
+    q = torch.randn(len(contexts), 4, 64, generator=gen)
+    out = _decode_ops().paged_attention_decode(q, paged.k_cache, paged.v_cache, tables, paged.context_lens,
+                                               num_splits=12, block_n=16)
+    ref = reference.paged_attention_decode(q, *paged.clean(), tables, paged.context_lens)
+    assert_close(out, ref, torch.float32)
+    assert [_decode_ops().active_splits(n, 12, 16) for n in contexts] == [10, 1, 2]
+
+
+def test_arguments_that_change_per_step_are_not_specialized(monkeypatch):
+    """Triton compiles a new variant when an integer argument changes between ==1, divisible by
+    16 and neither; the block table's stride (its width) and the split count change from step to
+    step, so they must not be specialized on (checked on the compiled kernels' parameters)."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    ops = kernels.load_triton_kernels(interpret=False)
+    per_step = {"stride_bts", "num_splits", "num_q_heads"}
+    checked = 0
+    for fn in (ops["triton_decode"]._decode_split_kernel, ops["triton_decode"]._decode_merge_kernel,
+               ops["triton_prefill"]._prefill_kernel):
+        for param in fn.params:
+            if param.name in per_step:
+                assert param.do_not_specialize, f"{fn.__name__}: {param.name} is specialized on"
+                checked += 1
+    assert checked == 5
+
+
 def test_dispatch_runs_triton_under_the_interpreter(monkeypatch):
     paged = make_paged([33, 7], 2, 64, 16, torch.float32)
     q = torch.randn(2, 4, 64)
@@ -89,3 +134,12 @@ def test_reference_without_triton(monkeypatch):
                                          paged.block_tables, paged.context_lens)
     assert_close(out, reference.paged_attention_decode(q, *paged.clean(), paged.block_tables, paged.context_lens),
                  torch.float32)
+
+
+def test_compiled_variants_counts_binaries_of_loaded_kernels(monkeypatch):
+    """What a benchmark compares before and after its timed run (none compile in the interpreter)."""
+    kernels.triton_kernels()
+    assert kernels.compiled_variants() == 0
+    fake_kernel = type("JIT", (), {"device_caches": {0: ({"key-a": 1, "key-b": 2}, None), 1: ({"key-a": 3}, None)}})()
+    monkeypatch.setattr(_decode_ops(), "_fake_kernel", fake_kernel, raising=False)
+    assert kernels.compiled_variants() == 3

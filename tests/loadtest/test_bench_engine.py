@@ -43,9 +43,11 @@ def test_bench_engine_runs_end_to_end_at_toy_size(tmp_path):
     out = tmp_path / "engine.json"
     assert bench_engine.main(["--model", "random:tiny", "--device", "cpu", "--num-requests", "8", "--input-median", "12",
                               "--output-median", "6", "--cap", "40", "--static-requests", "4", "--hf-batch-size", "2",
-                              "--max-num-seqs", "4", "--out", str(out)]) == 0
+                              "--max-num-seqs", "4", "--max-num-batched-tokens", "64", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     rates = result["output_tokens_per_s"]
     assert all(rates[k] > 0 for k in ("shunter", "roofline", "hf_static", "hf_continuous"))
     assert rates["shunter"] < rates["roofline"]  # nothing beats the bound of its own schedule
     assert result["measured"]["steps"] > 0 and result["workload"]["useful_output_tokens"] > 0
+    assert result["hf_continuous_budget"]["max_batch_tokens"] == result["shunter_budget"]["max_num_batched_tokens"]
+    assert result["measured"]["kernel_variants_compiled_in_timed_run"] == 0

@@ -1,5 +1,8 @@
 """The oracle: greedy tokens from the engine equal Hugging Face `generate` on the real default
-model, token for token, however the engine schedules, chunks, caches and preempts (tier 3)."""
+model, token for token, however the engine schedules, chunks, caches and preempts (tier 3).
+
+Both sides run in float32 on the CPU, also on a machine with a GPU (where `LLM` would otherwise
+pick CUDA and bfloat16); the GPU path has its own near-tie test (test_gpu_engine.py)."""
 from __future__ import annotations
 
 import pytest
@@ -55,8 +58,19 @@ def reference(smollm2_folder, prompts, shared_prompts):
     return hf_greedy(smollm2_folder, prompts + shared_prompts, MAX_TOKENS)
 
 
+def oracle_llm(**settings) -> LLM:
+    """The engine under test, pinned to the CPU like the reference."""
+    return LLM(model="smollm2-135m-instruct", device="cpu", **settings)
+
+
+def test_oracle_engine_stays_on_the_cpu_where_cuda_is_available(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    runner = oracle_llm(num_kv_blocks=4).engine.runner
+    assert runner.device.type == "cpu" and runner.dtype == torch.float32
+
+
 def engine_greedy(prompts: list[list[int]], **settings) -> tuple[list[list[int]], LLM]:
-    llm = LLM(model="smollm2-135m-instruct", check_invariants=True, **settings)
+    llm = oracle_llm(check_invariants=True, **settings)
     outs = llm.generate(prompts, SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0))
     assert llm.engine.stats().kv_blocks_in_use == 0
     return [o.outputs[0].token_ids for o in outs], llm
@@ -82,7 +96,7 @@ def test_small_kv_pool_forces_preemption(prompts, reference, mode):
 def test_every_policy_and_preemption_mode_keeps_the_tokens(prompts, reference, policy, mode):
     """Policies reorder work and pick victims; under memory and seat pressure, with mixed
     classes and output hints, the tokens stay HF's."""
-    llm = LLM(model="smollm2-135m-instruct", check_invariants=True, policy=policy, num_kv_blocks=14,
+    llm = oracle_llm(check_invariants=True, policy=policy, num_kv_blocks=14,
               preemption_mode=mode, swap_space=0.05, max_num_batched_tokens=64, max_num_seqs=8)
     params = [SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, priority=("interactive", "batch")[i % 2],
                              expected_output_tokens=(None, 8, 64)[i % 3]) for i in range(len(prompts))]
@@ -101,7 +115,7 @@ def test_tiny_token_budget_forces_chunking(prompts, reference):
 
 
 def test_shared_prefixes_hit_the_cache(prompts, shared_prompts, reference):
-    llm = LLM(model="smollm2-135m-instruct", check_invariants=True)
+    llm = oracle_llm(check_invariants=True)
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
     first = llm.generate(shared_prompts[:1], params)  # warms the cache with the system prompt
     rest = llm.generate(shared_prompts[1:], params)
@@ -111,7 +125,7 @@ def test_shared_prefixes_hit_the_cache(prompts, shared_prompts, reference):
 
 
 def test_text_and_stop_strings(prompts, reference, tokenizer):
-    llm = LLM(model="smollm2-135m-instruct")
+    llm = oracle_llm()
     out = llm.generate([prompts[1]], SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0))[0].outputs[0]
     assert out.text == tokenizer.decode(reference[1], skip_special_tokens=True)
     words = out.text.split()
@@ -121,7 +135,7 @@ def test_text_and_stop_strings(prompts, reference, tokenizer):
 
 
 def test_chat_renders_the_template_and_keeps_the_tokens(tokenizer):
-    llm = LLM(model="smollm2-135m-instruct")
+    llm = oracle_llm()
     conversations = [[{"role": "user", "content": q}] for q in QUESTIONS[:2]]
     chats = llm.chat(conversations, SamplingParams(max_tokens=8, temperature=0.0), use_tqdm=False)
     for conversation, out in zip(conversations, chats):

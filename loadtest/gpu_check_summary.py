@@ -1,0 +1,135 @@
+"""The summary of `scripts/gpu-check.sh`: each step's status and time, and the headline numbers
+against the GPU goals (decode kernel >= 70% of copy bandwidth at contexts >= 2,048; engine >= 50%
+of its roofline and >= 30x HF static `generate`).
+
+Rewritten after every step from what exists so far, so a run cut short still leaves a summary.
+Standard library only, and run by path: it must work even when the install step failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+KERNEL_GOAL, ROOFLINE_GOAL, STATIC_GOAL = 0.70, 0.50, 30.0
+
+
+def read_steps(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def pytest_counts(junit: Path) -> dict | None:
+    if not junit.exists():
+        return None
+    root = ET.parse(junit).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    counts["failed"] = [f"{case.get('classname')}::{case.get('name')}" for case in suite.iter("testcase")
+                        if case.find("failure") is not None or case.find("error") is not None]
+    return counts
+
+
+def kernel_headlines(result: dict) -> dict:
+    """Per batch size: the kernel's share of copy bandwidth at contexts >= 2,048 (worst point; the
+    longest measured contexts where none reach 2,048, as in the smoke run)."""
+    copy = result["copy_gbs"]
+    long_from = min(2048, max((p["max_context"] for p in result["points"]), default=2048))
+    by_batch = {}
+    for n in sorted({p["num_seqs"] for p in result["points"]}):
+        long = [p for p in result["points"] if p["num_seqs"] == n and p["max_context"] >= long_from]
+        if not long:
+            continue
+        by_batch[str(n)] = {
+            "triton_min_share_of_copy": min(p["triton_gbs"] for p in long) / copy,
+            "graph_table_min_share_of_copy": (min(p["graph_table_gbs"] for p in long) / copy
+                                              if all("graph_table_gbs" in p for p in long) else None),
+            "sdpa_min_share_of_copy": min(p["sdpa_padded_gbs"] for p in long) / copy,
+            "sdpa_backend": sorted({p["sdpa_backend"] for p in long}),
+        }
+    largest = by_batch.get(str(max(p["num_seqs"] for p in result["points"]))) if result["points"] else None
+    return {
+        "copy_gbs": copy, "gpu": result.get("gpu"), "contexts_from": long_from, "by_num_seqs": by_batch,
+        "goal_kernel_70pct_of_copy": None if largest is None else largest["triton_min_share_of_copy"] >= KERNEL_GOAL,
+    }
+
+
+def engine_headlines(result: dict) -> dict:
+    ratios, rate = result["ratios"], result["output_tokens_per_s"]
+    return {
+        "model": result["model"], "device": result["device"], "tokens_per_s": rate, "ratios": ratios,
+        "kernel_variants_compiled_in_timed_run": result["measured"].get("kernel_variants_compiled_in_timed_run"),
+        "goal_50pct_of_roofline": ratios["shunter_over_roofline"] >= ROOFLINE_GOAL,
+        "goal_30x_hf_static": ratios["shunter_over_hf_static"] >= STATIC_GOAL,
+    }
+
+
+def summarize(steps_path: Path, out: Path, smoke: bool) -> dict:
+    log = out / "gpu-check.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    summary: dict = {"mode": "cpu smoke (Triton interpreter, toy sizes)" if smoke else "gpu", "steps": read_steps(steps_path)}
+    env = re.search(r"^ENV (\{.*\})$", text, re.M)
+    summary["env"] = json.loads(env.group(1)) if env else None
+    summary["pytest_gpu"] = pytest_counts(out / "pytest-gpu.xml")
+    summary["gpu_test_notes"] = re.findall(r"^(.*(?:diverged at a bfloat16 near-tie|in use after the largest prefill).*)$",
+                                           text, re.M)
+    for name, fn in (("bench_kernels", kernel_headlines), ("bench_engine", engine_headlines)):
+        path = out / f"{name}.json"
+        summary[name] = fn(json.loads(path.read_text())) if path.exists() else None
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(markdown(summary))
+    return summary
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
+def markdown(s: dict) -> str:
+    lines = [f"# gpu-check ({s['mode']})", ""]
+    if s["env"]:
+        lines += [", ".join(f"{k} {v}" for k, v in s["env"].items()), ""]
+    lines += ["| step | status | seconds |", "| --- | --- | --- |"]
+    lines += [f"| {st['step']} | {st['status']} (rc {st['rc']}) | {st['seconds']:.1f} |" for st in s["steps"]]
+    if s["pytest_gpu"]:
+        p = s["pytest_gpu"]
+        lines += ["", f"pytest -m gpu: {p['passed']} passed, {p['failures'] + p['errors']} failed, {p['skipped']} skipped"]
+        lines += [f"- failed: {name}" for name in p["failed"]]
+    lines += [f"- {note.strip()}" for note in s["gpu_test_notes"]]
+    k = s["bench_kernels"]
+    if k:
+        lines += ["", f"## Decode kernel vs copy bandwidth ({k['copy_gbs']:.0f} GB/s copy, {k['gpu']})", "",
+                  f"| seqs | Triton (worst, L >= {k['contexts_from']}) | graph-wide table | SDPA padded | SDPA backend |",
+                  "| --- | --- | --- | --- | --- |"]
+        for n, row in k["by_num_seqs"].items():
+            lines.append(f"| {n} | {_pct(row['triton_min_share_of_copy'])} | {_pct(row['graph_table_min_share_of_copy'])} "
+                         f"| {_pct(row['sdpa_min_share_of_copy'])} | {', '.join(row['sdpa_backend'])} |")
+        lines.append(f"\nGoal >= 70% of copy at the largest batch: {k['goal_kernel_70pct_of_copy']}")
+    e = s["bench_engine"]
+    if e:
+        r, t = e["ratios"], e["tokens_per_s"]
+        hf_cont = "n/a" if t["hf_continuous"] is None else f"{t['hf_continuous']:.1f}"
+        lines += ["", f"## Engine ({e['model']} on {e['device']})", "",
+                  f"Shunter {t['shunter']:.1f} tok/s; roofline {t['roofline']:.1f}; HF static {t['hf_static']:.1f}; "
+                  f"HF continuous {hf_cont}",
+                  f"- share of roofline {_pct(r['shunter_over_roofline'])} (goal >= 50%: {e['goal_50pct_of_roofline']})",
+                  f"- x HF static {r['shunter_over_hf_static']:.2f} (goal >= 30x: {e['goal_30x_hf_static']})",
+                  f"- Triton variants compiled inside the timed run: {e['kernel_variants_compiled_in_timed_run']}"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=Path, required=True, help="the JSON lines the script appends per step")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    summarize(args.steps, args.out, args.smoke)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The GPU in one command: scripts/gpu-check.sh OUTDIR
+#
+# On a machine with one NVIDIA GPU and PyTorch, Triton and transformers already installed (no
+# network, no Ray needed), in under 8 minutes: install Shunter without dependencies, run
+# `pytest -m gpu`, a quick `shunter bench kernels` and a `shunter bench engine` sized to fit, and
+# write into OUTDIR: gpu-check.log (every step's output), pytest-gpu.xml, bench_kernels.json/.png,
+# bench_engine.json, summary.json and summary.md (each step's status and time, headline numbers
+# against the GPU goals). Every step has its own timeout inside an overall budget, and the summary
+# is rewritten after each step, so a hang or a cut-off still leaves what finished.
+#
+# GPU_CHECK_SMOKE=1 runs the same steps on the CPU at toy sizes (the kernel bench in Triton's
+# interpreter, the engine on its torch reference kernels): it proves the harness and measures
+# nothing (tests/scripts/test_gpu_check.py runs it).
+# PYTHON picks the interpreter (default python3); GPU_CHECK_BUDGET_S the overall budget (450).
+set -uo pipefail
+
+OUT=${1:?usage: scripts/gpu-check.sh OUTDIR}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+PY=${PYTHON:-python3}
+SMOKE=${GPU_CHECK_SMOKE:-0}
+SCRATCH=$(mktemp -d)
+STEPS=$SCRATCH/steps.jsonl
+LOG=$OUT/gpu-check.log
+DEADLINE=$(( $(date +%s) + ${GPU_CHECK_BUDGET_S:-450} ))
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+: > "$LOG"
+: > "$STEPS"
+SMOKE_FLAG=()
+if [ "$SMOKE" = 1 ]; then
+  export CUDA_VISIBLE_DEVICES=""
+  SMOKE_FLAG=(--smoke)
+fi
+
+summarize() {
+  "$PY" "$ROOT/loadtest/gpu_check_summary.py" --steps "$STEPS" --out "$OUT" "${SMOKE_FLAG[@]}" >> "$LOG" 2>&1 \
+    || echo "summary failed" >> "$LOG"
+}
+
+# step NAME LIMIT_S COMMAND...: run with its own timeout (cut to what the budget has left), log, record.
+step() {
+  local name=$1 limit=$2 left rc start ms status=ok
+  shift 2
+  left=$(( DEADLINE - $(date +%s) ))
+  (( left < limit )) && limit=$left
+  start=$(date +%s%N)
+  if (( limit < 5 )); then
+    rc=124
+    echo "=== $name: skipped, the budget is spent" >> "$LOG"
+  else
+    echo "=== $name (limit ${limit}s): $*" >> "$LOG"
+    timeout --kill-after=15 "$limit" "$@" >> "$LOG" 2>&1
+    rc=$?
+  fi
+  (( rc == 124 || rc == 137 )) && status=timeout
+  (( rc != 0 )) && [ "$status" = ok ] && status=failed
+  ms=$(( ($(date +%s%N) - start) / 1000000 ))
+  printf '{"step": "%s", "status": "%s", "rc": %d, "seconds": %d.%03d}\n' \
+    "$name" "$status" "$rc" $(( ms / 1000 )) $(( ms % 1000 )) >> "$STEPS"
+  echo "gpu-check: $name $status (rc $rc, ${ms} ms)"
+  summarize
+}
+
+IMPORTS='import shunter.replica.llm, shunter.kernels, shunter.loadtest.bench_engine, shunter.loadtest.bench_kernels'
+importable() {
+  (cd "$SCRATCH" && "$PY" -c "$IMPORTS" && "$PY" -m shunter.cli --help > /dev/null) >> "$LOG" 2>&1
+}
+
+ENV_INFO='
+import json, platform, shutil, subprocess
+import numpy, torch, transformers
+info = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "numpy": numpy.__version__, "cuda": torch.cuda.is_available()}
+try:
+    import triton
+    info["triton"] = triton.__version__
+except ImportError:
+    info["triton"] = None
+if torch.cuda.is_available():
+    info["gpu"] = torch.cuda.get_device_name()
+if shutil.which("nvidia-smi"):
+    query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
+    info["nvidia_smi"] = subprocess.run(query, capture_output=True, text=True).stdout.strip()
+print("ENV " + json.dumps(info))
+'
+
+step env 30 "$PY" -c "$ENV_INFO"
+if importable; then
+  step install 10 echo "shunter is importable: nothing to install"
+else
+  step install 120 "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e .
+  if ! importable; then  # no setuptools here: map the folders instead (scripts/gpu_check_site)
+    echo "pip install did not make shunter importable: mapping its folders" >> "$LOG"
+    export PYTHONPATH="$ROOT/scripts/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  step import-check 60 bash -c "cd '$SCRATCH' && '$PY' -c '$IMPORTS' && '$PY' -m shunter.cli --help > /dev/null"
+fi
+# Ray-free test folders only (router/ and proto/ need Ray and the grpc tooling).
+step pytest-gpu 170 "$PY" -m pytest -m gpu -p no:cacheprovider -rA --timeout 90 --junitxml="$OUT/pytest-gpu.xml" \
+  tests/kernels tests/replica tests/loadtest
+if [ "$SMOKE" = 1 ]; then
+  step bench-kernels 60 env TRITON_INTERPRET=1 "$PY" -m shunter.cli bench kernels --device cpu --num-seqs 1 2 --contexts 48 \
+    --num-q-heads 4 --num-kv-heads 2 --head-dim 32 --graph-table-tokens 512 --samples 1 --calls 2 \
+    --out "$OUT/bench_kernels.json"
+  step bench-engine 90 "$PY" -m shunter.cli bench engine --model random:tiny --device cpu --num-requests 8 \
+    --input-median 12 --output-median 6 --cap 40 --static-requests 4 --hf-batch-size 2 --max-num-seqs 4 --max-num-batched-tokens 64 \
+    --out "$OUT/bench_engine.json"
+else
+  step bench-kernels 80 "$PY" -m shunter.cli bench kernels --num-seqs 1 8 64 --contexts 2048 8192 \
+    --samples 10 --calls 20 --out "$OUT/bench_kernels.json"
+  step bench-engine 220 "$PY" -m shunter.cli bench engine --model random:llama-3.2-1b --num-requests 256 \
+    --cap 1024 --static-requests 64 --hf-batch-size 64 --max-num-seqs 256 --max-num-batched-tokens 2048 \
+    --out "$OUT/bench_engine.json"
+fi
+rm -rf "$SCRATCH"
+cat "$OUT/summary.md"
+if grep -q '"status": "\(failed\|timeout\)"' "$OUT/summary.json"; then
+  exit 1
+fi
