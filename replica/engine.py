@@ -20,6 +20,7 @@ from shunter.replica.model_runner import ModelRunner
 from shunter.replica.policies import make_policy
 from shunter.replica.request import Request, RequestStatus
 from shunter.replica.scheduler import Scheduler, SchedulerConfig
+from shunter.replica.threads import set_torch_threads
 from shunter.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class Engine:
         """`runner` replaces the model (tests pass a scripted fake); by default the model is loaded."""
         self.config = config
         self.clock = clock or MonotonicClock()
+        if runner is None:
+            set_torch_threads(config.num_threads)
         self.runner = runner or ModelRunner.create(config)
         self.model_config = self.runner.config
         self.tokenizer = self.runner.tokenizer

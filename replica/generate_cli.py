@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from shunter.replica.threads import available_cpus
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="the prompt text")
@@ -14,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=-1)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    parser.add_argument("--num-threads", type=int, default=None,
+                        help="torch CPU threads (default: the CPUs this process may use, here %d)" % available_cpus())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         params = SamplingParams(
             max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed
         )
-        engine = Engine(EngineConfig(model=args.model))
+        engine = Engine(EngineConfig(model=args.model, num_threads=args.num_threads))
         if engine.tokenizer is None:
             raise ValueError(f"model: {args.model} has no tokenizer, so it cannot take a text prompt")
         if args.chat:
