@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+PREEMPTION_MODES = ("recompute", "swap", "auto")
+
 
 @dataclass
 class EngineConfig:
@@ -37,8 +39,8 @@ class EngineConfig:
             raise ValueError(f"swap_space must be >= 0 GiB, got {self.swap_space}")
         if not 0 < self.kv_memory_fraction <= 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1], got {self.kv_memory_fraction}")
-        if self.preemption_mode not in ("recompute", "swap", "auto"):
-            raise ValueError(f"preemption_mode must be 'recompute', 'swap' or 'auto', got {self.preemption_mode!r}")
+        if self.preemption_mode not in PREEMPTION_MODES:
+            raise ValueError(f"preemption_mode must be one of {', '.join(PREEMPTION_MODES)}, got {self.preemption_mode!r}")
         if self.admission_watermark is not None and not 0 < self.admission_watermark <= 1:
             raise ValueError(f"admission_watermark must be in (0, 1] or None, got {self.admission_watermark}")
         if self.num_threads is not None and self.num_threads < 1:
