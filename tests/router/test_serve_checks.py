@@ -23,6 +23,7 @@ def no_ray(monkeypatch):
         raise AssertionError("Ray (or the model) was started before the options were checked")
 
     monkeypatch.setattr(serve_cli, "_start_ray", started)
+    monkeypatch.setattr(serve_cli, "_prepare_model", started)
 
 
 def serve(capsys, *argv: str) -> tuple[int, str]:
@@ -80,8 +81,9 @@ def test_gpus_asked_of_a_machine_without_one(capsys, monkeypatch):
 
 def test_good_options_reach_ray_with_the_replica_threads(monkeypatch):
     seen = {}
+    monkeypatch.setattr(serve_cli, "_prepare_model", lambda args: None)
 
-    def start_ray(args):
+    def start_ray(args, verbose):
         seen["config"] = serve_cli._engine_config(args)
         raise RuntimeError("stop here")
 
@@ -114,3 +116,33 @@ def test_from_a_shell_a_bad_policy_answers_at_once():
     elapsed = time.perf_counter() - started
     assert out.returncode == 2 and out.stderr.startswith("error: --policy:") and "Traceback" not in out.stderr
     assert elapsed < 5.0, elapsed  # a Python start and a few light imports; Ray's start alone takes longer
+
+
+def test_the_model_is_prepared_once_in_the_driver_before_ray(monkeypatch):
+    """Replicas then only read the converted model (before, one converted while the other waited silently)."""
+    order = []
+    monkeypatch.setattr(serve_cli, "_prepare_model", lambda args: order.append("prepare"))
+
+    def start_ray(args, verbose):
+        order.append("ray")
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(serve_cli, "_start_ray", start_ray)
+    with pytest.raises(RuntimeError, match="stop here"):
+        cli.main(["serve", "--model", "random:tiny", "--port", "0"])
+    assert order == ["prepare", "ray"]
+
+
+@pytest.mark.parametrize(("env", "address", "expected"), [
+    (None, None, "token"),  # a local instance: token auth asked for explicitly (no warning), as Ray's default
+    ("disabled", None, "disabled"),  # the user's choice stands
+    (None, "auto", None),  # joining a cluster: its own settings
+])
+def test_ray_token_auth_is_on_and_said_explicitly(monkeypatch, env, address, expected):
+    monkeypatch.delitem(sys.modules, "ray", raising=False)  # Ray reads the mode on import: not yet imported
+    monkeypatch.setenv("RAY_AUTH_MODE", env or "")  # restored after the test, whatever serve sets
+    if env is None:
+        monkeypatch.delenv("RAY_AUTH_MODE")
+    args = cli.build_parser().parse_args(["serve"] + (["--address", address] if address else []))
+    serve_cli._say_token_auth(args)
+    assert serve_cli.os.environ.get("RAY_AUTH_MODE") == expected
