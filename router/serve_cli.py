@@ -113,7 +113,8 @@ async def serve(args: argparse.Namespace, clients: list) -> int:
     print(f"shunter: draining {len(router.journal)} requests", flush=True)
     drained = await frontend.drain_and_stop(args.drain_timeout)
     await router.stop()
-    print("shunter: stopped" + ("" if drained else " (drain timed out)"), flush=True)
+    print("shunter: stopped" if drained else
+          f"shunter: stopped; after --drain-timeout {args.drain_timeout:g} s the requests still running were cut", flush=True)
     return 0
 
 
