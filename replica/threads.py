@@ -2,7 +2,8 @@
 
 torch starts one intra-op thread per core it sees. Two replicas on one 2-core machine, or one
 engine beside other busy processes, then fight over the cores: on a busy 2-core machine
-`LLM(...).generate` of 2x32 tokens took 52.7 s with torch's default threads and 3.3 s with one.
+`LLM(...).generate` of 2x32 tokens took 52.7 s with torch's default threads and 3.3 s with one
+(issue 11).
 So a replica uses the CPUs it was given: Ray's `num_cpus` inside an actor, else the CPUs this
 process may run on (its affinity, which `taskset` and container CPU sets narrow).
 """
