@@ -19,6 +19,7 @@ from shunter.replica.model_runner import ModelRunner
 from shunter.replica.policies import make_policy
 from shunter.replica.request import Request, RequestStatus
 from shunter.replica.scheduler import Scheduler, SchedulerConfig
+from shunter.replica.threads import set_torch_threads
 from shunter.replica.validation import validate_request
 from shunter.sampling_params import SamplingParams
 
@@ -32,6 +33,8 @@ class Engine:
         """`runner` replaces the model (tests pass a scripted fake); by default the model is loaded."""
         self.config = config
         self.clock = clock or MonotonicClock()
+        if runner is None:
+            set_torch_threads(config.num_threads)
         self.runner = runner or ModelRunner.create(config)
         self.tokenizer = self.runner.tokenizer
         self.max_model_len = self.runner.max_model_len

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+PREEMPTION_MODES = ("recompute", "swap", "auto")
+
 
 @dataclass
 class EngineConfig:
@@ -24,6 +26,7 @@ class EngineConfig:
     kv_memory_fraction: float = 0.05  # of free host memory for the KV pool when num_kv_blocks is None (CPU)
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool = False  # CUDA: run decode steps eagerly instead of replaying CUDA graphs
+    num_threads: int | None = None  # torch's CPU threads; None: the CPUs this process is given (replica/threads.py)
     seed: int = 0
     check_invariants: bool = False
 
@@ -36,9 +39,11 @@ class EngineConfig:
             raise ValueError(f"swap_space must be >= 0 GiB, got {self.swap_space}")
         if not 0 < self.kv_memory_fraction <= 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1], got {self.kv_memory_fraction}")
-        if self.preemption_mode not in ("recompute", "swap", "auto"):
-            raise ValueError(f"preemption_mode must be 'recompute', 'swap' or 'auto', got {self.preemption_mode!r}")
+        if self.preemption_mode not in PREEMPTION_MODES:
+            raise ValueError(f"preemption_mode must be one of {', '.join(PREEMPTION_MODES)}, got {self.preemption_mode!r}")
         if self.admission_watermark is not None and not 0 < self.admission_watermark <= 1:
             raise ValueError(f"admission_watermark must be in (0, 1] or None, got {self.admission_watermark}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
         if self.dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")

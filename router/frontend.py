@@ -34,6 +34,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         try:
             prepared = prepare(request, info)
         except ValueError as e:
+            self.router.counters.rejected += 1
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         rid = prepared.request_id
         detok = IncrementalDetokenizer(info.tokenizer, prepared.stop) if info.tokenizer is not None else None
@@ -113,8 +114,11 @@ class Frontend:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
     async def drain_and_stop(self, timeout_s: float = 30.0) -> bool:
-        """Stop taking requests (health NOT_SERVING, new Generate UNAVAILABLE), finish the running ones."""
+        """Stop taking requests (health NOT_SERVING, new Generate UNAVAILABLE), finish the running
+        ones; True when all finished. Streams still running at the deadline are cut there: a grace
+        period after it would be a second drain the verdict does not see (a stream finishing in it
+        was reported as timed out)."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         drained = await self.router.drain(timeout_s)
-        await self.server.stop(grace=1.0)
+        await self.server.stop(grace=1.0 if drained else None)  # drained: a moment to flush the last chunks
         return drained

