@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from shunter.replica.chat import chat_prompt_ids
     from shunter.replica.engine import Engine
     from shunter.replica.engine_config import EngineConfig
 
@@ -56,9 +57,7 @@ def run(args: argparse.Namespace) -> int:
         if engine.tokenizer is None:
             raise ValueError(f"--model: {args.model} has no tokenizer, so it cannot take a text prompt")
         if args.chat:
-            messages = [{"role": "user", "content": args.prompt}]
-            text = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            ids = list(engine.tokenizer(text, add_special_tokens=False).input_ids)
+            ids = chat_prompt_ids(engine.tokenizer, [{"role": "user", "content": args.prompt}], field="--chat")
         else:
             ids = list(engine.tokenizer(args.prompt).input_ids)
         engine.add_request("cli", ids, params)
