@@ -1,10 +1,14 @@
-"""Replicas as Ray async actors: one actor wraps one engine (its loop on its own thread).
+"""Replicas as Ray actors: one actor wraps one engine (its loop on its own thread).
 
-Tokens come back through `poll()` in per-step batches; `export` returns three object refs (its
-tokens, its state, its KV blocks) so the blocks go from the source actor to the target without
-passing through the router (the router only reads the token list). The target fetches the
-blocks itself: if that fails, it imports the state without them and recomputes. Actors restart after a crash
-(`max_restarts=-1`); calls never retry, so a crash surfaces at once as `ReplicaDead`.
+The actor is threaded, not async: each call runs on a thread of Ray's pool and blocks there, so
+the engine thread wakes a waiting poll directly, with no event loop hand-off on either side.
+Tokens come back in per-step batches (drains of the replica's outbox) through a long `poll()`.
+
+`export` returns three object refs (its tokens, its state, its KV blocks) so the blocks go from
+the source actor to the target without passing through the router (the router only reads the
+token list). The target fetches the blocks itself: if that fails, it imports the state without
+them and recomputes. Actors restart after a crash (`max_restarts=-1`); calls never retry, so a
+crash surfaces at once as `ReplicaDead`.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ except ImportError:  # older Ray
     ActorUnavailableError = RayActorError  # type: ignore[misc,assignment]
 
 log = logging.getLogger(__name__)
+# Threads per actor: the parked long poll plus submits, aborts, migrations and `info`.
+MAX_CONCURRENCY = 32
 
 
 @dataclass
@@ -43,37 +49,37 @@ class ReplicaActor:
     def __init__(self, replica_id: str, engine_config: EngineConfig, engine_factory: str | None = None) -> None:
         self.core = ReplicaCore(replica_id, load_engine(engine_config, engine_factory))
 
-    async def info(self) -> ReplicaInfo:
+    def info(self) -> ReplicaInfo:
         return self.core.info()
 
-    async def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        await self.core.submit(request_id, prompt_token_ids, params)
+    def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        self.core.submit(request_id, prompt_token_ids, params)
 
-    async def abort(self, request_id: str) -> None:
-        await self.core.abort(request_id)
+    def abort(self, request_id: str) -> None:
+        self.core.abort(request_id).result()
 
-    async def poll(self, max_wait: float) -> PollResult:
-        return await self.core.poll(max_wait)
+    def poll(self, max_wait: float) -> PollResult:
+        return self.core.poll_blocking(max_wait)
 
     @ray.method(num_returns=3)
-    async def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, MigrationState | None, object]:
-        state = await self.core.export(request_id, with_kv)
+    def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, MigrationState | None, object]:
+        state = self.core.export(request_id, with_kv).result()
         if state is None:
             return None, None, None
         kv, state.kv = state.kv, None
         return list(state.output_token_ids), state, kv
 
-    async def import_(self, state: MigrationState, kv_box: list[ray.ObjectRef] | None = None) -> int:
+    def import_(self, state: MigrationState, kv_box: list[ray.ObjectRef] | None = None) -> int:
         """`kv_box` = [ref to the KV blocks] (boxed, so Ray leaves the fetch, and its failure, to us)."""
         if kv_box and state.kv is None and state.num_computed_tokens > 0:
             try:
-                state.kv = await kv_box[0]
+                state.kv = ray.get(kv_box[0])
             except Exception as e:  # lost with the source, or evicted: recompute instead
                 log.warning("replica %s: KV of %s did not arrive (%s); recomputing", self.core.replica_id,
                             state.request_id, type(e).__name__)
         if state.kv is None:
             state = state.without_kv()
-        return await self.core.import_(state)
+        return self.core.import_(state).result()
 
 
 RemoteReplicaActor = ray.remote(ReplicaActor)
@@ -84,7 +90,7 @@ def spawn(replica_id: str, engine_config: EngineConfig, engine_factory: str | No
     """Start one replica actor (restarted by Ray if its process dies)."""
     return RemoteReplicaActor.options(
         name=f"shunter-{replica_id}", num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0,
-        max_concurrency=1000,
+        max_concurrency=MAX_CONCURRENCY,
     ).remote(replica_id, engine_config, engine_factory)
 
 
