@@ -1,8 +1,9 @@
 """A replica's outbox: what its steps made since the last drain, handed out by long polls.
 
 The engine thread publishes into it once per step; callers drain it with a poll that waits for
-news. If several polls are parked at once, news wakes only the newest, and no other until that
-one has drained, so one reply carries it all and no empty reply races it. Each drain is
+news. Polls may be parked by several callers at once (over Ray: the router's long poll and each
+submit waiting for its first token). News wakes only the newest parked poll, and no other until
+that one has drained, so one reply carries it all and no empty reply races it. Each drain is
 numbered (`seq`, within the outbox's `epoch`), so a caller that has several drains in flight at
 once can put them back in order.
 """
@@ -102,19 +103,24 @@ class Outbox:
             self._unpark(wake)
         return self._drain()
 
-    def poll_blocking(self, max_wait: float) -> PollResult:
+    def poll_blocking(self, max_wait: float, then: Callable[[], None] | None = None,
+                      limit: int | None = None) -> PollResult:
         """`poll` for a caller on a thread of its own (a threaded actor), woken by the engine
-        thread directly."""
+        thread directly. `then` runs once the poll is parked, so what it starts (a submit)
+        wakes this poll; with `limit` polls parked already it does not wait."""
         event = threading.Event()
-        if self._park(event.set):
+        parked = self._park(event.set, limit)
+        if then is not None:
+            then()
+        if parked:
             event.wait(max_wait)
             self._unpark(event.set)
         return self._drain()
 
-    def _park(self, wake: Wake) -> bool:
-        """Park `wake` unless there is news now; True if parked."""
+    def _park(self, wake: Wake, limit: int | None = None) -> bool:
+        """Park `wake` unless there is news now (or `limit` polls are parked); True if parked."""
         with self._lock:
-            if self._deltas or self._events:
+            if self._deltas or self._events or (limit is not None and len(self._waiters) >= limit):
                 return False
             self._waiters.append(wake)
             return True

@@ -26,6 +26,7 @@ from shunter.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+MAX_PARKED = 4  # a submit's reply waits for its first token only while fewer polls than this wait
 
 
 @dataclass
@@ -94,6 +95,14 @@ class ReplicaCore:
 
     def poll_blocking(self, max_wait: float = 0.5) -> PollResult:
         return self.outbox.poll_blocking(max_wait)
+
+    def submit_and_poll(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                        max_wait: float) -> PollResult:
+        """Submit with a poll parked first (blocking): the step that makes the first token wakes
+        this newest poll, so one reply takes the request in and brings its first token out.
+        Under load (`MAX_PARKED` polls waiting already) it returns at once; the others bring it."""
+        return self.outbox.poll_blocking(max_wait, lambda: self.submit(request_id, prompt_token_ids, params),
+                                         MAX_PARKED)
 
     # ---- the loop --------------------------------------------------------------------------
     def _loop(self) -> None:

@@ -2,7 +2,10 @@
 
 The actor is threaded, not async: each call runs on a thread of Ray's pool and blocks there, so
 the engine thread wakes a waiting poll directly, with no event loop hand-off on either side.
-Tokens come back in per-step batches (drains of the replica's outbox) through a long `poll()`.
+Tokens come back in per-step batches (drains of the replica's outbox) through a long `poll()`
+and through `submit()`, whose reply is the drain that holds the request's first token: the
+first token costs one round trip, not a submit reply plus a poll reply. The client puts the
+drains of both back in order (`DrainOrder`) and shows the router one `poll()`.
 
 `export` returns three object refs (its tokens, its state, its KV blocks) so the blocks go from
 the source actor to the target without passing through the router (the router only reads the
@@ -12,6 +15,7 @@ crash surfaces at once as `ReplicaDead`.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +26,7 @@ from ray.exceptions import RayActorError
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.engine_protocol import MigrationState
 from shunter.replica.replica_core import PollResult, ReplicaCore, ReplicaInfo, load_engine
+from shunter.router.drain_order import DrainOrder
 from shunter.router.replica_client import ExportedRequest, ReplicaDead
 from shunter.sampling_params import SamplingParams
 
@@ -31,7 +36,7 @@ except ImportError:  # older Ray
     ActorUnavailableError = RayActorError  # type: ignore[misc,assignment]
 
 log = logging.getLogger(__name__)
-# Threads per actor: the parked long poll plus submits, aborts, migrations and `info`.
+# Threads per actor: a few polls parked (`MAX_PARKED`) plus aborts, migrations and `info`.
 MAX_CONCURRENCY = 32
 
 
@@ -52,8 +57,10 @@ class ReplicaActor:
     def info(self) -> ReplicaInfo:
         return self.core.info()
 
-    def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        self.core.submit(request_id, prompt_token_ids, params)
+    def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+               wait_s: float = 0.0) -> PollResult:
+        """Queue the request; reply with a drain, taken once its first token is made (or `wait_s`)."""
+        return self.core.submit_and_poll(request_id, prompt_token_ids, params, wait_s)
 
     def abort(self, request_id: str) -> None:
         self.core.abort(request_id).result()
@@ -95,8 +102,32 @@ def spawn(replica_id: str, engine_config: EngineConfig, engine_factory: str | No
 
 
 class RayReplicaClient:
-    def __init__(self, replica_id: str, handle: ray.actor.ActorHandle) -> None:
+    """The router's side of a replica actor. `submit` does not wait for its reply (the reply is a
+    drain, and joins the others in `poll()`), so a dead replica shows in `poll()`, where the
+    router fails its requests over."""
+
+    def __init__(self, replica_id: str, handle: ray.actor.ActorHandle, first_token_wait_s: float = 0.5) -> None:
         self.replica_id, self.handle = replica_id, handle
+        self.first_token_wait_s = first_token_wait_s
+        self._drains = DrainOrder(replica_id)
+        self._polling = False  # a long poll is out
+
+    def _carry(self, ref: ray.ObjectRef, request_id: str | None = None) -> None:
+        """Route the reply of a call that brings a drain into `_drains`."""
+        ticket = self._drains.started()
+        ref.as_future().add_done_callback(lambda f: self._landed(ticket, f, request_id))
+
+    def _landed(self, ticket: int, reply: asyncio.Future, request_id: str | None) -> None:
+        if request_id is None:
+            self._polling = False
+        error = reply.exception() if not reply.cancelled() else asyncio.CancelledError()
+        if error is None:
+            self._drains.put(ticket, reply.result())
+        elif isinstance(error, (RayActorError, ActorUnavailableError)):
+            self._drains.dead(ticket, ReplicaDead(f"replica {self.replica_id}: {type(error).__name__}"))
+        else:
+            log.error("replica %s: %s failed: %r", self.replica_id, "submit" if request_id else "poll", error)
+            self._drains.lost(ticket, error, request_id)
 
     async def _await(self, ref: Any) -> Any:
         try:
@@ -108,13 +139,18 @@ class RayReplicaClient:
         return await self._await(self.handle.info.remote())
 
     async def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        await self._await(self.handle.submit.remote(request_id, prompt_token_ids, params))
+        self._carry(self.handle.submit.remote(request_id, prompt_token_ids, params, self.first_token_wait_s),
+                    request_id)
 
     async def abort(self, request_id: str) -> None:
         await self._await(self.handle.abort.remote(request_id))
 
     async def poll(self, max_wait: float) -> PollResult:
-        return await self._await(self.handle.poll.remote(max_wait))
+        """The next drain, from the long poll or a submit's reply; one long poll is kept out."""
+        if not self._polling:
+            self._polling = True
+            self._carry(self.handle.poll.remote(max_wait))
+        return await self._drains.next()
 
     async def export(self, request_id: str, with_kv: bool = True) -> RayExport | None:
         tokens_ref, state_ref, kv_ref = self.handle.export.remote(request_id, with_kv)

@@ -1,7 +1,9 @@
-"""The outbox: news wakes only the newest parked poll; drains are numbered."""
+"""The outbox: news wakes only the newest parked poll, drains are numbered, a submit's poll parks first."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 from shunter.replica.engine_protocol import EngineOutput
 from shunter.replica.outbox import Outbox
@@ -83,5 +85,34 @@ def test_drains_are_numbered_within_a_life():
         second = await box.poll(0.0)
         assert (first.seq, second.seq) == (0, 1) and first.epoch == second.epoch
         assert (await outbox().poll(0.0)).epoch != first.epoch  # a new life starts over
+
+    run(main())
+
+
+def test_a_submit_parks_its_poll_before_the_request_is_queued():
+    """The engine may make the first token before the submitting thread gets to wait: the
+    poll, parked first, still gets it (not the older parked poll)."""
+    async def main():
+        box = outbox()
+        old = await parked(box)
+        engine = threading.Thread(target=publish, args=(box, token("a", 1)))
+        got = await asyncio.to_thread(box.poll_blocking, 5.0, engine.start)
+        engine.join()
+        assert [d.request_id for d in got.deltas] == ["a"]
+        await asyncio.sleep(0.01)
+        assert not old.done()
+        old.cancel()
+
+    run(main())
+
+
+def test_a_submit_does_not_wait_when_enough_polls_are_parked():
+    async def main():
+        box = outbox()
+        old = await parked(box)
+        start = time.monotonic()
+        got = await asyncio.to_thread(box.poll_blocking, 5.0, lambda: None, 1)
+        assert time.monotonic() - start < 1 and got.deltas == []
+        old.cancel()
 
     run(main())
