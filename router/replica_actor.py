@@ -94,10 +94,12 @@ RemoteReplicaActor = ray.remote(ReplicaActor)
 
 def spawn(replica_id: str, engine_config: EngineConfig, engine_factory: str | None = None, num_cpus: float = 1,
           num_gpus: float = 0) -> ray.actor.ActorHandle:
-    """Start one replica actor (restarted by Ray if its process dies)."""
+    """Start one replica actor (restarted by Ray if its process dies). Its calls are not
+    recorded as task events (as Ray Serve does for its replicas): they are many and small, and
+    recording them costs time on the token path."""
     return RemoteReplicaActor.options(
         name=f"shunter-{replica_id}", num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0,
-        max_concurrency=MAX_CONCURRENCY,
+        max_concurrency=MAX_CONCURRENCY, enable_task_events=False,
     ).remote(replica_id, engine_config, engine_factory)
 
 
