@@ -5,7 +5,8 @@ the engine thread wakes a waiting poll directly, with no event loop hand-off on 
 Tokens come back in per-step batches (drains of the replica's outbox) through a long `poll()`
 and through `submit()`, whose reply is the drain that holds the request's first token: the
 first token costs one round trip, not a submit reply plus a poll reply. The client puts the
-drains of both back in order (`DrainOrder`) and shows the router one `poll()`.
+drains of both back in order (`DrainOrder`) and shows the router one `poll()`. Both calls carry
+one pickled bytes each way (`_pack`), which Ray passes far cheaper than arguments and dataclasses.
 
 `export` returns three object refs (its tokens, its state, its KV blocks) so the blocks go from
 the source actor to the target without passing through the router (the router only reads the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +52,12 @@ class RayExport:
     kv_ref: ray.ObjectRef
 
 
+def _pack(obj: Any) -> bytes:
+    """The hot calls (submit, poll) pass one pickled bytes each way: Ray serializes a bytes object
+    far cheaper than an argument list or a tree of dataclasses (nothing inside holds an ObjectRef)."""
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 class ReplicaActor:
     def __init__(self, replica_id: str, engine_config: EngineConfig, engine_factory: str | None = None) -> None:
         self.core = ReplicaCore(replica_id, load_engine(engine_config, engine_factory))
@@ -57,16 +65,18 @@ class ReplicaActor:
     def info(self) -> ReplicaInfo:
         return self.core.info()
 
-    def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-               wait_s: float = 0.0) -> PollResult:
-        """Queue the request; reply with a drain, taken once its first token is made (or `wait_s`)."""
-        return self.core.submit_and_poll(request_id, prompt_token_ids, params, wait_s)
+    def submit(self, packed: bytes) -> bytes:
+        """Queue the request (`packed`: request id, prompt, params, wait_s); reply with a packed
+        drain, taken once its first token is made (or after wait_s)."""
+        request_id, prompt_token_ids, params, wait_s = pickle.loads(packed)
+        return _pack(self.core.submit_and_poll(request_id, prompt_token_ids, params, wait_s))
 
     def abort(self, request_id: str) -> None:
         self.core.abort(request_id).result()
 
-    def poll(self, max_wait: float) -> PollResult:
-        return self.core.poll_blocking(max_wait)
+    def poll(self, max_wait: float) -> bytes:
+        """A packed drain."""
+        return _pack(self.core.poll_blocking(max_wait))
 
     @ray.method(num_returns=3)
     def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, MigrationState | None, object]:
@@ -124,7 +134,7 @@ class RayReplicaClient:
             self._polling = False
         error = reply.exception() if not reply.cancelled() else asyncio.CancelledError()
         if error is None:
-            self._drains.put(ticket, reply.result())
+            self._drains.put(ticket, pickle.loads(reply.result()))
         elif isinstance(error, (RayActorError, ActorUnavailableError)):
             self._drains.dead(ticket, ReplicaDead(f"replica {self.replica_id}: {type(error).__name__}"))
         else:
@@ -141,8 +151,8 @@ class RayReplicaClient:
         return await self._await(self.handle.info.remote())
 
     async def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        self._carry(self.handle.submit.remote(request_id, prompt_token_ids, params, self.first_token_wait_s),
-                    request_id)
+        packed = _pack((request_id, prompt_token_ids, params, self.first_token_wait_s))
+        self._carry(self.handle.submit.remote(packed), request_id)
 
     async def abort(self, request_id: str) -> None:
         await self._await(self.handle.abort.remote(request_id))
