@@ -1,7 +1,8 @@
 """How the router reaches a replica: one async interface, two ways (Ray actor, in-process).
 
-The router only ever sees `ReplicaClient`; a dead replica shows as `ReplicaDead` from any call,
-whatever transport noticed it, so failover has one trigger.
+The router only ever sees `ReplicaClient`; a dead replica shows as `ReplicaDead`, whatever
+transport noticed it, so failover has one trigger. `poll()` always raises it; a `submit()` that
+does not wait for its reply (over Ray) leaves it to `poll()`.
 """
 from __future__ import annotations
 
