@@ -36,10 +36,6 @@ class DrainOrder:
         self._error: Exception | None = None  # raised by the next `next()`
         self._waiter: asyncio.Future | None = None
 
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
     def started(self) -> int:
         """A call that will bring a drain is under way; returns its ticket."""
         self._in_flight += 1
