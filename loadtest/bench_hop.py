@@ -4,11 +4,12 @@
 Replicas run a zero-cost fake engine (`shunter.testing.fake_engine`: no model time) that stamps
 when it took each request and when it made its first token, so engine TTFT is known and the rest
 is the hop: gRPC, validation, routing, the submit call, the engine thread's wake-up and the
-poll back. With `--ray` the replicas are Ray actors (the deployed path); their stamps stay in
-the actors, so the hop reported is the whole client TTFT (an upper bound: the free engine's own
-TTFT is tens of microseconds, see the in-process run); it also times the cheapest actor call
-from the router's loop, the floor of any path with a Ray call on it. Requests are sequential (one in flight),
-so the numbers are latency, not throughput. Prints a table; writes JSON to `loadtest/results/`.
+way back (over Ray, the submit's reply carries the first token). With `--ray` the replicas are
+Ray actors (the deployed path); their stamps stay in the actors, so the hop reported is the whole
+client TTFT (an upper bound: the free engine's own TTFT is tens of microseconds, see the
+in-process run); it also times the cheapest actor call from the router's loop, the floor of any
+path with a Ray call on it. Requests are sequential (one in flight), so the numbers are latency,
+not throughput. Prints a table; writes JSON to `loadtest/results/`.
 """
 from __future__ import annotations
 

@@ -2,13 +2,13 @@
 
 The engine is not thread-safe and its `step()` blocks for a whole forward pass, so it runs on a
 thread of its own; everything else (submit, abort, export, import) is queued as a command the
-loop runs between two steps. What the steps make is collected in an outbox that callers drain
-with one long `poll()`: every token of every request since the last poll comes back in one
-reply, so the cost of crossing to the router is per step, never per token.
+loop runs between two steps. What the steps make is collected in an `Outbox` that callers drain
+with one long poll: every token of every request since the last poll comes back in one reply,
+so the cost of crossing to the router is per step, never per token. Every call has a blocking
+form (a future, or `poll_blocking`) for callers on threads of their own, like the Ray actor.
 """
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import importlib
 import logging
@@ -16,43 +16,17 @@ import os
 import queue
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from shunter.replica.engine_config import EngineConfig
-from shunter.replica.engine_protocol import (
-    CacheEvent,
-    EngineOutput,
-    EngineProtocol,
-    EngineStats,
-    MigrationState,
-    ModelLimits,
-    Tokenizer,
-)
+from shunter.replica.engine_protocol import EngineOutput, EngineProtocol, MigrationState, ModelLimits, Tokenizer
+from shunter.replica.outbox import Outbox, PollResult, TokenDelta  # noqa: F401 (TokenDelta: for the router)
 from shunter.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass
-class TokenDelta:
-    """New tokens of one request from one step (or a few, if the poller was slow)."""
-
-    request_id: str
-    new_token_ids: list[int]
-    num_output_tokens: int  # len(output_token_ids) on this replica after these tokens
-    finish_reason: str | None = None
-    num_cached_tokens: int = 0
-    error: str | None = None  # the engine refused the request (finish_reason "error")
-    invalid: bool = False  # ... because the request itself is wrong (ValueError: INVALID_ARGUMENT)
-
-
-@dataclass
-class PollResult:
-    stats: EngineStats
-    deltas: list[TokenDelta] = field(default_factory=list)
-    events: list[CacheEvent] = field(default_factory=list)
+MAX_PARKED = 4  # a submit's reply waits for its first token only while fewer polls than this wait
 
 
 @dataclass
@@ -75,11 +49,7 @@ class ReplicaCore:
         self.large_cache = large_cache
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
-        self._lock = threading.Lock()
-        self._deltas: dict[str, TokenDelta] = {}
-        self._events: list[CacheEvent] = []
-        self._stats = engine.stats()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self.outbox = Outbox(engine.stats())
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name=f"engine-{replica_id}", daemon=True)
         self._thread.start()
@@ -95,36 +65,48 @@ class ReplicaCore:
         self._wake.set()
         return future
 
-    async def run(self, fn: Callable[[EngineProtocol], T]) -> T:
-        return await asyncio.wrap_future(self.call(fn))
-
-    async def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Queue the request and return at once (the reply is off the first token's path); a
-        refusal comes back through `poll` as a delta with `error`."""
+    def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Queue the request and return at once; a refusal comes back through the outbox as a
+        delta with `error`."""
         self.call(lambda e: self._add(e, request_id, prompt_token_ids, params))
 
     def _add(self, engine: EngineProtocol, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         try:
             engine.add_request(request_id, prompt_token_ids, params)
         except Exception as e:
-            with self._lock:
-                self._deltas[request_id] = TokenDelta(request_id, [], 0, "error", error=str(e) or type(e).__name__,
-                                                      invalid=isinstance(e, ValueError))
+            self.outbox.refuse(request_id, e)
 
-    async def abort(self, request_id: str) -> None:
-        await self.run(lambda e: e.abort_request(request_id))
+    def abort(self, request_id: str) -> concurrent.futures.Future[EngineOutput | None]:
+        return self.call(lambda e: e.abort_request(request_id))
 
-    async def export(self, request_id: str, with_kv: bool = True) -> MigrationState | None:
+    def export(self, request_id: str, with_kv: bool = True) -> concurrent.futures.Future[MigrationState | None]:
         """The request taken out of this replica; None if it is not here. Without KV the state
         makes the target recompute (as when the blocks cannot be moved)."""
-        state = await self.run(lambda e: e.export_request(request_id))
-        if state is not None and not with_kv:
-            state = state.without_kv()
-        return state
+        def take(engine: EngineProtocol) -> MigrationState | None:
+            state = engine.export_request(request_id)
+            return state.without_kv() if state is not None and not with_kv else state
 
-    async def import_(self, state: MigrationState) -> int:
+        return self.call(take)
+
+    def import_(self, state: MigrationState) -> concurrent.futures.Future[int]:
         """Resume an exported request here; the tokens it resumed with KV (0: it recomputes)."""
-        return await self.run(lambda e: e.import_request(state))
+        return self.call(lambda e: e.import_request(state))
+
+    # ---- the outbox ------------------------------------------------------------------------
+    async def poll(self, max_wait: float = 0.5) -> PollResult:
+        """Everything made since the last poll; waits up to `max_wait` s for something."""
+        return await self.outbox.poll(max_wait)
+
+    def poll_blocking(self, max_wait: float = 0.5) -> PollResult:
+        return self.outbox.poll_blocking(max_wait)
+
+    def submit_and_poll(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                        max_wait: float) -> PollResult:
+        """Submit with a poll parked first (blocking): the step that makes the first token wakes
+        this newest poll, so one reply takes the request in and brings its first token out.
+        Under load (`MAX_PARKED` polls waiting already) it returns at once; the others bring it."""
+        return self.outbox.poll_blocking(max_wait, lambda: self.submit(request_id, prompt_token_ids, params),
+                                         MAX_PARKED)
 
     # ---- the loop --------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -156,43 +138,7 @@ class ReplicaCore:
                 future.set_exception(e)
 
     def _publish(self, outputs: list[EngineOutput]) -> None:
-        events = self.engine.drain_cache_events()
-        stats = self.engine.stats()
-        with self._lock:
-            for out in outputs:
-                prev = self._deltas.get(out.request_id)
-                if prev is None:
-                    self._deltas[out.request_id] = TokenDelta(
-                        out.request_id, list(out.new_token_ids), out.num_output_tokens, out.finish_reason,
-                        out.num_cached_tokens)
-                else:  # the poller is behind: merge steps
-                    prev.new_token_ids.extend(out.new_token_ids)
-                    prev.num_output_tokens = out.num_output_tokens
-                    prev.finish_reason = out.finish_reason
-            self._events.extend(events)
-            self._stats = stats
-            waiters = self._waiters if (self._deltas or self._events) else []
-            if waiters:
-                self._waiters = []
-        for loop, event in waiters:
-            loop.call_soon_threadsafe(event.set)
-
-    async def poll(self, max_wait: float = 0.5) -> PollResult:
-        """Everything made since the last poll; waits up to `max_wait` s for something."""
-        with self._lock:
-            ready = bool(self._deltas or self._events)
-            if not ready:
-                event = asyncio.Event()
-                self._waiters.append((asyncio.get_running_loop(), event))
-        if not ready:
-            try:
-                await asyncio.wait_for(event.wait(), max_wait)
-            except asyncio.TimeoutError:
-                pass
-        with self._lock:
-            result = PollResult(self._stats, list(self._deltas.values()), self._events)
-            self._deltas, self._events = {}, []
-        return result
+        self.outbox.publish(outputs, self.engine.drain_cache_events(), self.engine.stats())
 
     def stop(self) -> None:
         self._stopped = True

@@ -1,14 +1,24 @@
-"""Replicas as Ray async actors: one actor wraps one engine (its loop on its own thread).
+"""Replicas as Ray actors: one actor wraps one engine (its loop on its own thread).
 
-Tokens come back through `poll()` in per-step batches; `export` returns three object refs (its
-tokens, its state, its KV blocks) so the blocks go from the source actor to the target without
-passing through the router (the router only reads the token list). The target fetches the
-blocks itself: if that fails, it imports the state without them and recomputes. Actors restart after a crash
-(`max_restarts=-1`); calls never retry, so a crash surfaces at once as `ReplicaDead`.
+The actor is threaded, not async: each call runs on a thread of Ray's pool and blocks there, so
+the engine thread wakes a waiting poll directly, with no event loop hand-off on either side.
+Tokens come back in per-step batches (drains of the replica's outbox) through a long `poll()`
+and through `submit()`, whose reply is the drain that holds the request's first token: the
+first token costs one round trip, not a submit reply plus a poll reply. The client puts the
+drains of both back in order (`DrainOrder`) and shows the router one `poll()`. Both calls carry
+one pickled bytes each way (`_pack`), which Ray passes far cheaper than arguments and dataclasses.
+
+`export` returns three object refs (its tokens, its state, its KV blocks) so the blocks go from
+the source actor to the target without passing through the router (the router only reads the
+token list). The target fetches the blocks itself: if that fails, it imports the state without
+them and recomputes. Actors restart after a crash (`max_restarts=-1`); calls never retry, so a
+crash surfaces at once as `ReplicaDead`.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import pickle
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +28,7 @@ from ray.exceptions import RayActorError
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.engine_protocol import MigrationState
 from shunter.replica.replica_core import PollResult, ReplicaCore, ReplicaInfo, load_engine
+from shunter.router.drain_order import DrainOrder
 from shunter.router.replica_client import ExportedRequest, ReplicaDead
 from shunter.sampling_params import SamplingParams
 
@@ -27,6 +38,8 @@ except ImportError:  # older Ray
     ActorUnavailableError = RayActorError  # type: ignore[misc,assignment]
 
 log = logging.getLogger(__name__)
+# Threads per actor: a few polls parked (`MAX_PARKED`) plus aborts, migrations and `info`.
+MAX_CONCURRENCY = 32
 
 
 @dataclass
@@ -39,42 +52,52 @@ class RayExport:
     kv_ref: ray.ObjectRef
 
 
+def _pack(obj: Any) -> bytes:
+    """The hot calls (submit, poll) pass one pickled bytes each way: Ray serializes a bytes object
+    far cheaper than an argument list or a tree of dataclasses (nothing inside holds an ObjectRef)."""
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 class ReplicaActor:
     def __init__(self, replica_id: str, engine_config: EngineConfig, engine_factory: str | None = None,
                  large_cache: bool = False) -> None:
         self.core = ReplicaCore(replica_id, load_engine(engine_config, engine_factory), large_cache)
 
-    async def info(self) -> ReplicaInfo:
+    def info(self) -> ReplicaInfo:
         return self.core.info()
 
-    async def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        await self.core.submit(request_id, prompt_token_ids, params)
+    def submit(self, packed: bytes) -> bytes:
+        """Queue the request (`packed`: request id, prompt, params, wait_s); reply with a packed
+        drain, taken once its first token is made (or after wait_s)."""
+        request_id, prompt_token_ids, params, wait_s = pickle.loads(packed)
+        return _pack(self.core.submit_and_poll(request_id, prompt_token_ids, params, wait_s))
 
-    async def abort(self, request_id: str) -> None:
-        await self.core.abort(request_id)
+    def abort(self, request_id: str) -> None:
+        self.core.abort(request_id).result()
 
-    async def poll(self, max_wait: float) -> PollResult:
-        return await self.core.poll(max_wait)
+    def poll(self, max_wait: float) -> bytes:
+        """A packed drain."""
+        return _pack(self.core.poll_blocking(max_wait))
 
     @ray.method(num_returns=3)
-    async def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, MigrationState | None, object]:
-        state = await self.core.export(request_id, with_kv)
+    def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, MigrationState | None, object]:
+        state = self.core.export(request_id, with_kv).result()
         if state is None:
             return None, None, None
         kv, state.kv = state.kv, None
         return list(state.output_token_ids), state, kv
 
-    async def import_(self, state: MigrationState, kv_box: list[ray.ObjectRef] | None = None) -> int:
+    def import_(self, state: MigrationState, kv_box: list[ray.ObjectRef] | None = None) -> int:
         """`kv_box` = [ref to the KV blocks] (boxed, so Ray leaves the fetch, and its failure, to us)."""
         if kv_box and state.kv is None and state.num_computed_tokens > 0:
             try:
-                state.kv = await kv_box[0]
+                state.kv = ray.get(kv_box[0])
             except Exception as e:  # lost with the source, or evicted: recompute instead
                 log.warning("replica %s: KV of %s did not arrive (%s); recomputing", self.core.replica_id,
                             state.request_id, type(e).__name__)
         if state.kv is None:
             state = state.without_kv()
-        return await self.core.import_(state)
+        return self.core.import_(state).result()
 
 
 RemoteReplicaActor = ray.remote(ReplicaActor)
@@ -82,16 +105,42 @@ RemoteReplicaActor = ray.remote(ReplicaActor)
 
 def spawn(replica_id: str, engine_config: EngineConfig, engine_factory: str | None = None, num_cpus: float = 1,
           num_gpus: float = 0, large_cache: bool = False) -> ray.actor.ActorHandle:
-    """Start one replica actor (restarted by Ray if its process dies, with the same role)."""
+    """Start one replica actor (restarted by Ray if its process dies, with the same role). Its
+    calls are not recorded as task events (as Ray Serve does for its replicas): they are many
+    and small, and recording them costs time on the token path."""
     return RemoteReplicaActor.options(
         name=f"shunter-{replica_id}", num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0,
-        max_concurrency=1000,
+        max_concurrency=MAX_CONCURRENCY, enable_task_events=False,
     ).remote(replica_id, engine_config, engine_factory, large_cache)
 
 
 class RayReplicaClient:
-    def __init__(self, replica_id: str, handle: ray.actor.ActorHandle) -> None:
+    """The router's side of a replica actor. `submit` does not wait for its reply (the reply is a
+    drain, and joins the others in `poll()`), so a dead replica shows in `poll()`, where the
+    router fails its requests over."""
+
+    def __init__(self, replica_id: str, handle: ray.actor.ActorHandle, first_token_wait_s: float = 0.5) -> None:
         self.replica_id, self.handle = replica_id, handle
+        self.first_token_wait_s = first_token_wait_s
+        self._drains = DrainOrder(replica_id)
+        self._polling = False  # a long poll is out
+
+    def _carry(self, ref: ray.ObjectRef, request_id: str | None = None) -> None:
+        """Route the reply of a call that brings a drain into `_drains`."""
+        ticket = self._drains.started()
+        ref.as_future().add_done_callback(lambda f: self._landed(ticket, f, request_id))
+
+    def _landed(self, ticket: int, reply: asyncio.Future, request_id: str | None) -> None:
+        if request_id is None:
+            self._polling = False
+        error = reply.exception() if not reply.cancelled() else asyncio.CancelledError()
+        if error is None:
+            self._drains.put(ticket, pickle.loads(reply.result()))
+        elif isinstance(error, (RayActorError, ActorUnavailableError)):
+            self._drains.dead(ticket, ReplicaDead(f"replica {self.replica_id}: {type(error).__name__}"))
+        else:
+            log.error("replica %s: %s failed: %r", self.replica_id, "submit" if request_id else "poll", error)
+            self._drains.lost(ticket, error, request_id)
 
     async def _await(self, ref: Any) -> Any:
         try:
@@ -103,13 +152,18 @@ class RayReplicaClient:
         return await self._await(self.handle.info.remote())
 
     async def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        await self._await(self.handle.submit.remote(request_id, prompt_token_ids, params))
+        packed = _pack((request_id, prompt_token_ids, params, self.first_token_wait_s))
+        self._carry(self.handle.submit.remote(packed), request_id)
 
     async def abort(self, request_id: str) -> None:
         await self._await(self.handle.abort.remote(request_id))
 
     async def poll(self, max_wait: float) -> PollResult:
-        return await self._await(self.handle.poll.remote(max_wait))
+        """The next drain, from the long poll or a submit's reply; one long poll is kept out."""
+        if not self._polling:
+            self._polling = True
+            self._carry(self.handle.poll.remote(max_wait))
+        return await self._drains.next()
 
     async def export(self, request_id: str, with_kv: bool = True) -> RayExport | None:
         tokens_ref, state_ref, kv_ref = self.handle.export.remote(request_id, with_kv)

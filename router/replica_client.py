@@ -1,10 +1,12 @@
 """How the router reaches a replica: one async interface, two ways (Ray actor, in-process).
 
-The router only ever sees `ReplicaClient`; a dead replica shows as `ReplicaDead` from any call,
-whatever transport noticed it, so failover has one trigger.
+The router only ever sees `ReplicaClient`; a dead replica shows as `ReplicaDead`, whatever
+transport noticed it, so failover has one trigger. `poll()` always raises it; a `submit()` that
+does not wait for its reply (over Ray) leaves it to `poll()`.
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Callable, Protocol
 
 from shunter.errors import ReplicaUnavailable
@@ -63,10 +65,10 @@ class LocalReplicaClient:
         return self._alive().info()
 
     async def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        await self._alive().submit(request_id, prompt_token_ids, params)
+        self._alive().submit(request_id, prompt_token_ids, params)
 
     async def abort(self, request_id: str) -> None:
-        await self._alive().abort(request_id)
+        await asyncio.wrap_future(self._alive().abort(request_id))
 
     async def poll(self, max_wait: float) -> PollResult:
         core = self._alive()
@@ -76,9 +78,9 @@ class LocalReplicaClient:
         return result
 
     async def export(self, request_id: str, with_kv: bool = True) -> MigrationState | None:
-        return await self._alive().export(request_id, with_kv)
+        return await asyncio.wrap_future(self._alive().export(request_id, with_kv))
 
     async def import_(self, exported: ExportedRequest) -> int:
         if not isinstance(exported, MigrationState):
             raise TypeError(f"an in-process replica imports a MigrationState, got {type(exported).__name__}")
-        return await self._alive().import_(exported)
+        return await asyncio.wrap_future(self._alive().import_(exported))

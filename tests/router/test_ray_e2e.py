@@ -37,6 +37,20 @@ def server(ray_cluster):
         ray_cluster.kill(c.handle, no_restart=True)
 
 
+@pytest.fixture(scope="module")
+def slow_server(ray_cluster):
+    """Steps of 300 ms: a submit's reply waits (parked in the actor) for its first token."""
+    from shunter.router.replica_actor import RayReplicaClient, spawn
+
+    config = EngineConfig(model="fake:ids:300")
+    clients = [RayReplicaClient(f"s{i}", spawn(f"s{i}", config, FACTORY, num_cpus=1)) for i in range(2)]
+    s = BackgroundServer(clients, RouterConfig(routing="round_robin", poll_wait_s=0.2, rebalance=False))
+    yield s
+    s.close()
+    for c in clients:
+        ray_cluster.kill(c.handle, no_restart=True)
+
+
 def request(prompt: list[int], max_tokens: int) -> pb.GenerateRequest:
     return pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=prompt),
                               sampling=pb.SamplingOptions(max_tokens=max_tokens, ignore_eos=True, temperature=0))
@@ -134,3 +148,26 @@ def test_killing_a_replica_mid_stream_every_stream_completes(server):
     assert victim.healthy and victim.info.pid != pid  # restarted by Ray and rejoined
     tokens, _ = stream(server, [3] * 10, 5)
     assert tokens == reference_output([3] * 10, 5, ignore_eos=True)
+
+
+def test_a_replica_killed_before_the_first_token_fails_over(slow_server):
+    """The kill lands while the submit's reply (which would carry the first token) is still out:
+    the replica shows as dead all the same and the stream completes elsewhere."""
+    router = slow_server.router
+    before = router.counters.failed_over
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("out", stream(slow_server, [5] * 12, 3)))
+    thread.start()
+    deadline = time.time() + 30
+    while not router.journal.entries and time.time() < deadline:
+        time.sleep(0.005)
+    entry = next(iter(router.journal.entries.values()))
+    while entry.replica_id is None and time.time() < deadline:
+        time.sleep(0.001)
+    victim = router.slots[entry.replica_id]
+    os.kill(victim.info.pid, signal.SIGKILL)
+    thread.join(timeout=60)
+    tokens, replicas = result["out"]
+    assert tokens == reference_output([5] * 12, 3, ignore_eos=True)
+    assert router.counters.failed_over == before + 1
+    assert victim.client.replica_id not in replicas
