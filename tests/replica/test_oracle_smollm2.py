@@ -6,6 +6,7 @@ pick CUDA and bfloat16); the GPU path has its own near-tie test (test_gpu_engine
 from __future__ import annotations
 
 import pytest
+import torch
 
 from shunter import LLM, SamplingParams
 from tests.hf_reference import hf_greedy
