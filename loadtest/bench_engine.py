@@ -20,8 +20,16 @@ from pathlib import Path
 from shunter.loadtest.bench_cli import run_bench
 from shunter.loadtest.bench_offline import Workload, run_hf_static
 from shunter.loadtest.hf_continuous import run_hf_continuous
-from shunter.loadtest.roofline import (ChunkShape, ModelCost, bound_seconds, is_cuda, measure_bandwidth,
-                                       measure_peak_flops, release_memory, sync)
+from shunter.loadtest.roofline import (
+    ChunkShape,
+    ModelCost,
+    bound_seconds,
+    is_cuda,
+    measure_bandwidth,
+    measure_peak_flops,
+    release_memory,
+    sync,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

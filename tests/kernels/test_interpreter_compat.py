@@ -11,7 +11,6 @@ from shunter.kernels import interpreter_compat, reference
 from tests.kernels.paged import assert_close, make_paged
 
 
-
 @pytest.fixture
 def interpreter():
     """Imported under `TRITON_INTERPRET=1` (the autouse fixture): Triton 3.6 decorates its own
