@@ -128,7 +128,7 @@ class RayReplicaClient:
     def _carry(self, ref: ray.ObjectRef, request_id: str | None = None) -> None:
         """Route the reply of a call that brings a drain into `_drains`."""
         ticket = self._drains.started()
-        ref.as_future().add_done_callback(lambda f: self._landed(ticket, f, request_id))
+        asyncio.wrap_future(ref.future()).add_done_callback(lambda f: self._landed(ticket, f, request_id))
 
     def _landed(self, ticket: int, reply: asyncio.Future, request_id: str | None) -> None:
         if request_id is None:
