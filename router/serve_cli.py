@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=50051)
     parser.add_argument("--policy", default="fcfs", help="scheduling policy inside each replica")
     parser.add_argument("--routing", default="prefix_aware",
-                        help="round_robin, least_load, power_of_two or prefix_aware")
+                        help="random, round_robin, least_load, power_of_two or prefix_aware")
     parser.add_argument("--address", default=None, help="Ray cluster address ('auto' to join one); default: start a local one")
     parser.add_argument("--state", default="memory", help="state store: memory")
     parser.add_argument("--num-cpus-per-replica", type=float, default=1.0)
