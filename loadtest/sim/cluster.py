@@ -33,6 +33,9 @@ from shunter.router.rebalancer import Rebalancer
 from shunter.sampling_params import SamplingParams
 
 
+REBALANCE_POLL_S = 0.05  # how often Router._rebalance_loop asks the rebalancer whether a round is due
+
+
 @dataclass
 class ClusterConfig:
     num_replicas: int = 2
@@ -62,8 +65,10 @@ class _InFlight:
 
 class SimCluster:
     def __init__(self, config: ClusterConfig, cost: CostModel, loop: EventLoop | None = None,
-                 token_fn: TokenFn | None = None) -> None:
-        self.config, self.cost = config, cost
+                 token_fn: TokenFn | None = None, client_max_tokens: int | None = None) -> None:
+        """`client_max_tokens`: clients ask for this many tokens instead of their workload length
+        (pair it with a `token_fn` that ends each request by EOS at its length)."""
+        self.config, self.cost, self.client_max_tokens = config, cost, client_max_tokens
         self.loop = loop or EventLoop()
         self.block_size = config.engine.block_size
         base = config.engine
@@ -102,7 +107,7 @@ class SimCluster:
             self.loop.at(wr.arrival_s, self._arrive, wr)
         self.arrivals_left += len(workload)
         if self.config.rebalance:
-            self.every(self.rebalancer.interval_s, self._rebalance)
+            self.every(REBALANCE_POLL_S, self._rebalance)
         self.loop.run(until)
         return self.summary()
 
@@ -118,7 +123,8 @@ class SimCluster:
     def _arrive(self, wr: WorkloadRequest) -> None:
         self.arrivals_left -= 1
         prompt = wr.prompt_tokens(self.cost.vocab_size)
-        params = wr.sampling_params()
+        params = wr.sampling_params() if self.client_max_tokens is None else \
+            wr.sampling_params(max_tokens=self.client_max_tokens, ignore_eos=False)
         started = time.perf_counter()
         routing = routing_request(wr.request_id, prompt, params, self.block_size, self.policy.needs_prefix)
         described = time.perf_counter()

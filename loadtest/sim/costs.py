@@ -5,7 +5,9 @@ attended (query, key) pairs, KV tokens swapped). Two kinds of model map a shape 
 
 * `LinearCost`: seconds = a weighted sum of the shape's features, fitted by least squares to
   step times measured on a real engine (`fit_costs.py`: SmolLM2 on this CPU; any model on a
-  GPU when one is lent);
+  GPU when one is lent). The tokens a step computes enter piecewise (one feature per segment
+  between powers of two), because a matmul's time is not linear in its rows at small sizes:
+  on this CPU 4 rows cost far more than 2 and 16 hardly more than 8;
 * `RooflineCost`: the larger of the step's FLOPs over the peak and its bytes over the memory
   bandwidth (`loadtest/roofline.py`'s arithmetic), each derated by an efficiency factor, plus a
   fixed per-step overhead: an analytic model from published peak numbers.
@@ -28,7 +30,11 @@ from shunter.replica.preemption import PreemptionCosts
 from shunter.replica.scheduler import SchedulerOutput
 
 COSTS_DIR = Path(__file__).resolve().parent / "costs"
-FEATURES = ("fixed", "num_tokens", "num_seqs", "num_rows", "kv_tokens", "attn_keys", "swap_tokens")
+# Segments of the step's token count: `tokens_A_B` counts the step's tokens between A and B.
+TOKEN_KNOTS = (0, 2, 4, 8, 16, 32, 64, 128, 256)
+TOKEN_SEGMENTS = tuple(f"tokens_{a}_{b}" for a, b in zip(TOKEN_KNOTS, TOKEN_KNOTS[1:])) + (f"tokens_{TOKEN_KNOTS[-1]}_up",)
+FEATURES = ("fixed", *TOKEN_SEGMENTS, "num_seqs", "num_rows", "kv_tokens", "attn_keys", "swap_tokens")
+SHAPE_FIELDS = ("num_tokens", "num_seqs", "num_rows", "kv_tokens", "attn_keys", "swap_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +59,11 @@ class StepShape:
         return cls(tokens, len(out.scheduled), rows, kv, keys, swapped)
 
     def features(self) -> list[float]:
-        return [1.0, self.num_tokens, self.num_seqs, self.num_rows, self.kv_tokens, self.attn_keys, self.swap_tokens]
+        """The values of `FEATURES`, in order."""
+        n = self.num_tokens
+        segments = [min(max(n - a, 0), b - a) for a, b in zip(TOKEN_KNOTS, TOKEN_KNOTS[1:])]
+        return [1.0, *segments, max(n - TOKEN_KNOTS[-1], 0), self.num_seqs, self.num_rows, self.kv_tokens,
+                self.attn_keys, self.swap_tokens]
 
 
 class StepModel(Protocol):
@@ -65,15 +75,16 @@ class LinearCost:
     """seconds = sum of coefficient x feature (`FEATURES`; "fixed" is per step)."""
 
     coefficients: dict[str, float]
+    weights: tuple[float, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         unknown = set(self.coefficients) - set(FEATURES)
         if unknown:
             raise ValueError(f"unknown cost features {sorted(unknown)}; known: {FEATURES}")
+        object.__setattr__(self, "weights", tuple(self.coefficients.get(name, 0.0) for name in FEATURES))
 
     def step_seconds(self, shape: StepShape) -> float:
-        c = self.coefficients
-        return sum(c.get(name, 0.0) * x for name, x in zip(FEATURES, shape.features()))
+        return sum(w * x for w, x in zip(self.weights, shape.features()))
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,10 @@ class EventLoop:
             self.num_events += 1
             fn(*args)
 
-    def __len__(self) -> int:
+    @property
+    def pending(self) -> int:
+        """Events still to come. (Not `__len__`: an empty loop must stay truthy where code
+        writes `clock or MonotonicClock()`.)"""
         return len(self._heap)
 
 

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from shunter.loadtest.sim.costs import (
+    TOKEN_SEGMENTS,
     CostModel,
     LinearCost,
     StepShape,
@@ -15,6 +16,7 @@ from shunter.loadtest.sim.costs import (
     mean_abs_rel_error,
 )
 from shunter.loadtest.sim.events import EventLoop, ReplicaClock
+from shunter.loadtest.sim.fit_costs import fit
 from shunter.loadtest.sim.metrics import GapHistogram
 from shunter.loadtest.sim.replica import SimReplica
 from shunter.replica.engine_config import EngineConfig
@@ -47,6 +49,7 @@ def test_events_run_in_time_order_ties_in_insertion_order():
     loop.after(0.5, lambda: loop.after(1.0, seen.append, "b2"))  # scheduled at 0.5 for 1.5
     loop.run()
     assert seen == ["a", "b", "b2", "c"] and loop.now() == 2.0 and loop.num_events == 5
+    assert loop  # an empty loop is still a clock (`clock or MonotonicClock()` must keep it)
 
 
 def test_run_until_stops_and_the_past_is_closed():
@@ -54,7 +57,7 @@ def test_run_until_stops_and_the_past_is_closed():
     for t in (1.0, 2.0, 3.0):
         loop.at(t, seen.append, t)
     loop.run(until=2.0)
-    assert seen == [1.0, 2.0] and len(loop) == 1
+    assert seen == [1.0, 2.0] and loop.pending == 1
     with pytest.raises(ValueError, match="before now"):
         loop.at(1.5, seen.append, 0)
 
@@ -89,11 +92,25 @@ def test_step_shape_counts_what_a_step_computes():
 
 
 def test_linear_cost_is_its_weighted_sum_and_checks_feature_names():
-    cost = LinearCost({"fixed": 0.002, "num_tokens": 1e-4, "kv_tokens": 1e-6})
-    assert cost.step_seconds(StepShape(num_tokens=10, kv_tokens=1000)) == pytest.approx(0.002 + 0.001 + 0.001)
+    flat = LinearCost({"fixed": 0.002, "kv_tokens": 1e-6, **{seg: 1e-4 for seg in TOKEN_SEGMENTS}})
+    assert flat.step_seconds(StepShape(num_tokens=300, kv_tokens=1000)) == pytest.approx(0.002 + 0.03 + 0.001)
+    # Tokens count piecewise: 10 tokens are 2 in [0, 2), 2 in [2, 4), 4 in [4, 8) and 2 in [8, 16).
+    steps = LinearCost({"tokens_0_2": 1.0, "tokens_2_4": 10.0, "tokens_4_8": 100.0, "tokens_8_16": 1000.0})
+    assert steps.step_seconds(StepShape(num_tokens=10)) == pytest.approx(2 + 20 + 400 + 2000)
     with pytest.raises(ValueError, match="unknown cost features"):
         LinearCost({"flops": 1.0})
-    assert mean_abs_rel_error(cost, [(StepShape(num_tokens=10, kv_tokens=1000), 0.004)]) == pytest.approx(0.0)
+    assert mean_abs_rel_error(flat, [(StepShape(num_tokens=10, kv_tokens=1000), 0.004)]) == pytest.approx(0.0)
+
+
+def test_fit_recovers_a_monotone_model_from_its_own_steps():
+    true = LinearCost({"fixed": 0.05, "tokens_0_2": 0.002, "tokens_2_4": 0.013, "tokens_4_8": 0.006,
+                       "tokens_8_16": 0.0, **{s: 0.0015 for s in TOKEN_SEGMENTS[4:]}, "kv_tokens": 7e-6})
+    shapes = [StepShape(b, b, b, b * c, b * c) for b in (1, 2, 4, 8, 16, 32) for c in (32, 256, 768)]
+    shapes += [StepShape(n, 1, 1, n, n * (n + 1) // 2) for n in (16, 64, 256, 512)]
+    got = LinearCost(fit([(s, true.step_seconds(s)) for s in shapes]))
+    assert all(v >= 0 for k, v in got.coefficients.items())
+    for s in shapes:
+        assert got.step_seconds(s) == pytest.approx(true.step_seconds(s), rel=0.02)
 
 
 def test_every_committed_cost_model_loads_and_says_where_it_comes_from():
