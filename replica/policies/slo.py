@@ -31,6 +31,7 @@ from shunter.sampling_params import CLASS_LEVEL
 
 class SLAIPolicy(SchedulingPolicy):
     name = "slo"
+    preemptive = True  # a higher class always may take a lower one's place
 
     def __init__(
         self,
