@@ -113,7 +113,11 @@ class SLAIPolicy(SchedulingPolicy):
     # ---- step size ---------------------------------------------------------------------------
     def _size_step(self, now: float, decodes: list[Request]) -> None:
         ceiling = self.max_budget or self.context.max_num_batched_tokens
-        floor = min(self.min_budget, ceiling)
+        # Never fewer tokens than running decodes: when a decode is already late (no slack), a
+        # smaller step cannot save it, and a step that skips decodes makes them late too, which
+        # keeps the budget at the floor: a spiral in which decodes take turns and nobody's
+        # prefill runs until the starvation bound.
+        floor = min(max(self.min_budget, len(decodes)), ceiling)
         if not decodes:
             self._budget, self._chunk = ceiling, ceiling
             return
