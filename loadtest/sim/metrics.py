@@ -90,6 +90,8 @@ class Summary:
     e2e_p99: float
     tbt_p50: float
     tbt_p99: float
+    tbt_p999: float
+    tbt_max: float
     prefix_hit_rate: float  # prompt tokens served from cache / prompt tokens
     preemptions: int = 0
     swaps: int = 0
@@ -123,6 +125,7 @@ def summarize(records: list[RequestRecord], tbt: GapHistogram, **counters: Any) 
         ttft_mean=float(ttft.mean()) if len(ttft) else math.nan, ttft_p50=_pct(ttft, 0.5), ttft_p90=_pct(ttft, 0.9),
         ttft_p99=_pct(ttft, 0.99), e2e_mean=float(e2e.mean()) if len(e2e) else math.nan, e2e_p50=_pct(e2e, 0.5),
         e2e_p90=_pct(e2e, 0.9), e2e_p99=_pct(e2e, 0.99), tbt_p50=tbt.quantile(0.5), tbt_p99=tbt.quantile(0.99),
+        tbt_p999=tbt.quantile(0.999), tbt_max=tbt.quantile(1.0),
         prefix_hit_rate=sum(r.num_cached_tokens for r in done) / prompt if prompt else 0.0,
         **{k: v for k, v in counters.items() if k in known},
         extra={k: v for k, v in counters.items() if k not in known},

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     from shunter.loadtest.sim.experiments.common import Result, Scale
 
-NAMES = ("static", "chunked", "slai", "routing", "hot-prefix", "rebalance", "specialization", "makespan", "scale")
+NAMES = ("static", "chunked", "slai", "routing", "hot-prefix", "rebalance", "specialization", "makespan", "scale",
+         "slo-preemptions", "crosscheck")
 SCALE_NAMES = ("full", "toy")
 
 
 def registry() -> dict[str, Callable[[Scale], Result]]:
-    from shunter.loadtest.sim.experiments import batching, makespan, rebalancing, routing, scale
+    from shunter.loadtest.sim.experiments import batching, crosscheck, makespan, policies, rebalancing, routing, scale
 
     experiments = {
         "static": batching.static,
@@ -27,6 +28,8 @@ def registry() -> dict[str, Callable[[Scale], Result]]:
         "specialization": rebalancing.specialization,
         "makespan": makespan.makespan,
         "scale": scale.scale,
+        "slo-preemptions": policies.slo_preemptions,
+        "crosscheck": crosscheck.crosscheck,  # runs real SmolLM2 replicas: minutes, and Ray
     }
     assert tuple(experiments) == NAMES
     return experiments
