@@ -20,6 +20,11 @@ class ChunkShape:
     samples: bool  # whether the step ends with a logit row for it
 
 
+def attended_keys(c: ChunkShape) -> int:
+    """(query, key) pairs of a chunk: the query at position p attends p + 1 keys."""
+    return c.num_new * c.start + c.num_new * (c.num_new + 1) // 2
+
+
 @dataclass(frozen=True)
 class ModelCost:
     layer_params: int  # weights of all decoder layers' matmuls
@@ -43,14 +48,20 @@ class ModelCost:
         )
 
     def step_flops(self, chunks: list[ChunkShape]) -> int:
-        tokens = sum(c.num_new for c in chunks)
-        rows = sum(c.samples for c in chunks)
-        # Query at position p attends p + 1 keys: sum over the chunk's positions.
-        keys = sum(c.num_new * c.start + c.num_new * (c.num_new + 1) // 2 for c in chunks)
+        return self.flops(
+            sum(c.num_new for c in chunks), sum(c.samples for c in chunks), sum(attended_keys(c) for c in chunks)
+        )
+
+    def flops(self, tokens: int, rows: int, keys: int) -> int:
+        """A step of `tokens` computed tokens, `rows` logit rows, `keys` (query, key) pairs attended."""
         return 2 * self.layer_params * tokens + 2 * self.head_params * rows + self.attn_flops_per_key * keys
 
     def step_bytes(self, chunks: list[ChunkShape]) -> int:
-        return self.weight_bytes + self.kv_bytes_per_token * sum(c.start + c.num_new for c in chunks)
+        return self.bytes(sum(c.start + c.num_new for c in chunks))
+
+    def bytes(self, kv_tokens: int) -> int:
+        """All weights once, plus the KV of `kv_tokens` cached tokens the step's queries read."""
+        return self.weight_bytes + self.kv_bytes_per_token * kv_tokens
 
     def step_seconds(self, chunks: list[ChunkShape], peak_flops: float, bandwidth: float) -> float:
         return max(self.step_flops(chunks) / peak_flops, self.step_bytes(chunks) / bandwidth)

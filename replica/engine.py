@@ -156,7 +156,6 @@ class Engine:
             remaining_blocks(r.num_prompt_tokens, r.params, self.block_size, len(self.kv.blocks_of(r.request_id)))
             for r in s.running
         )
-        waiting = sum(cdiv(r.num_tokens, self.block_size) for r in s.waiting + s.swapped)
         queries = self.kv.prefix_queries
         return EngineStats(
             num_running=len(s.running),
@@ -170,7 +169,7 @@ class Engine:
             num_swaps=s.stats.num_swaps_out,
             num_recomputed_tokens=s.stats.num_recomputed_tokens,
             blocks_expected_growth=growth,
-            blocks_waiting=waiting,
+            blocks_waiting=s.queued_blocks,
             num_steps=s.num_steps,
             mean_step_time=self._step_time_ema,
         )

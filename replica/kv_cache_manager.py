@@ -82,6 +82,10 @@ class KVCacheManager:
 
     def allocate(self, request: Request, num_new_tokens: int, hit: PrefixHit | None = None) -> bool:
         """Give the request blocks for `num_new_tokens` more tokens; False (and no change) if they don't fit."""
+        if hit is None:  # the common case, a decode inside its last block: nothing to take
+            table = self.block_tables.get(request.request_id)
+            if table is not None and len(table) * self.block_size >= request.num_computed_tokens + num_new_tokens:
+                return True
         if not self.can_allocate(request, num_new_tokens, hit):
             return False
         table = self.block_tables.setdefault(request.request_id, [])
@@ -97,9 +101,11 @@ class KVCacheManager:
         """Hash and publish every block that is now full of computed tokens."""
         if not self.enable_prefix_caching:
             return
-        hashes = self.block_hashes.setdefault(request.request_id, [])
-        table = self.block_tables[request.request_id]
         num_full = request.num_computed_tokens // self.block_size
+        hashes = self.block_hashes.setdefault(request.request_id, [])
+        if len(hashes) == num_full:  # most steps fill no block
+            return
+        table = self.block_tables[request.request_id]
         parent = hashes[-1] if hashes else ROOT_HASH
         for i in range(len(hashes), num_full):
             tokens = tuple(request.token_slice(i * self.block_size, (i + 1) * self.block_size))

@@ -121,6 +121,10 @@ class Scheduler:
         self.running: list[Request] = []
         self.swapped: list[Request] = []
         self.requests: dict[str, Request] = {}
+        self.deadlined: dict[str, Request] = {}  # the requests with a deadline_ms
+        # Blocks the queued (waiting and swapped) requests' tokens take, kept as they come and go:
+        # a queued request's tokens do not change, and the load report reads this every step.
+        self.queued_blocks = 0
         self.stats = SchedulerStats()
         self.num_steps = 0
 
@@ -129,8 +133,8 @@ class Scheduler:
         if request.request_id in self.requests:
             raise ValueError(f"request_id {request.request_id!r} is already in use")
         request.status = RequestStatus.WAITING
-        self.requests[request.request_id] = request
-        self.waiting.append(request)
+        self._track(request)
+        self._enqueue(request, self.waiting)
 
     def finish(self, request: Request, reason: str) -> None:
         """End a request for good and give back everything it holds."""
@@ -141,14 +145,14 @@ class Scheduler:
 
     def admit_migrated(self, request: Request, num_computed_tokens: int) -> list[int] | None:
         """Seat a request arriving with its KV; the blocks to fill, or None if it must recompute."""
-        self.requests[request.request_id] = request
+        self._track(request)
         if len(self.running) < self.config.max_num_seqs and self.kv.allocate(request, num_computed_tokens):
             request.num_computed_tokens = num_computed_tokens
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             return self.kv.blocks_of(request.request_id)
         request.status = RequestStatus.WAITING
-        self.waiting.append(request)
+        self._enqueue(request, self.waiting)
         return None
 
     def remove(self, request: Request) -> None:
@@ -156,12 +160,27 @@ class Scheduler:
         if request.status is RequestStatus.RUNNING:
             self.running.remove(request)
         elif request.status is RequestStatus.WAITING:
-            self.waiting.remove(request)
+            self._dequeue(request, self.waiting)
         elif request.status is RequestStatus.SWAPPED:
-            self.swapped.remove(request)
+            self._dequeue(request, self.swapped)
             self.kv.free_swapped(request)
         self.kv.free(request)
         del self.requests[request.request_id]
+        self.deadlined.pop(request.request_id, None)
+        self.policy.on_removed(request)
+
+    def _track(self, request: Request) -> None:
+        self.requests[request.request_id] = request
+        if request.params.deadline_ms is not None:
+            self.deadlined[request.request_id] = request
+
+    def _enqueue(self, request: Request, queue: list[Request]) -> None:
+        queue.append(request)
+        self.queued_blocks += cdiv(request.num_tokens, self.kv.block_size)
+
+    def _dequeue(self, request: Request, queue: list[Request]) -> None:
+        queue.remove(request)
+        self.queued_blocks -= cdiv(request.num_tokens, self.kv.block_size)
 
     def has_unfinished(self) -> bool:
         return bool(self.requests)
@@ -177,7 +196,11 @@ class Scheduler:
         self._expire_deadlines(out)
         step = _Step(budget=self.config.max_num_batched_tokens, chunk=self.config.max_num_batched_tokens)
         self._preempt_for_rank(step, out)
-        plan = self.policy.plan(list(self.running), list(self.swapped), list(self.waiting))
+        # With every seat taken no queued request can start this step (a preemption in it closes
+        # admission), so the policy is not asked to order a queue that may be deep.
+        seats_left = len(self.running) < self.config.max_num_seqs
+        plan = self.policy.plan(list(self.running), list(self.swapped) if seats_left else [],
+                                list(self.waiting) if seats_left else [])
         step.budget = min(self.policy.token_budget() or step.budget, step.budget)
         step.chunk = min(self.policy.prefill_chunk() or step.budget, step.budget)
         for req in plan:
@@ -237,7 +260,7 @@ class Scheduler:
             return
         out.blocks_to_swap_in.extend(self.kv.swap_in(req))
         self.stats.num_swaps_in += 1
-        self.swapped.remove(req)
+        self._dequeue(req, self.swapped)
         self._seat(req, step)
         if not self.kv.allocate(req, num_new):  # cannot fail: checked against num_free_blocks above
             raise RuntimeError(f"swap-in of {req.request_id}: blocks checked free were not")
@@ -255,7 +278,7 @@ class Scheduler:
         if req.num_cached_tokens < 0:
             req.num_cached_tokens = hit.num_tokens
             self.kv.record_prefix_lookup(req.num_prompt_tokens, hit.num_tokens)
-        self.waiting.remove(req)
+        self._dequeue(req, self.waiting)
         self._seat(req, step)
         self._schedule(req, num_new, step, out)
 
@@ -290,7 +313,7 @@ class Scheduler:
         """Let the best queued request displace lower-ranked running ones when the seats or the
         blocks are full, as far as the policy's `should_preempt` allows (none under FCFS)."""
         queued = self.swapped + self.waiting
-        if not queued or not self.running:
+        if not self.policy.preemptive or not queued or not self.running:
             return
         head = min(queued, key=self.policy.queue_key)
         need_seat = len(self.running) >= self.config.max_num_seqs
@@ -326,14 +349,14 @@ class Scheduler:
         if how == "swap":
             out.blocks_to_swap_out.extend(self.kv.swap_out(victim))
             victim.status = RequestStatus.SWAPPED
-            self.swapped.append(victim)
+            self._enqueue(victim, self.swapped)
             self.stats.num_swaps_out += 1
         else:
             self.kv.free(victim)
             self.stats.num_recomputed_tokens += victim.num_computed_tokens
             victim.num_computed_tokens = 0
             victim.status = RequestStatus.WAITING
-            self.waiting.append(victim)
+            self._enqueue(victim, self.waiting)
         log.debug("preempted %s (%s)", victim.request_id, victim.status.value)
 
     # ---- deadlines -------------------------------------------------------------------------
@@ -341,7 +364,7 @@ class Scheduler:
         """End requests whose deadline has passed or is closer than the steps they still need."""
         now = self.clock.now()
         step_s = self.step_model.mean_step_time
-        for req in [r for r in self.requests.values() if r.params.deadline_ms is not None]:
+        for req in list(self.deadlined.values()):
             deadline = req.arrival_time + req.params.deadline_ms / 1000.0
             if now + self._min_steps_left(req) * step_s > deadline:
                 self.finish(req, "deadline")
@@ -379,6 +402,8 @@ class Scheduler:
         assert len(self.running) <= self.config.max_num_seqs
         assert {r.request_id for r in self.waiting + self.running + self.swapped} == live
         assert len(self.waiting) + len(self.running) + len(self.swapped) == len(live)
+        assert self.queued_blocks == sum(cdiv(r.num_tokens, self.kv.block_size) for r in self.waiting + self.swapped)
+        assert set(self.deadlined) == {rid for rid, r in self.requests.items() if r.params.deadline_ms is not None}
         for req in self.running:
             assert req.status is RequestStatus.RUNNING
             assert len(self.kv.blocks_of(req.request_id)) * self.kv.block_size >= req.num_computed_tokens

@@ -50,6 +50,18 @@ class RoutingPolicy:
         raise NotImplementedError
 
 
+class Random(RoutingPolicy):
+    """Baseline: a uniformly random healthy replica (seeded); what cache-aware routers are measured against."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = random.Random(seed)
+
+    def select(self, replicas: Sequence[LoadReport], request: RoutingRequest) -> str:
+        return self._rng.choice(_healthy(replicas)).replica_id
+
+
 class RoundRobin(RoutingPolicy):
     """Baseline: ignores load; fair only when every request costs the same."""
 
@@ -180,6 +192,7 @@ class SizeSpecialized(RoutingPolicy):
 
 
 REGISTRY: dict[str, Callable[..., RoutingPolicy]] = {
+    Random.name: Random,
     RoundRobin.name: RoundRobin,
     LeastLoad.name: LeastLoad,
     PowerOfTwo.name: PowerOfTwo,

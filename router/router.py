@@ -15,12 +15,10 @@ from typing import Any, AsyncIterator, Coroutine, Sequence
 
 from shunter.clock import Clock, MonotonicClock
 from shunter.errors import Overloaded, ReplicaUnavailable
-from shunter.mathutil import cdiv
-from shunter.replica.block_hash import block_hashes
-from shunter.replica.load_estimate import expected_blocks
 from shunter.replica.replica_core import PollResult, ReplicaInfo, TokenDelta
 from shunter.router.load import LoadReport, RequestLoad, RoutingRequest
-from shunter.router.policies import DEFAULT, SizeSpecialized, make_routing_policy
+from shunter.router.placement import apply_stats, request_load, reserve, routing_policy, routing_request
+from shunter.router.policies import DEFAULT
 from shunter.router.prefix_index import PrefixIndex
 from shunter.router.rebalancer import Rebalancer
 from shunter.router.replica_client import ReplicaClient, ReplicaDead
@@ -28,8 +26,6 @@ from shunter.router.state_store import Delta, JournalEntry, MemoryStateStore
 from shunter.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
-STAT_FIELDS = ("kv_blocks_total", "kv_blocks_in_use", "kv_blocks_cached", "blocks_expected_growth", "blocks_waiting",
-               "num_running", "num_waiting", "num_swapped", "prefix_hit_rate")
 
 
 @dataclass
@@ -71,10 +67,8 @@ class Router:
         self.config = config or RouterConfig()
         self.clock = clock or MonotonicClock()
         self.index = PrefixIndex()
-        self.policy = make_routing_policy(self.config.routing, self.index, **self.config.routing_settings)
         threshold = self.config.size_threshold_blocks
-        if threshold is not None:
-            self.policy = SizeSpecialized(self.policy, threshold)
+        self.policy = routing_policy(self.config.routing, self.index, threshold, self.config.routing_settings)
         self.rebalancer = Rebalancer(self.clock, size_threshold_blocks=threshold, **self.config.rebalancer_settings)
         self.slots = {c.replica_id: ReplicaSlot(c, LoadReport(c.replica_id)) for c in clients}
         self.journal = MemoryStateStore()
@@ -162,9 +156,7 @@ class Router:
             pass
 
     def _routing_request(self, request_id: str, prompt: list[int], params: SamplingParams) -> RoutingRequest:
-        bs = self.info.limits.block_size
-        hashes = block_hashes(prompt, bs) if self.policy.needs_prefix else []
-        return RoutingRequest(request_id, hashes, cdiv(len(prompt), bs), expected_blocks(len(prompt), params, bs))
+        return routing_request(request_id, prompt, params, self.info.limits.block_size, self.policy.needs_prefix)
 
     async def _place(self, entry: JournalEntry, prompt: list[int], params: SamplingParams) -> None:
         """Pick a replica and submit; a replica found dead is skipped. ValueError passes through."""
@@ -173,7 +165,7 @@ class Router:
             replica_id = self.policy.select([s.report for s in self.slots.values()], routing)
             slot = self.slots[replica_id]
             entry.replica_id, entry.epoch = replica_id, entry.epoch + 1
-            slot.report.pending_blocks += routing.expected_blocks
+            reserve(slot.report, routing)
             try:
                 await slot.client.submit(entry.request_id, prompt, params)
             except ReplicaDead:
@@ -210,10 +202,7 @@ class Router:
     def _apply(self, slot: ReplicaSlot, result: PollResult) -> None:
         if not slot.healthy:
             return
-        report = slot.report
-        for name in STAT_FIELDS:
-            setattr(report, name, getattr(result.stats, name))
-        report.pending_blocks = 0
+        apply_stats(slot.report, result.stats)
         if result.events:
             self.index.apply(slot.client.replica_id, result.events)
         for delta in result.deltas:
@@ -344,6 +333,5 @@ class Router:
         per: dict[str, list[RequestLoad]] = {rid: [] for rid in self.slots}
         for e in self.journal.entries.values():
             if e.replica_id in per and not e.finished and not e.migrating:
-                blocks = expected_blocks(len(e.prompt_token_ids), e.params, bs, len(e.prompt_token_ids) + len(e.sent))
-                per[e.replica_id].append(RequestLoad(e.request_id, blocks, decoding=len(e.sent) > 0))
+                per[e.replica_id].append(request_load(e.request_id, len(e.prompt_token_ids), e.params, len(e.sent), bs))
         return [dataclasses.replace(s.report, requests=per[rid]) for rid, s in self.slots.items()]

@@ -43,6 +43,9 @@ class SchedulingPolicy:
     # Victims: True when the rank alone says who goes first (cost only breaks ties); False
     # when, within a class, the cheapest to resume goes first.
     rank_picks_victims: ClassVar[bool] = False
+    # Whether `should_preempt` can ever say yes; when not, the scheduler does not look for the
+    # queue's best request every step (an O(queue) scan wasted under a deep queue).
+    preemptive: bool = False
 
     def __init__(self, clock: Clock, estimator_quantile: float = 0.5, **settings: Any) -> None:
         if settings:
@@ -112,6 +115,9 @@ class SchedulingPolicy:
 
     def on_finished(self, request: Request) -> None:
         self.estimator.observe(request)
+
+    def on_removed(self, request: Request) -> None:
+        """The request left this replica (finished, aborted or migrated away)."""
 
     def on_step(self, context: PolicyContext) -> None:
         self.context = context

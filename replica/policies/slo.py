@@ -5,9 +5,13 @@ Each running decode has a latest start time LST = (time its last token was made)
 target) - Θ x (measured mean step time): started later, its next token would miss the target.
 Θ is `theta`, or `theta_high` once KV usage passes `memory_threshold` (when preemptions loom,
 start earlier). Each step offers budget in this order: decodes whose LST has passed (earliest
-first), prefills already under way, swapped requests, new prefills shortest prompt first (one
-waiting `starvation_s` goes first; interactive before batch, as their TTFT targets differ), then
-the remaining decodes. The step's token budget is the
+first), prefills already under way, queued requests, then the remaining decodes. Queued
+requests go class by class (a request waiting `starvation_s` counts as interactive): within a
+class, swapped ones first (earliest LST), then new prefills shortest prompt first. The class
+comes first because it is what `should_preempt` enforces: a batch request resumed ahead of a
+queued interactive one would be preempted for it at the next step, and swapped back in after,
+again and again (a swap each way per step, and the interactive request still waiting). The
+step's token budget is the
 most tokens the measured step-time model says fit in the tightest decode slack, clipped to
 [min_budget, max_budget]; the prefill chunk is what that budget leaves after one token per
 running decode: more prefill when slack is large, less when a decode is about to miss its TBT.
@@ -21,12 +25,13 @@ from typing import Any
 from shunter.clock import Clock
 from shunter.replica.policies.base import SchedulingPolicy
 from shunter.replica.policies.slos import parse_slo_defaults, slo_of
-from shunter.replica.request import Request
+from shunter.replica.request import Request, RequestStatus
 from shunter.sampling_params import CLASS_LEVEL
 
 
 class SLAIPolicy(SchedulingPolicy):
     name = "slo"
+    preemptive = True  # a higher class always may take a lower one's place
 
     def __init__(
         self,
@@ -95,15 +100,24 @@ class SLAIPolicy(SchedulingPolicy):
         urgent = [r for r in decodes if self.latest_start(r) <= now]
         relaxed = decodes[len(urgent):]
         ongoing = sorted((r for r in running if r.is_prefilling), key=lambda r: (r.arrival_time, r.request_id))
-        resumed = sorted(swapped, key=self.latest_start)
-        new = sorted(waiting, key=self.rank)
+        queued = sorted(swapped + waiting, key=self._queue_key)
         self._size_step(now, decodes)
-        return urgent + ongoing + resumed + new + relaxed
+        return urgent + ongoing + queued + relaxed
+
+    def _queue_key(self, request: Request) -> tuple:
+        """Class first (see the module docstring), then swapped before new, each in its own order."""
+        if request.status is RequestStatus.SWAPPED:
+            return (self.level(request), 0, self.latest_start(request))
+        return (self.level(request), 1, self.rank(request))
 
     # ---- step size ---------------------------------------------------------------------------
     def _size_step(self, now: float, decodes: list[Request]) -> None:
         ceiling = self.max_budget or self.context.max_num_batched_tokens
-        floor = min(self.min_budget, ceiling)
+        # Never fewer tokens than running decodes: when a decode is already late (no slack), a
+        # smaller step cannot save it, and a step that skips decodes makes them late too, which
+        # keeps the budget at the floor: a spiral in which decodes take turns and nobody's
+        # prefill runs until the starvation bound.
+        floor = min(max(self.min_budget, len(decodes)), ceiling)
         if not decodes:
             self._budget, self._chunk = ceiling, ceiling
             return

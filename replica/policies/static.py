@@ -11,7 +11,7 @@ from typing import Any
 
 from shunter.clock import Clock
 from shunter.replica.policies.base import SchedulingPolicy
-from shunter.replica.request import Request, RequestStatus
+from shunter.replica.request import Request
 
 
 class StaticBatchPolicy(SchedulingPolicy):
@@ -29,14 +29,17 @@ class StaticBatchPolicy(SchedulingPolicy):
         return (request.arrival_time, request.request_id)
 
     def plan(self, running: list[Request], swapped: list[Request], waiting: list[Request]) -> list[Request]:
-        live = {r.request_id for r in running + swapped + waiting}
-        self.batch &= live
         if not self.batch and not running:
             size = min(self.batch_size or self.context.max_num_seqs, self.context.max_num_seqs)
             self.batch = {r.request_id for r in self.order(waiting)[:size]}
-        # Whatever runs keeps running (a migrated-in request may hold a seat outside the batch).
-        plan = super().plan(running, swapped, waiting)
-        return [r for r in plan if r.status is RequestStatus.RUNNING or r.request_id in self.batch]
+        # Whatever runs keeps running (a migrated-in request may hold a seat outside the batch);
+        # of the queue, only members are offered (and ordered: the queue may be deep).
+        batch = self.batch
+        return super().plan(running, [r for r in swapped if r.request_id in batch],
+                            [r for r in waiting if r.request_id in batch])
+
+    def on_removed(self, request: Request) -> None:  # finished, aborted or migrated away
+        self.batch.discard(request.request_id)
 
     def on_finished(self, request: Request) -> None:
         self.batch.discard(request.request_id)

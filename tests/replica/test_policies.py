@@ -242,6 +242,25 @@ def test_slai_budget_grows_with_slack_and_theta_grows_with_kv_usage():
     assert p.token_budget() == 256  # no decode waiting on us: full budget
 
 
+def test_slai_budget_never_leaves_a_running_decode_out():
+    """A late decode leaves no slack; the floor must still give every running decode its token,
+    else the ones left out are late at the next step, and so on (the budget stuck at min_budget
+    with 40 decodes taking turns, 16 a step, was seen in the simulator)."""
+    clock = FakeClock(10.0)
+    p = make_policy("slo", clock, min_budget=16)
+    model = StepTimeModel()
+    model.observe(100, 0.02)
+    model.observe(10, 0.011)
+    p.on_step(PolicyContext(mean_step_time=0.015, step_model=model, max_num_batched_tokens=512))
+    decodes = [req(f"d{i}", out=3, status=RequestStatus.RUNNING, tbt_ms=100) for i in range(40)]
+    for d in decodes:
+        d.last_token_time = 9.5  # all late
+    p.plan(decodes, [], [req("w", prompt=300)])
+    assert p.token_budget() == 40
+    p.plan(decodes[:3], [], [])
+    assert p.token_budget() == 16  # fewer decodes than min_budget: min_budget
+
+
 def test_static_admits_a_new_batch_only_when_the_last_one_is_done():
     p = make_policy("static", FakeClock(), batch_size=2)
     p.on_step(PolicyContext(max_num_seqs=8))

@@ -149,6 +149,24 @@ def test_a_higher_class_takes_a_seat_from_a_lower_one(policy):
     assert done["b0"] == reference_output(prompt(200, 0), 40, ignore_eos=True)
 
 
+@pytest.mark.parametrize("policy", ["priority", "slo"])  # the policies with priority classes
+def test_a_preempted_lower_class_is_not_resumed_while_a_higher_class_waits(policy):
+    """One seat. A batch job is swapped out for an interactive one; while that runs, a second
+    interactive request queues. When the seat frees, the second must take it: resuming the batch
+    job first only gets it preempted for the waiting interactive request at the next step, one
+    more swap each way (SLAI did this, and under a stream of interactive arrivals, every step)."""
+    engine = make_engine(policy=policy, max_num_seqs=1, num_blocks=64, num_cpu_blocks=64, preemption_mode="swap")
+    engine.add_request("batch", prompt(40, 1), SamplingParams(max_tokens=30, temperature=0, ignore_eos=True, priority="batch"))
+    engine.step()
+    engine.add_request("vip1", prompt(4, 2), SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+    engine.step()  # the batch job is swapped out, vip1 runs
+    engine.add_request("vip2", prompt(4, 3), SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+    done = run_to_completion(engine)
+    stats = engine.scheduler.stats
+    assert (stats.num_preemptions, stats.num_swaps_out, stats.num_swaps_in) == (1, 1, 1)
+    assert done["batch"] == reference_output(prompt(40, 1), 30, ignore_eos=True)
+
+
 def test_fcfs_never_preempts_for_a_newcomer():
     engine = make_engine(policy="fcfs", max_num_seqs=1)
     engine.add_request("first", prompt(10, 1), SamplingParams(max_tokens=5, temperature=0, priority="batch"))

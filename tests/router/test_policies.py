@@ -37,7 +37,7 @@ def cluster(n: int) -> dict[str, FakeReplica]:
 
 
 def test_registry_names_and_unknown_name():
-    assert set(REGISTRY) == {"round_robin", "least_load", "power_of_two", "prefix_aware"}
+    assert set(REGISTRY) == {"random", "round_robin", "least_load", "power_of_two", "prefix_aware"}
     with pytest.raises(ValueError, match="routing"):
         make_routing_policy("nope")
 
@@ -50,6 +50,15 @@ def test_every_policy_skips_unhealthy_and_raises_when_none(name):
         assert policy.select(reports, RoutingRequest(f"q{i}")) == "b"
     with pytest.raises(ReplicaUnavailable):
         policy.select([LoadReport("a", healthy=False)], RoutingRequest("q"))
+
+
+def test_random_is_seeded_and_roughly_uniform():
+    reports = [LoadReport(x, kv_blocks_in_use=100 * i) for i, x in enumerate("abcd")]
+    policy = make_routing_policy("random", seed=3)
+    picks = [policy.select(reports, RoutingRequest(str(i))) for i in range(800)]
+    again = make_routing_policy("random", seed=3)
+    assert picks == [again.select(reports, RoutingRequest(str(i))) for i in range(800)]
+    assert all(abs(picks.count(x) / 800 - 0.25) < 0.06 for x in "abcd")  # load is ignored
 
 
 def test_round_robin_cycles():

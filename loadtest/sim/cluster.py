@@ -1,0 +1,223 @@
+"""The router's side of a simulated cluster: placement, load reports, prefix index, rebalancing.
+
+It decides with the router's own pieces (`router/placement.py`'s functions, the routing policy,
+the `PrefixIndex` fed by the engines' cache events, the `Rebalancer`) in the order `Router`
+runs them: a replica's report and cache events are applied when its step ends (its poll), a new
+request is placed on the reports as they stand plus what was sent since, and every
+`interval_s` the rebalancer's moves are carried out as export -> KV transfer -> import, the
+transfer taking the time the cost model gives for the KV bytes over the link.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from shunter.loadtest.sim.costs import CostModel
+from shunter.loadtest.sim.events import EventLoop
+from shunter.loadtest.sim.metrics import GapHistogram, RequestRecord, Summary, summarize
+from shunter.loadtest.sim.replica import SimReplica
+from shunter.loadtest.sim.runner import TokenFn
+from shunter.loadtest.workloads import WorkloadRequest
+from shunter.replica.engine_config import EngineConfig
+from shunter.replica.engine_protocol import EngineOutput, MigrationState
+from shunter.router import cache_size_options
+from shunter.router.load import LoadReport, RequestLoad
+from shunter.router.placement import apply_stats, request_load, reserve, routing_policy, routing_request
+from shunter.router.policies import DEFAULT
+from shunter.router.prefix_index import PrefixIndex
+from shunter.router.rebalancer import Rebalancer
+from shunter.sampling_params import SamplingParams
+
+
+REBALANCE_POLL_S = 0.05  # how often Router._rebalance_loop asks the rebalancer whether a round is due
+
+
+@dataclass
+class ClusterConfig:
+    num_replicas: int = 2
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(model="sim"))
+    routing: str = DEFAULT
+    routing_settings: dict[str, Any] = field(default_factory=dict)
+    rebalance: bool = False
+    rebalancer_settings: dict[str, Any] = field(default_factory=dict)
+    large_cache_replicas: int = 0  # cache-size specialization: the first K replicas get the large pool
+    large_cache_factor: float = cache_size_options.DEFAULT_FACTOR
+    size_threshold_blocks: int | None = None  # None with large replicas: the serve command's default
+    link_bytes_per_s: float = 12.5e9  # KV transfer between replicas: 100 Gb/s
+    link_latency_s: float = 1e-3
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """The journal entry of one request: where it runs and what it has streamed."""
+
+    record: RequestRecord
+    prompt_len: int
+    params: SamplingParams
+    replica_id: str
+    sent: int = 0
+    migrating: bool = False
+
+
+class SimCluster:
+    def __init__(self, config: ClusterConfig, cost: CostModel, loop: EventLoop | None = None,
+                 token_fn: TokenFn | None = None, client_max_tokens: int | None = None) -> None:
+        """`client_max_tokens`: clients ask for this many tokens instead of their workload length
+        (pair it with a `token_fn` that ends each request by EOS at its length)."""
+        self.config, self.cost, self.client_max_tokens = config, cost, client_max_tokens
+        self.loop = loop or EventLoop()
+        self.block_size = config.engine.block_size
+        base = config.engine
+        if base.num_kv_blocks is None:
+            base = dataclasses.replace(base, num_kv_blocks=cost.kv_blocks(self.block_size))
+        args = argparse.Namespace(replicas=config.num_replicas, large_cache_replicas=config.large_cache_replicas,
+                                  large_cache_factor=config.large_cache_factor,
+                                  size_threshold_blocks=config.size_threshold_blocks, num_kv_blocks=base.num_kv_blocks)
+        cache_size_options.validate(args)
+        threshold = cache_size_options.threshold(args)
+        self.index = PrefixIndex()
+        self.policy = routing_policy(config.routing, self.index, threshold, config.routing_settings)
+        self.rebalancer = Rebalancer(self.loop, size_threshold_blocks=threshold, **config.rebalancer_settings)
+        self.replicas: dict[str, SimReplica] = {}
+        self.reports: dict[str, LoadReport] = {}
+        for i, (engine_config, large) in enumerate(cache_size_options.replica_roles(args, base)):
+            rid = f"r{i}"
+            replica = SimReplica(rid, self.loop, engine_config, cost, self._on_step, large, token_fn)
+            self.replicas[rid] = replica
+            self.reports[rid] = LoadReport(rid, large_cache=large)
+            apply_stats(self.reports[rid], replica.engine.stats())  # the router's first poll
+        self._report_list = list(self.reports.values())  # reports change in place, as the router's slots
+        self.records: dict[str, RequestRecord] = {}
+        self.live: dict[str, _InFlight] = {}
+        self.tbt = GapHistogram()
+        self.arrivals_left = 0
+        self.counters = {"migrated": 0, "migrated_recomputed": 0, "routing_decisions": 0}
+        self.decide_s = 0.0  # wall time in the policy's select
+        self.hash_s = 0.0  # wall time describing requests (prompt hashing)
+        self.on_finish: Callable[[RequestRecord], None] | None = None
+
+    # ---- running a workload --------------------------------------------------------------------
+    def run(self, workload: list[WorkloadRequest], until: float = math.inf) -> Summary:
+        """Every request arrives at its time; the loop runs until all are done (or `until`)."""
+        for wr in workload:
+            self.loop.at(wr.arrival_s, self._arrive, wr)
+        self.arrivals_left += len(workload)
+        if self.config.rebalance:
+            self.every(REBALANCE_POLL_S, self._rebalance)
+        self.loop.run(until)
+        return self.summary()
+
+    def every(self, interval_s: float, fn: Callable[[], None]) -> None:
+        """Call `fn` every `interval_s` while requests are still to come or in flight."""
+        def tick() -> None:
+            fn()
+            if self.arrivals_left or self.live:
+                self.loop.after(interval_s, tick)
+
+        self.loop.after(interval_s, tick)
+
+    def _arrive(self, wr: WorkloadRequest) -> None:
+        self.arrivals_left -= 1
+        prompt = wr.prompt_tokens(self.cost.vocab_size)
+        params = wr.sampling_params() if self.client_max_tokens is None else \
+            wr.sampling_params(max_tokens=self.client_max_tokens, ignore_eos=False)
+        started = time.perf_counter()
+        routing = routing_request(wr.request_id, prompt, params, self.block_size, self.policy.needs_prefix)
+        described = time.perf_counter()
+        replica_id = self.policy.select(self._report_list, routing)
+        self.decide_s += time.perf_counter() - described
+        self.hash_s += described - started
+        self.counters["routing_decisions"] += 1
+        reserve(self.reports[replica_id], routing)
+        record = RequestRecord(wr.request_id, wr.tenant, wr.priority, self.loop.t, wr.prompt_len, wr.output_len,
+                               replica_id)
+        self.records[wr.request_id] = record
+        self.live[wr.request_id] = _InFlight(record, wr.prompt_len, params, replica_id)
+        self.replicas[replica_id].submit(wr.request_id, prompt, params)
+
+    # ---- what a replica's step made (the router's poll) ------------------------------------------
+    def _on_step(self, replica: SimReplica, outputs: list[EngineOutput]) -> None:
+        rid = replica.replica_id
+        apply_stats(self.reports[rid], replica.engine.stats())
+        events = replica.engine.drain_cache_events()
+        if events:
+            self.index.apply(rid, events)
+        now = self.loop.t
+        for out in outputs:
+            entry = self.live.get(out.request_id)
+            if entry is None or entry.replica_id != rid:
+                continue
+            record = entry.record
+            if out.new_token_ids:
+                if record.first_token is None:
+                    record.first_token = now
+                    record.num_cached_tokens = out.num_cached_tokens
+                else:
+                    self.tbt.add(now - record.last_token)
+                record.last_token = now
+                record.num_tokens += len(out.new_token_ids)
+                entry.sent += len(out.new_token_ids)
+            if out.finished:
+                record.finish = now
+                del self.live[out.request_id]
+                if self.on_finish is not None:
+                    self.on_finish(record)
+
+    # ---- rebalancing ---------------------------------------------------------------------------------
+    def _rebalance(self) -> None:
+        if self.rebalancer.due():
+            for move in self.rebalancer.plan(self.reports_with_requests()):
+                self.migrate(move.request_id, move.target)
+
+    def reports_with_requests(self) -> list[LoadReport]:
+        """`Router.reports(with_requests=True)`: each report with its in-flight requests' loads."""
+        per: dict[str, list[RequestLoad]] = {rid: [] for rid in self.reports}
+        for rid, e in self.live.items():
+            if not e.migrating:
+                per[e.replica_id].append(request_load(rid, e.prompt_len, e.params, e.sent, self.block_size))
+        return [dataclasses.replace(report, requests=per[rid]) for rid, report in self.reports.items()]
+
+    def migrate(self, request_id: str, target: str) -> bool:
+        """`Router.migrate`: export from the owner, move the KV over the link, import on `target`."""
+        entry, dst = self.live.get(request_id), self.replicas.get(target)
+        if entry is None or entry.migrating or dst is None or entry.replica_id == target:
+            return False
+        entry.migrating = True
+
+        def exported(state: MigrationState | None) -> None:
+            if state is None or request_id not in self.live:
+                entry.migrating = False  # it finished meanwhile
+                return
+            entry.replica_id = target
+            moved = state.num_computed_tokens if state.kv is not None else 0
+            delay = self.cost.transfer_seconds(moved, self.config.link_bytes_per_s, self.config.link_latency_s)
+            self.loop.after(delay, dst.import_, state, imported)
+
+        def imported(resumed: int) -> None:
+            entry.migrating = False
+            entry.record.num_migrations += 1
+            self.counters["migrated"] += 1
+            self.counters["migrated_recomputed"] += not resumed
+
+        self.replicas[entry.replica_id].export(request_id, exported)
+        return True
+
+    # ---- results -----------------------------------------------------------------------------------
+    def summary(self) -> Summary:
+        stats = [r.engine.scheduler.stats for r in self.replicas.values()]
+        decisions = max(self.counters["routing_decisions"], 1)
+        busy = [r.runner.busy_s for r in self.replicas.values()]
+        return summarize(
+            list(self.records.values()), self.tbt,
+            preemptions=sum(s.num_preemptions for s in stats), swaps=sum(s.num_swaps_out for s in stats),
+            recomputed_tokens=sum(s.num_recomputed_tokens for s in stats), migrations=self.counters["migrated"],
+            priority_preemptions=sum(s.num_priority_preemptions for s in stats),
+            migrated_recomputed=self.counters["migrated_recomputed"],
+            routing_decisions=self.counters["routing_decisions"],
+            decision_us=self.decide_s / decisions * 1e6, describe_us=self.hash_s / decisions * 1e6,
+            replica_busy_max_s=max(busy), replica_busy_min_s=min(busy), events=self.loop.num_events,
+        )

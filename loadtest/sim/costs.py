@@ -1,0 +1,200 @@
+"""Step-time models: how long one engine step takes, given what the scheduler put in it.
+
+A step is summarized as a `StepShape` (tokens computed, sequences, logit rows, KV tokens read,
+attended (query, key) pairs, KV tokens swapped). Two kinds of model map a shape to seconds:
+
+* `LinearCost`: seconds = a weighted sum of the shape's features, fitted by least squares to
+  step times measured on a real engine (`fit_costs.py`: SmolLM2 on this CPU; any model on a
+  GPU when one is lent). The tokens a step computes enter piecewise (one feature per segment
+  between powers of two), because a matmul's time is not linear in its rows at small sizes:
+  on this CPU 4 rows cost far more than 2 and 16 hardly more than 8;
+* `RooflineCost`: the larger of the step's FLOPs over the peak and its bytes over the memory
+  bandwidth (`loadtest/roofline.py`'s arithmetic), each derated by an efficiency factor, plus a
+  fixed per-step overhead: an analytic model from published peak numbers.
+
+Each model is a JSON file under `costs/` whose `source` says how it was obtained. A `CostModel`
+also knows the model's shape the engine needs (vocabulary, context, KV bytes per token) and how
+many KV blocks fit on the device.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from shunter.loadtest.roofline import ModelCost
+from shunter.replica.models.config import ModelConfig
+from shunter.replica.preemption import PreemptionCosts
+from shunter.replica.scheduler import SchedulerOutput
+
+COSTS_DIR = Path(__file__).resolve().parent / "costs"
+# Segments of the step's token count: `tokens_A_B` counts the step's tokens between A and B.
+TOKEN_KNOTS = (0, 2, 4, 8, 16, 32, 64, 128, 256)
+TOKEN_SEGMENTS = tuple(f"tokens_{a}_{b}" for a, b in zip(TOKEN_KNOTS, TOKEN_KNOTS[1:])) + (f"tokens_{TOKEN_KNOTS[-1]}_up",)
+FEATURES = ("fixed", *TOKEN_SEGMENTS, "num_seqs", "num_rows", "kv_tokens", "attn_keys", "swap_tokens")
+SHAPE_FIELDS = ("num_tokens", "num_seqs", "num_rows", "kv_tokens", "attn_keys", "swap_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class StepShape:
+    num_tokens: int = 0  # tokens computed (prefill chunks and decodes)
+    num_seqs: int = 0  # sequences in the batch
+    num_rows: int = 0  # sequences that sample a token (logit rows)
+    kv_tokens: int = 0  # cached tokens the step's queries read: sum of (start + new)
+    attn_keys: int = 0  # (query, key) pairs attended
+    swap_tokens: int = 0  # KV tokens copied between device and CPU
+
+    @classmethod
+    def of(cls, out: SchedulerOutput, block_size: int) -> StepShape:
+        tokens = rows = kv = keys = 0
+        for s in out.scheduled:
+            n, start = s.num_new_tokens, s.start
+            tokens += n
+            kv += start + n
+            keys += n * start + n * (n + 1) // 2
+            rows += start + n == s.request.num_tokens  # ScheduledRequest.samples, inlined: hot
+        swapped = (len(out.blocks_to_swap_in) + len(out.blocks_to_swap_out)) * block_size
+        return cls(tokens, len(out.scheduled), rows, kv, keys, swapped)
+
+    def features(self) -> list[float]:
+        """The values of `FEATURES`, in order."""
+        n = self.num_tokens
+        segments = [min(max(n - a, 0), b - a) for a, b in zip(TOKEN_KNOTS, TOKEN_KNOTS[1:])]
+        return [1.0, *segments, max(n - TOKEN_KNOTS[-1], 0), self.num_seqs, self.num_rows, self.kv_tokens,
+                self.attn_keys, self.swap_tokens]
+
+
+class StepModel(Protocol):
+    def step_seconds(self, shape: StepShape) -> float: ...
+
+
+@dataclass(frozen=True)
+class LinearCost:
+    """seconds = sum of coefficient x feature (`FEATURES`; "fixed" is per step)."""
+
+    coefficients: dict[str, float]
+    weights: tuple[float, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.coefficients) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"unknown cost features {sorted(unknown)}; known: {FEATURES}")
+        object.__setattr__(self, "weights", tuple(self.coefficients.get(name, 0.0) for name in FEATURES))
+
+    def step_seconds(self, shape: StepShape) -> float:
+        return sum(w * x for w, x in zip(self.weights, shape.features()))
+
+
+@dataclass(frozen=True)
+class RooflineCost:
+    """max(FLOPs / (peak x flops_efficiency), bytes / (bandwidth x bandwidth_efficiency))
+    + overhead_s + swapped bytes / swap bandwidth."""
+
+    model: ModelCost
+    peak_flops: float
+    bandwidth: float
+    flops_efficiency: float
+    bandwidth_efficiency: float
+    overhead_s: float
+    swap_bytes_per_s: float
+
+    def step_seconds(self, shape: StepShape) -> float:
+        compute = self.model.flops(shape.num_tokens, shape.num_rows, shape.attn_keys) / (self.peak_flops * self.flops_efficiency)
+        memory = self.model.bytes(shape.kv_tokens) / (self.bandwidth * self.bandwidth_efficiency)
+        swap = shape.swap_tokens * self.model.kv_bytes_per_token / self.swap_bytes_per_s
+        return self.overhead_s + max(compute, memory) + swap
+
+
+@dataclass(frozen=True)
+class ScaledCost:
+    """Another model's step times times `factor` (a calibration: what a run measured against it)."""
+
+    base: StepModel
+    factor: float
+
+    def step_seconds(self, shape: StepShape) -> float:
+        return self.factor * self.base.step_seconds(shape)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """A step model with the facts about the model and device a simulated replica needs."""
+
+    name: str
+    source: str
+    step: StepModel
+    vocab_size: int
+    max_model_len: int
+    kv_bytes_per_token: int
+    kv_capacity_bytes: float | None = None  # device memory left for KV; None: give num_kv_blocks
+    eos_token_ids: tuple[int, ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def step_seconds(self, shape: StepShape) -> float:
+        return self.step.step_seconds(shape)
+
+    def kv_blocks(self, block_size: int) -> int:
+        """Device KV blocks that fit beside the weights (the engine's pool size)."""
+        if self.kv_capacity_bytes is None:
+            raise ValueError(f"cost model {self.name!r} does not know its device memory: give num_kv_blocks")
+        return int(self.kv_capacity_bytes // (self.kv_bytes_per_token * block_size))
+
+    def transfer_seconds(self, num_tokens: int, link_bytes_per_s: float, latency_s: float) -> float:
+        """Moving the KV of `num_tokens` tokens to another replica."""
+        return latency_s + num_tokens * self.kv_bytes_per_token / link_bytes_per_s
+
+    def preemption_costs(self, block_size: int, probe_tokens: int = 256) -> PreemptionCosts:
+        """What the real runner measures at start-up, priced by the model: a prefill of
+        `probe_tokens` per token, and one block's swap one way."""
+        prefill = StepShape(probe_tokens, 1, 1, probe_tokens, probe_tokens * (probe_tokens + 1) // 2)
+        swap = self.step_seconds(StepShape(swap_tokens=block_size)) - self.step_seconds(StepShape())
+        return PreemptionCosts(self.step_seconds(prefill) / probe_tokens, max(swap, 1e-12), block_size)
+
+
+def _roofline(raw: dict[str, Any]) -> tuple[RooflineCost, ModelConfig, float]:
+    hw, eff, m = raw["hardware"], raw["efficiency"], raw["model"]
+    if "random_shape" in m:  # one of the engine's own `random:` shapes, named rather than copied
+        from shunter.replica.models.random_shapes import random_config
+
+        config = random_config(m["random_shape"])
+    else:
+        config = ModelConfig(**{k: v for k, v in m.items() if k not in ("name", "max_model_len")})
+    dtype_bytes = raw["dtype_bytes"]
+    cost = ModelCost.of(config, dtype_bytes)
+    embedding = 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size * dtype_bytes
+    kv_capacity = hw["memory_bytes"] * raw["memory_utilization"] - cost.weight_bytes - embedding - raw["reserved_bytes"]
+    step = RooflineCost(cost, hw["peak_flops"], hw["bandwidth"], eff["flops"], eff["bandwidth"], eff["overhead_s"],
+                        hw["swap_bytes_per_s"])
+    return step, config, kv_capacity
+
+
+def load_cost_model(name_or_path: str | Path) -> CostModel:
+    """A model by file name under `costs/` (without .json) or by path."""
+    path = Path(name_or_path)
+    if path.suffix != ".json":
+        path = COSTS_DIR / f"{name_or_path}.json"
+    if not path.exists():
+        raise ValueError(f"no cost model {str(name_or_path)!r}; known: {available()}")
+    raw = json.loads(path.read_text())
+    m = raw["model"]
+    if raw["kind"] == "linear":
+        return CostModel(raw["name"], raw["source"], LinearCost(raw["coefficients"]), m["vocab_size"],
+                         m["max_model_len"], m["kv_bytes_per_token"], raw.get("kv_capacity_bytes"),
+                         tuple(m.get("eos_token_ids", ())), raw)
+    if raw["kind"] == "roofline":
+        step, config, kv_capacity = _roofline(raw)
+        return CostModel(raw["name"], raw["source"], step, config.vocab_size, m["max_model_len"],
+                         step.model.kv_bytes_per_token, kv_capacity, tuple(config.eos_token_ids), raw)
+    raise ValueError(f"{path}: kind must be 'linear' or 'roofline', got {raw['kind']!r}")
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in COSTS_DIR.glob("*.json"))
+
+
+def mean_abs_rel_error(model: StepModel, samples: list[tuple[StepShape, float]]) -> float:
+    """How far a model's step times are from measured ones, on average (relative)."""
+    errors = [abs(model.step_seconds(s) - t) / t for s, t in samples if t > 0]
+    return sum(errors) / len(errors) if errors else math.nan

@@ -1,0 +1,35 @@
+"""The experiments of `shunter bench sim --experiment NAME`, by name (each a function of the scale).
+
+Importing this package is light (the CLI lists names for `--help`); `registry()` imports the
+experiments, which bring the engine and torch.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from shunter.loadtest.sim.experiments.common import Result, Scale
+
+NAMES = ("static", "chunked", "slai", "routing", "hot-prefix", "rebalance", "specialization", "makespan", "scale",
+         "slo-preemptions", "crosscheck")
+SCALE_NAMES = ("full", "toy")
+
+
+def registry() -> dict[str, Callable[[Scale], Result]]:
+    from shunter.loadtest.sim.experiments import batching, crosscheck, makespan, policies, rebalancing, routing, scale
+
+    experiments = {
+        "static": batching.static,
+        "chunked": batching.chunked,
+        "slai": batching.slai,
+        "routing": routing.routing,
+        "hot-prefix": routing.hot_prefix,
+        "rebalance": rebalancing.rebalance,
+        "specialization": rebalancing.specialization,
+        "makespan": makespan.makespan,
+        "scale": scale.scale,
+        "slo-preemptions": policies.slo_preemptions,
+        "crosscheck": crosscheck.crosscheck,  # runs real SmolLM2 replicas: minutes, and Ray
+    }
+    assert tuple(experiments) == NAMES
+    return experiments

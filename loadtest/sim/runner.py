@@ -1,0 +1,85 @@
+"""The model runner a simulated engine runs over: tokens from a cheap function, time from a cost model.
+
+It has the interface `Engine` needs of `ModelRunner` (shapes, pools' sizes, generators, block
+reads and writes for migration, the measured preemption prices) and nothing else: every
+scheduling decision is still the real engine's. `execute` prices the step with the cost model
+and moves the replica's clock that far ahead, so the engine stamps the step's tokens, and its
+step-time model learns the step's duration, exactly as on a real device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from shunter.loadtest.sim.costs import CostModel, StepShape
+from shunter.loadtest.sim.events import ReplicaClock
+from shunter.replica.preemption import PreemptionCosts
+from shunter.replica.request import Request
+from shunter.replica.scheduler import SchedulerOutput
+
+MIN_STEP_S = 1e-6  # a step always takes some time, so a replica never loops at one instant
+
+# The token a request makes when its computed tokens reach `end`: any pure function will do.
+TokenFn = Callable[[Request, int], int]
+
+
+def cheap_tokens(vocab_size: int) -> TokenFn:
+    """O(1) per token: a function of the last token and the position, in [11, vocab_size - 11)."""
+    span = vocab_size - 22
+
+    def token(request: Request, end: int) -> int:
+        last = request.output_token_ids[-1] if request.output_token_ids else request.prompt_token_ids[-1]
+        return (last * 7919 + end * 104_729) % span + 11
+
+    return token
+
+
+@dataclass
+class SimModelConfig:
+    vocab_size: int
+    eos_token_ids: list[int] = field(default_factory=list)
+    max_position_embeddings: int = 4096
+
+
+class SimRunner:
+    tokenizer = None
+
+    def __init__(self, cost: CostModel, clock: ReplicaClock, num_blocks: int, num_cpu_blocks: int, block_size: int,
+                 token_fn: TokenFn | None = None) -> None:
+        self.cost, self.clock = cost, clock
+        self.token_fn = token_fn or cheap_tokens(cost.vocab_size)
+        self.config = SimModelConfig(cost.vocab_size, list(cost.eos_token_ids), cost.max_model_len)
+        self.max_model_len = cost.max_model_len
+        self.num_blocks, self.num_cpu_blocks, self.block_size = num_blocks, num_cpu_blocks, block_size
+        self.generators: dict[str, None] = {}
+        self.busy_s = 0.0  # virtual seconds spent in steps
+        self.num_steps = 0
+
+    def add_generator(self, request_id: str, seed: int) -> None:
+        self.generators[request_id] = None
+
+    def drop_generator(self, request_id: str) -> None:
+        self.generators.pop(request_id, None)
+
+    def measure_preemption_costs(self) -> PreemptionCosts:
+        return self.cost.preemption_costs(self.block_size)
+
+    def read_blocks(self, block_ids: list[int]) -> list[int]:
+        """Stands for the blocks' KV in a migration: what moves is priced by the cluster."""
+        return list(block_ids)
+
+    def write_blocks(self, block_ids: list[int], kv: list[int]) -> None:
+        if len(kv) != len(block_ids):
+            raise ValueError(f"{len(kv)} blocks of KV arrived for {len(block_ids)} blocks")
+
+    def execute(self, out: SchedulerOutput) -> list[int | None]:
+        seconds = max(self.cost.step_seconds(StepShape.of(out, self.block_size)), MIN_STEP_S)
+        self.clock.lead = seconds
+        self.busy_s += seconds
+        self.num_steps += 1
+        token_fn = self.token_fn
+        tokens: list[int | None] = []
+        for s in out.scheduled:
+            end = s.start + s.num_new_tokens
+            tokens.append(token_fn(s.request, end) if end == s.request.num_tokens else None)
+        return tokens

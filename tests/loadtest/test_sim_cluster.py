@@ -1,0 +1,106 @@
+"""The simulated cluster: routing, reports, migration and the rebalancer, as the router does them."""
+from __future__ import annotations
+
+import pytest
+
+from shunter.loadtest.sim.cluster import ClusterConfig, SimCluster
+from shunter.loadtest.sim.experiments.common import eos_at_output_len
+from shunter.loadtest.workloads import WorkloadRequest, shared_prefix, skewed_output
+from shunter.replica.engine_config import EngineConfig
+from shunter.testing.fake_engine import reference_output
+from tests.loadtest.test_sim_core import constant_cost, fake_tokens
+
+
+def config(replicas: int = 2, **settings) -> ClusterConfig:
+    engine = EngineConfig(model="sim", num_kv_blocks=128, max_num_seqs=8, max_num_batched_tokens=64, check_invariants=True)
+    return ClusterConfig(replicas, engine, **settings)
+
+
+def test_every_request_gets_its_tokens_and_the_summary_counts_them():
+    workload = skewed_output(40, 20.0, seed=1, prompt=(8, 40), short_output=(2, 10), long_output=(20, 30))
+    cluster = SimCluster(config(routing="least_load"), constant_cost())
+    summary = cluster.run(workload)
+    assert summary.num_finished == 40 and not cluster.live
+    assert summary.output_tokens == sum(r.output_len for r in workload)
+    for r in workload:
+        record = cluster.records[r.request_id]
+        assert record.num_tokens == r.output_len
+        assert record.arrival <= record.first_token <= record.finish
+    assert summary.ttft_p50 >= 0.01 - 1e-9  # at least one step of 10 ms
+    assert {rec.replica_id for rec in cluster.records.values()} == {"r0", "r1"}
+
+
+def test_prefix_aware_sends_a_group_where_its_prefix_is_cached():
+    """Two groups arriving one after another: after the first of each, the rest land on the replica
+    holding the group's system prompt (the index learned it from cache events) and hit its cache."""
+    workload = shared_prefix(24, 2.0, seed=2, num_groups=2, system_prompt_len=64, question_len=8, output_len=4)
+    cluster = SimCluster(config(routing="prefix_aware"), constant_cost())
+    summary = cluster.run(workload)
+    homes = {}
+    for r in workload[4:]:
+        homes.setdefault(r.prefix_id, set()).add(cluster.records[r.request_id].replica_id)
+    assert all(len(h) == 1 for h in homes.values())
+    assert summary.prefix_hit_rate > 0.6
+    assert cluster.index.holders  # learned from the engines' cache events
+
+
+def test_migration_moves_the_kv_and_the_stream_waits_only_for_the_transfer():
+    req = WorkloadRequest("m", 0.0, prompt_len=40, output_len=30, seed=3)
+    cluster = SimCluster(config(link_bytes_per_s=1e18, link_latency_s=0.5), constant_cost(), token_fn=fake_tokens)
+    cluster.loop.at(0.1, lambda: cluster.migrate("m", "r1" if cluster.live["m"].replica_id == "r0" else "r0"))
+    summary = cluster.run([req])
+    record = cluster.records["m"]
+    assert record.num_migrations == 1 and summary.migrations == 1 and record.num_tokens == 30
+    assert cluster.counters["migrated_recomputed"] == 0 and summary.recomputed_tokens == 0  # the KV came along
+    # The source's last token, the 0.5 s transfer, then one 10 ms step on the target: one gap of 0.51 s.
+    assert 0.509 < cluster.tbt.quantile(1.0) < 0.515
+    assert cluster.tbt.fraction_above(0.02) == pytest.approx(1 / 29)
+    assert all(not r.engine.has_unfinished_requests() for r in cluster.replicas.values())
+
+
+def test_migrated_tokens_are_the_plain_runs():
+    workload = [WorkloadRequest(f"q{i}", 0.0, prompt_len=20 + i, output_len=25, seed=i) for i in range(4)]
+    cluster = SimCluster(config(routing="round_robin"), constant_cost(), token_fn=fake_tokens)
+    outputs: dict[str, list[int]] = {}
+    for replica in cluster.replicas.values():
+        step = replica.on_step
+
+        def record(rep, outs, step=step):
+            for o in outs:
+                outputs.setdefault(o.request_id, []).extend(o.new_token_ids)
+            step(rep, outs)
+
+        replica.on_step = record
+    cluster.loop.at(0.05, cluster.migrate, "q0", "r1")
+    cluster.loop.at(0.08, cluster.migrate, "q1", "r0")
+    cluster.run(workload)
+    assert cluster.counters["migrated"] == 2
+    for r in workload:
+        assert outputs[r.request_id] == reference_output(r.prompt_tokens(1000), 25, ignore_eos=True)
+
+
+def test_unknown_lengths_end_by_eos_and_the_router_sees_only_max_tokens():
+    cost = constant_cost()
+    workload = skewed_output(10, 50.0, seed=4, prompt=(8, 20), short_output=(3, 6), long_output=(30, 40))
+    cluster = SimCluster(config(), cost, token_fn=eos_at_output_len(cost, workload), client_max_tokens=64)
+    cluster.run(workload)
+    for r in workload:
+        assert cluster.records[r.request_id].num_tokens == r.output_len
+
+
+def test_the_rebalancer_moves_decoding_requests_off_the_busy_replica():
+    """Every request is placed on r0; the rebalancer, every 0.2 s, moves decoding ones to r1."""
+    workload = [WorkloadRequest(f"q{i}", 0.0, prompt_len=16, output_len=200, seed=i) for i in range(6)]
+    cluster = SimCluster(config(rebalance=True, rebalancer_settings={"interval_s": 0.2}), constant_cost())
+    cluster.policy.select = lambda reports, request: "r0"
+    summary = cluster.run(workload)
+    assert 0 < summary.migrations <= 6
+    assert summary.output_tokens == 6 * 200
+    assert cluster.replicas["r1"].runner.busy_s > 0
+
+
+@pytest.mark.parametrize("routing", ["random", "round_robin", "least_load", "power_of_two", "prefix_aware"])
+def test_every_routing_policy_runs_in_the_cluster(routing):
+    workload = shared_prefix(30, 30.0, seed=5, num_groups=3, system_prompt_len=32, question_len=8, output_len=6)
+    summary = SimCluster(config(3, routing=routing), constant_cost()).run(workload)
+    assert summary.num_finished == 30

@@ -1,0 +1,55 @@
+"""Each `shunter bench sim` experiment at toy scale (seconds), and the report it writes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shunter.loadtest.bench_sim import main
+from shunter.loadtest.sim import report
+from shunter.loadtest.sim.experiments import NAMES, registry
+from shunter.loadtest.sim.experiments.common import SCALES, Result
+from shunter.loadtest.sim.experiments.makespan import greedy_makespan, lower_bound
+
+TOY = SCALES["toy"]
+HEAVY = {"scale", "slai", "routing", "crosscheck"}  # several clusters, or a real model: tested apart or not here
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in HEAVY])
+def test_experiment_runs_at_toy_scale(name):
+    result = registry()[name](TOY)
+    assert isinstance(result, Result) and result.rows and result.anchor and result.ours and result.verdict
+    assert all(set(result.columns) <= set(row) for row in result.rows)
+
+
+def test_routing_toy_compares_all_five_policies_at_two_sizes():
+    result = registry()["routing"](TOY)
+    assert {r["policy"] for r in result.rows} == {"random", "round_robin", "least_load", "power_of_two", "prefix_aware"}
+    assert len({r["replicas"] for r in result.rows}) == 2
+    by = {(r["replicas"], r["policy"]): r for r in result.rows}
+    big = max(r["replicas"] for r in result.rows)
+    assert by[(big, "prefix_aware")]["hit rate"] > by[(big, "random")]["hit rate"]
+
+
+def test_greedy_least_load_is_within_grahams_bound_and_the_bound_is_tight_where_known():
+    assert greedy_makespan([3, 3, 2, 2, 2], 2) == 7  # arrival order: 3|3, 2|2, then 2 on either: 7
+    assert lower_bound([3, 3, 2, 2, 2], 2) == 6
+    assert lower_bound([5, 5, 5], 2) == 10  # two of the three largest share a replica
+    assert greedy_makespan([1] * 8, 4) == 2
+
+
+def test_bench_sim_writes_json_png_and_its_own_section_of_the_results_page(tmp_path, monkeypatch):
+    md = tmp_path / "results.md"
+    md.write_text("# Results\n\nSomeone else's section.\n")
+    monkeypatch.setattr(report, "RESULTS_MD", md)
+    assert main(["--experiment", "makespan", "--scale", "toy", "--out-dir", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "makespan.json").read_text())
+    assert data["command"] == "shunter bench sim --experiment makespan --scale toy --out-dir " + str(tmp_path)
+    assert (tmp_path / "makespan.png").stat().st_size > 1000
+    first = md.read_text()
+    assert "Someone else's section." in first and first.count("<!-- sim:makespan -->") == 1
+    assert "| job sizes | replicas |" in first and "makespan.png" in first
+    main(["--experiment", "makespan", "--scale", "toy", "--out-dir", str(tmp_path)])
+    again = md.read_text()
+    assert again.count("<!-- sim:makespan -->") == 1 and again.count("<!-- sim:intro -->") == 1
+    assert "Someone else's section." in again
