@@ -6,6 +6,7 @@ import json
 import pytest
 
 from shunter.loadtest import bench_hop, bench_routing
+from shunter.router.policies import REGISTRY
 
 
 def test_bench_hop_in_process(tmp_path, capsys):
@@ -23,7 +24,7 @@ def test_bench_routing_tiny(tmp_path, capsys):
     out = tmp_path / "routing.json"
     assert bench_routing.main(["--replicas", "4", "16", "--decisions", "200", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result["policies"]) == {"round_robin", "least_load", "power_of_two", "prefix_aware"}
+    assert set(result["policies"]) == set(REGISTRY)  # every routing policy, the random baseline too
     assert all(set(row) == {"4", "16"} and all(v > 0 for v in row.values()) for row in result["policies"].values())
     assert "prefix_aware" in capsys.readouterr().out
 
