@@ -108,17 +108,6 @@ class RooflineCost:
 
 
 @dataclass(frozen=True)
-class ScaledCost:
-    """Another model's step times times `factor` (a calibration: what a run measured against it)."""
-
-    base: StepModel
-    factor: float
-
-    def step_seconds(self, shape: StepShape) -> float:
-        return self.factor * self.base.step_seconds(shape)
-
-
-@dataclass(frozen=True)
 class CostModel:
     """A step model with the facts about the model and device a simulated replica needs."""
 

@@ -53,3 +53,13 @@ def test_bench_sim_writes_json_png_and_its_own_section_of_the_results_page(tmp_p
     again = md.read_text()
     assert again.count("<!-- sim:makespan -->") == 1 and again.count("<!-- sim:intro -->") == 1
     assert "Someone else's section." in again
+
+
+def test_crosscheck_plot_draws_every_run(tmp_path):
+    """The cross-check itself runs real SmolLM2 replicas (minutes): its plot is checked apart."""
+    from shunter.loadtest.sim.experiments.crosscheck import _plot
+
+    keys = ("TTFT mean s", "TTFT p90 s", "throughput tok/s")
+    rows = [{"run": name, **{k: 1.0 for k in keys}} for name in ("a", "b", "error, x", "c", "d", "error, y", "e")]
+    _plot(tmp_path / "x.png", rows)
+    assert (tmp_path / "x.png").stat().st_size > 1000

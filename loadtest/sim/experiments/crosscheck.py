@@ -4,8 +4,9 @@ Two real runs, each against its simulation: two SmolLM2 replicas on this CPU as 
 torch thread each, as the CPU cost model was measured) behind the real `Router`, fed the trace
 at its arrival times; and one replica in this process at half the rate, whose steps are timed
 with their shapes, so the cost model's error on the real run's own steps is known. The simulated
-runs are the same traces through `SimCluster` with the fitted CPU cost model and the same engine
-settings. Both count TTFT from a request's arrival to its first token and throughput as output
+runs are the same traces through `SimCluster` with the same engine settings, under two cost
+models: the CPU model fitted alone (`fit_costs.py`: an engine stepping by itself), and one
+refitted on steps timed inside the serving loop during a first run on another trace. Both count TTFT from a request's arrival to its first token and throughput as output
 tokens over first arrival to last token. The errors are the result.
 """
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from shunter.loadtest.sim.cluster import ClusterConfig
-from shunter.loadtest.sim.costs import CostModel, ScaledCost, StepShape, load_cost_model, mean_abs_rel_error
+from shunter.loadtest.sim.costs import CostModel, LinearCost, StepShape, load_cost_model, mean_abs_rel_error
+from shunter.loadtest.sim.fit_costs import fit
 from shunter.loadtest.sim.experiments.common import Result, Scale, simulate
 from shunter.loadtest.workloads import WorkloadRequest, sharegpt
 from shunter.replica.engine_config import EngineConfig
@@ -38,9 +40,9 @@ def engine_config() -> EngineConfig:
                         preemption_mode="auto", swap_space=0.05, seed=0)
 
 
-def trace(n: int, rate: float) -> list[WorkloadRequest]:
+def trace(n: int, rate: float, seed: int = 11) -> list[WorkloadRequest]:
     return [dataclasses.replace(r, prompt_len=min(r.prompt_len, MAX_PROMPT), output_len=min(r.output_len, MAX_OUTPUT))
-            for r in sharegpt(n, rate, seed=11)]
+            for r in sharegpt(n, rate, seed=seed)]
 
 
 @dataclasses.dataclass
@@ -147,53 +149,63 @@ def _errors(real: Measured, sim: Measured, label: str) -> dict[str, Any]:
 
 def crosscheck(scale: Scale) -> Result:
     n, rate = (40, 1.0) if scale.name == "full" else (4, 2.0)
-    workload = trace(n, rate)
+    workload, local_trace = trace(n, rate), trace(n, rate / 2)
     cost = load_cost_model(COST)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
+    _, harness_steps = _real_local(trace(n, rate / 2, seed=12))  # another trace: the refit's training data
     ray_real = asyncio.run(_real_ray(workload, 2))
-    local_real, steps = _real_local(trace(n, rate / 2))
+    local_real, steps = _real_local(local_trace)
     real_s = time.perf_counter() - started
     load_after = os.getloadavg()[0]
     slowdown = statistics.mean(t / cost.step_seconds(shape) for shape, t in steps)
-    calibrated = dataclasses.replace(cost, step=ScaledCost(cost.step, slowdown))
-    ray_sim, local_sim = _simulated(workload, 2, cost), _simulated(trace(n, rate / 2), 1, cost)
-    local_cal = _simulated(trace(n, rate / 2), 1, calibrated)
-    ray_err, local_err = _errors(ray_real, ray_sim, "error, 2 replicas, %"), _errors(local_real, local_sim, "error, 1 replica, %")
-    rows = [ray_real.row("real: 2 SmolLM2 replicas (Ray actors)"), ray_sim.row(f"simulated: 2 replicas ({COST})"), ray_err,
-            local_real.row("real: 1 replica in process"), local_sim.row(f"simulated: 1 replica ({COST})"), local_err,
-            local_cal.row(f"simulated: 1 replica, steps x{slowdown:.2f} (the real run's)"),
-            _errors(local_real, local_cal, "error, 1 replica, calibrated, %")]
     step_error = mean_abs_rel_error(cost.step, steps)
-    worst = max(abs(v) for e in (ray_err, local_err) for k, v in e.items() if k != "run")
-    cal_err = rows[-1]
-    fit = cost.raw.get("fit", {})
+    harness_step = LinearCost(fit(harness_steps))
+    harness = dataclasses.replace(cost, name=f"{cost.name}, refitted in the serving loop", step=harness_step)
+    harness_error = mean_abs_rel_error(harness_step, steps)
+    rows: list[dict[str, Any]] = []
+    errors = {}
+    for label, real, replicas, tr in (("2 replicas (Ray actors)", ray_real, 2, workload),
+                                      ("1 replica (in process)", local_real, 1, local_trace)):
+        isolated, refit = _simulated(tr, replicas, cost), _simulated(tr, replicas, harness)
+        errors[label] = (_errors(real, isolated, "error, %"), _errors(real, refit, "error, %"))
+        rows += [real.row(f"real, {label}"), isolated.row(f"simulated, cost model fitted alone ({COST})"),
+                 errors[label][0], refit.row("simulated, cost model refitted in the serving loop"), errors[label][1]]
+    (ray_err, ray_refit), (local_err, local_refit) = errors.values()
+    worst = max(abs(v) for e in (ray_refit, local_refit) for k, v in e.items() if k != "run")
+    fit_info = cost.raw.get("fit", {})
     return Result(
         "crosscheck", "Cross-check: the simulator against real runs of the same trace (SmolLM2 on this CPU)",
         anchor="goal: within 5% (Vidur reports under 9%, llm-d's BLIS 7-9%); above 10% is a finding to fix",
-        ours=(f"2 replicas: mean TTFT {ray_err['TTFT mean s']:+.0f}%, P90 TTFT {ray_err['TTFT p90 s']:+.0f}%, throughput "
-              f"{ray_err['throughput tok/s']:+.0f}%; 1 replica: {local_err['TTFT mean s']:+.0f}%, "
-              f"{local_err['TTFT p90 s']:+.0f}%, {local_err['throughput tok/s']:+.0f}%"),
-        verdict=("Within the 5% goal." if worst <= 5 else
-                 f"{'Within 10%' if worst <= 10 else 'Above 10%: a finding'}. The real run's own steps took "
-                 f"{slowdown:.2f}x what the cost model gives for their shapes (mean error {step_error:.0%}; the fit "
-                 f"itself is within {fit.get('held_out_mean_abs_rel_error', float('nan')):.0%} on held-out steps "
-                 "measured alone). The model keeps each step's fastest of several runs on an idle machine, while "
-                 "the runs here share two cores with their router, Ray and other users' work (load average "
-                 f"{load_before:.1f} before, {load_after:.1f} after); TTFT, which queues behind slow steps, "
-                 "amplifies a step-time gap, while throughput follows the arrivals. With the model scaled by the "
-                 f"measured {slowdown:.2f}x, the 1-replica TTFT error is {cal_err['TTFT mean s']:+.0f}% (mean) and "
-                 f"{cal_err['TTFT p90 s']:+.0f}% (P90): what remains is time outside steps (the replica loop, the "
-                 "router, the stream). Two replicas over Ray on two cores are slowed further by their router and "
-                 "Ray's own processes, which no per-step model of one engine captures."),
+        ours=(f"errors (mean TTFT / P90 TTFT / throughput) with the cost model fitted alone: 2 replicas "
+              f"{_triple(ray_err)}, 1 replica {_triple(local_err)}; refitted in the serving loop on another trace: "
+              f"2 replicas {_triple(ray_refit)}, 1 replica {_triple(local_refit)}"),
+        verdict=(("Within the 5% goal with the refitted model. " if worst <= 5 else
+                  "Within 10% with the refitted model, short of the 5% goal. " if worst <= 10 else
+                  "Above 10% even refitted: a finding. ") +
+                 f"Fitted alone, the model is off: the real run's steps took {slowdown:.2f}x what it gives for their "
+                 f"shapes (mean error {step_error:.0%}, against "
+                 f"{fit_info.get('held_out_mean_abs_rel_error', float('nan')):.0%} on held-out steps of an engine "
+                 "stepping by itself): in the serving loop a step shares the process and two cores with the router, "
+                 "the replica loop, Ray and other users' work (load average "
+                 f"{load_before:.1f} before, {load_after:.1f} after). TTFT, which queues behind slow steps, amplifies "
+                 "a step-time gap; throughput follows the arrivals. Refitted on steps timed inside the serving loop "
+                 f"(another trace), the model is within {harness_error:.0%} of the validation run's steps: cost "
+                 "models must be measured where the engine will run."),
         columns=["run", "TTFT mean s", "TTFT p90 s", "throughput tok/s"], rows=rows,
         settings={"trace": f"ShareGPT lengths capped at {MAX_PROMPT} prompt / {MAX_OUTPUT} output tokens, {n} requests, "
-                           f"Poisson at {rate}/s (2 replicas) and {rate / 2}/s (1 replica)", "routing": ROUTING,
+                           f"Poisson at {rate}/s (2 replicas) and {rate / 2}/s (1 replica); the refit's training run: "
+                           "the same shape, another seed", "routing": ROUTING,
                   "engine": "num_kv_blocks 512, budget 512, 36 seats, auto preemption (the fit's settings)",
-                  "real step time / model, 1 replica in process": round(slowdown, 3),
+                  "real step time / model fitted alone, 1 replica in process": round(slowdown, 3),
+                  "refitted model": {k: round(v, 6) for k, v in harness_step.coefficients.items()},
                   "real_runs_wall_s": round(real_s, 1)},
         plot=lambda p: _plot(p, rows),
     )
+
+
+def _triple(e: dict[str, Any]) -> str:
+    return f"{e['TTFT mean s']:+.0f}% / {e['TTFT p90 s']:+.0f}% / {e['throughput tok/s']:+.0f}%"
 
 
 def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -204,10 +216,11 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
 
     keys = ["TTFT mean s", "TTFT p90 s", "throughput tok/s"]
     runs = [r for r in rows if not r["run"].startswith("error")]
+    labels = ["2 real", "2 sim", "2 sim\nrefit", "1 real", "1 sim", "1 sim\nrefit"]
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
     for ax, key in zip(axes, keys):
-        ax.bar(range(len(runs)), [r[key] for r in runs], color=["#4c72b0", "#dd8452"] * 2)
-        ax.set_xticks(range(len(runs)), ["2 real", "2 sim", "1 real", "1 sim"], fontsize=8)
+        ax.bar(range(len(runs)), [r[key] for r in runs], color=["#4c72b0", "#dd8452", "#c44e52"] * 2)
+        ax.set_xticks(range(len(runs)), labels[: len(runs)], fontsize=7)
         ax.set_title(key, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
