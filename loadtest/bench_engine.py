@@ -96,11 +96,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf-batch-size", type=int, default=64)
     parser.add_argument("--static-requests", type=int, default=256,
                         help="HF static generate runs on the first N requests (it is slow); tokens/s compared")
+    parser.add_argument("--continuous-requests", type=int, default=None,
+                        help="HF continuous batching runs on the first N requests (default: all); tokens/s compared")
     parser.add_argument("--skip-hf-continuous", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="JSON result path (default: loadtest/results/)")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Each phase prints its time and rewrites the JSON as it ends, so a run cut off by a timeout
+    (the GPU check's budget) still leaves every number measured before the cut."""
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -110,30 +114,16 @@ def run(args: argparse.Namespace) -> int:
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.dtype = "bfloat16" if is_cuda(args.device) else "float32"
     console = Console(stderr=True)
+    out = args.out or RESULTS / f"bench_engine_{args.model.replace(':', '_').replace('/', '_')}_{args.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     llm = make_llm(args)
     model_config, dtype = llm.engine.runner.config, llm.engine.runner.dtype
     work = lognormal_workload(args.num_requests, model_config.vocab_size, args.seed, args.input_median,
                               args.output_median, args.sigma, args.cap)
+    subset = Workload(work.prompts[: args.static_requests], work.output_lens[: args.static_requests])
+    continuous = Workload(work.prompts[: args.continuous_requests], work.output_lens[: args.continuous_requests])
     console.print(f"{len(work.prompts)} requests, {sum(map(len, work.prompts))} prompt and {work.useful_tokens} "
                   f"output tokens, {args.model} on {args.device} ({args.dtype})")
-    shunter_s, steps, compiled_in_run = run_shunter(llm, work, args)
-    del llm  # its KV pool holds most of the device: free it for the baselines
-    release_memory(args.device)
-    peak, bandwidth = measure_peak_flops(args.device, dtype), measure_bandwidth(args.device)
-    cost = ModelCost.of(model_config, torch.tensor([], dtype=dtype).element_size())
-    bound_s = bound_seconds(cost, steps, peak, bandwidth)
-    subset = Workload(work.prompts[: args.static_requests], work.output_lens[: args.static_requests])
-    static_s = run_hf_static(args.model, subset, args.hf_batch_size, args.device, args.dtype)
-    continuous_s, budget = None, None
-    if not args.skip_hf_continuous:
-        continuous_s, budget = run_hf_continuous(work, ensure_hf_folder(args.model), args.device, args.dtype,
-                                                 args.max_num_batched_tokens, args.max_num_seqs)
-    rate = {
-        "shunter": work.useful_tokens / shunter_s,
-        "roofline": work.useful_tokens / bound_s,
-        "hf_static": subset.useful_tokens / static_s,
-        "hf_continuous": work.useful_tokens / continuous_s if continuous_s else None,
-    }
     device_name = torch.cuda.get_device_name(args.device) if is_cuda(args.device) else "cpu"
     result = {
         "command": args._invocation,
@@ -141,32 +131,50 @@ def run(args: argparse.Namespace) -> int:
         "workload": {"num_requests": len(work.prompts), "prompt_tokens": sum(map(len, work.prompts)),
                      "useful_output_tokens": work.useful_tokens, "input_median": args.input_median,
                      "output_median": args.output_median, "sigma": args.sigma, "cap": args.cap, "seed": args.seed},
-        "measured": {"peak_tflops": peak / 1e12, "copy_bandwidth_gbs": bandwidth / 1e9, "steps": len(steps),
-                     "kernel_variants_compiled_in_timed_run": compiled_in_run},
-        "seconds": {"shunter": shunter_s, "roofline_bound": bound_s, "hf_static": static_s,
-                    "hf_continuous": continuous_s},
+        "measured": {}, "seconds": {},
         "hf_static_requests": len(subset.prompts), "hf_batch_size": args.hf_batch_size,
+        "hf_continuous_requests": len(continuous.prompts),
         "shunter_budget": {"max_num_batched_tokens": args.max_num_batched_tokens, "max_num_seqs": args.max_num_seqs},
-        "hf_continuous_budget": budget,
-        "output_tokens_per_s": rate,
-        "ratios": {
-            "shunter_over_roofline": rate["shunter"] / rate["roofline"],
-            "shunter_over_hf_static": rate["shunter"] / rate["hf_static"],
-            "shunter_over_hf_continuous": rate["shunter"] / rate["hf_continuous"] if continuous_s else None,
-        },
+        "hf_continuous_budget": None, "output_tokens_per_s": {}, "ratios": {},
     }
+    tokens = {"shunter": work.useful_tokens, "roofline": work.useful_tokens, "hf_static": subset.useful_tokens,
+              "hf_continuous": continuous.useful_tokens}
+
+    def record(name: str, seconds: float) -> None:
+        result["seconds"][name] = seconds
+        rate = result["output_tokens_per_s"]
+        rate[name] = tokens[name] / seconds
+        console.print(f"{name}: {seconds:.2f} s, {rate[name]:.1f} output tokens/s")
+        if "shunter" in rate:
+            for other in rate.keys() - {"shunter"}:
+                result["ratios"][f"shunter_over_{other}"] = rate["shunter"] / rate[other]
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+    shunter_s, steps, compiled_in_run = run_shunter(llm, work, args)
+    result["measured"].update(steps=len(steps), kernel_variants_compiled_in_timed_run=compiled_in_run)
+    record("shunter", shunter_s)
+    del llm  # its KV pool holds most of the device: free it for the baselines
+    release_memory(args.device)
+    peak, bandwidth = measure_peak_flops(args.device, dtype), measure_bandwidth(args.device)
+    result["measured"].update(peak_tflops=peak / 1e12, copy_bandwidth_gbs=bandwidth / 1e9)
+    cost = ModelCost.of(model_config, torch.tensor([], dtype=dtype).element_size())
+    record("roofline", bound_seconds(cost, steps, peak, bandwidth))
+    record("hf_static", run_hf_static(args.model, subset, args.hf_batch_size, args.device, args.dtype))
+    if not args.skip_hf_continuous:
+        continuous_s, result["hf_continuous_budget"] = run_hf_continuous(
+            continuous, ensure_hf_folder(args.model), args.device, args.dtype, args.max_num_batched_tokens,
+            args.max_num_seqs)
+        record("hf_continuous", continuous_s)
+    rate = result["output_tokens_per_s"]
     table = Table(title=f"offline throughput, {args.model} on {device_name}")
     for col in ("system", "output tokens/s", "Shunter is"):
         table.add_column(col)
     for name, label in (("roofline", "roofline bound (same schedule)"), ("shunter", "Shunter"),
                         ("hf_continuous", "HF continuous batching (paged|sdpa)"),
                         ("hf_static", f"HF static generate (batch {args.hf_batch_size})")):
-        if rate[name] is not None:
+        if name in rate:
             table.add_row(label, f"{rate[name]:.1f}", f"{rate['shunter'] / rate[name]:.2f}x")
     Console().print(table)
-    out = args.out or RESULTS / f"bench_engine_{args.model.replace(':', '_').replace('/', '_')}_{args.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
     console.print(f"wrote {out}")
     return 0
 

@@ -105,5 +105,7 @@ def test_kv_pool_leaves_room_for_the_largest_step():
     torch.cuda.synchronize()
     free, total = torch.cuda.mem_get_info()
     print(f"in use after the largest prefill: {(total - free) / 2**30:.2f} GiB of {total / 2**30:.2f} "
-          f"(limit {util * total / 2**30:.2f}); KV blocks {llm.engine.runner.num_blocks}")
+          f"(limit {util * total / 2**30:.2f}); KV blocks {llm.engine.runner.num_blocks}; torch reserved "
+          f"{torch.cuda.memory_reserved() / 2**30:.2f} GiB (peak {torch.cuda.max_memory_reserved() / 2**30:.2f}), "
+          f"allocated peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     assert total - free <= util * total + slack

@@ -13,18 +13,21 @@ GiB, MiB = 1 << 30, 1 << 20
 
 
 class FakeMemory:
-    def __init__(self, free: int, total: int, allocated: int) -> None:
-        self.free, self.total, self.now = free, total, allocated
-        self.peak = allocated
+    """Tracks what the caching allocator holds from the device (reserved), which is what free
+    memory reflects."""
+
+    def __init__(self, free: int, total: int, reserved: int) -> None:
+        self.free, self.total, self.now = free, total, reserved
+        self.peak = reserved
         self.log: list[str] = []
 
     def free_and_total(self) -> tuple[int, int]:
         return self.free, self.total
 
-    def allocated(self) -> int:
+    def reserved(self) -> int:
         return self.now
 
-    def peak_allocated(self) -> int:
+    def peak_reserved(self) -> int:
         return self.peak
 
     def reset_peak(self) -> None:
@@ -35,13 +38,14 @@ class FakeMemory:
         self.log.append("release")
 
     def step(self, nbytes: int) -> None:
-        """A step that allocates `nbytes` at its peak and frees them before returning."""
+        """A step whose allocations make the allocator reserve `nbytes` at its peak (tensors plus
+        segment rounding and fragmentation), all released before it returns."""
         self.peak = max(self.peak, self.now + nbytes)
         self.log.append("step")
 
 
-def test_activation_peak_is_what_the_step_adds_to_what_is_allocated():
-    memory = FakeMemory(free=10 * GiB, total=16 * GiB, allocated=2 * GiB)
+def test_activation_peak_is_what_the_step_adds_to_what_is_reserved():
+    memory = FakeMemory(free=10 * GiB, total=16 * GiB, reserved=2 * GiB)
     memory.peak = 7 * GiB  # an earlier peak (weights loading) must not count
     assert activation_peak(memory, lambda: memory.step(3 * GiB)) == 3 * GiB
     assert memory.log == ["release", "reset", "step", "release"]
@@ -49,7 +53,7 @@ def test_activation_peak_is_what_the_step_adds_to_what_is_allocated():
 
 def test_pool_takes_free_memory_less_headroom_less_the_largest_step():
     config = EngineConfig(max_num_seqs=1000, gpu_memory_utilization=0.9)
-    memory = FakeMemory(free=10 * GiB, total=16 * GiB, allocated=2 * GiB)
+    memory = FakeMemory(free=10 * GiB, total=16 * GiB, reserved=2 * GiB)
     blocks = num_device_blocks(config, torch.device("cuda"), 1 * MiB, 4096, memory, activation_bytes=3 * GiB)
     assert blocks == int((10 - 1.6 - 3) * 1024)  # (free - 10% of total - activations) / block
 
