@@ -31,9 +31,9 @@ from typing import Any
 from shunter.loadtest.sim.costs import FEATURES, SHAPE_FIELDS, LinearCost, StepShape, mean_abs_rel_error
 
 Sample = tuple[StepShape, float]
-DEFAULTS = {  # (prefill lengths, decode batch sizes, contexts) per device
-    "cpu": ([16, 32, 64, 128, 256, 384, 512], [1, 2, 4, 8, 16, 32], [32, 256, 768]),
-    "cuda": ([64, 256, 512, 1024, 2048, 4096, 8192], [1, 4, 16, 32, 64, 128, 256], [128, 1024, 4096]),
+DEFAULTS = {  # (prefill lengths, decode batch sizes, contexts, token budget, KV blocks) per device
+    "cpu": ([16, 32, 64, 128, 256, 384, 512], [1, 2, 4, 8, 16, 32], [32, 256, 768], 512, 512),
+    "cuda": ([64, 256, 512, 1024, 2048, 4096, 8192], [1, 4, 16, 32, 64, 128, 256], [128, 1024, 4096], 8192, 4096),
 }
 
 
@@ -121,8 +121,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
-    parser.add_argument("--max-num-batched-tokens", type=int, default=512)
-    parser.add_argument("--num-kv-blocks", type=int, default=512)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None, help="default: 512 on cpu, 8192 on cuda")
+    parser.add_argument("--num-kv-blocks", type=int, default=None, help="default: 512 on cpu, 4096 on cuda")
     parser.add_argument("--prefill-sizes", type=int, nargs="+")
     parser.add_argument("--batch-sizes", type=int, nargs="+")
     parser.add_argument("--contexts", type=int, nargs="+")
@@ -138,10 +138,10 @@ def run(args: argparse.Namespace) -> int:
     from shunter.replica.models.kv_layout import kv_bytes_per_block
 
     torch.set_num_threads(args.threads)
-    prefills, batches, contexts = DEFAULTS[args.device]
+    prefills, batches, contexts, budget, blocks = DEFAULTS[args.device]
     prefills, batches, contexts = args.prefill_sizes or prefills, args.batch_sizes or batches, args.contexts or contexts
-    config = EngineConfig(model=args.model, device=args.device, num_kv_blocks=args.num_kv_blocks,
-                          max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=max(batches) + 4,
+    config = EngineConfig(model=args.model, device=args.device, num_kv_blocks=args.num_kv_blocks or blocks,
+                          max_num_batched_tokens=args.max_num_batched_tokens or budget, max_num_seqs=max(batches) + 4,
                           preemption_mode="auto", swap_space=0.05, seed=0)
     engine = Engine(config)
     timer = StepTimer(engine)

@@ -26,8 +26,11 @@ Discrete-event simulation on a virtual clock (`loadtest/sim/`): every replica is
 time a cost model gives; the cluster routes with the router's own policies, prefix index,
 placement functions and `Rebalancer`. Cost models are in `loadtest/sim/costs/`, each with its
 `source`: analytic rooflines for GPUs (peak numbers from datasheets, efficiency factors assumed)
-and a fit to step times measured here on the CPU. Each section below is written by the command
-it names; numbers are virtual-time results of that model, not measurements on a GPU."""
+and a fit to step times measured here on the CPU (`python -m shunter.loadtest.sim.fit_costs`).
+The same script measures and fits a GPU model (`--device cuda --model random:llama-3-8b`); no
+GPU was lent to the task that built this, so no fitted GPU model is committed yet. Each section
+below is written by the command it names; numbers are virtual-time results of that model, not
+measurements on a GPU."""
 
 
 def _fmt(value: Any) -> str:
