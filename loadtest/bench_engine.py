@@ -15,6 +15,8 @@ import math
 import random
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from shunter.loadtest.bench_cli import run_bench
@@ -55,31 +57,86 @@ def make_llm(args: argparse.Namespace):
                max_num_seqs=args.max_num_seqs)
 
 
-def run_shunter(llm, work: Workload, args: argparse.Namespace) -> tuple[float, list[list[ChunkShape]], int]:
-    """Seconds for the whole workload, the shape of every step it ran, and how many Triton
-    kernel variants compiled inside the timing (0 when the warm-up covered them all)."""
+@dataclass
+class StepTimes:
+    """Where each engine step's wall time goes: the engine around the runner (scheduling, output
+    handling), the runner's `execute` (input packing, the forward, sampling and its device sync),
+    and `pack` inside it. On the first H100 run a step took 5.9 ms against a 1.6 ms roofline; this
+    tells the next GPU run whether the host or the device holds the difference."""
+
+    steps: int = 0
+    step_s: float = 0.0
+    execute_s: float = 0.0
+    pack_s: float = 0.0
+    graph_steps: int = 0  # decode steps replayed from a CUDA graph
+
+    def as_dict(self) -> dict[str, float | int]:
+        n = max(self.steps, 1)
+        return {"steps": self.steps, "step_ms": 1e3 * self.step_s / n, "execute_ms": 1e3 * self.execute_s / n,
+                "pack_ms": 1e3 * self.pack_s / n, "outside_execute_ms": 1e3 * (self.step_s - self.execute_s) / n,
+                "decode_graph_steps": self.graph_steps}
+
+
+@contextmanager
+def timed_steps(llm, times: StepTimes, shapes: list[list[ChunkShape]]):
+    """Wrap the engine's step, the runner's execute and pack for the duration (instance and module
+    attributes, restored after), recording each step's shape and times."""
+    from shunter.replica import model_runner
+
+    engine, runner, pack = llm.engine, llm.engine.runner, model_runner.pack
+    step, execute = engine.step, runner.execute
+    graphs = runner.decode_graphs
+
+    def timed_step():
+        started = time.perf_counter()
+        try:
+            return step()
+        finally:
+            times.step_s += time.perf_counter() - started
+
+    def timed_execute(out):
+        shapes.append([ChunkShape(s.start, s.num_new_tokens, s.samples) for s in out.scheduled])
+        started = time.perf_counter()
+        try:
+            return execute(out)
+        finally:
+            times.execute_s += time.perf_counter() - started
+            times.steps += 1
+
+    def timed_pack(*args, **kwargs):
+        started = time.perf_counter()
+        batch = pack(*args, **kwargs)
+        times.pack_s += time.perf_counter() - started
+        times.graph_steps += graphs is not None and graphs.fits(batch)
+        return batch
+
+    engine.step, runner.execute, model_runner.pack = timed_step, timed_execute, timed_pack
+    try:
+        yield
+    finally:
+        del engine.step, runner.execute
+        model_runner.pack = pack
+
+
+def run_shunter(llm, work: Workload, args: argparse.Namespace) -> tuple[float, list[list[ChunkShape]], int, StepTimes]:
+    """Seconds for the whole workload, the shape of every step it ran, how many Triton kernel
+    variants compiled inside the timing (0 when the warm-up covered them all), and where the
+    steps' time went."""
     from shunter import SamplingParams, kernels
 
     params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in work.output_lens]
     llm.generate(work.prompts[:2], params[:2], use_tqdm=False)  # warm-up (kernels compile here)
     steps: list[list[ChunkShape]] = []
-    runner = llm.engine.runner
-    execute = runner.execute
-
-    def recording_execute(out):
-        steps.append([ChunkShape(s.start, s.num_new_tokens, s.samples) for s in out.scheduled])
-        return execute(out)
-
-    runner.execute = recording_execute
+    times = StepTimes()
     compiled = kernels.compiled_variants()
     sync(args.device)
-    start = time.perf_counter()
-    outs = llm.generate(work.prompts, params, use_tqdm=sys.stderr.isatty())
-    sync(args.device)
-    elapsed = time.perf_counter() - start
-    runner.execute = execute
+    with timed_steps(llm, times, steps):
+        start = time.perf_counter()
+        outs = llm.generate(work.prompts, params, use_tqdm=sys.stderr.isatty())
+        sync(args.device)
+        elapsed = time.perf_counter() - start
     assert [len(o.outputs[0].token_ids) for o in outs] == work.output_lens
-    return elapsed, steps, kernels.compiled_variants() - compiled
+    return elapsed, steps, kernels.compiled_variants() - compiled, times
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,8 +207,10 @@ def run(args: argparse.Namespace) -> int:
                 result["ratios"][f"shunter_over_{other}"] = rate["shunter"] / rate[other]
         out.write_text(json.dumps(result, indent=2) + "\n")
 
-    shunter_s, steps, compiled_in_run = run_shunter(llm, work, args)
-    result["measured"].update(steps=len(steps), kernel_variants_compiled_in_timed_run=compiled_in_run)
+    shunter_s, steps, compiled_in_run, times = run_shunter(llm, work, args)
+    result["measured"].update(steps=len(steps), kernel_variants_compiled_in_timed_run=compiled_in_run,
+                              per_step=times.as_dict())
+    console.print("per step: " + ", ".join(f"{k} {v:.3g}" for k, v in times.as_dict().items()))
     record("shunter", shunter_s)
     del llm  # its KV pool holds most of the device: free it for the baselines
     release_memory(args.device)

@@ -69,6 +69,7 @@ def engine_headlines(result: dict) -> dict:
     return {
         "model": result["model"], "device": result["device"], "tokens_per_s": rate, "ratios": ratios,
         "kernel_variants_compiled_in_timed_run": result["measured"].get("kernel_variants_compiled_in_timed_run"),
+        "per_step": result["measured"].get("per_step"),
         "goal_50pct_of_roofline": _at_least(ratios.get("shunter_over_roofline"), ROOFLINE_GOAL),
         "goal_30x_hf_static": _at_least(ratios.get("shunter_over_hf_static"), STATIC_GOAL),
     }
@@ -128,6 +129,8 @@ def markdown(s: dict) -> str:
                   f"- share of roofline {_pct(r.get('shunter_over_roofline'))} (goal >= 50%: {e['goal_50pct_of_roofline']})",
                   f"- x HF static {'n/a' if static is None else f'{static:.2f}'} (goal >= 30x: {e['goal_30x_hf_static']})",
                   f"- Triton variants compiled inside the timed run: {e['kernel_variants_compiled_in_timed_run']}"]
+        if e.get("per_step"):
+            lines.append("- per step: " + ", ".join(f"{k} {v:.3g}" for k, v in e["per_step"].items()))
     return "\n".join(lines) + "\n"
 
 

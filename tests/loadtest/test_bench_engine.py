@@ -49,6 +49,10 @@ def test_bench_engine_runs_end_to_end_at_toy_size(tmp_path):
     assert bench_engine.main([*TOY_ARGS, "--continuous-requests", "5", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert (result["hf_static_requests"], result["hf_continuous_requests"]) == (4, 5)
+    per_step = result["measured"]["per_step"]
+    assert per_step["steps"] == result["measured"]["steps"]
+    assert per_step["step_ms"] > per_step["execute_ms"] > per_step["pack_ms"] > 0
+    assert per_step["decode_graph_steps"] == 0  # no CUDA graphs on the CPU
     rates = result["output_tokens_per_s"]
     assert all(rates[k] > 0 for k in ("shunter", "roofline", "hf_static", "hf_continuous"))
     assert rates["shunter"] < rates["roofline"]  # nothing beats the bound of its own schedule
