@@ -34,7 +34,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         try:
             prepared = prepare(request, info)
         except ValueError as e:
-            self.router.counters.rejected += 1
+            self.router.counters.reject("invalid")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         rid = prepared.request_id
         detok = IncrementalDetokenizer(info.tokenizer, prepared.stop) if info.tokenizer is not None else None
