@@ -13,8 +13,8 @@ the source actor to the target without passing through the router (the router on
 token list). The target fetches the blocks itself: if that fails, it imports the state without
 them and recomputes. Actors restart after a crash (`max_restarts=-1`); calls never retry, so a
 crash surfaces at once as `ReplicaDead`. Given a `MetricsAddress`, an actor serves its own
-Prometheus page from its process (a restarted actor opens it again on the same port); `info()`
-says its port, 0 when it has none (none asked for, or the port was taken).
+Prometheus page from its process (a restarted actor opens it again, on the same port when a port
+was given); `info()` says its port, 0 when it has none (none asked for, or the port was taken).
 """
 from __future__ import annotations
 
