@@ -39,8 +39,10 @@ class EngineGauges(Protocol):
     kv_blocks_in_use: int
 
 
-def engine_families(model: str, replicas: Iterable[tuple[str, EngineGauges, Mapping[str, int]]]) -> list[Metric]:
-    """Gauges and counters of each (replica id, its gauges, its ENGINE_COUNTS) in `replicas`."""
+def engine_families(model: str, replicas: Iterable[tuple[str, EngineGauges | None, Mapping[str, int]]],
+                    ) -> list[Metric]:
+    """Gauges and counters of each (replica id, its gauges, its ENGINE_COUNTS) in `replicas`;
+    gauges None: the replica has no current state (it is down), its gauges are left out."""
     labels = ["model_name", "replica"]
     running = GaugeMetricFamily("shunter:num_requests_running", "Requests in the engine's running batch.",
                                 labels=labels)
@@ -51,10 +53,11 @@ def engine_families(model: str, replicas: Iterable[tuple[str, EngineGauges, Mapp
     counters = {field: CounterMetricFamily(name, doc, labels=labels) for field, (name, doc) in COUNTERS.items()}
     for replica_id, g, counts in replicas:
         values = [model, replica_id]
-        running.add_metric(values, g.num_running)
-        waiting.add_metric(values, g.num_waiting)
-        swapped.add_metric(values, g.num_swapped)
-        usage.add_metric(values, g.kv_blocks_in_use / g.kv_blocks_total if g.kv_blocks_total else 0.0)
+        if g is not None:
+            running.add_metric(values, g.num_running)
+            waiting.add_metric(values, g.num_waiting)
+            swapped.add_metric(values, g.num_swapped)
+            usage.add_metric(values, g.kv_blocks_in_use / g.kv_blocks_total if g.kv_blocks_total else 0.0)
         for field, family in counters.items():
             family.add_metric(values, counts[field])
     return [running, waiting, swapped, usage, *counters.values()]
@@ -82,7 +85,9 @@ class RouterCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         r, model = self.router, self.model
         slots = list(r.slots.items())
-        yield from engine_families(model, [(rid, s.report, dict(s.totals.totals)) for rid, s in slots])
+        # A replica that is down has a stale report until it rejoins: its gauges are left out.
+        yield from engine_families(model, [(rid, s.report if s.healthy else None, dict(s.totals.totals))
+                                           for rid, s in slots])
         healthy = GaugeMetricFamily("shunter:replica_healthy", "1 while the router routes to the replica, else 0.",
                                     labels=["model_name", "replica"])
         for rid, s in slots:

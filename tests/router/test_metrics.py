@@ -84,6 +84,7 @@ def test_router_counters_map_to_their_metrics():
     c.routed_to = {"a": 7}
     c.rejected_by = {"max_in_flight": 4}
     router.slots["b"].healthy = False
+    router.slots["b"].report.num_running = 3  # stale: from before it went down
     router.slots["a"].totals.totals["num_preemptions"] = 6
     registry = CollectorRegistry()
     registry.register(RouterCollector(router, "m"))
@@ -97,6 +98,7 @@ def test_router_counters_map_to_their_metrics():
     assert page.get("shunter:requests_rejected_total", reason="draining") == 0  # every reason exists from the start
     assert page.per_replica("shunter:replica_healthy") == {"a": 1, "b": 0}
     assert page.per_replica("shunter:num_preemptions_total") == {"a": 6, "b": 0}
+    assert page.per_replica("shunter:num_requests_running") == {"a": 0}  # no gauges of a replica that is down
 
 
 def test_a_replica_page_shows_its_engines_last_stats():
