@@ -1,6 +1,6 @@
 """The router + gRPC hop: client time to first token minus the engine's own.
 
-`python -m shunter.loadtest.bench_hop [--requests 300] [--repeat 3] [--ray] [--out PATH]`
+`python -m shunter.loadtest.bench_hop [--requests 300] [--repeat 3] [--ray] [--metrics] [--out PATH]`
 Replicas run a zero-cost fake engine (`shunter.testing.fake_engine`: no model time) that stamps
 when it took each request and when it made its first token, so engine TTFT is known and the rest
 is the hop: gRPC, validation, routing, the submit call, the engine thread's wake-up and the
@@ -8,8 +8,10 @@ way back (over Ray, the submit's reply carries the first token). With `--ray` th
 Ray actors (the deployed path); their stamps stay in the actors, so the hop reported is the whole
 client TTFT (an upper bound: the free engine's own TTFT is tens of microseconds, see the
 in-process run); it also times the cheapest actor call from the router's loop, the floor of any
-path with a Ray call on it. Requests are sequential (one in flight), so the numbers are latency,
-not throughput. Prints a table; writes JSON to `loadtest/results/`.
+path with a Ray call on it. With `--metrics` the frontend serves its Prometheus page meanwhile
+and times every stream, so the run shows what metrics cost the hop. Requests are sequential (one
+in flight), so the numbers are latency, not throughput. Prints a table; writes JSON to
+`loadtest/results/`.
 """
 from __future__ import annotations
 
@@ -95,6 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the summary is the median of their p50s")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--ray", action="store_true", help="replicas as Ray actors (a local Ray instance)")
+    parser.add_argument("--metrics", action="store_true", help="serve the frontend's Prometheus page (a free port)")
     parser.add_argument("--out", type=Path, default=None, help="JSON result path (default: loadtest/results/)")
 
 
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     own_ray = args.ray and not _ray_running()
     clients = start_clients(args.ray, args.replicas)
-    server = BackgroundServer(clients, RouterConfig(poll_wait_s=0.5, rebalance=False))
+    server = BackgroundServer(clients, RouterConfig(poll_wait_s=0.5, rebalance=False), metrics=args.metrics)
     rounds = []
     try:
         for r in range(args.repeat):
@@ -125,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
             if own_ray:
                 ray.shutdown()
     mode = "ray" if args.ray else "in-process"
-    print(f"{mode} replicas ({args.replicas}), {args.requests} sequential requests x {args.repeat} rounds")
+    print(f"{mode} replicas ({args.replicas}), {args.requests} sequential requests x {args.repeat} rounds"
+          + (", metrics on" if args.metrics else ""))
     for i, r in enumerate(rounds):
         eng = f"{r['engine_ttft_p50_ms']:.3f}" if r["engine_ttft_p50_ms"] is not None else "n/a"
         print(f"  round {i}: client TTFT p50 {r['client_ttft_p50_ms']:.3f} ms  p99 {r['client_ttft_p99_ms']:.3f} ms  "
@@ -136,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"hop p50 (median of rounds): {hop:.3f} ms" + (f";  bare actor call RTT p50 {rtt:.3f} ms" if rtt else ""))
     result = {
         "bench": "hop", "command": args._invocation,
-        "mode": mode, "replicas": args.replicas, "requests": args.requests, "rounds": rounds, "hop_p50_ms": hop,
+        "mode": mode, "metrics": args.metrics, "replicas": args.replicas, "requests": args.requests, "rounds": rounds, "hop_p50_ms": hop,
         "ray_rtt_p50_ms": rtt,
         "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

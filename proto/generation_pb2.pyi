@@ -113,7 +113,7 @@ class ClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("replica_id", "node", "healthy", "num_running", "num_waiting", "num_swapped", "kv_blocks_total", "kv_blocks_in_use", "kv_blocks_cached", "prefix_hit_rate", "load_blocks", "large_cache")
+    __slots__ = ("replica_id", "node", "healthy", "num_running", "num_waiting", "num_swapped", "kv_blocks_total", "kv_blocks_in_use", "kv_blocks_cached", "prefix_hit_rate", "load_blocks", "large_cache", "metrics_port")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,7 @@ class ReplicaStatus(_message.Message):
     PREFIX_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
     LOAD_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     LARGE_CACHE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     node: str
     healthy: bool
@@ -138,7 +139,8 @@ class ReplicaStatus(_message.Message):
     prefix_hit_rate: float
     load_blocks: int
     large_cache: bool
-    def __init__(self, replica_id: _Optional[str] = ..., node: _Optional[str] = ..., healthy: _Optional[bool] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_swapped: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_in_use: _Optional[int] = ..., kv_blocks_cached: _Optional[int] = ..., prefix_hit_rate: _Optional[float] = ..., load_blocks: _Optional[int] = ..., large_cache: _Optional[bool] = ...) -> None: ...
+    metrics_port: int
+    def __init__(self, replica_id: _Optional[str] = ..., node: _Optional[str] = ..., healthy: _Optional[bool] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_swapped: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_in_use: _Optional[int] = ..., kv_blocks_cached: _Optional[int] = ..., prefix_hit_rate: _Optional[float] = ..., load_blocks: _Optional[int] = ..., large_cache: _Optional[bool] = ..., metrics_port: _Optional[int] = ...) -> None: ...
 
 class RouterCounters(_message.Message):
     __slots__ = ("routed", "migrated", "failed_over", "rejected", "in_flight")
@@ -155,15 +157,17 @@ class RouterCounters(_message.Message):
     def __init__(self, routed: _Optional[int] = ..., migrated: _Optional[int] = ..., failed_over: _Optional[int] = ..., rejected: _Optional[int] = ..., in_flight: _Optional[int] = ...) -> None: ...
 
 class ClusterStatusResponse(_message.Message):
-    __slots__ = ("replicas", "counters", "routing", "model", "size_threshold_blocks")
+    __slots__ = ("replicas", "counters", "routing", "model", "size_threshold_blocks", "metrics_port")
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     ROUTING_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SIZE_THRESHOLD_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
     counters: RouterCounters
     routing: str
     model: str
     size_threshold_blocks: int
-    def __init__(self, replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., counters: _Optional[_Union[RouterCounters, _Mapping]] = ..., routing: _Optional[str] = ..., model: _Optional[str] = ..., size_threshold_blocks: _Optional[int] = ...) -> None: ...
+    metrics_port: int
+    def __init__(self, replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., counters: _Optional[_Union[RouterCounters, _Mapping]] = ..., routing: _Optional[str] = ..., model: _Optional[str] = ..., size_threshold_blocks: _Optional[int] = ..., metrics_port: _Optional[int] = ...) -> None: ...

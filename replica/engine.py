@@ -165,6 +165,8 @@ class Engine:
             kv_blocks_in_use=self.kv.num_blocks_in_use(),
             kv_blocks_cached=self.kv.num_blocks_cached(),
             prefix_hit_rate=self.kv.prefix_hits / queries if queries else 0.0,
+            prefix_queries=queries,
+            prefix_hits=self.kv.prefix_hits,
             num_preemptions=s.stats.num_preemptions,
             num_swaps=s.stats.num_swaps_out,
             num_recomputed_tokens=s.stats.num_recomputed_tokens,

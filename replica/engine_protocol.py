@@ -58,7 +58,8 @@ class EngineOutput:
 
 @dataclass(slots=True)
 class EngineStats:
-    """An engine's state after its last step: what the load report and `shunter status` show."""
+    """An engine's state after its last step: what the load report, `shunter status` and the
+    metrics show. The `prefix_*` and `num_*` counts are cumulative over the engine's life."""
 
     num_running: int
     num_waiting: int
@@ -67,6 +68,8 @@ class EngineStats:
     kv_blocks_in_use: int  # held by live requests
     kv_blocks_cached: int  # free but holding a reusable prefix
     prefix_hit_rate: float  # prompt tokens served from the cache / prompt tokens looked up
+    prefix_queries: int  # prompt tokens looked up in the prefix cache, since the engine started
+    prefix_hits: int  # of those, found cached
     num_preemptions: int
     num_swaps: int
     num_recomputed_tokens: int

@@ -75,6 +75,12 @@ class Outbox:
         if wake is not None:
             wake()
 
+    @property
+    def stats(self) -> EngineStats:
+        """The engine's stats at the last publish; any thread may read them (each publish brings
+        a new object, never changes the one handed out)."""
+        return self._stats
+
     def refuse(self, request_id: str, error: Exception) -> None:
         """The engine would not take the request; the next publish sends the refusal."""
         with self._lock:

@@ -39,6 +39,7 @@ class ReplicaInfo:
     limits: ModelLimits
     tokenizer: Tokenizer | None = None
     large_cache: bool = False  # given the larger KV pool: the router sends it the long requests
+    metrics_port: int = 0  # the replica's own Prometheus page (a Ray actor's, when asked for); 0: none
 
 
 class ReplicaCore:

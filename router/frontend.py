@@ -3,12 +3,16 @@
 Detokenization happens here, per request, incrementally: text is released only when it no
 longer ends inside a multi-byte character, and stop strings are applied to the text the client
 sees. Because the frontend owns the text, a request that changed replica (migration, failover)
-still yields one continuous text. Reflection and `grpc.health.v1.Health` are served too.
+still yields one continuous text. Reflection and `grpc.health.v1.Health` are served too. With
+metrics on, each stream's timings are observed here, as the client receives its chunks
+(`metrics_requests.py`).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, AsyncIterator
+import time
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,24 +25,29 @@ from shunter.replica.detokenizer import IncrementalDetokenizer
 from shunter.router.grpc_request import prepare
 from shunter.router.router import Router
 
+if TYPE_CHECKING:
+    from shunter.router.metrics_server import FrontendMetrics
+
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["Generation"].full_name
 
 
 class GenerationServicer(pb_grpc.GenerationServicer):
-    def __init__(self, router: Router, model: str = "") -> None:
-        self.router, self.model = router, model
+    def __init__(self, router: Router, model: str = "", metrics: FrontendMetrics | None = None) -> None:
+        self.router, self.model, self.metrics = router, model, metrics
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
+        start = time.perf_counter()
         info = self.router.info
         try:
             prepared = prepare(request, info)
         except ValueError as e:
-            self.router.counters.rejected += 1
+            self.router.counters.reject("invalid")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         rid = prepared.request_id
         detok = IncrementalDetokenizer(info.tokenizer, prepared.stop) if info.tokenizer is not None else None
         completion = 0
+        timing = self.metrics.requests.stream(start, len(prepared.prompt_token_ids)) if self.metrics else None
         try:
             async for delta in self.router.generate(rid, prepared.prompt_token_ids, prepared.params):
                 tokens, text, finish = self._detokenize(detok, delta.token_ids, delta.finish_reason)
@@ -48,6 +57,11 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                     chunk.finish_reason = finish
                     chunk.usage.CopyFrom(pb.Usage(prompt_tokens=len(prepared.prompt_token_ids),
                                                   completion_tokens=completion, cached_tokens=delta.num_cached_tokens))
+                if timing is not None:
+                    if tokens:
+                        timing.sent(len(tokens))
+                    if finish is not None:
+                        timing.finished(finish)
                 yield chunk
                 if finish is not None:
                     return  # leaving the router's stream aborts the request if it is still running
@@ -57,6 +71,10 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except (asyncio.CancelledError, GeneratorExit):  # the client left
+            if timing is not None and not timing.done:
+                timing.finished("abort")
+            raise
 
     @staticmethod
     def _detokenize(detok: IncrementalDetokenizer | None, tokens: list[int], finish: str | None):
@@ -74,14 +92,15 @@ class GenerationServicer(pb_grpc.GenerationServicer):
 
     async def ClusterStatus(self, request: pb.ClusterStatusRequest, context: grpc.aio.ServicerContext) -> pb.ClusterStatusResponse:
         out = pb.ClusterStatusResponse(routing=self.router.policy.name, model=self.model,
-                                       size_threshold_blocks=self.router.config.size_threshold_blocks or 0)
+                                       size_threshold_blocks=self.router.config.size_threshold_blocks or 0,
+                                       metrics_port=self.metrics.page.port if self.metrics else 0)
         for rid, slot in self.router.slots.items():
             r = slot.report
             out.replicas.append(pb.ReplicaStatus(
                 replica_id=rid, node=r.node, healthy=slot.healthy, num_running=r.num_running, num_waiting=r.num_waiting,
                 num_swapped=r.num_swapped, kv_blocks_total=r.kv_blocks_total, kv_blocks_in_use=r.kv_blocks_in_use,
                 kv_blocks_cached=r.kv_blocks_cached, prefix_hit_rate=r.prefix_hit_rate, load_blocks=r.load,
-                large_cache=r.large_cache))
+                large_cache=r.large_cache, metrics_port=slot.info.metrics_port if slot.info else 0))
         c = self.router.counters
         out.counters.CopyFrom(pb.RouterCounters(routed=c.routed, migrated=c.migrated, failed_over=c.failed_over,
                                                 rejected=c.rejected, in_flight=len(self.router.journal)))
@@ -89,12 +108,14 @@ class GenerationServicer(pb_grpc.GenerationServicer):
 
 
 class Frontend:
-    """The server: Generation + Health + reflection on one port."""
+    """The server: Generation + Health + reflection on one port (and, with `metrics`, the
+    request timings of every stream for its Prometheus page)."""
 
-    def __init__(self, router: Router, host: str = "127.0.0.1", port: int = 50051, model: str = "") -> None:
+    def __init__(self, router: Router, host: str = "127.0.0.1", port: int = 50051, model: str = "",
+                 metrics: FrontendMetrics | None = None) -> None:
         self.router = router
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        pb_grpc.add_GenerationServicer_to_server(GenerationServicer(router, model), self.server)
+        pb_grpc.add_GenerationServicer_to_server(GenerationServicer(router, model, metrics), self.server)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)

@@ -12,11 +12,14 @@ one pickled bytes each way (`_pack`), which Ray passes far cheaper than argument
 the source actor to the target without passing through the router (the router only reads the
 token list). The target fetches the blocks itself: if that fails, it imports the state without
 them and recomputes. Actors restart after a crash (`max_restarts=-1`); calls never retry, so a
-crash surfaces at once as `ReplicaDead`.
+crash surfaces at once as `ReplicaDead`. Given a `MetricsAddress`, an actor serves its own
+Prometheus page from its process (a restarted actor opens it again, on the same port when a port
+was given); `info()` says its port, 0 when it has none (none asked for, or the port was taken).
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import pickle
 from dataclasses import dataclass
@@ -29,6 +32,8 @@ from shunter.replica.engine_config import EngineConfig
 from shunter.replica.engine_protocol import MigrationState
 from shunter.replica.replica_core import PollResult, ReplicaCore, ReplicaInfo, load_engine
 from shunter.router.drain_order import DrainOrder
+from shunter.router.metrics_options import MetricsAddress
+from shunter.router.metrics_server import MetricsPage, serve_replica_metrics
 from shunter.router.replica_client import ExportedRequest, ReplicaDead
 from shunter.sampling_params import SamplingParams
 
@@ -60,11 +65,18 @@ def _pack(obj: Any) -> bytes:
 
 class ReplicaActor:
     def __init__(self, replica_id: str, engine_config: EngineConfig, engine_factory: str | None = None,
-                 large_cache: bool = False) -> None:
+                 large_cache: bool = False, metrics: MetricsAddress | None = None) -> None:
         self.core = ReplicaCore(replica_id, load_engine(engine_config, engine_factory), large_cache)
+        self.metrics_page: MetricsPage | None = None
+        if metrics is not None:
+            try:
+                self.metrics_page = serve_replica_metrics(replica_id, self.core, metrics)
+            except OSError as e:  # serve anyway: the page is not worth the replica
+                log.warning("replica %s: no metrics page on %s:%d (%s)", replica_id, metrics.host, metrics.port, e)
 
     def info(self) -> ReplicaInfo:
-        return self.core.info()
+        port = self.metrics_page.port if self.metrics_page is not None else 0
+        return dataclasses.replace(self.core.info(), metrics_port=port)
 
     def submit(self, packed: bytes) -> bytes:
         """Queue the request (`packed`: request id, prompt, params, wait_s); reply with a packed
@@ -104,14 +116,15 @@ RemoteReplicaActor = ray.remote(ReplicaActor)
 
 
 def spawn(replica_id: str, engine_config: EngineConfig, engine_factory: str | None = None, num_cpus: float = 1,
-          num_gpus: float = 0, large_cache: bool = False) -> ray.actor.ActorHandle:
+          num_gpus: float = 0, large_cache: bool = False, metrics: MetricsAddress | None = None,
+          ) -> ray.actor.ActorHandle:
     """Start one replica actor (restarted by Ray if its process dies, with the same role). Its
     calls are not recorded as task events (as Ray Serve does for its replicas): they are many
     and small, and recording them costs time on the token path."""
     return RemoteReplicaActor.options(
         name=f"shunter-{replica_id}", num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0,
         max_concurrency=MAX_CONCURRENCY, enable_task_events=False,
-    ).remote(replica_id, engine_config, engine_factory, large_cache)
+    ).remote(replica_id, engine_config, engine_factory, large_cache, metrics)
 
 
 class RayReplicaClient:

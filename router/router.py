@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Coroutine, Sequence
 from shunter.clock import Clock, MonotonicClock
 from shunter.errors import Overloaded, ReplicaUnavailable
 from shunter.replica.replica_core import PollResult, ReplicaInfo, TokenDelta
+from shunter.router.engine_totals import EngineTotals
 from shunter.router.load import LoadReport, RequestLoad, RoutingRequest
 from shunter.router.placement import apply_stats, request_load, reserve, routing_policy, routing_request
 from shunter.router.policies import DEFAULT
@@ -42,14 +43,29 @@ class RouterConfig:
     size_threshold_blocks: int | None = None
 
 
+# Why a request was refused without generating (`Counters.rejected_by`), and the gRPC status it got.
+REJECT_REASONS = {
+    "invalid": "INVALID_ARGUMENT",  # the frontend's or the replica's checks
+    "max_in_flight": "RESOURCE_EXHAUSTED",
+    "draining": "UNAVAILABLE",
+    "replica_refused": "UNAVAILABLE",  # the replica's engine would not take it, for another reason
+}
+
+
 @dataclass
 class Counters:
-    routed: int = 0
+    routed: int = 0  # placements on a replica (a failed-over request counts again)
+    routed_to: dict[str, int] = field(default_factory=dict)  # routed, per replica
     migrated: int = 0
     migrated_recomputed: int = 0  # of migrated: the KV did not come (or fit), the target recomputed
     failed_over: int = 0
     rejected: int = 0  # refused without generating: invalid, over max_in_flight, or while draining
+    rejected_by: dict[str, int] = field(default_factory=dict)  # rejected, per reason (`REJECT_REASONS`)
     rejoined: int = 0
+
+    def reject(self, reason: str) -> None:
+        self.rejected += 1
+        self.rejected_by[reason] = self.rejected_by.get(reason, 0) + 1
 
 
 @dataclass
@@ -59,6 +75,7 @@ class ReplicaSlot:
     info: ReplicaInfo | None = None
     healthy: bool = True
     task: asyncio.Task | None = None
+    totals: EngineTotals = field(default_factory=EngineTotals)  # its engine's counts, across its restarts
 
 
 class Router:
@@ -125,13 +142,17 @@ class Router:
     async def generate(self, request_id: str, prompt: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
         """Stream one request's tokens; the last Delta has `finish_reason`. Leaving early aborts it."""
         if self.draining:
-            self.counters.rejected += 1
+            self.counters.reject("draining")
             raise ReplicaUnavailable("the server is draining")
         if len(self.journal) >= self.config.max_in_flight:
-            self.counters.rejected += 1
+            self.counters.reject("max_in_flight")
             raise Overloaded(f"{len(self.journal)} requests in flight (max_in_flight={self.config.max_in_flight})")
         entry = JournalEntry(request_id, list(prompt), params)
-        self.journal.add(entry)
+        try:
+            self.journal.add(entry)
+        except ValueError:  # its request_id is in flight already
+            self.counters.reject("invalid")
+            raise
         try:
             await self._place(entry, entry.prompt_token_ids, params)
             while True:
@@ -175,6 +196,7 @@ class Router:
                 entry.replica_id = None
                 raise
             self.counters.routed += 1
+            self.counters.routed_to[replica_id] = self.counters.routed_to.get(replica_id, 0) + 1
             return
         raise ReplicaUnavailable("no healthy replica took the request")
 
@@ -203,6 +225,7 @@ class Router:
         if not slot.healthy:
             return
         apply_stats(slot.report, result.stats)
+        slot.totals.update(result.epoch, result.stats)
         if result.events:
             self.index.apply(slot.client.replica_id, result.events)
         for delta in result.deltas:
@@ -214,7 +237,7 @@ class Router:
         if entry is None or entry.finished or entry.replica_id != replica_id:
             return
         if d.error is not None:  # the replica refused it (submit does not wait to hear so)
-            self.counters.rejected += 1
+            self.counters.reject("invalid" if d.invalid else "replica_refused")
             entry.finished = True
             entry.queue.put_nowait(ValueError(d.error) if d.invalid else ReplicaUnavailable(d.error))
             return

@@ -4,7 +4,8 @@ With no flags: a local Ray instance started by this command, two SmolLM2 replica
 in-memory state, 127.0.0.1:50051. SIGINT/SIGTERM stop new requests (health NOT_SERVING,
 UNAVAILABLE), let the running ones finish (up to --drain-timeout), then exit. With
 --large-cache-replicas K the first K replicas get the larger KV pool and the long requests
-(`cache_size_options.py`).
+(`cache_size_options.py`). --metrics-port and --replica-metrics-port-base serve Prometheus
+pages (`metrics_options.py`).
 
 Every option is checked before Ray starts (`check`): a wrong one is one line and exit 2, not a
 replica that dies 16 s later.
@@ -20,7 +21,7 @@ import sys
 from shunter.cli_args import float_above, int_at_least
 from shunter.replica.engine_config import PREEMPTION_MODES
 from shunter.replica.policies import POLICIES
-from shunter.router import cache_size_options
+from shunter.router import cache_size_options, metrics_options
 from shunter.router.policies import DEFAULT as DEFAULT_ROUTING
 from shunter.router.policies import REGISTRY as ROUTINGS
 from shunter.testing.fake_engine import FACTORY, FAKE_MODEL_PREFIX, parse_fake_model
@@ -58,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=float_above(0, inclusive=True), default=30.0,
                         help="seconds Ctrl-C/SIGTERM waits for running requests")
     cache_size_options.add_arguments(parser)
+    metrics_options.add_arguments(parser)
 
 
 def check(args: argparse.Namespace) -> None:
@@ -72,23 +74,27 @@ def check(args: argparse.Namespace) -> None:
     except ValueError as e:
         raise ValueError(f"--model: {str(e).removeprefix('model: ')}") from None
     cache_size_options.validate(args)
+    metrics_options.validate(args)
     if args.num_gpus_per_replica > 0 and args.address is None and not glob.glob("/dev/nvidia[0-9]*"):
         raise ValueError("--num-gpus-per-replica: this machine has no NVIDIA GPU for a local Ray instance")
     check_port_free(args.host, args.port)
+    if args.metrics_port:
+        check_port_free(args.metrics_host, args.metrics_port, "--metrics-host", "--metrics-port")
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Bind host:port once, as the gRPC server will (SO_REUSEADDR), and let it go."""
+def check_port_free(host: str, port: int, host_option: str = "--host", port_option: str = "--port") -> None:
+    """Bind host:port once, as the server will (SO_REUSEADDR), and let it go."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as e:
-        raise ValueError(f"--host: cannot resolve {host!r} ({e.strerror})") from None
+        raise ValueError(f"{host_option}: cannot resolve {host!r} ({e.strerror})") from None
     with socket.socket(family, kind, proto) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(address)
         except OSError as e:
-            raise ValueError(f"--port: cannot listen on {host}:{port} ({e.strerror}); is another server running?") from None
+            raise ValueError(f"{port_option}: cannot listen on {host}:{port} ({e.strerror}); "
+                             "is another server running?") from None
 
 
 def _engine_config(args: argparse.Namespace):
@@ -105,15 +111,20 @@ async def serve(args: argparse.Namespace, clients: list) -> int:
     import signal
 
     from shunter.router.frontend import Frontend
+    from shunter.router.metrics_server import serve_frontend_metrics
     from shunter.router.router import Router, RouterConfig
 
     router = Router(clients, RouterConfig(routing=args.routing, rebalance=not args.no_rebalance,
                                           max_in_flight=args.max_in_flight,
                                           size_threshold_blocks=cache_size_options.threshold(args)))
     await router.start()
-    frontend = Frontend(router, args.host, args.port, model=args.model)
+    address = metrics_options.frontend_address(args)
+    metrics = serve_frontend_metrics(router, address) if address is not None else None
+    frontend = Frontend(router, args.host, args.port, model=args.model, metrics=metrics)
     await frontend.start()
-    print(f"shunter: serving {args.model} from {len(clients)} replicas on {args.host}:{frontend.port}", flush=True)
+    page = f", metrics on http://{args.metrics_host}:{metrics.page.port}/metrics" if metrics is not None else ""
+    print(f"shunter: serving {args.model} from {len(clients)} replicas on {args.host}:{frontend.port}{page}",
+          flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -122,6 +133,8 @@ async def serve(args: argparse.Namespace, clients: list) -> int:
     print(f"shunter: draining {len(router.journal)} requests", flush=True)
     drained = await frontend.drain_and_stop(args.drain_timeout)
     await router.stop()
+    if metrics is not None:
+        metrics.page.close()
     print("shunter: stopped" if drained else
           f"shunter: stopped; after --drain-timeout {args.drain_timeout:g} s the requests still running were cut", flush=True)
     return 0
@@ -178,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
         clients = []
         for i, (config, large_cache) in enumerate(roles):
             rid = f"replica-{i}"
-            handle = spawn(rid, config, factory, args.num_cpus_per_replica, args.num_gpus_per_replica, large_cache)
+            handle = spawn(rid, config, factory, args.num_cpus_per_replica, args.num_gpus_per_replica, large_cache,
+                           metrics_options.replica_address(args, i))
             clients.append(RayReplicaClient(rid, handle))
         return asyncio.run(serve(args, clients))
     finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import grpc
 
@@ -15,27 +15,44 @@ from shunter.proto import generation_pb2_grpc as pb_grpc
 from shunter.router.frontend import Frontend
 from shunter.router.router import Router, RouterConfig
 
+if TYPE_CHECKING:
+    from shunter.router.metrics_server import FrontendMetrics
+
 
 class BackgroundServer:
     """Start with the replica clients; `stub` is a blocking client on 127.0.0.1; `close()` stops it
-    all (and kills in-process replicas)."""
+    all (and kills in-process replicas). With `metrics`, the frontend's Prometheus page is served
+    on a free port of 127.0.0.1 (`metrics_url`)."""
 
-    def __init__(self, clients: Sequence[Any], config: RouterConfig | None = None, model: str = "fake") -> None:
+    def __init__(self, clients: Sequence[Any], config: RouterConfig | None = None, model: str = "fake",
+                 metrics: bool = False) -> None:
         self.clients = list(clients)
         self.loop = asyncio.new_event_loop()
         self.router = Router(self.clients, config or RouterConfig(poll_wait_s=0.05, rebalance=False))
         self.thread = threading.Thread(target=self.loop.run_forever, name="shunter-server", daemon=True)
         self.thread.start()
-        self.frontend: Frontend = self.call(self._start(model))
+        self.metrics: FrontendMetrics | None = None
+        self.frontend: Frontend = self.call(self._start(model, metrics))
         self.port = self.frontend.port
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = pb_grpc.GenerationStub(self.channel)
 
-    async def _start(self, model: str) -> Frontend:
+    async def _start(self, model: str, metrics: bool) -> Frontend:
         await self.router.start()
-        frontend = Frontend(self.router, "127.0.0.1", 0, model=model)
+        if metrics:
+            from shunter.router.metrics_options import MetricsAddress
+            from shunter.router.metrics_server import serve_frontend_metrics
+
+            self.metrics = serve_frontend_metrics(self.router, MetricsAddress("127.0.0.1", 0, model))
+        frontend = Frontend(self.router, "127.0.0.1", 0, model=model, metrics=self.metrics)
         await frontend.start()
         return frontend
+
+    @property
+    def metrics_url(self) -> str:
+        if self.metrics is None:
+            raise RuntimeError("started without metrics")
+        return f"http://127.0.0.1:{self.metrics.page.port}/metrics"
 
     def call(self, coro, timeout: float = 60) -> Any:
         """Run a coroutine on the server's loop and wait for its result."""
@@ -47,6 +64,8 @@ class BackgroundServer:
         self.call(self.router.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
+        if self.metrics is not None:
+            self.metrics.page.close()
         for c in self.clients:
             if hasattr(c, "kill"):
                 c.kill()

@@ -185,7 +185,8 @@ class FakeEngine:
         return EngineStats(
             num_running=len(self.requests), num_waiting=0, num_swapped=0, kv_blocks_total=self.limits.num_kv_blocks,
             kv_blocks_in_use=held, kv_blocks_cached=len(self.cached),
-            prefix_hit_rate=self.hits / self.lookups if self.lookups else 0.0, num_preemptions=0, num_swaps=0,
+            prefix_hit_rate=self.hits / self.lookups if self.lookups else 0.0, prefix_queries=self.lookups,
+            prefix_hits=self.hits, num_preemptions=0, num_swaps=0,
             num_recomputed_tokens=0, blocks_expected_growth=growth, blocks_waiting=0, num_steps=0, mean_step_time=self.step_time)
 
     def drain_cache_events(self) -> list[CacheEvent]:

@@ -11,9 +11,9 @@ from shunter.router.policies import REGISTRY
 
 def test_bench_hop_in_process(tmp_path, capsys):
     out = tmp_path / "hop.json"
-    assert bench_hop.main(["--requests", "5", "--repeat", "2", "--out", str(out)]) == 0
+    assert bench_hop.main(["--requests", "5", "--repeat", "2", "--metrics", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["mode"] == "in-process" and len(result["rounds"]) == 2
+    assert result["mode"] == "in-process" and result["metrics"] and len(result["rounds"]) == 2
     assert result["command"].startswith("shunter bench hop --requests 5")
     assert 0 < result["rounds"][0]["client_ttft_p50_ms"] < 1000
     assert result["rounds"][0]["engine_ttft_p50_ms"] is not None

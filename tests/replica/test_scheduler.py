@@ -89,7 +89,9 @@ def test_shared_prefix_is_served_from_the_cache():
     assert engine.runner.steps[-1].scheduled[0].start == 48
     done = run_to_completion(engine)
     assert done["second"] == reference_output(system + [7, 8, 9], 2)
-    assert engine.stats().prefix_hit_rate > 0
+    stats = engine.stats()
+    assert stats.prefix_hit_rate > 0
+    assert (stats.prefix_queries, stats.prefix_hits) == (50 + 51, 48)  # tokens looked up, tokens found
 
 
 def test_a_prompt_that_is_entirely_cached_still_computes_its_last_token():

@@ -55,6 +55,10 @@ def serve(capsys, *argv: str) -> tuple[int, str]:
     (["--max-num-seqs", "0"], "error: --max-num-seqs: must be an integer >= 1"),
     (["--max-in-flight", "0"], "error: --max-in-flight: must be an integer >= 1"),
     (["--drain-timeout", "nan"], "error: --drain-timeout: must be a number >= 0"),
+    (["--metrics-port", "70000"], "error: --metrics-port: must be an integer in 0..65535, got '70000'"),
+    (["--port", "9100", "--metrics-port", "9100"], "error: --metrics-port: 9100 is the gRPC --port"),
+    (["--replicas", "3", "--replica-metrics-port-base", "65534"],
+     "error: --replica-metrics-port-base: 3 replicas from 65534 go past port 65535"),
 ])
 def test_a_wrong_option_is_one_line_and_exit_2(capsys, argv, says):
     code, err = serve(capsys, *argv)
@@ -63,14 +67,15 @@ def test_a_wrong_option_is_one_line_and_exit_2(capsys, argv, says):
     assert err.count("\n") == 1
 
 
-def test_a_busy_port_is_named_before_ray_starts(capsys):
+@pytest.mark.parametrize("option", ["--port", "--metrics-port"])
+def test_a_busy_port_is_named_before_ray_starts(capsys, option):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code, err = serve(capsys, "--port", str(port))
+        code, err = serve(capsys, "--port", "0", option, str(port))
     assert code == 2
-    assert err.startswith(f"error: --port: cannot listen on 127.0.0.1:{port}") and err.count("\n") == 1
+    assert err.startswith(f"error: {option}: cannot listen on 127.0.0.1:{port}") and err.count("\n") == 1
 
 
 def test_gpus_asked_of_a_machine_without_one(capsys, monkeypatch):

@@ -1,5 +1,5 @@
 """`shunter serve` as users run it (joining the session's Ray cluster), `shunter status` (with one
-large-cache replica), SIGTERM drain."""
+large-cache replica), the metrics pages (the frontend's, and each replica actor's own), SIGTERM drain."""
 from __future__ import annotations
 
 import signal
@@ -15,6 +15,7 @@ from shunter.proto import generation_pb2 as pb
 from shunter.proto import generation_pb2_grpc as pb_grpc
 from tests.conftest import REPO
 from tests.fakes import reference_output
+from tests.router.prometheus_page import Page
 
 pytestmark = pytest.mark.slow
 
@@ -25,25 +26,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_status_and_sigterm_drain(ray_cluster):
-    port = free_port()
+def test_serve_status_metrics_and_sigterm_drain(ray_cluster):
+    port, metrics_port = free_port(), free_port()
     address = ray_cluster.get_runtime_context().gcs_address
     proc = subprocess.Popen(
         [sys.executable, "-m", "shunter.cli", "serve", "--address", address, "--port", str(port), "--replicas", "2",
          "--num-cpus-per-replica", "0.5", "--model", "fake:ids", "--large-cache-replicas", "1",
-         "--size-threshold-blocks", "4"],
+         "--size-threshold-blocks", "4", "--metrics-port", str(metrics_port), "--replica-metrics-port-base", "0"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         assert "serving" in line, line + proc.stderr.read()
+        assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in line
         status = subprocess.run([sys.executable, "-m", "shunter.cli", "status", "--address", f"127.0.0.1:{port}"],
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 0 and "replica-0" in status.stdout and "replica-1" in status.stdout
         rows = {line.split()[0]: line.split() for line in status.stdout.splitlines()}
-        assert rows["replica-0"][-1] == "large" and rows["replica-1"][-1] == "-"  # the role the flags gave
-        assert "size threshold 4 blocks" in status.stdout
+        assert rows["replica-0"][-2] == "large" and rows["replica-1"][-2] == "-"  # the role the flags gave
+        assert "size threshold 4 blocks" in status.stdout and f"metrics port {metrics_port}" in status.stdout
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = pb_grpc.GenerationStub(channel)
+        list(stub.Generate(pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=[6] * 10),
+                                              sampling=pb.SamplingOptions(max_tokens=5)), timeout=60))
+        # Each replica actor serves its own page (on a free port, as --replica-metrics-port-base 0 asks):
+        # together they looked up the one prompt; the frontend's page has the same count and the request.
+        replica_pages = [Page.scrape(f"http://127.0.0.1:{rows[r][-1]}/metrics") for r in ("replica-0", "replica-1")]
+        assert sum(p.get("shunter:prefix_cache_queries_total") for p in replica_pages) == 10
+        assert [list(p.per_replica("shunter:num_requests_running")) for p in replica_pages] == [["replica-0"],
+                                                                                                  ["replica-1"]]
+        frontend = Page.scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert frontend.get("shunter:prefix_cache_queries_total") == 10
+        assert frontend.get("shunter:time_to_first_token_seconds_count", model_name="fake:ids") == 1
         req = pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=[4] * 10),
                                  sampling=pb.SamplingOptions(max_tokens=300, ignore_eos=True))
         stream = stub.Generate(req, timeout=60)

@@ -16,7 +16,7 @@ def test_the_table_names_its_units_and_what_rejected_counts():
     text = format_table(status())
     lines = text.splitlines()
     assert lines[0].split("  ")[0] == "replica" and "load (blocks)" in lines[0]
-    assert lines[1].split() == ["replica-0", "vm", "yes", "2", "0", "0", "1551", "12", "3", "25%", "40", "-"]
+    assert lines[1].split() == ["replica-0", "vm", "yes", "2", "0", "0", "1551", "12", "3", "25%", "40", "-", "-"]
     assert "rejected 18 (invalid, over --max-in-flight, or draining)" in text
     assert "KV-cache blocks of 16 tokens" in text and "load: blocks in use" in text
 
@@ -26,5 +26,13 @@ def test_a_large_cache_replica_and_the_threshold_show():
     response.replicas[0].large_cache = True
     response.size_threshold_blocks = 32
     text = format_table(response)
-    assert text.splitlines()[1].split()[-1] == "large" and "size threshold 32 blocks" in text
+    assert text.splitlines()[1].split()[-2] == "large" and "size threshold 32 blocks" in text
+
+
+def test_the_metrics_pages_show_where_they_listen():
+    response = status()
+    response.replicas[0].metrics_port = 9101
+    response.metrics_port = 9100
+    text = format_table(response)
+    assert text.splitlines()[1].split()[-1] == "9101" and "metrics port 9100" in text
 
