@@ -11,7 +11,9 @@ gaps, end-to-end latency, tokens, replica and cached tokens, and each run's summ
 of the latency CDFs and latency, goodput and SLO attainment against the rate.
 
 Prompts are token ids (`prompt_token_ids`), drawn below `--vocab-size`: the default 256 is
-inside every model Shunter serves (fake:bytes has 259), so no tokenizer is needed here.
+inside every model Shunter serves (fake:bytes has 259), so no tokenizer is needed here. Lengths
+and arrival times follow `--seed`; the tokens are each run's own (a random salt, recorded), so
+no run is served from a prefix cache an earlier run left warm.
 """
 from __future__ import annotations
 
@@ -104,13 +106,22 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return options | ({"path": args.trace} if args.workload == "trace" else {})
 
 
-def workload(args: argparse.Namespace, rate: float | None) -> list[WorkloadRequest]:
+def fresh_prompts(r: WorkloadRequest, salt: int) -> WorkloadRequest:
+    """`r` with other prompt tokens (unless a trace gave them), the same lengths, times and
+    sharing: each run finds nothing in the server's prefix cache that an earlier run or
+    invocation left there (the first sweep measured here hit 93% of its prompt tokens so)."""
+    prefix_id = r.prefix_id ^ salt if r.prefix_id is not None else None  # a bijection: groups stay apart
+    return dataclasses.replace(r, seed=r.seed ^ salt, prefix_id=prefix_id)
+
+
+def workload(args: argparse.Namespace, rate: float | None, salt: int) -> list[WorkloadRequest]:
+    """The run's requests: seeded lengths and times (`--seed`), prompt tokens salted by `salt`."""
     options = _options(args)
     if args.workload != "trace":
         options.setdefault("cv", args.arrival_cv)
         rate = rate if rate is not None else float("inf")  # closed loop: arrival times are not used
     requests = make_workload(args.workload, args.num_requests, rate, args.seed, **options)
-    return [capped(r, args.max_input_len, args.max_output_len) for r in requests]
+    return [fresh_prompts(capped(r, args.max_input_len, args.max_output_len), salt) for r in requests]
 
 
 @dataclass
@@ -122,6 +133,7 @@ class Point:
     concurrency: int | None
     result: RunResult | None = None
     offered_rate: float = float("nan")  # requests per second the schedule offered (open loop)
+    prompt_salt: int = 0  # what made its prompt tokens its own (`fresh_prompts`)
 
 
 def points(args: argparse.Namespace) -> tuple[str, list[Point]]:
@@ -165,7 +177,8 @@ async def _sweep(args: argparse.Namespace, sweep: list[Point]) -> bool:
     backend, tag = GrpcBackend(args.target), secrets.token_hex(3)
     try:
         for i, point in enumerate(sweep):
-            requests = workload(args, point.rate)
+            point.prompt_salt = secrets.randbits(62)
+            requests = workload(args, point.rate, point.prompt_salt)
             if point.concurrency is None:
                 point.offered_rate = _offered(requests)
             with tqdm(total=len(requests), desc=point.label, unit="req", disable=None, file=sys.stderr) as bar:
@@ -231,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
         "ttft_slo_ms": args.ttft_slo_ms, "tbt_slo_ms": args.tbt_slo_ms, "vocab_size": args.vocab_size,
         "seed": args.seed, "stopped_by_user": stopped,
         "runs": [{"label": p.label, "rate": _rounded(p.rate), "concurrency": p.concurrency,
-                  "offered_rate": _rounded(p.offered_rate),
+                  "offered_rate": _rounded(p.offered_rate), "prompt_salt": p.prompt_salt,
                   "cut": r.cut, "summary": _rounded(dataclasses.asdict(s)),
                   "requests": [_rounded(dataclasses.asdict(rec)) for rec in r.records]} for p, r, s in done],
         "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),

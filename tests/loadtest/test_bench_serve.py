@@ -75,10 +75,12 @@ def drive(server: BackgroundServer, requests, duration_s: float = 30.0, **kw):
 
 
 def test_open_loop_sends_each_request_at_its_arrival_with_sane_latency_and_writes_json_and_png(server, tmp_path):
-    result = bench(server, tmp_path, "--rate", "40", "--num-requests", "24", "--max-input-len", "48",
+    result = bench(server, tmp_path, "--rate", "40", "80", "--num-requests", "24", "--max-input-len", "48",
                    "--max-output-len", "6", "--seed", "3")
     assert result["command"].startswith("shunter bench serve --target")
-    (run,) = result["runs"]
+    run, again = result["runs"]
+    assert [r["prompt_len"] for r in again["requests"]] == [r["prompt_len"] for r in run["requests"]]
+    assert all(r["cached_tokens"] == 0 for r in run["requests"] + again["requests"])  # each run's own prompts
     s = run["summary"]
     assert (s["requests"], s["sent"], s["finished"], s["errors"], run["cut"]) == (24, 24, 24, {}, "")
     planned = {r.request_id: r for r in wl.sharegpt(24, 40.0, seed=3)}
