@@ -6,7 +6,8 @@ came in one message have gaps of 0 after the first (what a reader of the stream 
 end-to-end runs from sending to the last message. A request meets its SLO when it finished
 (stop or length), its TTFT is within its TTFT target and every one of its gaps within its TBT
 target: the server's SLO-aware policy works to the same per-token deadline. Goodput is such
-requests per second of the run (DistServe's definition, with a per-token TBT instead of a mean).
+requests per second of the run, as vLLM's serving benchmark counts it (which checks the mean
+time per output token instead of every gap).
 """
 from __future__ import annotations
 
