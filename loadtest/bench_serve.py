@@ -253,7 +253,8 @@ def run(args: argparse.Namespace) -> int:
     out.write_text(_to_json(result))
     png = out.with_suffix(".png")
     x = (lambda p: float(p.concurrency)) if args.concurrency else (lambda p: p.rate if p.rate else p.offered_rate)
-    plot([(p.label, x(p), s, r.records) for p, r, s in done], x_label, png, offered=not args.concurrency)
+    offered = None if args.concurrency else [p.offered_rate for p, _, _ in done]
+    plot([(p.label, x(p), s, r.records) for p, r, s in done], x_label, png, offered)
     print(f"wrote {out} and {png}" + (" (stopped by Ctrl-C: the runs so far)" if stopped else ""))
     return 0
 

@@ -15,6 +15,11 @@ def _cdf(ax: Any, values_ms: list[float], label: str) -> None:
         ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=label)
 
 
+def _finite(values: list[float]) -> list[float]:
+    """inf (all requests at once) as a gap in the line."""
+    return [v if math.isfinite(v) else float("nan") for v in values]
+
+
 def _finish(ax: Any) -> None:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -22,9 +27,10 @@ def _finish(ax: Any) -> None:
 
 
 def plot(runs: list[tuple[str, float, Summary, list[RequestRecord]]], x_label: str, path: Path,
-         offered: bool = False) -> None:
-    """`runs`: (label, x, summary, records) per run, x the rate or concurrency (`offered`: x is
-    the offered request rate, drawn against throughput)."""
+         offered: list[float] | None = None) -> None:
+    """`runs`: (label, x, summary, records) per run, x the rate or concurrency; `offered`: the
+    request rate each open-loop run's schedule really offered (a seeded draw of a few dozen
+    arrivals is off the asked rate), drawn against throughput."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,7 +47,7 @@ def plot(runs: list[tuple[str, float, Summary, list[RequestRecord]]], x_label: s
         ax.set(xlabel=f"{name} (ms)", ylabel="share of requests" if name != "inter-token gap" else "share of gaps",
                title=f"{name} CDF")
         _finish(ax)
-    xs = [x if math.isfinite(x) else float("nan") for _, x, _, _ in runs]
+    xs = _finite([x for _, x, _, _ in runs])
     summaries = [s for _, _, s, _ in runs]
     lat = axes[1][0]
     for name, values in (("TTFT p50", [s.ttft_ms.p50 for s in summaries]), ("TTFT p99", [s.ttft_ms.p99 for s in summaries]),
@@ -53,7 +59,7 @@ def plot(runs: list[tuple[str, float, Summary, list[RequestRecord]]], x_label: s
         lat.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     put = axes[1][1]
     if offered:
-        put.plot(xs, xs, linestyle=":", color="gray", label="offered")
+        put.plot(xs, _finite(offered), linestyle=":", marker=".", color="gray", label="offered (the schedule drawn)")
     put.plot(xs, [s.request_throughput for s in summaries], marker="o", label="throughput (finished req/s)")
     put.plot(xs, [s.goodput for s in summaries], marker="s", label="goodput (req/s meeting both SLOs)")
     put.set(xlabel=x_label, ylabel="requests/s", title="throughput and goodput")
