@@ -5,7 +5,9 @@ A workload is a list of `WorkloadRequest`s: when each arrives, how long its prom
 are, its priority class and latency targets, and its prefix structure (which tenant sent it and
 how much of its prompt it shares with others). Prompts are not stored: `prompt_tokens()` makes
 them on demand from seeds (a shared prefix is the same tokens for every request of its group),
-so 100,000 requests cost a few megabytes until they are sent.
+so 100,000 requests cost a few megabytes until they are sent. A request may be one turn of a
+conversation: its prompt then holds the earlier turns' prompts and the answers actually
+received, so it can only be made, and sent, once the turn before it has finished.
 
 Lengths are output token counts the client asks for with `ignore_eos`, so every engine and the
 simulator produce exactly that many tokens. Where a generator follows published statistics, the
@@ -53,7 +55,10 @@ GSP_OUTPUT_LEN = 256
 @dataclass(frozen=True, slots=True)
 class WorkloadRequest:
     """One request of a workload. The first `prefix_len` prompt tokens are the shared prefix of
-    group `prefix_id` (None: nothing shared); the rest are the request's own, seeded by `seed`."""
+    group `prefix_id` (None: nothing shared); then, for a later turn of a conversation, about
+    `history_len` tokens of the earlier turns (their questions and the answers received); the
+    rest are the request's own, seeded by `seed`. A trace may give the prompt itself
+    (`prompt_token_ids`) instead."""
 
     request_id: str
     arrival_s: float  # offset from the start of the run
@@ -66,19 +71,38 @@ class WorkloadRequest:
     prefix_id: int | None = None
     prefix_len: int = 0
     seed: int = 0
+    conversation: str = ""  # turns of one conversation are sent one after another, in `turn` order
+    turn: int = 0
+    history_len: int = 0  # planned; the real history is what the earlier turns received
+    think_s: float = 0.0  # a later turn is sent this long after the previous one's last token, at the earliest
+    prompt_token_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.prompt_len < 1 or self.output_len < 1:
             raise ValueError(f"{self.request_id}: prompt_len and output_len must be >= 1")
         if not 0 <= self.prefix_len <= self.prompt_len:
             raise ValueError(f"{self.request_id}: prefix_len must be in [0, prompt_len]")
+        if self.history_len < 0 or self.prefix_len + self.history_len > self.prompt_len:
+            raise ValueError(f"{self.request_id}: prefix_len + history_len must be in [0, prompt_len]")
+        if self.history_len and not self.conversation:
+            raise ValueError(f"{self.request_id}: history_len needs a conversation")
+        if self.prompt_token_ids is not None and (len(self.prompt_token_ids) != self.prompt_len or self.prefix_len
+                                                  or self.history_len):
+            raise ValueError(f"{self.request_id}: prompt_token_ids must be the whole prompt (prompt_len tokens, "
+                             "no prefix_len or history_len)")
 
-    def prompt_tokens(self, vocab_size: int) -> list[int]:
-        """The prompt's token ids: the group's prefix, then the request's own tokens."""
-        own = _tokens((0, self.seed), self.prompt_len - self.prefix_len, vocab_size)
-        if self.prefix_id is None or not self.prefix_len:
-            return own
-        return list(_prefix(self.prefix_id, self.prefix_len, vocab_size)) + own
+    def prompt_tokens(self, vocab_size: int, history: list[int] | None = None) -> list[int]:
+        """The prompt's token ids: the group's prefix, the conversation so far, the request's own
+        tokens. A later turn needs `history` (what follows the prefix in the previous turn's
+        prompt, then the answer received to it): it is not known in advance."""
+        if self.prompt_token_ids is not None:
+            return list(self.prompt_token_ids)
+        if self.history_len and history is None:
+            raise ValueError(f"{self.request_id}: turn {self.turn} of {self.conversation} needs the earlier turns "
+                             "(history)")
+        own = _tokens((0, self.seed), self.prompt_len - self.prefix_len - self.history_len, vocab_size)
+        shared = list(_prefix(self.prefix_id, self.prefix_len, vocab_size)) if self.prefix_id is not None else []
+        return shared + list(history or []) + own
 
     def sampling_params(self, **overrides) -> SamplingParams:
         """Greedy, exactly `output_len` tokens, with the request's class and targets."""
@@ -163,20 +187,31 @@ def sharegpt(num_requests: int, rate: float, seed: int = 0, cv: float = 1.0, ttf
 
 def shared_prefix(num_requests: int, rate: float, seed: int = 0, cv: float = 1.0, num_groups: int = GSP_NUM_GROUPS,
                   system_prompt_len: int = GSP_SYSTEM_PROMPT_LEN, question_len: int = GSP_QUESTION_LEN,
-                  output_len: int = GSP_OUTPUT_LEN, hot_fraction: float = 0.0) -> list[WorkloadRequest]:
+                  output_len: int = GSP_OUTPUT_LEN, hot_fraction: float = 0.0, turns: int = 1,
+                  think_s: float = 0.0) -> list[WorkloadRequest]:
     """SGLang's generated-shared-prefix shape: each request is one group's system prompt plus a
     question of its own; groups are tenants. Requests pick a group uniformly, except that a
-    `hot_fraction` of all traffic comes from group 0 (tenant "t0"): one hot prefix."""
-    if num_groups < 1 or not 0.0 <= hot_fraction <= 1.0:
-        raise ValueError("need num_groups >= 1 and hot_fraction in [0, 1]")
+    `hot_fraction` of all traffic comes from group 0 (tenant "t0"): one hot prefix.
+
+    With `turns` > 1 each group draw starts a conversation of that many turns (the last one may
+    be cut short at `num_requests`): turn k's prompt is turn k-1's prompt, the answer to it and
+    a new question, sent `think_s` after that answer ended. Conversations start at `rate /
+    turns`, so requests come at about `rate` once conversations overlap."""
+    if num_groups < 1 or not 0.0 <= hot_fraction <= 1.0 or turns < 1 or think_s < 0:
+        raise ValueError("need num_groups >= 1, hot_fraction in [0, 1], turns >= 1 and think_s >= 0")
     rng = random.Random(seed)
-    times = arrivals(num_requests, rate, rng, cv)
+    times = arrivals(math.ceil(num_requests / turns), rate / turns, rng, cv)
     out = []
-    for i, t in enumerate(times):
+    for c, t in enumerate(times):
         group = 0 if rng.random() < hot_fraction else rng.randrange(num_groups)
-        out.append(WorkloadRequest(f"gsp-{i}", t, system_prompt_len + question_len, output_len, tenant=f"t{group}",
-                                   prefix_id=group, prefix_len=system_prompt_len, seed=rng.getrandbits(62)))
-    return out
+        for k in range(min(turns, num_requests - c * turns)):
+            history = k * (question_len + output_len)
+            rid, conversation = (f"gsp-{c}", "") if turns == 1 else (f"gsp-{c}-{k}", f"c{c}")
+            out.append(WorkloadRequest(rid, t + k * think_s, system_prompt_len + history + question_len, output_len,
+                                       tenant=f"t{group}", prefix_id=group, prefix_len=system_prompt_len,
+                                       seed=rng.getrandbits(62), conversation=conversation, turn=k,
+                                       history_len=history, think_s=think_s if k else 0.0))
+    return sorted(out, key=lambda r: r.arrival_s)
 
 
 def long_mix(num_requests: int, rate: float, seed: int = 0, cv: float = 1.0, long_fraction: float = 0.1,
@@ -238,8 +273,9 @@ def write_trace(path: Path, requests: Iterable[WorkloadRequest]) -> None:
 
 
 def trace(path: str | Path, num_requests: int | None = None, rate: float | None = None, seed: int = 0) -> list[WorkloadRequest]:
-    """Replay a JSONL trace (`write_trace`'s format; `request_id`, `arrival_s`, `prompt_len` and
-    `output_len` are required). `rate` rescales arrival times to that mean rate."""
+    """Replay a JSONL trace (`write_trace`'s format; `request_id`, `arrival_s`, `output_len` and
+    `prompt_len` or `prompt_token_ids` are required). `rate` rescales arrival times to that mean
+    rate."""
     names = {f.name for f in fields(WorkloadRequest)}
     out = []
     for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
@@ -249,6 +285,9 @@ def trace(path: str | Path, num_requests: int | None = None, rate: float | None 
         unknown = set(row) - names
         if unknown:
             raise ValueError(f"{path}:{line_no}: unknown fields {sorted(unknown)}")
+        if row.get("prompt_token_ids") is not None:
+            row["prompt_token_ids"] = tuple(row["prompt_token_ids"])
+            row.setdefault("prompt_len", len(row["prompt_token_ids"]))
         out.append(WorkloadRequest(**row))
         if num_requests is not None and len(out) == num_requests:
             break

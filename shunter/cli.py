@@ -26,6 +26,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("kernels", "shunter.loadtest.bench_kernels", "paged-attention kernel bandwidth vs copy bandwidth and padded SDPA (GPU)"),
     ("hop", "shunter.loadtest.bench_hop", "time the router and gRPC hop adds to time to first token"),
     ("routing", "shunter.loadtest.bench_routing", "routing decision time per policy at 8, 64 and 1,024 fake replicas"),
+    ("serve", "shunter.loadtest.bench_serve", "load a running server (loopback) open or closed loop: TTFT, inter-token gaps, throughput, goodput"),
     ("sim", "shunter.loadtest.bench_sim", "discrete-event simulation of the real scheduler and router over cost models: the issue-12 experiments"),
 ]
 

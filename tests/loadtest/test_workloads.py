@@ -98,3 +98,34 @@ def test_bad_arguments_name_themselves():
         wl.WorkloadRequest("r", 0.0, 4, 1, prefix_len=5)
     with pytest.raises(ValueError, match="rate"):
         wl.arrivals(1, 0.0, wl.random.Random(0))
+
+
+def test_multi_turn_conversations_grow_by_question_and_answer():
+    reqs = wl.shared_prefix(10, 4.0, seed=2, num_groups=150, system_prompt_len=32, question_len=8, output_len=5,
+                            turns=4, think_s=0.5)
+    conversations: dict[str, list[wl.WorkloadRequest]] = {}
+    for r in reqs:
+        conversations.setdefault(r.conversation, []).append(r)
+    assert [len(c) for c in conversations.values()] == [4, 4, 2]  # 10 requests: the last conversation is cut
+    for turns in conversations.values():
+        assert len({r.tenant for r in turns}) == 1 and [r.turn for r in turns] == list(range(len(turns)))
+        for k, r in enumerate(turns):
+            assert (r.prefix_len, r.history_len, r.prompt_len) == (32, k * 13, 32 + k * 13 + 8)
+            assert r.arrival_s == pytest.approx(turns[0].arrival_s + k * 0.5)
+    first, second = conversations["c0"][:2]
+    with pytest.raises(ValueError, match="needs the earlier turns"):
+        second.prompt_tokens(1000)
+    p0 = first.prompt_tokens(1000)
+    answer = [1, 2, 3, 4, 5]
+    p1 = second.prompt_tokens(1000, history=p0[32:] + answer)
+    assert p1[: len(p0) + 5] == p0 + answer and len(p1) == len(p0) + 5 + 8
+
+
+def test_trace_may_carry_the_prompt_itself(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"request_id": "a", "arrival_s": 0.5, "prompt_token_ids": [11, 12, 13], "output_len": 2,'
+                    ' "priority": "batch", "ttft_ms": 900, "tbt_ms": 90}\n')
+    (r,) = wl.trace(path)
+    assert (r.prompt_len, r.prompt_tokens(1000), r.priority, r.ttft_ms, r.tbt_ms) == (3, [11, 12, 13], "batch", 900, 90)
+    with pytest.raises(ValueError, match="whole prompt"):
+        wl.WorkloadRequest("b", 0.0, 4, 1, prompt_token_ids=(1, 2))
