@@ -66,7 +66,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 if finish is not None:
                     return  # leaving the router's stream aborts the request if it is still running
         except Overloaded as e:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+            hint = () if e.retry_after_ms is None else (("retry-after-ms", str(e.retry_after_ms)),)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), trailing_metadata=hint)
         except ReplicaUnavailable as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         except ValueError as e:
@@ -103,7 +104,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 large_cache=r.large_cache, metrics_port=slot.info.metrics_port if slot.info else 0))
         c = self.router.counters
         out.counters.CopyFrom(pb.RouterCounters(routed=c.routed, migrated=c.migrated, failed_over=c.failed_over,
-                                                rejected=c.rejected, in_flight=len(self.router.journal)))
+                                                rejected=c.rejected, in_flight=len(self.router.journal),
+                                                queued=self.router.admission.queued))
         return out
 
 

@@ -95,6 +95,8 @@ class RouterCollector(Collector):
         yield healthy
         yield one(GaugeMetricFamily("shunter:requests_in_flight", "Requests the router holds (streaming or queued).",
                                     labels=["model_name"]), [model], len(r.journal))
+        yield one(GaugeMetricFamily("shunter:requests_queued", "Requests waiting for a slot (--max-queued).",
+                                    labels=["model_name"]), [model], r.admission.queued)
         c = r.counters
         routed, rejected = dict(c.routed_to), dict(c.rejected_by)
         decisions = CounterMetricFamily("shunter:routing_decisions",
@@ -106,7 +108,8 @@ class RouterCollector(Collector):
         yield decisions
         refused = CounterMetricFamily("shunter:requests_rejected",
                                       "Requests refused without generating, by reason "
-                                      "(invalid, max_in_flight: RESOURCE_EXHAUSTED, draining, replica_refused).",
+                                      "(invalid, max_in_flight: RESOURCE_EXHAUSTED past the admission queue, "
+                                      "draining, replica_refused).",
                                       labels=["model_name", "reason"])
         for reason in {**dict.fromkeys(REJECT_REASONS), **rejected}:
             refused.add_metric([model, reason], rejected.get(reason, 0))

@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Coroutine, Sequence
 from shunter.clock import Clock, MonotonicClock
 from shunter.errors import Overloaded, ReplicaUnavailable
 from shunter.replica.replica_core import PollResult, ReplicaInfo, TokenDelta
+from shunter.router.admission import Admission
 from shunter.router.engine_totals import EngineTotals
 from shunter.router.load import LoadReport, RequestLoad, RoutingRequest
 from shunter.router.placement import apply_stats, request_load, reserve, routing_policy, routing_request
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 class RouterConfig:
     routing: str = DEFAULT
     routing_settings: dict[str, Any] = field(default_factory=dict)
-    max_in_flight: int = 1024  # beyond it new requests get RESOURCE_EXHAUSTED
+    max_in_flight: int = 1024  # requests placed on replicas at once
+    max_queued: int = 0  # more wait for a slot (`admission.py`); beyond both: RESOURCE_EXHAUSTED
     poll_wait_s: float = 0.5  # an idle replica still reports this often (heartbeat)
     rebalance: bool = True
     rebalancer_settings: dict[str, Any] = field(default_factory=dict)
@@ -46,7 +48,7 @@ class RouterConfig:
 # Why a request was refused without generating (`Counters.rejected_by`), and the gRPC status it got.
 REJECT_REASONS = {
     "invalid": "INVALID_ARGUMENT",  # the frontend's or the replica's checks
-    "max_in_flight": "RESOURCE_EXHAUSTED",
+    "max_in_flight": "RESOURCE_EXHAUSTED",  # over max_in_flight with the admission queue full
     "draining": "UNAVAILABLE",
     "replica_refused": "UNAVAILABLE",  # the replica's engine would not take it, for another reason
 }
@@ -90,6 +92,7 @@ class Router:
         self.slots = {c.replica_id: ReplicaSlot(c, LoadReport(c.replica_id)) for c in clients}
         self.journal = MemoryStateStore()
         self.counters = Counters()
+        self.admission = Admission(self.config.max_in_flight, self.config.max_queued)
         self.draining = False
         self._stopping = False
         self._tasks: list[asyncio.Task] = []  # long-lived loops, cancelled by stop()
@@ -116,9 +119,9 @@ class Router:
         """Refuse new requests; wait for the in-flight ones. True when all finished in time."""
         self.draining = True
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while len(self.journal) and asyncio.get_running_loop().time() < deadline:
+        while (len(self.journal) or self.admission.queued) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
-        return len(self.journal) == 0
+        return len(self.journal) == 0 and not self.admission.queued
 
     async def stop(self) -> None:
         self._stopping = True
@@ -144,13 +147,16 @@ class Router:
         if self.draining:
             self.counters.reject("draining")
             raise ReplicaUnavailable("the server is draining")
-        if len(self.journal) >= self.config.max_in_flight:
+        try:
+            taken_at = await self.admission.acquire()
+        except Overloaded:
             self.counters.reject("max_in_flight")
-            raise Overloaded(f"{len(self.journal)} requests in flight (max_in_flight={self.config.max_in_flight})")
+            raise
         entry = JournalEntry(request_id, list(prompt), params)
         try:
             self.journal.add(entry)
         except ValueError:  # its request_id is in flight already
+            self.admission.release(taken_at)
             self.counters.reject("invalid")
             raise
         try:
@@ -169,6 +175,7 @@ class Router:
                 if owner is not None and owner.healthy:
                     self._spawn(self._quiet_abort(owner, request_id), f"abort {request_id}")
             self.journal.remove(request_id)
+            self.admission.release(taken_at)
 
     async def _quiet_abort(self, slot: ReplicaSlot, request_id: str) -> None:
         try:

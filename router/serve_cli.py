@@ -55,7 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int_at_least(1), default=64, help="requests a replica runs at once")
     parser.add_argument("--no-rebalance", action="store_true", help="turn off load-pair migration")
     parser.add_argument("--max-in-flight", type=int_at_least(1), default=1024,
-                        help="requests the server holds at once; more are refused with RESOURCE_EXHAUSTED")
+                        help="requests placed on replicas at once; more wait in the admission queue")
+    parser.add_argument("--max-queued", type=int_at_least(0), default=0,
+                        help="requests waiting for a slot; more are refused with RESOURCE_EXHAUSTED and a "
+                             "retry-after-ms hint in the trailing metadata")
     parser.add_argument("--drain-timeout", type=float_above(0, inclusive=True), default=30.0,
                         help="seconds Ctrl-C/SIGTERM waits for running requests")
     cache_size_options.add_arguments(parser)
@@ -115,7 +118,7 @@ async def serve(args: argparse.Namespace, clients: list) -> int:
     from shunter.router.router import Router, RouterConfig
 
     router = Router(clients, RouterConfig(routing=args.routing, rebalance=not args.no_rebalance,
-                                          max_in_flight=args.max_in_flight,
+                                          max_in_flight=args.max_in_flight, max_queued=args.max_queued,
                                           size_threshold_blocks=cache_size_options.threshold(args)))
     await router.start()
     address = metrics_options.frontend_address(args)

@@ -6,7 +6,12 @@ class ShunterError(Exception):
 
 
 class Overloaded(ShunterError):
-    """The queue is full: the caller should retry later (gRPC RESOURCE_EXHAUSTED)."""
+    """The queue is full: the caller should retry later (gRPC RESOURCE_EXHAUSTED), after about
+    `retry_after_ms` (sent to the client as trailing metadata)."""
+
+    def __init__(self, message: str, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class ReplicaUnavailable(ShunterError):
