@@ -122,10 +122,10 @@ def tiny_config(num_kv_blocks: int, preemption_mode: str = "recompute"):
                         preemption_mode=preemption_mode, num_threads=1)
 
 
-def tiny_client(config, name: str = "r0") -> LocalReplicaClient:
+def tiny_client(config, name: str = "r0", kind: type[LocalReplicaClient] = LocalReplicaClient) -> LocalReplicaClient:
     from shunter.replica.engine import Engine
 
-    return LocalReplicaClient(name, lambda: Engine(config))
+    return kind(name, lambda: Engine(config))
 
 
 def offline(prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
