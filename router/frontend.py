@@ -22,8 +22,9 @@ from shunter.errors import Overloaded, ReplicaUnavailable
 from shunter.proto import generation_pb2 as pb
 from shunter.proto import generation_pb2_grpc as pb_grpc
 from shunter.replica.detokenizer import IncrementalDetokenizer
-from shunter.router.grpc_request import prepare
+from shunter.router.grpc_request import MAX_REQUEST_BYTES, prepare
 from shunter.router.router import Router
+from shunter.router.security_options import Security
 
 if TYPE_CHECKING:
     from shunter.router.metrics_server import FrontendMetrics
@@ -114,15 +115,19 @@ class Frontend:
     request timings of every stream for its Prometheus page)."""
 
     def __init__(self, router: Router, host: str = "127.0.0.1", port: int = 50051, model: str = "",
-                 metrics: FrontendMetrics | None = None) -> None:
+                 metrics: FrontendMetrics | None = None, security: Security | None = None) -> None:
         self.router = router
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        security = security or Security()
+        self.server = grpc.aio.server(interceptors=security.interceptors(), options=[
+            ("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
         pb_grpc.add_GenerationServicer_to_server(GenerationServicer(router, model, metrics), self.server)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        self.port = (self.server.add_secure_port(address, security.credentials) if security.credentials
+                     else self.server.add_insecure_port(address))
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port}")
 

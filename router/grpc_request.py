@@ -19,6 +19,7 @@ from shunter.sampling_params import SamplingParams
 
 MAX_REQUEST_ID = 128
 MAX_STOP = 16
+MAX_REQUEST_BYTES = 1 << 20  # the server's gRPC max receive size: a larger request is RESOURCE_EXHAUSTED
 PRIORITIES = {0: "interactive", 1: "interactive", 2: "batch"}
 
 

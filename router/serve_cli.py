@@ -21,7 +21,7 @@ import sys
 from shunter.cli_args import float_above, int_at_least
 from shunter.replica.engine_config import PREEMPTION_MODES
 from shunter.replica.policies import POLICIES
-from shunter.router import cache_size_options, metrics_options
+from shunter.router import cache_size_options, metrics_options, security_options
 from shunter.router.policies import DEFAULT as DEFAULT_ROUTING
 from shunter.router.policies import REGISTRY as ROUTINGS
 from shunter.testing.fake_engine import FACTORY, FAKE_MODEL_PREFIX, parse_fake_model
@@ -63,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds Ctrl-C/SIGTERM waits for running requests")
     cache_size_options.add_arguments(parser)
     metrics_options.add_arguments(parser)
+    security_options.add_arguments(parser)
 
 
 def check(args: argparse.Namespace) -> None:
@@ -78,6 +79,7 @@ def check(args: argparse.Namespace) -> None:
         raise ValueError(f"--model: {str(e).removeprefix('model: ')}") from None
     cache_size_options.validate(args)
     metrics_options.validate(args)
+    security_options.from_args(args)
     if args.num_gpus_per_replica > 0 and args.address is None and not glob.glob("/dev/nvidia[0-9]*"):
         raise ValueError("--num-gpus-per-replica: this machine has no NVIDIA GPU for a local Ray instance")
     check_port_free(args.host, args.port)
@@ -123,11 +125,12 @@ async def serve(args: argparse.Namespace, clients: list) -> int:
     await router.start()
     address = metrics_options.frontend_address(args)
     metrics = serve_frontend_metrics(router, address) if address is not None else None
-    frontend = Frontend(router, args.host, args.port, model=args.model, metrics=metrics)
+    security = security_options.from_args(args)
+    frontend = Frontend(router, args.host, args.port, model=args.model, metrics=metrics, security=security)
     await frontend.start()
     page = f", metrics on http://{args.metrics_host}:{metrics.page.port}/metrics" if metrics is not None else ""
-    print(f"shunter: serving {args.model} from {len(clients)} replicas on {args.host}:{frontend.port}{page}",
-          flush=True)
+    print(f"shunter: serving {args.model} from {len(clients)} replicas on {args.host}:{frontend.port} "
+          f"({security.describe()}){page}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

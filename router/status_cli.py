@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from shunter.replica.engine_config import EngineConfig
+from shunter.router import security_options
 
 BLOCK_TOKENS = EngineConfig.block_size  # the default; serve has no option to change it
 HEAD = ("replica", "node", "healthy", "running", "waiting", "swapped",
@@ -26,6 +27,7 @@ LEGEND = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default="127.0.0.1:50051", help="host:port of `shunter serve`")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    security_options.add_client_arguments(parser)
 
 
 def format_table(status) -> str:
@@ -41,7 +43,8 @@ def format_table(status) -> str:
                  + (f"  size threshold {status.size_threshold_blocks} blocks" if status.size_threshold_blocks else "")
                  + (f"  metrics port {status.metrics_port}" if status.metrics_port else ""))
     lines.append(f"requests: routed {c.routed}  migrated {c.migrated}  failed over {c.failed_over}  "
-                 f"rejected {c.rejected} (invalid, over --max-in-flight, or draining)  in flight {c.in_flight}")
+                 f"rejected {c.rejected} (invalid, over --max-in-flight, or draining)  in flight {c.in_flight}  "
+                 f"queued {c.queued}")
     lines.append(LEGEND)
     return "\n".join(lines)
 
@@ -52,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from shunter.proto import generation_pb2 as pb
     from shunter.proto import generation_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(args.address) as channel:
+    with security_options.client_channel(args, args.address) as channel:
         try:
-            status = pb_grpc.GenerationStub(channel).ClusterStatus(pb.ClusterStatusRequest(), timeout=args.timeout)
+            status = pb_grpc.GenerationStub(channel).ClusterStatus(pb.ClusterStatusRequest(), timeout=args.timeout,
+                                                                   metadata=security_options.call_metadata(args))
         except grpc.RpcError as e:
             print(f"error: cannot reach {args.address}: {e.code().name} {e.details()}", file=sys.stderr)
             return 1

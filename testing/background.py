@@ -14,6 +14,7 @@ import grpc
 from shunter.proto import generation_pb2_grpc as pb_grpc
 from shunter.router.frontend import Frontend
 from shunter.router.router import Router, RouterConfig
+from shunter.router.security_options import Security
 
 if TYPE_CHECKING:
     from shunter.router.metrics_server import FrontendMetrics
@@ -21,30 +22,30 @@ if TYPE_CHECKING:
 
 class BackgroundServer:
     """Start with the replica clients; `stub` is a blocking client on 127.0.0.1; `close()` stops it
-    all (and kills in-process replicas). With `metrics`, the frontend's Prometheus page is served
+    all (and kills in-process replicas); with TLS (`security`) it is of no use: connect your own. With `metrics`, the frontend's Prometheus page is served
     on a free port of 127.0.0.1 (`metrics_url`)."""
 
     def __init__(self, clients: Sequence[Any], config: RouterConfig | None = None, model: str = "fake",
-                 metrics: bool = False) -> None:
+                 metrics: bool = False, security: Security | None = None) -> None:
         self.clients = list(clients)
         self.loop = asyncio.new_event_loop()
         self.router = Router(self.clients, config or RouterConfig(poll_wait_s=0.05, rebalance=False))
         self.thread = threading.Thread(target=self.loop.run_forever, name="shunter-server", daemon=True)
         self.thread.start()
         self.metrics: FrontendMetrics | None = None
-        self.frontend: Frontend = self.call(self._start(model, metrics))
+        self.frontend: Frontend = self.call(self._start(model, metrics, security))
         self.port = self.frontend.port
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = pb_grpc.GenerationStub(self.channel)
 
-    async def _start(self, model: str, metrics: bool) -> Frontend:
+    async def _start(self, model: str, metrics: bool, security: Security | None) -> Frontend:
         await self.router.start()
         if metrics:
             from shunter.router.metrics_options import MetricsAddress
             from shunter.router.metrics_server import serve_frontend_metrics
 
             self.metrics = serve_frontend_metrics(self.router, MetricsAddress("127.0.0.1", 0, model))
-        frontend = Frontend(self.router, "127.0.0.1", 0, model=model, metrics=self.metrics)
+        frontend = Frontend(self.router, "127.0.0.1", 0, model=model, metrics=self.metrics, security=security)
         await frontend.start()
         return frontend
 
