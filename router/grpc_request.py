@@ -19,6 +19,9 @@ from shunter.sampling_params import SamplingParams
 
 MAX_REQUEST_ID = 128
 MAX_STOP = 16
+MAX_STOP_CHARS = 256  # per stop string: each is searched for in the text of every chunk
+MAX_STOP_TOKEN_IDS = 64
+MAX_MESSAGES = 256
 MAX_REQUEST_BYTES = 1 << 20  # the server's gRPC max receive size: a larger request is RESOURCE_EXHAUSTED
 PRIORITIES = {0: "interactive", 1: "interactive", 2: "batch"}
 
@@ -67,6 +70,8 @@ def tokenize(req: pb.GenerateRequest, info: ReplicaInfo) -> list[int]:
         if not req.prompt:
             raise InvalidArgument("prompt: must not be empty")
         return list(tok(req.prompt).input_ids)
+    if len(req.messages.messages) > MAX_MESSAGES:
+        raise InvalidArgument(f"messages: at most {MAX_MESSAGES}, got {len(req.messages.messages)}")
     messages = [{"role": m.role, "content": m.content} for m in req.messages.messages]
     try:
         return chat_prompt_ids(tok, messages)
@@ -90,6 +95,10 @@ def sampling_params(req: pb.GenerateRequest) -> SamplingParams:
     stop = list(s.stop)
     if len(stop) > MAX_STOP or any(not x for x in stop):
         raise InvalidArgument(f"sampling.stop: at most {MAX_STOP} non-empty strings")
+    if any(len(x) > MAX_STOP_CHARS for x in stop):
+        raise InvalidArgument(f"sampling.stop: each at most {MAX_STOP_CHARS} characters")
+    if len(s.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+        raise InvalidArgument(f"sampling.stop_token_ids: at most {MAX_STOP_TOKEN_IDS}, got {len(s.stop_token_ids)}")
     if req.priority not in PRIORITIES:
         raise InvalidArgument(f"priority: unknown value {req.priority}")
     ttft = _finite("slo.ttft_ms", req.slo.ttft_ms, 0.0, low_open=True) if req.slo.HasField("ttft_ms") else None

@@ -138,3 +138,22 @@ def test_status_connects_with_tls_and_a_key(secure_server, pki, capsys, monkeypa
     monkeypatch.setenv("SHUNTER_TLS_CA", str(pki.ca))
     assert status_cli.run(status_args("--address", address)) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("r0")
+
+
+def test_no_prompt_text_or_key_is_logged(caplog):
+    """At DEBUG, through a served request, a refused key and a refused request."""
+    secret_prompt, key = "the patient's diagnosis is xyzzy", b"k-logged-never-42"
+    caplog.set_level("DEBUG")
+    server = BackgroundServer([LocalReplicaClient("r0", lambda: FakeEngine(with_tokenizer=True))],
+                              RouterConfig(poll_wait_s=0.05, rebalance=False), security=Security(api_keys=(key,)))
+    try:
+        ok = pb.GenerateRequest(prompt=secret_prompt, sampling=pb.SamplingOptions(max_tokens=4))
+        assert list(server.stub.Generate(ok, metadata=bearer(key), timeout=10))[-1].finish_reason
+        bad = pb.GenerateRequest(prompt=secret_prompt, sampling=pb.SamplingOptions(max_tokens=0))
+        for metadata in (bearer(key), bearer(key + b"x")):
+            with pytest.raises(grpc.RpcError):
+                list(server.stub.Generate(bad, metadata=metadata, timeout=10))
+    finally:
+        server.close()
+    assert caplog.records  # DEBUG was really captured (asyncio, grpc)
+    assert "xyzzy" not in caplog.text and key.decode() not in caplog.text
