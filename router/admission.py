@@ -60,6 +60,14 @@ class Admission:
             raise
         return self.clock()
 
+    def close(self, error: Exception) -> int:
+        """Refuse everyone in line with `error` (the server stops); how many there were."""
+        waiting = [w for w in self._waiters if not w.done()]
+        self._waiters.clear()
+        for waiter in waiting:
+            waiter.set_exception(error)
+        return len(waiting)
+
     def release(self, taken_at: float) -> None:
         """Give the slot back; the next in line (if any) gets it."""
         self.mean_hold_s += EWMA * (self.clock() - taken_at - self.mean_hold_s)

@@ -143,10 +143,10 @@ class Frontend:
 
     async def drain_and_stop(self, timeout_s: float = 30.0) -> bool:
         """Stop taking requests (health NOT_SERVING, new Generate UNAVAILABLE), finish the running
-        ones; True when all finished. Streams still running at the deadline are cut there: a grace
-        period after it would be a second drain the verdict does not see (a stream finishing in it
-        was reported as timed out)."""
+        ones; True when all finished. Streams still running at the deadline are ended there with
+        finish_reason "shutdown" (their replicas abort them), so the grace period that follows only
+        flushes last chunks: nothing generates in it that the verdict does not see."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         drained = await self.router.drain(timeout_s)
-        await self.server.stop(grace=1.0 if drained else None)  # drained: a moment to flush the last chunks
+        await self.server.stop(grace=1.0)
         return drained

@@ -45,6 +45,8 @@ class RouterConfig:
     size_threshold_blocks: int | None = None
 
 
+DRAIN_FINISH = "shutdown"  # the finish reason of a stream still running when --drain-timeout ends
+
 # Why a request was refused without generating (`Counters.rejected_by`), and the gRPC status it got.
 REJECT_REASONS = {
     "invalid": "INVALID_ARGUMENT",  # the frontend's or the replica's checks
@@ -94,6 +96,7 @@ class Router:
         self.counters = Counters()
         self.admission = Admission(self.config.max_in_flight, self.config.max_queued)
         self.draining = False
+        self.cut_at_drain = 0  # requests drain() had to end (running or queued) at its deadline
         self._stopping = False
         self._tasks: list[asyncio.Task] = []  # long-lived loops, cancelled by stop()
         self._background: set[asyncio.Task] = set()  # one-off aborts and migrations
@@ -116,12 +119,21 @@ class Router:
         return next(s.info for s in self.slots.values() if s.info is not None)
 
     async def drain(self, timeout_s: float = 30.0) -> bool:
-        """Refuse new requests; wait for the in-flight ones. True when all finished in time."""
+        """Refuse new requests; wait for the in-flight ones. True when all finished in time; else
+        the rest are ended there (`DRAIN_FINISH`) and `cut_at_drain` says how many."""
         self.draining = True
         deadline = asyncio.get_running_loop().time() + timeout_s
         while (len(self.journal) or self.admission.queued) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
-        return len(self.journal) == 0 and not self.admission.queued
+        self.cut_at_drain = self.admission.close(ReplicaUnavailable("the server shut down before this request started"))
+        for entry in list(self.journal.entries.values()):
+            if not entry.finished:
+                self.cut_at_drain += 1
+                owner = self.slots.get(entry.replica_id or "")
+                if owner is not None and owner.healthy:
+                    self._spawn(self._quiet_abort(owner, entry.request_id), f"abort {entry.request_id}")
+                self._emit(entry, [], DRAIN_FINISH, entry.replica_id or "")
+        return self.cut_at_drain == 0
 
     async def stop(self) -> None:
         self._stopping = True

@@ -141,8 +141,9 @@ async def serve(args: argparse.Namespace, clients: list) -> int:
     await router.stop()
     if metrics is not None:
         metrics.page.close()
-    print("shunter: stopped" if drained else
-          f"shunter: stopped; after --drain-timeout {args.drain_timeout:g} s the requests still running were cut", flush=True)
+    print("shunter: stopped; every request finished" if drained else
+          f"shunter: stopped; after --drain-timeout {args.drain_timeout:g} s, {router.cut_at_drain} requests still "
+          "running or queued were ended (finish_reason 'shutdown', or UNAVAILABLE if not started)", flush=True)
     return 0
 
 

@@ -69,6 +69,22 @@ def test_a_slot_handed_to_a_waiter_that_left_is_passed_on():
     run(main())
 
 
+def test_closing_refuses_everyone_in_line():
+    async def main():
+        adm = Admission(max_in_flight=1, max_queued=2)
+        first = await adm.acquire()
+        waiters = [asyncio.create_task(adm.acquire()) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert adm.close(RuntimeError("shut down")) == 2 and adm.queued == 0
+        for w in waiters:
+            with pytest.raises(RuntimeError, match="shut down"):
+                await w
+        adm.release(first)
+        assert adm.active == 0
+
+    run(main())
+
+
 def test_retry_hint_grows_with_the_queue_and_the_hold_time():
     now = [0.0]
     adm = Admission(max_in_flight=2, max_queued=8, clock=lambda: now[0])
