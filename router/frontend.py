@@ -22,6 +22,7 @@ from shunter.errors import Overloaded, ReplicaUnavailable
 from shunter.proto import generation_pb2 as pb
 from shunter.proto import generation_pb2_grpc as pb_grpc
 from shunter.replica.detokenizer import IncrementalDetokenizer
+from shunter.router.decode_guard import DecodeGuard
 from shunter.router.grpc_request import MAX_REQUEST_BYTES, prepare
 from shunter.router.router import Router
 from shunter.router.security_options import Security
@@ -118,7 +119,7 @@ class Frontend:
                  metrics: FrontendMetrics | None = None, security: Security | None = None) -> None:
         self.router = router
         security = security or Security()
-        self.server = grpc.aio.server(interceptors=security.interceptors(), options=[
+        self.server = grpc.aio.server(interceptors=[*security.interceptors(), DecodeGuard()], options=[
             ("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
         pb_grpc.add_GenerationServicer_to_server(GenerationServicer(router, model, metrics), self.server)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()

@@ -58,6 +58,10 @@ def test_nothing_invalid_reaches_a_replica(serve):
     with pytest.raises(grpc.RpcError) as err:  # past the server's receive limit: not even parsed
         list(server.stub.Generate(greq(prompt="z" * MAX_REQUEST_BYTES), timeout=10))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in err.value.details()
+    raw = server.channel.unary_stream("/shunter.v1.Generation/Generate", request_serializer=None)
+    with pytest.raises(grpc.RpcError) as err:  # no protobuf at all: refused, not UNKNOWN with a traceback logged
+        list(raw(b"\xff\xff\xff", timeout=10))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("request:")
     assert client.submitted == 0
     assert server.router.counters.rejected_by == {"invalid": len(cases)}
     limits = {"prompt_token_ids": ids(5), "sampling": {"max_tokens": 2, "seed": 2**63 - 1, "stop": ["y" * MAX_STOP_CHARS] * MAX_STOP,
