@@ -27,6 +27,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("hop", "shunter.loadtest.bench_hop", "time the router and gRPC hop adds to time to first token"),
     ("routing", "shunter.loadtest.bench_routing", "routing decision time per policy at 8, 64 and 1,024 fake replicas"),
     ("serve", "shunter.loadtest.bench_serve", "load a running server (loopback) open or closed loop: TTFT, inter-token gaps, throughput, goodput"),
+    ("chaos", "shunter.loadtest.bench_chaos", "mixed load while replica processes are SIGKILLed: tokens equal offline, none lost or duplicated"),
     ("sim", "shunter.loadtest.bench_sim", "discrete-event simulation of the real scheduler and router over cost models: the issue-12 experiments"),
 ]
 
