@@ -20,8 +20,9 @@ from shunter.router.admission import Admission
 from shunter.router.replica_client import LocalReplicaClient
 from shunter.router.router import RouterConfig
 from shunter.sampling_params import SamplingParams
+from shunter.testing.background import BackgroundServer
 from tests.fakes import FakeEngine
-from tests.router.prometheus_page import until
+from tests.router.prometheus_page import Page, until
 
 
 def run(coro):
@@ -102,9 +103,7 @@ def greq(max_tokens: int, prompt=(5,)) -> pb.GenerateRequest:
                               sampling=pb.SamplingOptions(max_tokens=max_tokens, ignore_eos=True, temperature=0))
 
 
-def test_queue_then_resource_exhausted_with_a_retry_hint(serve):
-    from shunter.testing.background import BackgroundServer
-
+def test_queue_then_resource_exhausted_with_a_retry_hint():
     server = BackgroundServer([LocalReplicaClient("r0", lambda: FakeEngine(step_time=0.01))],
                               RouterConfig(poll_wait_s=0.05, rebalance=False, max_in_flight=1, max_queued=1),
                               metrics=True)
@@ -114,7 +113,6 @@ def test_queue_then_resource_exhausted_with_a_retry_hint(serve):
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             queued = pool.submit(lambda: list(server.stub.Generate(greq(3), timeout=30)))
             until(lambda: server.stub.ClusterStatus(pb.ClusterStatusRequest()).counters.queued == 1)
-            from tests.router.prometheus_page import Page
             assert Page.scrape(server.metrics_url).get("shunter:requests_queued") == 1
             with pytest.raises(grpc.RpcError) as err:
                 list(server.stub.Generate(greq(2)))
