@@ -95,8 +95,9 @@ def test_disconnect_frees_the_blocks(serve):
 
 def test_cancel_while_waiting_in_the_engine(serve):
     server = serve([paced(dataclasses.replace(tiny_config(128), max_num_seqs=1))])
-    first, second = streams(server, 2)
-    next(first)
+    first = streams(server, 1)[0]
+    next(first)  # running: only then the second, which must wait (two calls at once may arrive either way)
+    second = server.stub.Generate(greq(1500, [p + 1 for p in PROMPT]))
     until(lambda: replica_state(server).num_waiting == 1)
     second.cancel()
     until(lambda: replica_state(server).num_waiting == 0)
