@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Coroutine, Sequence
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 
 from shunter.clock import Clock, MonotonicClock
 from shunter.errors import Overloaded, ReplicaUnavailable
@@ -22,7 +22,7 @@ from shunter.router.policies import DEFAULT
 from shunter.router.prefix_index import PrefixIndex
 from shunter.router.rebalancer import Rebalancer
 from shunter.router.replica_client import ReplicaClient, ReplicaDead
-from shunter.router.state_store import Delta, JournalEntry, MemoryStateStore
+from shunter.router.state_store import Delta, JournalEntry, MemoryStateStore, StateStore
 from shunter.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class ReplicaSlot:
 
 class Router:
     def __init__(self, clients: Sequence[ReplicaClient], config: RouterConfig | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, state: StateStore | None = None) -> None:
         self.config = config or RouterConfig()
         self.clock = clock or MonotonicClock()
         self.index = PrefixIndex()
@@ -71,7 +71,7 @@ class Router:
         self.policy = routing_policy(self.config.routing, self.index, threshold, self.config.routing_settings)
         self.rebalancer = Rebalancer(self.clock, size_threshold_blocks=threshold, **self.config.rebalancer_settings)
         self.slots = {c.replica_id: ReplicaSlot(c, LoadReport(c.replica_id)) for c in clients}
-        self.journal = MemoryStateStore()
+        self.journal: StateStore = state if state is not None else MemoryStateStore()
         self.counters = Counters()
         self.draining = False
         self._stopping = False
@@ -90,6 +90,7 @@ class Router:
             self._tasks.append(slot.task)
         if self.config.rebalance:
             self._tasks.append(asyncio.create_task(self._rebalance_loop()))
+        await self.journal.start(self)
 
     @property
     def info(self) -> ReplicaInfo:
@@ -108,6 +109,7 @@ class Router:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        await self.journal.stop()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
         """Run a one-off task in the background; keep a reference (the loop holds only weak
@@ -124,30 +126,49 @@ class Router:
     # ---- requests ----------------------------------------------------------------------------
     async def generate(self, request_id: str, prompt: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
         """Stream one request's tokens; the last Delta has `finish_reason`. Leaving early aborts it."""
+        self.admit()
+        entry = JournalEntry(request_id, list(prompt), params)
+        self.journal.add(entry)
+        deltas = self.stream(entry, lambda: self._place(entry, entry.prompt_token_ids, params))
+        try:
+            async for delta in deltas:
+                yield delta
+        finally:
+            await deltas.aclose()
+
+    def admit(self) -> None:
+        """Raise unless a new request may start now (not draining, under max_in_flight)."""
         if self.draining:
             self.counters.rejected += 1
             raise ReplicaUnavailable("the server is draining")
         if len(self.journal) >= self.config.max_in_flight:
             self.counters.rejected += 1
             raise Overloaded(f"{len(self.journal)} requests in flight (max_in_flight={self.config.max_in_flight})")
-        entry = JournalEntry(request_id, list(prompt), params)
-        self.journal.add(entry)
+
+    async def stream(self, entry: JournalEntry, start: Callable[[], Awaitable[None]] | None = None
+                     ) -> AsyncGenerator[Delta, None]:
+        """Hand out a journaled request's deltas (after awaiting `start()`, its placement) until it
+        finishes. Leaving early aborts it, unless a resumed stream took it over meanwhile (then
+        that one holds it, and this queue is no longer the entry's)."""
+        queue = entry.queue
         try:
-            await self._place(entry, entry.prompt_token_ids, params)
+            if start is not None:
+                await start()
             while True:
-                item = await entry.queue.get()
+                item = await queue.get()
                 if isinstance(item, Exception):
                     raise item
                 yield item
                 if item.finish_reason is not None:
                     return
         finally:
-            if not entry.finished:
-                entry.finished = True
-                owner = self.slots.get(entry.replica_id or "")
-                if owner is not None and owner.healthy:
-                    self._spawn(self._quiet_abort(owner, request_id), f"abort {request_id}")
-            self.journal.remove(request_id)
+            if entry.queue is queue:
+                if not entry.finished:
+                    entry.finished = True
+                    owner = self.slots.get(entry.replica_id or "")
+                    if owner is not None and owner.healthy:
+                        self._spawn(self._quiet_abort(owner, entry.request_id), f"abort {entry.request_id}")
+                self.journal.remove(entry.request_id)
 
     async def _quiet_abort(self, slot: ReplicaSlot, request_id: str) -> None:
         try:
@@ -175,6 +196,7 @@ class Router:
                 entry.replica_id = None
                 raise
             self.counters.routed += 1
+            self.journal.placed(entry, routing.expected_blocks)
             return
         raise ReplicaUnavailable("no healthy replica took the request")
 
@@ -205,6 +227,7 @@ class Router:
         apply_stats(slot.report, result.stats)
         if result.events:
             self.index.apply(slot.client.replica_id, result.events)
+            self.journal.cache_events(slot.client.replica_id, result.events)
         for delta in result.deltas:
             self._deliver(slot.client.replica_id, delta)
 
@@ -228,8 +251,10 @@ class Router:
 
     def _emit(self, entry: JournalEntry, new: list[int], finish: str | None, replica_id: str) -> None:
         entry.sent.extend(new)
+        if new:
+            self.journal.sent(entry, new)
         if finish is not None:
-            entry.finished = True
+            entry.finished, entry.finish_reason = True, finish
         if new or finish is not None:
             entry.queue.put_nowait(Delta(list(new), finish, entry.num_cached_tokens, replica_id))
 
