@@ -14,16 +14,18 @@ import grpc
 from shunter.proto import generation_pb2_grpc as pb_grpc
 from shunter.router.frontend import Frontend
 from shunter.router.router import Router, RouterConfig
+from shunter.router.state_store import StateStore
 
 
 class BackgroundServer:
-    """Start with the replica clients; `stub` is a blocking client on 127.0.0.1; `close()` stops it
-    all (and kills in-process replicas)."""
+    """Start with the replica clients (and a state store: in memory by default); `stub` is a
+    blocking client on 127.0.0.1; `close()` stops it all (and kills in-process replicas)."""
 
-    def __init__(self, clients: Sequence[Any], config: RouterConfig | None = None, model: str = "fake") -> None:
+    def __init__(self, clients: Sequence[Any], config: RouterConfig | None = None, model: str = "fake",
+                 state: StateStore | None = None) -> None:
         self.clients = list(clients)
         self.loop = asyncio.new_event_loop()
-        self.router = Router(self.clients, config or RouterConfig(poll_wait_s=0.05, rebalance=False))
+        self.router = Router(self.clients, config or RouterConfig(poll_wait_s=0.05, rebalance=False), state=state)
         self.thread = threading.Thread(target=self.loop.run_forever, name="shunter-server", daemon=True)
         self.thread.start()
         self.frontend: Frontend = self.call(self._start(model))
