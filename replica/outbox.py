@@ -10,7 +10,8 @@ once can put them back in order.
 Several routers (one per frontend) may serve from one replica, so the outbox has one channel
 per consumer: a request's tokens go only to the channel of the consumer that submitted (or
 imported) it, while cache events and the engine's stats go to every channel, so each router
-routes with the same view of the replica. A router alone uses the default channel `""`. A named
+routes with the same view of the replica (and hears which requests the replica took since, with
+the stats that count them). A router alone uses the default channel `""`. A named
 channel not polled for `idle_s` is dropped with its requests (their consumer is gone: the
 replica aborts them; the journal lets a client resume them elsewhere), and a channel holds at
 most `MAX_EVENTS` undrained cache events (the oldest go first: the prefix index is a hint).
@@ -54,6 +55,8 @@ class PollResult:
     events: list[CacheEvent] = field(default_factory=list)
     epoch: int = 0
     seq: int = 0
+    published: int = 0  # the engine's publishes so far: `stats` is from the last (a timed-out poll repeats it)
+    taken: list[str] = field(default_factory=list)  # requests submitted since the last drain, all counted in `stats`
 
 
 Wake = Callable[[], None]
@@ -66,6 +69,7 @@ class _Channel:
     epoch: int
     deltas: dict[str, TokenDelta] = field(default_factory=dict)
     events: list[CacheEvent] = field(default_factory=list)
+    taken: list[str] = field(default_factory=list)
     waiters: list[Wake] = field(default_factory=list)  # parked polls, newest last
     woken: bool = False  # a woken poll has not drained yet
     seq: int = 0
@@ -81,6 +85,8 @@ class Outbox:
         self._owners: dict[str, str] = {}  # request id -> consumer, for requests not on the default channel
         self._idle_s = idle_s
         self._swept_at = time.monotonic()
+        self._published = 0
+        self._taken: list[str] = []  # submitted since the last publish (its stats will count them)
 
     def _channel(self, consumer: str) -> _Channel:
         """The consumer's channel, made on first use (under the lock)."""
@@ -98,6 +104,12 @@ class Outbox:
             else:
                 self._owners[request_id] = consumer
                 self._channel(consumer)
+
+    def taken(self, request_id: str) -> None:
+        """The engine took this submitted request; the next publish's stats count it, and every
+        channel hears so with them (another frontend stops counting it as pending then)."""
+        with self._lock:
+            self._taken.append(request_id)
 
     def release(self, request_id: str) -> None:
         """The request left the engine (aborted or exported)."""
@@ -124,12 +136,17 @@ class Outbox:
                     prev.finish_reason = out.finish_reason
                 if out.finish_reason is not None and owners:
                     owners.pop(out.request_id, None)
-            if events:
+            if events or self._taken:
                 for ch in channels.values():
                     ch.events.extend(events)
+                    ch.taken.extend(self._taken)
                     if len(ch.events) > MAX_EVENTS:
                         del ch.events[: len(ch.events) - MAX_EVENTS]
+                    if len(ch.taken) > MAX_EVENTS:
+                        del ch.taken[: len(ch.taken) - MAX_EVENTS]
+                self._taken = []
             self._stats = stats
+            self._published += 1
             wakes = [w for w in map(self._next_waiter, channels.values()) if w is not None]
             gone = self._sweep() if len(channels) > 1 else []
         for wake in wakes:
@@ -233,8 +250,9 @@ class Outbox:
     def _drain(self, consumer: str) -> PollResult:
         with self._lock:
             ch = self._channel(consumer)
-            result = PollResult(self._stats, list(ch.deltas.values()), ch.events, ch.epoch, ch.seq)
-            ch.deltas, ch.events = {}, []
+            result = PollResult(self._stats, list(ch.deltas.values()), ch.events, ch.epoch, ch.seq, self._published,
+                                ch.taken)
+            ch.deltas, ch.events, ch.taken = {}, [], []
             ch.seq += 1
             ch.woken = False
             ch.polled_at = time.monotonic()

@@ -78,6 +78,8 @@ class ReplicaCore:
             engine.add_request(request_id, prompt_token_ids, params)
         except Exception as e:
             self.outbox.refuse(request_id, e)
+        else:
+            self.outbox.taken(request_id)
 
     def abort(self, request_id: str) -> concurrent.futures.Future[EngineOutput | None]:
         def take(engine: EngineProtocol) -> EngineOutput | None:

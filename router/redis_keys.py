@@ -1,14 +1,17 @@
 """Where the shared state lives in Redis: every key and channel name, in one place.
 
-| key | type | what | lifetime |
-|---|---|---|---|
-| `shunter:replicas` | hash | replica id -> JSON `ReplicaEntry` (its Ray actor, namespace, model) | until the last frontend stops the replicas |
-| `shunter:replica:<id>` | string | the replica's latest load report (JSON), its heartbeat | `REPLICA_TTL_MS`, refreshed each second by every frontend polling it |
-| `shunter:frontend:<id>` | string | a frontend's heartbeat | `FRONTEND_TTL_MS`, refreshed each second |
-| `shunter:prefix:<id>` | sorted set | block hashes the replica holds, scored by when they were stored (ms) | bounded: the oldest go past `PREFIX_CAP`; dropped while the replica is down |
-| `shunter:req:<id>` | hash | a request's journal: prompt, params, owner frontend, replica, state, finish reason, cached tokens, n | the journal TTL, refreshed while it streams, counted again from its end |
-| `shunter:tok:<id>` | string | the tokens it streamed, uint32 each, appended per batch | as its `req` |
-| `shunter:bus` | pub/sub | placements (for the others' pending load) and hand-over requests | - |
+- `shunter:replicas` (hash): replica id -> JSON `ReplicaEntry` (its Ray actor, namespace,
+  model); kept until the last frontend stops the replicas.
+- `shunter:replica:<id>` (string): the replica's latest load report (JSON), its heartbeat;
+  expires after `REPLICA_TTL_MS`, refreshed each second by every frontend polling it.
+- `shunter:frontend:<id>` (string): a frontend's heartbeat; `FRONTEND_TTL_MS`, refreshed each second.
+- `shunter:prefix:<id>` (sorted set): block hashes the replica holds, scored by when they were
+  stored (ms); past `PREFIX_CAP` the oldest go; dropped while the replica is down.
+- `shunter:req:<id>` (hash): a request's journal: prompt, params, owner frontend, replica,
+  state, finish reason, cached tokens, n (tokens, once ended); the journal TTL, refreshed
+  while it streams and counted again from its end.
+- `shunter:tok:<id>` (string): the tokens it streamed, uint32 each, appended per batch; as its `req`.
+- `shunter:bus` (pub/sub): placements (for the others' pending load) and hand-over requests.
 """
 from __future__ import annotations
 

@@ -2,15 +2,15 @@
 mirrored to Redis and shared with the other frontends serving from the same replicas.
 
 Nothing on the token path waits for Redis. The router's calls (`add`, `placed`, `sent`,
-`remove`, `cache_events`) update local state as `MemoryStateStore` does and queue commands that
-`RedisWriter` sends in one pipeline per batch. What the other frontends do arrives on one pub/sub
-channel: their placements (each adds to the replica's pending load here until the replica's next
-report) and requests to hand a stream over. Every routing decision reads local state only: load
-and cache events come to every frontend straight from the replicas (each has its own channel of
-every replica's outbox), so Redis adds no round trip to a decision. What Redis adds is memory
-that outlives a frontend: the journal a client resumes from, the prefix index a frontend started
-later begins with, and the registry and heartbeats (`replica_registry.py`). Key layout:
-`redis_keys.py`.
+`remove`, `reported`) update local state as `MemoryStateStore` does and queue commands that
+`RedisWriter` sends in one pipeline per batch. What the other frontends do arrives on one
+pub/sub channel: their placements (each adds to the replica's pending load here until a report
+of the replica counts it: `remote_pending.py`) and requests to hand a stream over. Every routing
+decision reads local state only: load and cache events come to every frontend straight from the
+replicas (each has its own channel of every replica's outbox), so Redis adds no round trip to a
+decision. What Redis adds is memory that outlives a frontend: the journal a client resumes from,
+the prefix index a frontend started later begins with, and the registry and heartbeats
+(`replica_registry.py`). Key layout: `redis_keys.py`.
 """
 from __future__ import annotations
 
@@ -28,9 +28,12 @@ from redis.exceptions import RedisError
 
 from shunter.errors import ReplicaUnavailable
 from shunter.replica.engine_protocol import CacheEvent
+from shunter.replica.outbox import PollResult
 from shunter.router import redis_keys as keys
+from shunter.router.load import LoadReport
 from shunter.router.redis_url import RedisURL, StateStoreError, explain
 from shunter.router.redis_writer import Command, RedisWriter
+from shunter.router.remote_pending import RemotePending
 from shunter.router.replica_registry import ReplicaEntry
 from shunter.router.state_store import (
     ENDED,
@@ -68,6 +71,7 @@ class RedisStateStore(MemoryStateStore):
         self._tasks: list[asyncio.Task] = []
         self._ttl_set: dict[str, float] = {}  # live request id -> when its TTL was last set
         self._down: set[str] = set()  # replicas seen down (their prefix set was dropped)
+        self.remote = RemotePending()  # what the other frontends placed
 
     # ---- life --------------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -113,7 +117,8 @@ class RedisStateStore(MemoryStateStore):
     def placed(self, entry: JournalEntry, blocks: int) -> None:
         self.writer.put("HSET", keys.request(entry.request_id), "replica", entry.replica_id)
         self.writer.put("PUBLISH", keys.BUS, json.dumps(
-            {"op": "placed", "from": self.frontend_id, "replica": entry.replica_id, "blocks": blocks}))
+            {"op": "placed", "from": self.frontend_id, "replica": entry.replica_id, "request_id": entry.request_id,
+             "blocks": blocks}))
 
     def sent(self, entry: JournalEntry, tokens: list[int]) -> None:
         self.writer.put("APPEND", keys.tokens(entry.request_id), packed(tokens).tobytes())
@@ -135,17 +140,23 @@ class RedisStateStore(MemoryStateStore):
         """Write a whole record: a new request, an adopted one, or after an outage (`if_absent`,
         for ended ones: another frontend may have adopted the request since, and its record wins)."""
         req, tok, ttl = keys.request(record.request_id), keys.tokens(record.request_id), int(self.retain_s * 1000)
-        fields = ("prompt", packed(record.prompt_token_ids).tobytes(), "params", json.dumps(dataclasses.asdict(record.params)),
-                  "owner", record.owner, "state", state, "finish", record.finish_reason or "", "n", len(record.tokens),
+        params = json.dumps(dataclasses.asdict(record.params))
+        fields = ("prompt", packed(record.prompt_token_ids).tobytes(), "params", params, "owner", record.owner,
+                  "state", state, "finish", record.finish_reason or "", "n", len(record.tokens),
                   "cached", record.num_cached_tokens, "replica", record.replica_id or "")
         if if_absent:
             return [("EVAL", _WRITE_IF_ABSENT, 2, req, tok, ttl, packed(record.tokens).tobytes(), *fields)]
         return [("DEL", req), ("HSET", req, *fields), ("PEXPIRE", req, ttl),
                 ("SET", tok, packed(record.tokens).tobytes(), "PX", ttl)]
 
-    # ---- the prefix index ----------------------------------------------------------------------
-    def cache_events(self, replica_id: str, events: list[CacheEvent]) -> None:
-        """Mirror them in order: runs of stores as one ZADD (scored by time: the oldest are
+    # ---- what the replicas report ---------------------------------------------------------------
+    def reported(self, report: LoadReport, result: PollResult, fresh: bool) -> None:
+        self.remote.reported(report, result.taken, fresh)
+        if result.events:
+            self._mirror(report.replica_id, result.events)
+
+    def _mirror(self, replica_id: str, events: list[CacheEvent]) -> None:
+        """The prefix index, in order: runs of stores as one ZADD (scored by time: the oldest are
         evicted first past `prefix_cap`), runs of evictions as one ZREM."""
         key, now, stored = keys.prefix(replica_id), time.time() * 1000, False
         run_kind, run = None, []
@@ -248,7 +259,7 @@ class RedisStateStore(MemoryStateStore):
         if op == "placed" and message["from"] != self.frontend_id:
             slot = router.slots.get(message["replica"])
             if slot is not None and slot.healthy:
-                slot.report.pending_blocks += message["blocks"]  # until the replica's next report here
+                self.remote.heard(slot.report, message["request_id"], message["blocks"])
         elif op == "release" and message["to"] == self.frontend_id:
             if not release(router, message["request_id"]):  # not live here (its end was not journaled): say so
                 self.writer.put("EVAL", _END_IF_OWNER, 1, keys.request(message["request_id"]), self.frontend_id)

@@ -50,7 +50,8 @@ class LocalReplicaClient:
                  consumer: str = DEFAULT) -> None:
         self.replica_id = replica_id
         self.consumer = consumer
-        self._process = _LocalProcess(engine_factory, large_cache, ReplicaCore(replica_id, engine_factory(), large_cache))
+        core = ReplicaCore(replica_id, engine_factory(), large_cache)
+        self._process = _LocalProcess(engine_factory, large_cache, core)
 
     @property
     def core(self) -> ReplicaCore | None:

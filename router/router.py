@@ -59,6 +59,7 @@ class ReplicaSlot:
     info: ReplicaInfo | None = None
     healthy: bool = True
     task: asyncio.Task | None = None
+    published: int = -1  # of the stats last applied (`PollResult.published`)
 
 
 class Router:
@@ -224,10 +225,13 @@ class Router:
     def _apply(self, slot: ReplicaSlot, result: PollResult) -> None:
         if not slot.healthy:
             return
-        apply_stats(slot.report, result.stats)
+        fresh = result.published != slot.published  # a new report: what was sent before it is counted in it
+        if fresh:
+            slot.published = result.published
+            apply_stats(slot.report, result.stats)
         if result.events:
             self.index.apply(slot.client.replica_id, result.events)
-            self.journal.cache_events(slot.client.replica_id, result.events)
+        self.journal.reported(slot.report, result, fresh)
         for delta in result.deltas:
             self._deliver(slot.client.replica_id, delta)
 

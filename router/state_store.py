@@ -19,8 +19,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
 
-from shunter.replica.engine_protocol import CacheEvent
-from shunter.replica.outbox import DEFAULT
+from shunter.replica.outbox import DEFAULT, PollResult
+from shunter.router.load import LoadReport
 from shunter.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -87,8 +87,8 @@ def packed(tokens: Iterable[int]) -> array.array:
 
 class StateStore(Protocol):
     """What the router asks of its state. The journal of live entries is this process's own; the
-    rest may be shared with other frontends. `placed`, `sent` and `cache_events` are on the token
-    path: they must return at once (a shared store sends them later, batched)."""
+    rest may be shared with other frontends. `placed`, `sent` and `reported` are on the token path:
+    they must return at once (a shared store sends them later, batched)."""
 
     frontend_id: str  # this frontend's channel on every replica (`DEFAULT` when it is alone)
     entries: dict[str, JournalEntry]
@@ -100,7 +100,7 @@ class StateStore(Protocol):
     def __len__(self) -> int: ...
     def placed(self, entry: JournalEntry, blocks: int) -> None: ...  # submitted to entry.replica_id
     def sent(self, entry: JournalEntry, tokens: list[int]) -> None: ...  # appended to entry.sent
-    def cache_events(self, replica_id: str, events: list[CacheEvent]) -> None: ...
+    def reported(self, report: LoadReport, result: PollResult, fresh: bool) -> None: ...  # a drain was applied
     async def lookup(self, request_id: str) -> JournalRecord | None: ...
     async def claim(self, record: JournalRecord) -> JournalRecord: ...
     async def start(self, router: Router) -> None: ...
@@ -157,8 +157,8 @@ class MemoryStateStore:
     def sent(self, entry: JournalEntry, tokens: list[int]) -> None:
         pass  # entry.sent is the journal
 
-    def cache_events(self, replica_id: str, events: list[CacheEvent]) -> None:
-        pass  # the router's own PrefixIndex is the only one
+    def reported(self, report: LoadReport, result: PollResult, fresh: bool) -> None:
+        pass  # no other frontend's placements to count; the router's own PrefixIndex is the only one
 
     async def lookup(self, request_id: str) -> JournalRecord | None:
         item = self._retired.get(request_id)

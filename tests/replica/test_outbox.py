@@ -176,3 +176,12 @@ def test_an_undrained_channel_keeps_only_the_newest_cache_events(monkeypatch):
     box = outbox()
     box.publish([], [CacheEvent("stored", h) for h in range(5)], FakeEngine().stats())
     assert [e.block_hash for e in box.poll_blocking(0.0).events] == [2, 3, 4]
+
+
+def test_a_taken_request_reaches_every_channel_with_the_stats_that_count_it():
+    box = outbox()
+    box.taken("a")
+    assert box.poll_blocking(0.0, consumer="fe-1").taken == []  # not before a publish's stats include it
+    publish(box, [])
+    assert box.poll_blocking(0.0, consumer="fe-1").taken == ["a"]
+    assert box.poll_blocking(0.0).taken == ["a"]

@@ -20,8 +20,8 @@ async def collect(router: Router, rid: str, prompt: list[int], max_tokens: int) 
 def test_two_routers_share_replicas_and_each_streams_its_own_requests():
     async def main():
         replicas = [LocalReplicaClient(f"r{i}", lambda: FakeEngine(step_time=0.002)) for i in range(2)]
-        routers = [Router([c.for_consumer(f"fe-{k}") for c in replicas], RouterConfig(poll_wait_s=0.05, rebalance=False))
-                   for k in range(2)]
+        config = RouterConfig(poll_wait_s=0.05, rebalance=False)
+        routers = [Router([c.for_consumer(f"fe-{k}") for c in replicas], config) for k in range(2)]
         try:
             for r in routers:
                 await r.start()

@@ -39,7 +39,8 @@ def test_a_malformed_state_url_says_what_is_wrong_and_never_shows_the_password(t
 def test_state_urls_parse():
     assert parse_state("memory") is None
     url = parse_state("rediss://ops:s%40cret@cache.internal:6380/3")
-    assert (url.host, url.port, url.db, url.username, url.password, url.tls) == ("cache.internal", 6380, 3, "ops", "s@cret", True)
+    assert (url.host, url.port, url.db, url.username, url.password, url.tls) == \
+        ("cache.internal", 6380, 3, "ops", "s@cret", True)
     assert str(url) == "rediss://ops:***@cache.internal:6380/3" and "s@cret" not in repr(url)
     assert parse_state("redis://localhost") == RedisURL("localhost")
 
@@ -106,7 +107,7 @@ def test_a_live_request_is_journaled_as_it_streams(redis_db):
     async def main():
         router, replicas = frontend(redis_db)
         await router.start()
-        stream = router.generate("live", [3] * 20, SamplingParams(max_tokens=500, ignore_eos=True))
+        stream = router.generate("live", [3] * 20, SamplingParams(max_tokens=4000, ignore_eos=True))
         got = []
         async for d in stream:
             got += d.token_ids
@@ -146,7 +147,7 @@ def test_the_prefix_index_is_mirrored_and_bounded_newest_first(redis_db):
 
 
 def test_registry_and_heartbeats(redis_db):
-    entries = [ReplicaEntry("r0", "shunter-r0", "shunter", "fake:ids"), ReplicaEntry("r1", "shunter-r1", "shunter", "fake:ids")]
+    entries = [ReplicaEntry(f"r{i}", f"shunter-r{i}", "shunter", "fake:ids") for i in range(2)]
     register(redis_db.url, entries)
     assert registered(redis_db.url) == entries
 
