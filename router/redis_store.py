@@ -37,6 +37,7 @@ from shunter.router.remote_pending import RemotePending
 from shunter.router.replica_registry import ReplicaEntry
 from shunter.router.state_store import (
     ENDED,
+    FINISHED,
     LIVE,
     MAX_RETAINED,
     RETAIN_S,
@@ -69,7 +70,9 @@ class RedisStateStore(MemoryStateStore):
         self.writer: RedisWriter | None = None
         self._router: Router | None = None
         self._tasks: list[asyncio.Task] = []
-        self._ttl_set: dict[str, float] = {}  # live request id -> when its TTL was last set
+        self._ttl_set: dict[str, float] = {}  # live request id (in Redis) -> when its TTL was last set
+        self._own_placements = f"placed {self.frontend_id} ".encode()
+        self._trim: set[str] = set()  # replicas whose prefix set grew since the last trim
         self._down: set[str] = set()  # replicas seen down (their prefix set was dropped)
         self.remote = RemotePending()  # what the other frontends placed
 
@@ -109,45 +112,38 @@ class RedisStateStore(MemoryStateStore):
             await self.client.aclose()
 
     # ---- the journal (the router's calls: local, then queued for Redis) ---------------------------
-    def add(self, entry: JournalEntry) -> None:
-        super().add(entry)
-        self._ttl_set[entry.request_id] = time.monotonic()
-        self.writer.put_all(self._record_commands(record_of(entry, self.frontend_id), LIVE))
-
+    # A request's record goes to Redis with its first placement (so it names its replica), its
+    # tokens as they stream, its end when its stream ends: one script call each, a few per request.
     def placed(self, entry: JournalEntry, blocks: int) -> None:
-        self.writer.put("HSET", keys.request(entry.request_id), "replica", entry.replica_id)
-        self.writer.put("PUBLISH", keys.BUS, json.dumps(
-            {"op": "placed", "from": self.frontend_id, "replica": entry.replica_id, "request_id": entry.request_id,
-             "blocks": blocks}))
+        rid = entry.request_id
+        if rid in self._ttl_set:  # placed again (failover): where it runs now
+            self.writer.put("HSET", keys.request(rid), "replica", entry.replica_id)
+        else:
+            self._ttl_set[rid] = time.monotonic()
+            self.writer.put_all(self._record_commands(record_of(entry, self.frontend_id), LIVE))
+        self.writer.put("PUBLISH", keys.BUS, f"placed {self.frontend_id} {entry.replica_id} {blocks} {rid}")
 
     def sent(self, entry: JournalEntry, tokens: list[int]) -> None:
-        self.writer.put("APPEND", keys.tokens(entry.request_id), packed(tokens).tobytes())
+        self.writer.append(keys.tokens(entry.request_id), packed(tokens).tobytes())
 
     def remove(self, request_id: str) -> None:
         entry = self.entries.get(request_id)
         super().remove(request_id)
-        if entry is None:
-            return
-        self._ttl_set.pop(request_id, None)
-        record = record_of(entry, self.frontend_id)
-        req, ttl = keys.request(request_id), int(self.retain_s * 1000)
-        self.writer.put_all([
-            ("HSET", req, "state", record.state, "finish", record.finish_reason or "", "n", len(record.tokens),
-             "cached", record.num_cached_tokens, "replica", record.replica_id or ""),
-            ("PEXPIRE", req, ttl), ("PEXPIRE", keys.tokens(request_id), ttl)])
+        if entry is None or self._ttl_set.pop(request_id, None) is None:
+            return  # never placed: nothing of it in Redis
+        state = FINISHED if entry.finish_reason is not None else ENDED
+        self.writer.put("EVAL", _END, 2, keys.request(request_id), keys.tokens(request_id), int(self.retain_s * 1000),
+                        state, entry.finish_reason or "", len(entry.sent), entry.num_cached_tokens,
+                        entry.replica_id or "")
 
     def _record_commands(self, record: JournalRecord, state: str, if_absent: bool = False) -> list[Command]:
         """Write a whole record: a new request, an adopted one, or after an outage (`if_absent`,
         for ended ones: another frontend may have adopted the request since, and its record wins)."""
-        req, tok, ttl = keys.request(record.request_id), keys.tokens(record.request_id), int(self.retain_s * 1000)
-        params = json.dumps(dataclasses.asdict(record.params))
-        fields = ("prompt", packed(record.prompt_token_ids).tobytes(), "params", params, "owner", record.owner,
-                  "state", state, "finish", record.finish_reason or "", "n", len(record.tokens),
+        fields = ("prompt", packed(record.prompt_token_ids).tobytes(), "params", json.dumps(vars(record.params)),
+                  "owner", record.owner, "state", state, "finish", record.finish_reason or "", "n", len(record.tokens),
                   "cached", record.num_cached_tokens, "replica", record.replica_id or "")
-        if if_absent:
-            return [("EVAL", _WRITE_IF_ABSENT, 2, req, tok, ttl, packed(record.tokens).tobytes(), *fields)]
-        return [("DEL", req), ("HSET", req, *fields), ("PEXPIRE", req, ttl),
-                ("SET", tok, packed(record.tokens).tobytes(), "PX", ttl)]
+        return [("EVAL", _WRITE_IF_ABSENT if if_absent else _WRITE, 2, keys.request(record.request_id),
+                 keys.tokens(record.request_id), int(self.retain_s * 1000), packed(record.tokens).tobytes(), *fields)]
 
     # ---- what the replicas report ---------------------------------------------------------------
     def reported(self, report: LoadReport, result: PollResult, fresh: bool) -> None:
@@ -171,7 +167,7 @@ class RedisStateStore(MemoryStateStore):
                 run_kind = kind
                 run.append(event.block_hash)
         if stored:
-            self.writer.put("ZREMRANGEBYRANK", key, 0, -self.prefix_cap - 1)
+            self._trim.add(replica_id)
 
     # ---- resuming what another frontend streamed ----------------------------------------------
     async def lookup(self, request_id: str) -> JournalRecord | None:
@@ -198,7 +194,7 @@ class RedisStateStore(MemoryStateStore):
                     return record  # the caller aborts the copy its replica may still run
                 if asked != record.owner:
                     asked = record.owner
-                    await self.client.publish(keys.BUS, json.dumps({"op": "release", "to": asked, "request_id": rid}))
+                    await self.client.publish(keys.BUS, f"release {asked} {rid}")
                 if loop.time() > deadline:
                     raise ReplicaUnavailable(f"request {rid!r} is streaming through frontend {record.owner}, which "
                                              f"did not hand it over in {self.release_wait_s:g} s")
@@ -247,22 +243,24 @@ class RedisStateStore(MemoryStateStore):
             delay = min(2 * delay, 2.0)
 
     def _on_message(self, data: bytes) -> None:
+        """`placed <frontend> <replica> <blocks> <request id>` or `release <frontend> <request id>`."""
         from shunter.router.resume import release
 
-        try:
-            message = json.loads(data)
-            op = message["op"]
-        except (ValueError, KeyError, TypeError):
-            log.error("state store: ignored a message on %s that is not ours: %r", keys.BUS, data[:200])
+        if data.startswith(self._own_placements):
             return
-        router = self._router
-        if op == "placed" and message["from"] != self.frontend_id:
-            slot = router.slots.get(message["replica"])
-            if slot is not None and slot.healthy:
-                self.remote.heard(slot.report, message["request_id"], message["blocks"])
-        elif op == "release" and message["to"] == self.frontend_id:
-            if not release(router, message["request_id"]):  # not live here (its end was not journaled): say so
-                self.writer.put("EVAL", _END_IF_OWNER, 1, keys.request(message["request_id"]), self.frontend_id)
+        try:
+            op, frontend, rest = data.decode().split(" ", 2)
+            router = self._router
+            if op == "placed":
+                replica_id, blocks, request_id = rest.split(" ", 2)
+                slot = router.slots.get(replica_id)
+                if slot is not None and slot.healthy:
+                    self.remote.heard(slot.report, request_id, int(blocks))
+            elif op == "release" and frontend == self.frontend_id:
+                if not release(router, rest):  # not live here (its end was never journaled): say so
+                    self.writer.put("EVAL", _END_IF_OWNER, 1, keys.request(rest), self.frontend_id)
+        except ValueError:
+            log.error("state store: ignored a message on %s that is not ours: %r", keys.BUS, data[:200])
 
     # ---- heartbeats, TTLs, repair --------------------------------------------------------------
     async def _heartbeat(self) -> None:
@@ -282,6 +280,9 @@ class RedisStateStore(MemoryStateStore):
                 self._down.add(replica_id)
                 put("DEL", keys.prefix(replica_id))
         ttl = int(self.retain_s * 1000)
+        for replica_id in self._trim:  # bounded once a second: between trims a set may pass the cap a little
+            put("ZREMRANGEBYRANK", keys.prefix(replica_id), 0, -self.prefix_cap - 1)
+        self._trim.clear()
         for request_id, since in list(self._ttl_set.items()):
             if now - since > self.retain_s / 3:
                 self._ttl_set[request_id] = now
@@ -292,6 +293,7 @@ class RedisStateStore(MemoryStateStore):
         """Everything this frontend knows, as commands: after an outage Redis may have lost it all."""
         ops: list[Command] = [e.command() for e in self.registry]
         for entry in self.entries.values():
+            self._ttl_set.setdefault(entry.request_id, time.monotonic())
             ops += self._record_commands(record_of(entry, self.frontend_id), LIVE)
         for record in self.retained():
             ops += self._record_commands(record, record.state, if_absent=True)
@@ -305,8 +307,13 @@ class RedisStateStore(MemoryStateStore):
         return ops
 
 
-_WRITE_IF_ABSENT = ("if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)); "
-                    "redis.call('PEXPIRE', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1]) end")
+# A record: KEYS = its hash and its tokens; ARGV = TTL (ms), packed tokens, then the hash's fields.
+_WRITE = ("redis.call('DEL', KEYS[1]); redis.call('HSET', KEYS[1], unpack(ARGV, 3)); "
+          "redis.call('PEXPIRE', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1])")
+_WRITE_IF_ABSENT = f"if redis.call('EXISTS', KEYS[1]) == 0 then {_WRITE} end"
+# Its end: ARGV = TTL (ms), state, finish reason, tokens, cached tokens, replica; the TTL counts from now.
+_END = ("redis.call('HSET', KEYS[1], 'state', ARGV[2], 'finish', ARGV[3], 'n', ARGV[4], 'cached', ARGV[5], "
+        "'replica', ARGV[6]); redis.call('PEXPIRE', KEYS[1], ARGV[1]); redis.call('PEXPIRE', KEYS[2], ARGV[1])")
 # Mark a live record ended, if it is still this frontend's (a hand-over asked of a frontend that
 # no longer has the stream, whose end was never journaled).
 _END_IF_OWNER = ("if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] and redis.call('HGET', KEYS[1], 'state') == "

@@ -130,10 +130,11 @@ def test_a_live_request_is_journaled_as_it_streams(redis_db):
 
 def test_the_prefix_index_is_mirrored_and_bounded_newest_first(redis_db):
     async def main():
-        router, replicas = frontend(redis_db, n_replicas=1, prefix_cap=3)
+        router, replicas = frontend(redis_db, n_replicas=1, prefix_cap=3, heartbeat_s=0.05)
         await router.start()
         for i in range(3):  # three prompts of two full blocks each: six hashes stored in order
             await collect(router, f"p{i}", [i + 7] * 32, 1)
+        await asyncio.sleep(0.15)  # trimmed with a heartbeat
         await router.journal.writer.flush()
         with redis_db.client() as client:
             held = [int(h) for h in client.zrange(keys.prefix("r0"), 0, -1)]
