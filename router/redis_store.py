@@ -115,13 +115,14 @@ class RedisStateStore(MemoryStateStore):
     # A request's record goes to Redis with its first placement (so it names its replica), its
     # tokens as they stream, its end when its stream ends: one script call each, a few per request.
     def placed(self, entry: JournalEntry, blocks: int) -> None:
+        """Journal where it runs, and tell the other frontends (the same script call)."""
         rid = entry.request_id
-        if rid in self._ttl_set:  # placed again (failover): where it runs now
-            self.writer.put("HSET", keys.request(rid), "replica", entry.replica_id)
+        message = f"placed {self.frontend_id} {entry.replica_id} {blocks} {rid}"
+        if rid in self._ttl_set:  # placed again (failover)
+            self.writer.put("EVAL", _MOVED, 1, keys.request(rid), entry.replica_id, keys.BUS, message)
         else:
             self._ttl_set[rid] = time.monotonic()
-            self.writer.put_all(self._record_commands(record_of(entry, self.frontend_id), LIVE))
-        self.writer.put("PUBLISH", keys.BUS, f"placed {self.frontend_id} {entry.replica_id} {blocks} {rid}")
+            self.writer.put_all(self._record_commands(record_of(entry, self.frontend_id), LIVE, message))
 
     def sent(self, entry: JournalEntry, tokens: list[int]) -> None:
         self.writer.append(keys.tokens(entry.request_id), packed(tokens).tobytes())
@@ -136,14 +137,17 @@ class RedisStateStore(MemoryStateStore):
                         state, entry.finish_reason or "", len(entry.sent), entry.num_cached_tokens,
                         entry.replica_id or "")
 
-    def _record_commands(self, record: JournalRecord, state: str, if_absent: bool = False) -> list[Command]:
-        """Write a whole record: a new request, an adopted one, or after an outage (`if_absent`,
-        for ended ones: another frontend may have adopted the request since, and its record wins)."""
+    def _record_commands(self, record: JournalRecord, state: str, message: str = "",
+                         if_absent: bool = False) -> list[Command]:
+        """Write a whole record: a new request or an adopted one (and publish `message`, its
+        placement), or after an outage (`if_absent`, for ended ones: another frontend may have
+        adopted the request since, and its record wins)."""
         fields = ("prompt", packed(record.prompt_token_ids).tobytes(), "params", json.dumps(vars(record.params)),
                   "owner", record.owner, "state", state, "finish", record.finish_reason or "", "n", len(record.tokens),
                   "cached", record.num_cached_tokens, "replica", record.replica_id or "")
-        return [("EVAL", _WRITE_IF_ABSENT if if_absent else _WRITE, 2, keys.request(record.request_id),
-                 keys.tokens(record.request_id), int(self.retain_s * 1000), packed(record.tokens).tobytes(), *fields)]
+        return [("EVAL", _WRITE_IF_ABSENT if if_absent else _WRITE, 3, keys.request(record.request_id),
+                 keys.tokens(record.request_id), keys.BUS, int(self.retain_s * 1000), packed(record.tokens).tobytes(),
+                 message, *fields)]
 
     # ---- what the replicas report ---------------------------------------------------------------
     def reported(self, report: LoadReport, result: PollResult, fresh: bool) -> None:
@@ -307,9 +311,13 @@ class RedisStateStore(MemoryStateStore):
         return ops
 
 
-# A record: KEYS = its hash and its tokens; ARGV = TTL (ms), packed tokens, then the hash's fields.
-_WRITE = ("redis.call('DEL', KEYS[1]); redis.call('HSET', KEYS[1], unpack(ARGV, 3)); "
-          "redis.call('PEXPIRE', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1])")
+# A record: KEYS = its hash, its tokens, the bus; ARGV = TTL (ms), packed tokens, a message to
+# publish (or ""), then the hash's fields.
+_WRITE = ("redis.call('DEL', KEYS[1]); redis.call('HSET', KEYS[1], unpack(ARGV, 4)); "
+          "redis.call('PEXPIRE', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1]); "
+          "if ARGV[3] ~= '' then redis.call('PUBLISH', KEYS[3], ARGV[3]) end")
+# Placed again: KEYS = its hash; ARGV = replica, bus, message.
+_MOVED = "redis.call('HSET', KEYS[1], 'replica', ARGV[1]); redis.call('PUBLISH', ARGV[2], ARGV[3])"
 _WRITE_IF_ABSENT = f"if redis.call('EXISTS', KEYS[1]) == 0 then {_WRITE} end"
 # Its end: ARGV = TTL (ms), state, finish reason, tokens, cached tokens, replica; the TTL counts from now.
 _END = ("redis.call('HSET', KEYS[1], 'state', ARGV[2], 'finish', ARGV[3], 'n', ARGV[4], 'cached', ARGV[5], "
