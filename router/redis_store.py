@@ -184,7 +184,10 @@ class RedisStateStore(MemoryStateStore):
                 raise ReplicaUnavailable(f"the state store is unreachable, so request_id {request_id!r} cannot be "
                                          "looked up; try again") from None
             return record
-        return record if record is not None else await super().lookup(request_id)
+        if record is None or (record.state == LIVE and record.owner == self.frontend_id):
+            # Not in Redis (lost in an outage), or its end here is still on its way there: ours is newer.
+            return await super().lookup(request_id) or record
+        return record
 
     async def claim(self, record: JournalRecord) -> JournalRecord:
         """While another frontend that is alive streams it, ask it to let go (over the bus) and

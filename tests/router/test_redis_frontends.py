@@ -224,3 +224,22 @@ def test_redis_stopped_and_restarted_mid_load_loses_no_request(cluster, redis_db
     # ... and takes over one frontend 0 started during the outage and is still streaming.
     rest, _ = read(frontends[1].stub.Generate(pb.GenerateRequest(request_id="during", resume_from=len(got))))
     assert got + rest == reference_output([77] * 24, 400, ignore_eos=True)
+
+
+def test_a_client_that_left_resumes_on_the_same_frontend_before_its_end_reached_redis(cluster):
+    """The stream ended here a moment ago; Redis still says it streams here (the end is in the
+    writer's next batch): the frontend's own record wins."""
+    replicas, start = cluster()
+    a = start()
+    call = a.stub.Generate(request("quick", [8] * 20, 300))
+    got, _ = read(call, 10)
+    a.router.journal.writer.interval_s = 2.0  # from now on what is written stays in the writer a while
+    time.sleep(0.02)  # (a batch already gathering goes out at once)
+    call.cancel()
+    wait_until(lambda: len(a.router.journal) == 0)
+    assert a.call(a.router.journal._read("quick")).state == "live"  # Redis has not heard yet
+    record = a.call(a.router.journal.lookup("quick"))
+    assert record.state == "ended" and list(record.tokens)[: len(got)] == got
+    a.router.journal.writer.interval_s = 0.005
+    rest, _ = read(a.stub.Generate(pb.GenerateRequest(request_id="quick", resume_from=len(got))))
+    assert got + rest == reference_output([8] * 20, 300, ignore_eos=True)
