@@ -20,4 +20,3 @@ def serve() -> Callable[..., BackgroundServer]:
     yield start
     for s in servers:
         s.close()
-
