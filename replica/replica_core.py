@@ -21,7 +21,7 @@ from typing import Callable, TypeVar
 
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.engine_protocol import EngineOutput, EngineProtocol, MigrationState, ModelLimits, Tokenizer
-from shunter.replica.outbox import Outbox, PollResult, TokenDelta  # noqa: F401 (TokenDelta: for the router)
+from shunter.replica.outbox import DEFAULT, Outbox, PollResult, TokenDelta  # noqa: F401 (TokenDelta: for the router)
 from shunter.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -66,48 +66,63 @@ class ReplicaCore:
         self._wake.set()
         return future
 
-    def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Queue the request and return at once; a refusal comes back through the outbox as a
-        delta with `error`."""
-        self.call(lambda e: self._add(e, request_id, prompt_token_ids, params))
+    def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+               consumer: str = DEFAULT) -> None:
+        """Queue the request and return at once; its tokens (or a refusal: a delta with `error`)
+        go to `consumer`'s channel of the outbox."""
+        self.call(lambda e: self._add(e, request_id, prompt_token_ids, params, consumer))
 
-    def _add(self, engine: EngineProtocol, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def _add(self, engine: EngineProtocol, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+             consumer: str) -> None:
+        self.outbox.own(request_id, consumer)  # here, in command order: after an abort of the same id
         try:
             engine.add_request(request_id, prompt_token_ids, params)
         except Exception as e:
             self.outbox.refuse(request_id, e)
+        else:
+            self.outbox.taken(request_id)
 
     def abort(self, request_id: str) -> concurrent.futures.Future[EngineOutput | None]:
-        return self.call(lambda e: e.abort_request(request_id))
+        def take(engine: EngineProtocol) -> EngineOutput | None:
+            self.outbox.release(request_id)
+            return engine.abort_request(request_id)
+
+        return self.call(take)
 
     def export(self, request_id: str, with_kv: bool = True) -> concurrent.futures.Future[MigrationState | None]:
         """The request taken out of this replica; None if it is not here. Without KV the state
         makes the target recompute (as when the blocks cannot be moved)."""
         def take(engine: EngineProtocol) -> MigrationState | None:
             state = engine.export_request(request_id)
+            self.outbox.release(request_id)
             return state.without_kv() if state is not None and not with_kv else state
 
         return self.call(take)
 
-    def import_(self, state: MigrationState) -> concurrent.futures.Future[int]:
-        """Resume an exported request here; the tokens it resumed with KV (0: it recomputes)."""
-        return self.call(lambda e: e.import_request(state))
+    def import_(self, state: MigrationState, consumer: str = DEFAULT) -> concurrent.futures.Future[int]:
+        """Resume an exported request here, its tokens going to `consumer`; the tokens it resumed
+        with KV (0: it recomputes)."""
+        def take(engine: EngineProtocol) -> int:
+            self.outbox.own(state.request_id, consumer)
+            return engine.import_request(state)
+
+        return self.call(take)
 
     # ---- the outbox ------------------------------------------------------------------------
-    async def poll(self, max_wait: float = 0.5) -> PollResult:
-        """Everything made since the last poll; waits up to `max_wait` s for something."""
-        return await self.outbox.poll(max_wait)
+    async def poll(self, max_wait: float = 0.5, consumer: str = DEFAULT) -> PollResult:
+        """Everything made for `consumer` since its last poll; waits up to `max_wait` s for something."""
+        return await self.outbox.poll(max_wait, consumer)
 
-    def poll_blocking(self, max_wait: float = 0.5) -> PollResult:
-        return self.outbox.poll_blocking(max_wait)
+    def poll_blocking(self, max_wait: float = 0.5, consumer: str = DEFAULT) -> PollResult:
+        return self.outbox.poll_blocking(max_wait, consumer=consumer)
 
     def submit_and_poll(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                        max_wait: float) -> PollResult:
+                        max_wait: float, consumer: str = DEFAULT) -> PollResult:
         """Submit with a poll parked first (blocking): the step that makes the first token wakes
         this newest poll, so one reply takes the request in and brings its first token out.
         Under load (`MAX_PARKED` polls waiting already) it returns at once; the others bring it."""
-        return self.outbox.poll_blocking(max_wait, lambda: self.submit(request_id, prompt_token_ids, params),
-                                         MAX_PARKED)
+        return self.outbox.poll_blocking(max_wait, lambda: self.submit(request_id, prompt_token_ids, params, consumer),
+                                         MAX_PARKED, consumer)
 
     # ---- the loop --------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -139,7 +154,9 @@ class ReplicaCore:
                 future.set_exception(e)
 
     def _publish(self, outputs: list[EngineOutput]) -> None:
-        self.outbox.publish(outputs, self.engine.drain_cache_events(), self.engine.stats())
+        for request_id in self.outbox.publish(outputs, self.engine.drain_cache_events(), self.engine.stats()):
+            log.warning("replica %s: aborting %s, whose router stopped polling", self.replica_id, request_id)
+            self.engine.abort_request(request_id)
 
     def stop(self) -> None:
         self._stopped = True

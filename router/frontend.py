@@ -12,22 +12,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any, AsyncGenerator, AsyncIterator
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from shunter.errors import Overloaded, ReplicaUnavailable
+from shunter.errors import Overloaded, ReplicaUnavailable, RequestNotFound, Superseded
 from shunter.proto import generation_pb2 as pb
 from shunter.proto import generation_pb2_grpc as pb_grpc
 from shunter.replica.detokenizer import IncrementalDetokenizer
 from shunter.router.decode_guard import DecodeGuard
-from shunter.router.grpc_request import MAX_REQUEST_BYTES, prepare
+from shunter.router.grpc_request import MAX_REQUEST_BYTES, InvalidArgument, prepare
+from shunter.router.resume import Stream, resume, stopped
 from shunter.router.router import Router
 from shunter.router.security_options import Security
 
 if TYPE_CHECKING:
+    from shunter.router.metrics_requests import StreamMetrics
     from shunter.router.metrics_server import FrontendMetrics
 
 log = logging.getLogger(__name__)
@@ -40,33 +43,18 @@ class GenerationServicer(pb_grpc.GenerationServicer):
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
         start = time.perf_counter()
-        info = self.router.info
+        timing = None
         try:
-            prepared = prepare(request, info)
-        except ValueError as e:
-            self.router.counters.reject("invalid")
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        rid = prepared.request_id
-        detok = IncrementalDetokenizer(info.tokenizer, prepared.stop) if info.tokenizer is not None else None
-        completion = 0
-        timing = self.metrics.requests.stream(start, len(prepared.prompt_token_ids)) if self.metrics else None
-        try:
-            async for delta in self.router.generate(rid, prepared.prompt_token_ids, prepared.params):
-                tokens, text, finish = self._detokenize(detok, delta.token_ids, delta.finish_reason)
-                completion += len(tokens)
-                chunk = pb.GenerateResponse(request_id=rid, token_ids=tokens, text=text, replica_id=delta.replica_id)
-                if finish is not None:
-                    chunk.finish_reason = finish
-                    chunk.usage.CopyFrom(pb.Usage(prompt_tokens=len(prepared.prompt_token_ids),
-                                                  completion_tokens=completion, cached_tokens=delta.num_cached_tokens))
-                if timing is not None:
-                    if tokens:
-                        timing.sent(len(tokens))
-                    if finish is not None:
-                        timing.finished(finish)
-                yield chunk
-                if finish is not None:
-                    return  # leaving the router's stream aborts the request if it is still running
+            stream = await self._open(request)
+            if self.metrics:
+                timing = self.metrics.requests.stream(start, stream.num_prompt_tokens)
+            async with aclosing(self._chunks(stream, timing)) as chunks:  # leaving early aborts a running request
+                async for chunk in chunks:
+                    yield chunk
+        except RequestNotFound as e:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        except Superseded as e:
+            await context.abort(grpc.StatusCode.ABORTED, str(e))
         except Overloaded as e:
             hint = () if e.retry_after_ms is None else (("retry-after-ms", str(e.retry_after_ms)),)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), trailing_metadata=hint)
@@ -78,6 +66,55 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             if timing is not None and not timing.done:
                 timing.finished("abort")
             raise
+
+    async def _open(self, request: pb.GenerateRequest) -> Stream:
+        """A new request's stream, or (with `resume_from`) one picked up again (`resume.py`)."""
+        if request.HasField("resume_from"):
+            return await resume(self.router, request.request_id, request.resume_from)
+        try:
+            p = prepare(request, self.router.info)
+        except ValueError:
+            self.router.counters.reject("invalid")
+            raise
+        return Stream(p.request_id, len(p.prompt_token_ids), p.params, 0, 0, [],
+                      self.router.generate(p.request_id, p.prompt_token_ids, p.params))
+
+    async def _chunks(self, s: Stream, timing: StreamMetrics | None = None) -> AsyncGenerator[pb.GenerateResponse, None]:
+        """Detokenize and number the stream's tokens; a resumed stream sends only the tokens past
+        `resume_from` (its detokenizer is fed those before them, so the text continues exactly)."""
+        tokenizer = self.router.info.tokenizer
+        detok = IncrementalDetokenizer(tokenizer, list(s.params.stop)) if tokenizer is not None else None
+        for token in s.received if detok is not None else ():
+            detok.add(token)
+        position = s.start  # of the next token in the request's output
+        async with aclosing(s.deltas) as deltas:
+            async for delta in deltas:
+                skip = min(len(delta.token_ids), max(0, s.resume_from - position))  # regenerated; the client has them
+                for token in delta.token_ids[:skip] if detok is not None else ():
+                    detok.add(token)
+                tokens, text, finish = self._detokenize(detok, delta.token_ids[skip:], delta.finish_reason)
+                position += skip + len(tokens)
+                if finish is not None and position < s.resume_from:
+                    raise InvalidArgument(f"resume_from: {s.resume_from} is beyond the {position} tokens "
+                                          f"request {s.request_id!r} made")
+                if not tokens and finish is None:
+                    continue
+                chunk = pb.GenerateResponse(request_id=s.request_id, token_ids=tokens, text=text,
+                                            replica_id=delta.replica_id)
+                if finish is not None:
+                    if finish != delta.finish_reason:  # cut here at a stop string
+                        stopped(self.router, s.request_id, position)
+                    chunk.finish_reason = finish
+                    chunk.usage.CopyFrom(pb.Usage(prompt_tokens=s.num_prompt_tokens, completion_tokens=position,
+                                                  cached_tokens=delta.num_cached_tokens))
+                if timing is not None:
+                    if tokens:
+                        timing.sent(len(tokens))
+                    if finish is not None:
+                        timing.finished(finish)
+                yield chunk
+                if finish is not None:
+                    return
 
     @staticmethod
     def _detokenize(detok: IncrementalDetokenizer | None, tokens: list[int], finish: str | None):

@@ -30,6 +30,7 @@ from ray.exceptions import RayActorError
 
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.engine_protocol import MigrationState
+from shunter.replica.outbox import DEFAULT
 from shunter.replica.replica_core import PollResult, ReplicaCore, ReplicaInfo, load_engine
 from shunter.router.drain_order import DrainOrder
 from shunter.router.metrics_options import MetricsAddress
@@ -79,17 +80,17 @@ class ReplicaActor:
         return dataclasses.replace(self.core.info(), metrics_port=port)
 
     def submit(self, packed: bytes) -> bytes:
-        """Queue the request (`packed`: request id, prompt, params, wait_s); reply with a packed
-        drain, taken once its first token is made (or after wait_s)."""
-        request_id, prompt_token_ids, params, wait_s = pickle.loads(packed)
-        return _pack(self.core.submit_and_poll(request_id, prompt_token_ids, params, wait_s))
+        """Queue the request (`packed`: request id, prompt, params, wait_s, consumer); reply with
+        a packed drain of the consumer's channel, taken once its first token is made (or after wait_s)."""
+        request_id, prompt_token_ids, params, wait_s, consumer = pickle.loads(packed)
+        return _pack(self.core.submit_and_poll(request_id, prompt_token_ids, params, wait_s, consumer))
 
     def abort(self, request_id: str) -> None:
         self.core.abort(request_id).result()
 
-    def poll(self, max_wait: float) -> bytes:
-        """A packed drain."""
-        return _pack(self.core.poll_blocking(max_wait))
+    def poll(self, max_wait: float, consumer: str = DEFAULT) -> bytes:
+        """A packed drain of `consumer`'s channel."""
+        return _pack(self.core.poll_blocking(max_wait, consumer))
 
     @ray.method(num_returns=3)
     def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, MigrationState | None, object]:
@@ -99,7 +100,7 @@ class ReplicaActor:
         kv, state.kv = state.kv, None
         return list(state.output_token_ids), state, kv
 
-    def import_(self, state: MigrationState, kv_box: list[ray.ObjectRef] | None = None) -> int:
+    def import_(self, state: MigrationState, kv_box: list[ray.ObjectRef] | None = None, consumer: str = DEFAULT) -> int:
         """`kv_box` = [ref to the KV blocks] (boxed, so Ray leaves the fetch, and its failure, to us)."""
         if kv_box and state.kv is None and state.num_computed_tokens > 0:
             try:
@@ -109,20 +110,27 @@ class ReplicaActor:
                             state.request_id, type(e).__name__)
         if state.kv is None:
             state = state.without_kv()
-        return self.core.import_(state).result()
+        return self.core.import_(state, consumer).result()
 
 
 RemoteReplicaActor = ray.remote(ReplicaActor)
 
 
+def actor_name(replica_id: str) -> str:
+    return f"shunter-{replica_id}"
+
+
 def spawn(replica_id: str, engine_config: EngineConfig, engine_factory: str | None = None, num_cpus: float = 1,
           num_gpus: float = 0, large_cache: bool = False, metrics: MetricsAddress | None = None,
-          ) -> ray.actor.ActorHandle:
+          namespace: str | None = None, detached: bool = False) -> ray.actor.ActorHandle:
     """Start one replica actor (restarted by Ray if its process dies, with the same role). Its
     calls are not recorded as task events (as Ray Serve does for its replicas): they are many
-    and small, and recording them costs time on the token path."""
+    and small, and recording them costs time on the token path. Named `actor_name(replica_id)`
+    in `namespace`, where other frontends find it; `detached`: it outlives the process that
+    spawned it (so the other frontends keep it when that one dies)."""
     return RemoteReplicaActor.options(
-        name=f"shunter-{replica_id}", num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0,
+        name=actor_name(replica_id), namespace=namespace, lifetime="detached" if detached else None,
+        num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0,
         max_concurrency=MAX_CONCURRENCY, enable_task_events=False,
     ).remote(replica_id, engine_config, engine_factory, large_cache, metrics)
 
@@ -130,11 +138,14 @@ def spawn(replica_id: str, engine_config: EngineConfig, engine_factory: str | No
 class RayReplicaClient:
     """The router's side of a replica actor. `submit` does not wait for its reply (the reply is a
     drain, and joins the others in `poll()`), so a dead replica shows in `poll()`, where the
-    router fails its requests over."""
+    router fails its requests over. `consumer`: this router's channel of the replica's outbox
+    (one per frontend when several serve from the same replicas)."""
 
-    def __init__(self, replica_id: str, handle: ray.actor.ActorHandle, first_token_wait_s: float = 0.5) -> None:
+    def __init__(self, replica_id: str, handle: ray.actor.ActorHandle, first_token_wait_s: float = 0.5,
+                 consumer: str = DEFAULT) -> None:
         self.replica_id, self.handle = replica_id, handle
         self.first_token_wait_s = first_token_wait_s
+        self.consumer = consumer
         self._drains = DrainOrder(replica_id)
         self._polling = False  # a long poll is out
 
@@ -165,7 +176,7 @@ class RayReplicaClient:
         return await self._await(self.handle.info.remote())
 
     async def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        packed = _pack((request_id, prompt_token_ids, params, self.first_token_wait_s))
+        packed = _pack((request_id, prompt_token_ids, params, self.first_token_wait_s, self.consumer))
         self._carry(self.handle.submit.remote(packed), request_id)
 
     async def abort(self, request_id: str) -> None:
@@ -175,7 +186,7 @@ class RayReplicaClient:
         """The next drain, from the long poll or a submit's reply; one long poll is kept out."""
         if not self._polling:
             self._polling = True
-            self._carry(self.handle.poll.remote(max_wait))
+            self._carry(self.handle.poll.remote(max_wait, self.consumer))
         return await self._drains.next()
 
     async def export(self, request_id: str, with_kv: bool = True) -> RayExport | None:
@@ -186,4 +197,4 @@ class RayReplicaClient:
     async def import_(self, exported: ExportedRequest) -> int:
         if not isinstance(exported, RayExport):
             raise TypeError(f"a Ray replica imports a RayExport, got {type(exported).__name__}")
-        return await self._await(self.handle.import_.remote(exported.state_ref, [exported.kv_ref]))
+        return await self._await(self.handle.import_.remote(exported.state_ref, [exported.kv_ref], self.consumer))

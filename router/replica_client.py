@@ -7,10 +7,13 @@ does not wait for its reply (over Ray) leaves it to `poll()`.
 from __future__ import annotations
 
 import asyncio
+import copy
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from shunter.errors import ReplicaUnavailable
 from shunter.replica.engine_protocol import EngineProtocol, MigrationState
+from shunter.replica.outbox import DEFAULT
 from shunter.replica.replica_core import PollResult, ReplicaCore, ReplicaInfo
 from shunter.sampling_params import SamplingParams
 
@@ -40,12 +43,25 @@ class ReplicaClient(Protocol):
 
 class LocalReplicaClient:
     """A replica in this process (tests, benchmarks). `kill()` and `restart()` play a process
-    dying and its supervisor bringing it back."""
+    dying and its supervisor bringing it back. `for_consumer()` gives a second router (another
+    frontend, in-process) its own client of the same replica."""
 
-    def __init__(self, replica_id: str, engine_factory: Callable[[], EngineProtocol], large_cache: bool = False) -> None:
+    def __init__(self, replica_id: str, engine_factory: Callable[[], EngineProtocol], large_cache: bool = False,
+                 consumer: str = DEFAULT) -> None:
         self.replica_id = replica_id
-        self._factory, self._large_cache = engine_factory, large_cache
-        self.core: ReplicaCore | None = ReplicaCore(replica_id, engine_factory(), large_cache)
+        self.consumer = consumer
+        core = ReplicaCore(replica_id, engine_factory(), large_cache)
+        self._process = _LocalProcess(engine_factory, large_cache, core)
+
+    @property
+    def core(self) -> ReplicaCore | None:
+        return self._process.core
+
+    def for_consumer(self, consumer: str) -> LocalReplicaClient:
+        """A client of this same replica (killed and restarted with it) whose tokens go to `consumer`."""
+        twin = copy.copy(self)
+        twin.consumer = consumer
+        return twin
 
     def _alive(self) -> ReplicaCore:
         if self.core is None:
@@ -53,26 +69,27 @@ class LocalReplicaClient:
         return self.core
 
     def kill(self) -> None:
-        core, self.core = self.core, None
+        core, self._process.core = self.core, None
         if core is not None:
             core.stop()
 
     def restart(self) -> None:
         self.kill()
-        self.core = ReplicaCore(self.replica_id, self._factory(), self._large_cache)
+        p = self._process
+        p.core = ReplicaCore(self.replica_id, p.factory(), p.large_cache)
 
     async def info(self) -> ReplicaInfo:
         return self._alive().info()
 
     async def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        self._alive().submit(request_id, prompt_token_ids, params)
+        self._alive().submit(request_id, prompt_token_ids, params, self.consumer)
 
     async def abort(self, request_id: str) -> None:
         await asyncio.wrap_future(self._alive().abort(request_id))
 
     async def poll(self, max_wait: float) -> PollResult:
         core = self._alive()
-        result = await core.poll(max_wait)
+        result = await core.poll(max_wait, self.consumer)
         if self.core is not core:
             raise ReplicaDead(f"replica {self.replica_id} died during a poll")
         return result
@@ -83,4 +100,13 @@ class LocalReplicaClient:
     async def import_(self, exported: ExportedRequest) -> int:
         if not isinstance(exported, MigrationState):
             raise TypeError(f"an in-process replica imports a MigrationState, got {type(exported).__name__}")
-        return await asyncio.wrap_future(self._alive().import_(exported))
+        return await asyncio.wrap_future(self._alive().import_(exported, self.consumer))
+
+
+@dataclass
+class _LocalProcess:
+    """What the clients of one in-process replica share: its engine loop, or None while it is down."""
+
+    factory: Callable[[], EngineProtocol]
+    large_cache: bool
+    core: ReplicaCore | None

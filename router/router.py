@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Coroutine, Sequence
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 
 from shunter.clock import Clock, MonotonicClock
 from shunter.errors import Overloaded, ReplicaUnavailable
@@ -24,7 +24,7 @@ from shunter.router.policies import DEFAULT
 from shunter.router.prefix_index import PrefixIndex
 from shunter.router.rebalancer import Rebalancer
 from shunter.router.replica_client import ReplicaClient, ReplicaDead
-from shunter.router.state_store import Delta, JournalEntry, MemoryStateStore
+from shunter.router.state_store import Delta, JournalEntry, MemoryStateStore, StateStore
 from shunter.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -80,11 +80,12 @@ class ReplicaSlot:
     healthy: bool = True
     task: asyncio.Task | None = None
     totals: EngineTotals = field(default_factory=EngineTotals)  # its engine's counts, across its restarts
+    published: int = -1  # of the stats last applied (`PollResult.published`)
 
 
 class Router:
     def __init__(self, clients: Sequence[ReplicaClient], config: RouterConfig | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, state: StateStore | None = None) -> None:
         self.config = config or RouterConfig()
         self.clock = clock or MonotonicClock()
         self.index = PrefixIndex()
@@ -92,7 +93,7 @@ class Router:
         self.policy = routing_policy(self.config.routing, self.index, threshold, self.config.routing_settings)
         self.rebalancer = Rebalancer(self.clock, size_threshold_blocks=threshold, **self.config.rebalancer_settings)
         self.slots = {c.replica_id: ReplicaSlot(c, LoadReport(c.replica_id)) for c in clients}
-        self.journal = MemoryStateStore()
+        self.journal: StateStore = state if state is not None else MemoryStateStore()
         self.counters = Counters()
         self.admission = Admission(self.config.max_in_flight, self.config.max_queued)
         self.draining = False
@@ -113,6 +114,7 @@ class Router:
             self._tasks.append(slot.task)
         if self.config.rebalance:
             self._tasks.append(asyncio.create_task(self._rebalance_loop()))
+        await self.journal.start(self)
 
     @property
     def info(self) -> ReplicaInfo:
@@ -140,6 +142,7 @@ class Router:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        await self.journal.stop()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
         """Run a one-off task in the background; keep a reference (the loop holds only weak
@@ -156,14 +159,7 @@ class Router:
     # ---- requests ----------------------------------------------------------------------------
     async def generate(self, request_id: str, prompt: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
         """Stream one request's tokens; the last Delta has `finish_reason`. Leaving early aborts it."""
-        if self.draining:
-            self.counters.reject("draining")
-            raise ReplicaUnavailable("the server is draining")
-        try:
-            taken_at = await self.admission.acquire()
-        except Overloaded:
-            self.counters.reject("max_in_flight")
-            raise
+        taken_at = await self.admit()
         entry = JournalEntry(request_id, list(prompt), params)
         try:
             self.journal.add(entry)
@@ -171,23 +167,50 @@ class Router:
             self.admission.release(taken_at)
             self.counters.reject("invalid")
             raise
+        deltas = self.stream(entry, lambda: self._place(entry, entry.prompt_token_ids, params))
         try:
-            await self._place(entry, entry.prompt_token_ids, params)
+            async for delta in deltas:
+                yield delta
+        finally:
+            await deltas.aclose()
+            self.admission.release(taken_at)
+
+    async def admit(self) -> float:
+        """Wait for an admission slot (`admission.py`); the time it was taken, for `release`.
+        Raises when draining, or when all slots and the queue are taken."""
+        if self.draining:
+            self.counters.reject("draining")
+            raise ReplicaUnavailable("the server is draining")
+        try:
+            return await self.admission.acquire()
+        except Overloaded:
+            self.counters.reject("max_in_flight")
+            raise
+
+    async def stream(self, entry: JournalEntry, start: Callable[[], Awaitable[None]] | None = None
+                     ) -> AsyncGenerator[Delta, None]:
+        """Hand out a journaled request's deltas (after awaiting `start()`, its placement) until it
+        finishes. Leaving early aborts it, unless a resumed stream took it over meanwhile (then
+        that one holds it, and this queue is no longer the entry's)."""
+        queue = entry.queue
+        try:
+            if start is not None:
+                await start()
             while True:
-                item = await entry.queue.get()
+                item = await queue.get()
                 if isinstance(item, Exception):
                     raise item
                 yield item
                 if item.finish_reason is not None:
                     return
         finally:
-            if not entry.finished:
-                entry.finished = True
-                owner = self.slots.get(entry.replica_id or "")
-                if owner is not None and owner.healthy:
-                    self._spawn(self._quiet_abort(owner, request_id), f"abort {request_id}")
-            self.journal.remove(request_id)
-            self.admission.release(taken_at)
+            if entry.queue is queue:
+                if not entry.finished:
+                    entry.finished = True
+                    owner = self.slots.get(entry.replica_id or "")
+                    if owner is not None and owner.healthy:
+                        self._spawn(self._quiet_abort(owner, entry.request_id), f"abort {entry.request_id}")
+                self.journal.remove(entry.request_id)
 
     async def _quiet_abort(self, slot: ReplicaSlot, request_id: str) -> None:
         try:
@@ -216,6 +239,7 @@ class Router:
                 raise
             self.counters.routed += 1
             self.counters.routed_to[replica_id] = self.counters.routed_to.get(replica_id, 0) + 1
+            self.journal.placed(entry, routing.expected_blocks)
             return
         raise ReplicaUnavailable("no healthy replica took the request")
 
@@ -243,10 +267,14 @@ class Router:
     def _apply(self, slot: ReplicaSlot, result: PollResult) -> None:
         if not slot.healthy:
             return
-        apply_stats(slot.report, result.stats)
+        fresh = result.published != slot.published  # a new report: what was sent before it is counted in it
+        if fresh:
+            slot.published = result.published
+            apply_stats(slot.report, result.stats)
         slot.totals.update(result.epoch, result.stats)
         if result.events:
             self.index.apply(slot.client.replica_id, result.events)
+        self.journal.reported(slot.report, result, fresh)
         for delta in result.deltas:
             self._deliver(slot.client.replica_id, delta)
 
@@ -270,8 +298,10 @@ class Router:
 
     def _emit(self, entry: JournalEntry, new: list[int], finish: str | None, replica_id: str) -> None:
         entry.sent.extend(new)
+        if new:
+            self.journal.sent(entry, new)
         if finish is not None:
-            entry.finished = True
+            entry.finished, entry.finish_reason = True, finish
         if new or finish is not None:
             entry.queue.put_nowait(Delta(list(new), finish, entry.num_cached_tokens, replica_id))
 

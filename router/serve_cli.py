@@ -21,9 +21,10 @@ import sys
 from shunter.cli_args import float_above, int_at_least
 from shunter.replica.engine_config import PREEMPTION_MODES
 from shunter.replica.policies import POLICIES
-from shunter.router import cache_size_options, metrics_options, security_options
+from shunter.router import cache_size_options, metrics_options, security_options, serve_shared
 from shunter.router.policies import DEFAULT as DEFAULT_ROUTING
 from shunter.router.policies import REGISTRY as ROUTINGS
+from shunter.router.redis_url import MEMORY, RedisURL, StateStoreError, parse_state
 from shunter.testing.fake_engine import FACTORY, FAKE_MODEL_PREFIX, parse_fake_model
 
 
@@ -42,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how the router picks a replica for a new request")
     parser.add_argument("--address", default=None,
                         help="Ray cluster to join ('auto': the local one); default: start a local one")
-    parser.add_argument("--state", default="memory", choices=["memory"], help="where the request journal lives")
+    parser.add_argument("--state", default=MEMORY, type=_state, metavar="memory|redis://[:PASSWORD@]HOST:PORT/DB",
+                        help="where the request journal and the shared routing state live: this process (memory), or "
+                             "Redis (rediss:// for TLS), shared with every frontend serving the same replicas")
     parser.add_argument("--num-cpus-per-replica", type=float_above(0), default=1.0, help="Ray CPUs per replica")
     parser.add_argument("--num-gpus-per-replica", type=float_above(0, inclusive=True), default=0.0,
                         help="Ray GPUs per replica; fractions share one GPU, e.g. 0.5")
@@ -64,12 +67,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cache_size_options.add_arguments(parser)
     metrics_options.add_arguments(parser)
     security_options.add_arguments(parser)
+    serve_shared.add_arguments(parser)
+
+
+def _state(text: str) -> RedisURL | None:
+    try:
+        return parse_state(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def check(args: argparse.Namespace) -> None:
     """What argparse cannot see alone; ValueError('--option: why'). Starts nothing."""
     from shunter.replica.models.sources import model_source
 
+    defaults = argparse.ArgumentParser()
+    add_arguments(defaults)
+    serve_shared.check(args, defaults.parse_args([]))
+    if args.frontend_only:
+        check_port_free(args.host, args.port)
+        return
     try:
         if args.model.startswith(FAKE_MODEL_PREFIX):
             parse_fake_model(args.model)
@@ -111,7 +128,8 @@ def _engine_config(args: argparse.Namespace):
                         num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs, num_threads=threads)
 
 
-async def serve(args: argparse.Namespace, clients: list) -> int:
+async def serve(args: argparse.Namespace, clients: list, state=None, threshold: int | None = None) -> int:
+    """`state`: the router's StateStore (None: in memory); `threshold`: the cache-size threshold."""
     import asyncio
     import signal
 
@@ -121,7 +139,8 @@ async def serve(args: argparse.Namespace, clients: list) -> int:
 
     router = Router(clients, RouterConfig(routing=args.routing, rebalance=not args.no_rebalance,
                                           max_in_flight=args.max_in_flight, max_queued=args.max_queued,
-                                          size_threshold_blocks=cache_size_options.threshold(args)))
+                                          size_threshold_blocks=threshold),
+                    state=state)
     await router.start()
     address = metrics_options.frontend_address(args)
     metrics = serve_frontend_metrics(router, address) if address is not None else None
@@ -170,17 +189,18 @@ def _start_ray(args: argparse.Namespace, verbose: bool) -> None:
     import ray
 
     level = logging.INFO if verbose else logging.WARNING
+    namespace = serve_shared.ray_namespace(args)  # where other frontends find the replicas by name
     if args.address:
-        ray.init(address=args.address, include_dashboard=False, logging_level=level)
+        ray.init(address=args.address, include_dashboard=False, logging_level=level, namespace=namespace)
         return
     need = max(1, int(args.replicas * args.num_cpus_per_replica + 0.999))
-    ray.init(num_cpus=need, include_dashboard=False, logging_level=level)
+    ray.init(num_cpus=need, include_dashboard=False, logging_level=level, namespace=namespace)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         check(args)
-        roles = cache_size_options.replica_roles(args, _engine_config(args))
+        roles = [] if args.frontend_only else cache_size_options.replica_roles(args, _engine_config(args))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -189,18 +209,27 @@ def run(args: argparse.Namespace) -> int:
 
     import ray
 
-    from shunter.router.replica_actor import RayReplicaClient, spawn
-
-    _prepare_model(args)
+    if not args.frontend_only:
+        _prepare_model(args)
     _start_ray(args, getattr(args, "verbose", 0) > 0)
+    state = serve_shared.store_for(args)
+    consumer = state.frontend_id if state is not None else ""  # this frontend's channel on each replica
     factory = FACTORY if args.model.startswith(FAKE_MODEL_PREFIX) else None
     try:
-        clients = []
-        for i, (config, large_cache) in enumerate(roles):
-            rid = f"replica-{i}"
-            handle = spawn(rid, config, factory, args.num_cpus_per_replica, args.num_gpus_per_replica, large_cache,
-                           metrics_options.replica_address(args, i))
-            clients.append(RayReplicaClient(rid, handle))
-        return asyncio.run(serve(args, clients))
+        try:
+            if args.frontend_only:
+                clients, entries, args.model, threshold = serve_shared.attach(args, consumer)
+            else:
+                clients, entries = serve_shared.spawn(args, roles, factory, consumer)
+                threshold = cache_size_options.threshold(args)
+        except StateStoreError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if state is not None:
+            state.registry = entries
+        code = asyncio.run(serve(args, clients, state, threshold))
+        if state is not None and serve_shared.stop_if_last(args, entries):
+            print("shunter: no other frontend is left; stopped the replicas", flush=True)
+        return code
     finally:
         ray.shutdown()

@@ -16,3 +16,11 @@ class Overloaded(ShunterError):
 
 class ReplicaUnavailable(ShunterError):
     """No healthy replica can take the request (gRPC UNAVAILABLE)."""
+
+
+class RequestNotFound(ShunterError, LookupError):
+    """No live or journaled request has this id (gRPC NOT_FOUND)."""
+
+
+class Superseded(ShunterError):
+    """The stream was taken over: its client resumed it on another stream (gRPC ABORTED)."""

@@ -15,21 +15,23 @@ from shunter.proto import generation_pb2_grpc as pb_grpc
 from shunter.router.frontend import Frontend
 from shunter.router.router import Router, RouterConfig
 from shunter.router.security_options import Security
+from shunter.router.state_store import StateStore
 
 if TYPE_CHECKING:
     from shunter.router.metrics_server import FrontendMetrics
 
 
 class BackgroundServer:
-    """Start with the replica clients; `stub` is a blocking client on 127.0.0.1; `close()` stops it
-    all (and kills in-process replicas); with TLS (`security`) it is of no use: connect your own. With `metrics`, the frontend's Prometheus page is served
-    on a free port of 127.0.0.1 (`metrics_url`)."""
+    """Start with the replica clients (and a state store: in memory by default); `stub` is a
+    blocking client on 127.0.0.1; `close()` stops it all (and kills in-process replicas). With TLS
+    (`security`) the stub is of no use: connect your own. With `metrics`, the frontend's
+    Prometheus page is served on a free port of 127.0.0.1 (`metrics_url`)."""
 
     def __init__(self, clients: Sequence[Any], config: RouterConfig | None = None, model: str = "fake",
-                 metrics: bool = False, security: Security | None = None) -> None:
+                 metrics: bool = False, security: Security | None = None, state: StateStore | None = None) -> None:
         self.clients = list(clients)
         self.loop = asyncio.new_event_loop()
-        self.router = Router(self.clients, config or RouterConfig(poll_wait_s=0.05, rebalance=False))
+        self.router = Router(self.clients, config or RouterConfig(poll_wait_s=0.05, rebalance=False), state=state)
         self.thread = threading.Thread(target=self.loop.run_forever, name="shunter-server", daemon=True)
         self.thread.start()
         self.metrics: FrontendMetrics | None = None

@@ -56,3 +56,23 @@ def ray_cluster():
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One real redis-server for the session, on a free loopback port, with a password."""
+    from shunter.testing.redis_server import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_db(redis_server):
+    """The session's redis-server, running and empty at the start of the test."""
+    if redis_server.process is None:  # a test stopped it
+        redis_server.start()
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server

@@ -35,3 +35,13 @@ def test_bench_hop_over_ray(tmp_path, ray_cluster):
     assert bench_hop.main(["--ray", "--requests", "5", "--repeat", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["mode"] == "ray" and 0 < result["hop_p50_ms"] < 1000
+
+
+def test_bench_hop_compares_redis_state_with_memory(tmp_path, capsys, redis_db):
+    out = tmp_path / "hop_redis.json"
+    assert bench_hop.main(["--requests", "5", "--repeat", "2", "--state", redis_db.address, "--out", str(out)]) == 0
+    state = json.loads(out.read_text())["state"]
+    assert len(state["redis_rounds"]) == 2 and 0 < state["redis"]["client_ttft_p50_ms"] < 1000
+    assert state["added_p50_ms"] == state["redis"]["client_ttft_p50_ms"] - state["memory"]["client_ttft_p50_ms"]
+    assert redis_db.password not in state["url"] + json.loads(out.read_text())["command"]
+    assert "Redis state adds: p50" in capsys.readouterr().out

@@ -5,7 +5,7 @@ import asyncio
 import threading
 import time
 
-from shunter.replica.engine_protocol import EngineOutput
+from shunter.replica.engine_protocol import CacheEvent, EngineOutput
 from shunter.replica.outbox import Outbox
 from tests.fakes import FakeEngine
 
@@ -116,3 +116,72 @@ def test_a_submit_does_not_wait_when_enough_polls_are_parked():
         old.cancel()
 
     run(main())
+
+
+# ---- one channel per consumer (several frontends serving from one replica) ------------------
+def test_tokens_go_to_their_consumer_and_cache_events_to_every_consumer():
+    async def main():
+        box = outbox()
+        box.own("a", "fe-1")
+        box.own("b", "fe-2")
+        stored = [CacheEvent("stored", 7)]
+        box.publish(token("a", 1) + token("b", 1) + token("c", 1), stored, FakeEngine().stats())
+        one, two, default = await box.poll(0.0, "fe-1"), await box.poll(0.0, "fe-2"), await box.poll(0.0)
+        assert [d.request_id for d in one.deltas] == ["a"] and [d.request_id for d in two.deltas] == ["b"]
+        assert [d.request_id for d in default.deltas] == ["c"]
+        assert one.events == two.events == default.events == stored
+        assert len({one.epoch, two.epoch, default.epoch}) == 3  # each channel numbers its own drains
+
+    run(main())
+
+
+def test_news_for_one_consumer_does_not_wake_another():
+    async def main():
+        box = outbox()
+        box.own("a", "fe-1")
+        other = asyncio.create_task(box.poll(5.0, "fe-2"))
+        mine = asyncio.create_task(box.poll(5.0, "fe-1"))
+        await asyncio.sleep(0)
+        publish(box, token("a", 1))
+        assert [d.request_id for d in (await asyncio.wait_for(mine, 1)).deltas] == ["a"]
+        await asyncio.sleep(0.01)
+        assert not other.done()
+        other.cancel()
+
+    run(main())
+
+
+def test_a_consumer_that_stops_polling_is_dropped_with_its_requests():
+    """A frontend that died leaves a channel nobody drains: after `idle_s` it goes, its requests
+    are handed back for the replica to abort, and its late tokens are not kept."""
+    async def main():
+        box = Outbox(FakeEngine().stats(), idle_s=0.05)
+        box.own("a", "gone")
+        box.own("b", "alive")
+        await box.poll(0.0, "gone")
+        await asyncio.sleep(1.1)  # past idle_s and the once-a-second sweep
+        await box.poll(0.0, "alive")
+        assert box.publish(token("a", 1), [CacheEvent("stored", 1)], FakeEngine().stats()) == ["a"]
+        publish(box, token("a", 2))
+        assert "gone" not in box._channels
+        assert [d.request_id for d in (await box.poll(0.0, "alive")).deltas] == []
+
+    run(main())
+
+
+def test_an_undrained_channel_keeps_only_the_newest_cache_events(monkeypatch):
+    import shunter.replica.outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "MAX_EVENTS", 3)
+    box = outbox()
+    box.publish([], [CacheEvent("stored", h) for h in range(5)], FakeEngine().stats())
+    assert [e.block_hash for e in box.poll_blocking(0.0).events] == [2, 3, 4]
+
+
+def test_a_taken_request_reaches_every_channel_with_the_stats_that_count_it():
+    box = outbox()
+    box.taken("a")
+    assert box.poll_blocking(0.0, consumer="fe-1").taken == []  # not before a publish's stats include it
+    publish(box, [])
+    assert box.poll_blocking(0.0, consumer="fe-1").taken == ["a"]
+    assert box.poll_blocking(0.0).taken == ["a"]

@@ -40,7 +40,7 @@ def serve(capsys, *argv: str) -> tuple[int, str]:
     (["--policy", "bogus"], "error: --policy: invalid choice: 'bogus' (choose from 'fcfs'"),
     (["--routing", "bogus"], "error: --routing: invalid choice: 'bogus'"),
     (["--preemption-mode", "bogus"], "error: --preemption-mode: invalid choice: 'bogus' (choose from 'recompute'"),
-    (["--state", "redis"], "error: --state: invalid choice"),
+    (["--state", "redis"], "error: --state: must be memory, or redis://[:password@]host:port/db"),
     (["--device", "tpu"], "error: --device: invalid choice"),
     (["--model", "random:huge"], "error: --model: unknown random shape 'huge': must be one of tiny"),
     (["--model", "/no/such/model"], "error: --model: '/no/such/model' is no such file or folder"),
@@ -151,3 +151,28 @@ def test_ray_token_auth_is_on_and_said_explicitly(monkeypatch, env, address, exp
     args = cli.build_parser().parse_args(["serve"] + (["--address", address] if address else []))
     serve_cli._say_token_auth(args)
     assert serve_cli.os.environ.get("RAY_AUTH_MODE") == expected
+
+
+def test_shared_state_options_are_checked_before_ray_starts(capsys, redis_db):
+    """A malformed URL, a wrong password, an unreachable Redis, --frontend-only without what it needs:
+    one line naming it (never the password), exit 2, before Ray."""
+    good, port = redis_db.address, redis_db.port
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    unused = free.getsockname()[1]
+    free.close()
+    cases = [
+        (["--state", "redis://:hunter2@localhost:99999/0"], "error: --state: must be memory, or redis://"),
+        (["--state", f"redis://:wrong@127.0.0.1:{port}/0"],
+         f"error: --state: Redis at redis://:***@127.0.0.1:{port}/0 refused the password"),
+        (["--state", f"redis://127.0.0.1:{port}/0"], "error: --state: Redis at redis://127.0.0.1"),
+        (["--state", f"redis://:hunter2@127.0.0.1:{unused}/0"], "error: --state: cannot reach Redis at redis://:***@"),
+        (["--frontend-only"], "error: --frontend-only: needs --state redis://"),
+        (["--frontend-only", "--state", good], "error: --frontend-only: needs --address"),
+        (["--frontend-only", "--state", good, "--address", "auto", "--replicas", "3"],
+         "error: --replicas: does not apply with --frontend-only"),
+    ]
+    for argv, says in cases:
+        code, err = serve(capsys, *argv, "--port", "0")
+        assert code == 2 and err.startswith(says) and err.count("\n") == 1, (argv, err)
+        assert "hunter2" not in err and redis_db.password not in err
