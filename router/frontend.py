@@ -20,6 +20,7 @@ from shunter.proto import generation_pb2_grpc as pb_grpc
 from shunter.replica.detokenizer import IncrementalDetokenizer
 from shunter.router.grpc_request import prepare
 from shunter.router.router import Router
+from shunter.router.text_stream import detokenize
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["Generation"].full_name
@@ -41,7 +42,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         completion = 0
         try:
             async for delta in self.router.generate(rid, prepared.prompt_token_ids, prepared.params):
-                tokens, text, finish = self._detokenize(detok, delta.token_ids, delta.finish_reason)
+                tokens, text, finish = detokenize(detok, delta.token_ids, delta.finish_reason)
                 completion += len(tokens)
                 chunk = pb.GenerateResponse(request_id=rid, token_ids=tokens, text=text, replica_id=delta.replica_id)
                 if finish is not None:
@@ -57,20 +58,6 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-
-    @staticmethod
-    def _detokenize(detok: IncrementalDetokenizer | None, tokens: list[int], finish: str | None):
-        """(tokens to send, their text, finish reason): cut at the token that completes a stop string."""
-        if detok is None:
-            return tokens, "", finish
-        text = []
-        for i, token in enumerate(tokens):
-            text.append(detok.add(token))
-            if detok.stopped:
-                return tokens[: i + 1], "".join(text), "stop"
-        if finish is not None:
-            text.append(detok.flush())
-        return tokens, "".join(text), finish
 
     async def ClusterStatus(self, request: pb.ClusterStatusRequest, context: grpc.aio.ServicerContext) -> pb.ClusterStatusResponse:
         out = pb.ClusterStatusResponse(routing=self.router.policy.name, model=self.model,
