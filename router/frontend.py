@@ -18,6 +18,8 @@ from shunter.errors import Overloaded, ReplicaUnavailable
 from shunter.proto import generation_pb2 as pb
 from shunter.proto import generation_pb2_grpc as pb_grpc
 from shunter.replica.detokenizer import IncrementalDetokenizer
+from shunter.router.api_keys import ApiKeys
+from shunter.router.grpc_auth import ApiKeyInterceptor
 from shunter.router.grpc_request import prepare
 from shunter.router.router import Router
 from shunter.router.text_stream import detokenize
@@ -76,11 +78,13 @@ class GenerationServicer(pb_grpc.GenerationServicer):
 
 
 class Frontend:
-    """The server: Generation + Health + reflection on one port."""
+    """The server: Generation + Health + reflection on one port; with `api_keys`, all but Health need one."""
 
-    def __init__(self, router: Router, host: str = "127.0.0.1", port: int = 50051, model: str = "") -> None:
+    def __init__(self, router: Router, host: str = "127.0.0.1", port: int = 50051, model: str = "",
+                 api_keys: ApiKeys | None = None) -> None:
         self.router = router
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        interceptors = [ApiKeyInterceptor(api_keys)] if api_keys is not None else None
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=interceptors)
         pb_grpc.add_GenerationServicer_to_server(GenerationServicer(router, model), self.server)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

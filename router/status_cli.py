@@ -25,6 +25,7 @@ LEGEND = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default="127.0.0.1:50051", help="host:port of `shunter serve`")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    parser.epilog = "A server started with API keys needs one: set $SHUNTER_API_KEY."
 
 
 def format_table(status) -> str:
@@ -45,14 +46,20 @@ def format_table(status) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     import grpc
 
     from shunter.proto import generation_pb2 as pb
     from shunter.proto import generation_pb2_grpc as pb_grpc
+    from shunter.router.api_keys import CLIENT_ENV
 
+    key = os.environ.get(CLIENT_ENV)  # a server started with API keys needs one
+    metadata = (("authorization", f"Bearer {key}"),) if key else ()
     with grpc.insecure_channel(args.address) as channel:
         try:
-            status = pb_grpc.GenerationStub(channel).ClusterStatus(pb.ClusterStatusRequest(), timeout=args.timeout)
+            status = pb_grpc.GenerationStub(channel).ClusterStatus(pb.ClusterStatusRequest(), timeout=args.timeout,
+                                                                   metadata=metadata)
         except grpc.RpcError as e:
             print(f"error: cannot reach {args.address}: {e.code().name} {e.details()}", file=sys.stderr)
             return 1

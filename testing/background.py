@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import grpc
 
 from shunter.proto import generation_pb2_grpc as pb_grpc
+from shunter.router.api_keys import ApiKeys
 from shunter.router.frontend import Frontend
 from shunter.router.router import Router, RouterConfig
 
@@ -20,20 +21,21 @@ class BackgroundServer:
     """Start with the replica clients; `stub` is a blocking client on 127.0.0.1; `close()` stops it
     all (and kills in-process replicas)."""
 
-    def __init__(self, clients: Sequence[Any], config: RouterConfig | None = None, model: str = "fake") -> None:
+    def __init__(self, clients: Sequence[Any], config: RouterConfig | None = None, model: str = "fake",
+                 api_keys: ApiKeys | None = None) -> None:
         self.clients = list(clients)
         self.loop = asyncio.new_event_loop()
         self.router = Router(self.clients, config or RouterConfig(poll_wait_s=0.05, rebalance=False))
         self.thread = threading.Thread(target=self.loop.run_forever, name="shunter-server", daemon=True)
         self.thread.start()
-        self.frontend: Frontend = self.call(self._start(model))
+        self.frontend: Frontend = self.call(self._start(model, api_keys))
         self.port = self.frontend.port
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = pb_grpc.GenerationStub(self.channel)
 
-    async def _start(self, model: str) -> Frontend:
+    async def _start(self, model: str, api_keys: ApiKeys | None) -> Frontend:
         await self.router.start()
-        frontend = Frontend(self.router, "127.0.0.1", 0, model=model)
+        frontend = Frontend(self.router, "127.0.0.1", 0, model=model, api_keys=api_keys)
         await frontend.start()
         return frontend
 
