@@ -4,7 +4,8 @@ With no flags: a local Ray instance started by this command, two SmolLM2 replica
 in-memory state, 127.0.0.1:50051. SIGINT/SIGTERM stop new requests (health NOT_SERVING,
 UNAVAILABLE), let the running ones finish (up to --drain-timeout), then exit. With
 --large-cache-replicas K the first K replicas get the larger KV pool and the long requests
-(`cache_size_options.py`).
+(`cache_size_options.py`). With --http-port the OpenAI-compatible HTTP API (`http_gateway.py`)
+runs in the same event loop over the same router, and drains with it.
 
 Every option is checked before Ray starts (`check`): a wrong one is one line and exit 2, not a
 replica that dies 16 s later.
@@ -21,6 +22,7 @@ from shunter.cli_args import float_above, int_at_least
 from shunter.replica.engine_config import PREEMPTION_MODES
 from shunter.replica.policies import POLICIES
 from shunter.router import cache_size_options
+from shunter.router.api_keys import load_api_keys
 from shunter.router.policies import DEFAULT as DEFAULT_ROUTING
 from shunter.router.policies import REGISTRY as ROUTINGS
 from shunter.testing.fake_engine import FACTORY, FAKE_MODEL_PREFIX, parse_fake_model
@@ -33,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replicas", type=int_at_least(1), default=2, help="engine replicas (Ray actors)")
     parser.add_argument("--host", default="127.0.0.1", help="address the gRPC server listens on")
     parser.add_argument("--port", type=int_at_least(0, 65535), default=50051, help="gRPC port (0: any free one)")
+    parser.add_argument("--http-port", type=int_at_least(0, 65535), default=None,
+                        help="also serve the OpenAI-compatible HTTP API on this port (on --host); default: off")
+    parser.add_argument("--api-key-file", default=None,
+                        help="API keys, one a line: gRPC and HTTP calls then need 'authorization: Bearer <key>' "
+                             "(health stays open); $SHUNTER_API_KEYS (comma-separated) adds keys")
     parser.add_argument("--policy", default="fcfs", choices=sorted(POLICIES),
                         help="scheduling policy inside each replica")
     parser.add_argument("--preemption-mode", default="recompute", choices=PREEMPTION_MODES,
@@ -75,10 +82,15 @@ def check(args: argparse.Namespace) -> None:
     if args.num_gpus_per_replica > 0 and args.address is None and not glob.glob("/dev/nvidia[0-9]*"):
         raise ValueError("--num-gpus-per-replica: this machine has no NVIDIA GPU for a local Ray instance")
     check_port_free(args.host, args.port)
+    if args.http_port is not None:
+        if args.http_port == args.port != 0:
+            raise ValueError(f"--http-port: {args.http_port} is the gRPC --port too")
+        check_port_free(args.host, args.http_port, "--http-port")
+    args.api_keys = load_api_keys(args.api_key_file)
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Bind host:port once, as the gRPC server will (SO_REUSEADDR), and let it go."""
+def check_port_free(host: str, port: int, option: str = "--port") -> None:
+    """Bind host:port once, as the gRPC and HTTP servers will (SO_REUSEADDR), and let it go."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as e:
@@ -88,7 +100,7 @@ def check_port_free(host: str, port: int) -> None:
         try:
             s.bind(address)
         except OSError as e:
-            raise ValueError(f"--port: cannot listen on {host}:{port} ({e.strerror}); is another server running?") from None
+            raise ValueError(f"{option}: cannot listen on {host}:{port} ({e.strerror}); is another server running?") from None
 
 
 def _engine_config(args: argparse.Namespace):
@@ -111,9 +123,17 @@ async def serve(args: argparse.Namespace, clients: list) -> int:
                                           max_in_flight=args.max_in_flight,
                                           size_threshold_blocks=cache_size_options.threshold(args)))
     await router.start()
-    frontend = Frontend(router, args.host, args.port, model=args.model)
+    frontend = Frontend(router, args.host, args.port, model=args.model, api_keys=args.api_keys)
     await frontend.start()
-    print(f"shunter: serving {args.model} from {len(clients)} replicas on {args.host}:{frontend.port}", flush=True)
+    gateway = None
+    if args.http_port is not None:
+        from shunter.router.http_gateway import HttpGateway
+
+        gateway = HttpGateway(router, args.host, args.http_port, model=args.model, api_keys=args.api_keys)
+        await gateway.start()
+    print(f"shunter: serving {args.model} from {len(clients)} replicas on {args.host}:{frontend.port}"
+          + (f", OpenAI HTTP on http://{args.host}:{gateway.port}/v1" if gateway else "")
+          + (", API keys required" if args.api_keys else ""), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -121,6 +141,8 @@ async def serve(args: argparse.Namespace, clients: list) -> int:
     await stop.wait()
     print(f"shunter: draining {len(router.journal)} requests", flush=True)
     drained = await frontend.drain_and_stop(args.drain_timeout)
+    if gateway is not None:
+        await gateway.stop()
     await router.stop()
     print("shunter: stopped" if drained else
           f"shunter: stopped; after --drain-timeout {args.drain_timeout:g} s the requests still running were cut", flush=True)
