@@ -35,6 +35,7 @@ from shunter.router.openai_protocol import (
     ModelCard,
     ModelList,
     SamplingFields,
+    StreamOptions,
 )
 from shunter.router.openai_request import Plan, chat_plan, completion_plan
 from shunter.router.openai_serving import ChatChunkFormat, ChunkFormat, Meta, choice_events, complete, sse_body
@@ -209,9 +210,9 @@ class Gateway:
             await events.aclose()
             raise _api_error(e, plan.id) from e
         fmt = ChatChunkFormat(meta) if chat else ChunkFormat(meta)
-        include_usage = req.stream_options is not None and req.stream_options.include_usage
-        return StreamingResponse(sse_body(first, events, fmt, plan, include_usage), media_type="text/event-stream",
-                                 headers=SSE_HEADERS)
+        options = req.stream_options or StreamOptions()
+        body = sse_body(first, events, fmt, plan, options.include_usage, options.continuous_usage_stats)
+        return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 class _Server(uvicorn.Server):

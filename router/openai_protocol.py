@@ -66,6 +66,7 @@ class Strict(BaseModel):
 
 class StreamOptions(Strict):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's extension, which load tools send: usage so far on every chunk
 
 
 class Slo(Strict):

@@ -132,10 +132,10 @@ class ChunkFormat:
     def __init__(self, meta: Meta) -> None:
         self.meta = meta
 
-    def chunk(self, index: int, text: str, finish: str | None) -> bytes:
+    def chunk(self, index: int, text: str, finish: str | None, usage: Usage | None = None) -> bytes:
         m = self.meta
         choice = CompletionChoice(index=index, text=text, finish_reason=finish)
-        return _sse(CompletionResponse(id=m.id, created=m.created, model=m.model, choices=[choice])
+        return _sse(CompletionResponse(id=m.id, created=m.created, model=m.model, choices=[choice], usage=usage)
                     .model_dump_json().encode())
 
     def usage(self, usage: Usage) -> bytes:
@@ -151,12 +151,12 @@ class ChatChunkFormat(ChunkFormat):
         super().__init__(meta)
         self.started: set[int] = set()
 
-    def chunk(self, index: int, text: str, finish: str | None) -> bytes:
+    def chunk(self, index: int, text: str, finish: str | None, usage: Usage | None = None) -> bytes:
         first = index not in self.started
         self.started.add(index)
         delta = ChatDelta(role="assistant" if first else None, content=text if text or first else None)
         m = self.meta
-        return _sse(ChatCompletionChunk(id=m.id, created=m.created, model=m.model, choices=[
+        return _sse(ChatCompletionChunk(id=m.id, created=m.created, model=m.model, usage=usage, choices=[
             ChatChunkChoice(index=index, delta=delta, finish_reason=finish)]).model_dump_json().encode())
 
     def usage(self, usage: Usage) -> bytes:
@@ -166,10 +166,11 @@ class ChatChunkFormat(ChunkFormat):
 
 
 async def sse_body(first: Event, events: AsyncIterator[Event], fmt: ChunkFormat, plan: Plan,
-                   include_usage: bool) -> AsyncIterator[bytes]:
+                   include_usage: bool, continuous_usage: bool = False) -> AsyncIterator[bytes]:
     """The event stream after its first event (taken before the 200 went out, so that an error
-    before any token still gets its status): chunks, the usage chunk when asked, `[DONE]`. An error
-    after the 200 is one `data: {"error": ...}` event, as OpenAI sends it."""
+    before any token still gets its status): chunks (each with the usage so far when
+    `continuous_usage`), the usage chunk when asked, `[DONE]`. An error after the 200 is one
+    `data: {"error": ...}` event, as OpenAI sends it."""
     tally = Tally(plan)
     try:
         item: Event | None = first
@@ -177,7 +178,8 @@ async def sse_body(first: Event, events: AsyncIterator[Event], fmt: ChunkFormat,
             choice, chunk = item
             tally.add(choice, chunk)
             if chunk.text or chunk.finish_reason is not None:
-                yield fmt.chunk(choice.index, chunk.text, chunk.finish_reason)
+                yield fmt.chunk(choice.index, chunk.text, chunk.finish_reason,
+                                tally.usage() if continuous_usage else None)
             item = await anext(events, None)
     except Exception as e:
         error = from_exception(e)

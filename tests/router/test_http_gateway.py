@@ -114,6 +114,17 @@ def test_the_event_stream_is_sse_ending_with_done(serve_http):
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == 5
 
 
+def test_continuous_usage_puts_the_usage_so_far_on_every_chunk(serve_http):
+    """vLLM's `stream_options.continuous_usage_stats`, which load tools (guidellm) send."""
+    server = serve_http(fake_clients(step_time=0.005))
+    chunks = list(client(server).completions.create(
+        model=MODEL, prompt="hi", max_tokens=12, stream=True, extra_body={"ignore_eos": True},
+        stream_options={"include_usage": True, "continuous_usage_stats": True}))
+    counts = [c.usage.completion_tokens for c in chunks[:-1]]
+    assert len(counts) > 1 and counts == sorted(counts) and counts[-1] == 12
+    assert all(c.usage.prompt_tokens == 3 for c in chunks) and chunks[-1].choices == []
+
+
 def test_multibyte_text_and_stop_strings_as_grpc(serve_http):
     server = serve_http(fake_clients(script=SCRIPT))
     oai = client(server)
