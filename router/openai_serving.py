@@ -5,7 +5,9 @@ as tokens arrive, so a chunk names its choice by `index`. Leaving the merged str
 disconnects, an error in one choice) cancels every choice, and leaving the router's stream aborts
 the request on its replica, which frees its KV blocks. A stream sends a chunk only when there is
 new text or a finish: text the detokenizer holds back (half a character, a possible stop string)
-costs no chunk. Usage counts each prompt once, whatever `n`, as OpenAI does.
+costs no chunk, except with `continuous_usage_stats`, whose clients count tokens by the usage on
+each chunk and so get one for every step that made a token. Usage counts each prompt once,
+whatever `n`, as OpenAI does.
 """
 from __future__ import annotations
 
@@ -177,7 +179,7 @@ async def sse_body(first: Event, events: AsyncIterator[Event], fmt: ChunkFormat,
         while item is not None:
             choice, chunk = item
             tally.add(choice, chunk)
-            if chunk.text or chunk.finish_reason is not None:
+            if chunk.text or chunk.finish_reason is not None or (continuous_usage and chunk.num_tokens):
                 yield fmt.chunk(choice.index, chunk.text, chunk.finish_reason,
                                 tally.usage() if continuous_usage else None)
             item = await anext(events, None)

@@ -123,6 +123,10 @@ def test_continuous_usage_puts_the_usage_so_far_on_every_chunk(serve_http):
     counts = [c.usage.completion_tokens for c in chunks[:-1]]
     assert len(counts) > 1 and counts == sorted(counts) and counts[-1] == 12
     assert all(c.usage.prompt_tokens == 3 for c in chunks) and chunks[-1].choices == []
+    held = serve_http(fake_clients(step_time=0.005, script=SCRIPT))  # "é" takes two tokens: a step with no text
+    chunks = list(client(held).completions.create(
+        model=MODEL, prompt="hi", max_tokens=3, stream=True, stream_options={"continuous_usage_stats": True}))
+    assert [(c.choices[0].text, c.usage.completion_tokens) for c in chunks] == [("h", 1), ("", 2), ("é", 3)]
 
 
 def test_multibyte_text_and_stop_strings_as_grpc(serve_http):
