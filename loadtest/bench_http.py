@@ -18,6 +18,11 @@ turnaround, so the raw client TTFT is reported but compared only at concurrency 
 delivery (receipt minus the making of its last token) is the path's latency per chunk.
 Also recorded: the server process's CPU per streamed chunk (every thread; each request's own
 work spread over its chunks). Writes JSON to `loadtest/results/`.
+
+With `--target GRPC_PORT HTTP_PORT` the same client loads a running `shunter serve --http-port`
+on loopback instead (any model: tokens are counted by `continuous_usage_stats`): client-side
+numbers only (TTFT, inter-token latency, throughput), shaped to set beside a third-party load
+tool's report on the same load.
 """
 from __future__ import annotations
 
@@ -93,9 +98,13 @@ def grpc_request(stub, prompt: list[int], max_tokens: int, rid: str) -> Trace:
     return trace
 
 
-def http_request(conn: http.client.HTTPConnection, prompt: list[int], max_tokens: int) -> Trace:
-    body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-                       "ignore_eos": True, "stream": True})
+def http_request(conn: http.client.HTTPConnection, prompt: list[int], max_tokens: int, by_usage: bool) -> Trace:
+    """One streamed completion; a chunk's tokens are its text's length (one ASCII character a token
+    from `StampedEngine`), or with `by_usage` the server's running usage (any model)."""
+    request = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True}
+    if by_usage:
+        request["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+    body = json.dumps(request)
     trace, tokens = Trace(sent=time.monotonic()), 0
     conn.request("POST", "/v1/completions", body, {"content-type": "application/json"})
     response = conn.getresponse()
@@ -108,15 +117,17 @@ def http_request(conn: http.client.HTTPConnection, prompt: list[int], max_tokens
             break
         if line.startswith(b"data: "):
             chunk = json.loads(line[6:])
+            if not chunk["choices"]:  # the closing usage chunk
+                continue
             trace.request_id = chunk["id"]
-            tokens += len(chunk["choices"][0]["text"])
+            tokens = chunk["usage"]["completion_tokens"] if by_usage else tokens + len(chunk["choices"][0]["text"])
             trace.chunks.append((now, tokens))
     response.read()
     return trace
 
 
 def run_batch(ports: tuple[int, int], door: str, concurrency: int, requests: int, max_tokens: int,
-              tag: str) -> list[Trace]:
+              tag: str, by_usage: bool = False) -> list[Trace]:
     """In the client process: `requests` requests over `door` (ports: gRPC, HTTP) from `concurrency`
     threads, each with its own connection."""
     import grpc
@@ -138,7 +149,7 @@ def run_batch(ports: tuple[int, int], door: str, concurrency: int, requests: int
                 break
             prompt = [3 + (i * 7 + k) % 250 for k in range(32)]
             if door == "http":
-                out.append(http_request(conn, prompt, max_tokens))
+                out.append(http_request(conn, prompt, max_tokens, by_usage))
             else:
                 out.append(grpc_request(stub, prompt, max_tokens, f"{tag}-{i}"))
         if conn is not None:
@@ -179,6 +190,53 @@ def measure(traces: list[Trace], submitted: dict[str, float], made: dict[str, li
             "gap_p99_ms": ms(gaps, 0.99), "delivery_p50_ms": ms(delivery, 0.5), "delivery_p99_ms": ms(delivery, 0.99)}
 
 
+def client_numbers(traces: list[Trace], wall_s: float) -> dict[str, float]:
+    """What a load tool reports, from the client alone: TTFT, inter-token latency ((last chunk - first
+    chunk) / (tokens - 1) per request), requests and output tokens per second."""
+    ttft = [t.chunks[0][0] - t.sent for t in traces]
+    itl = [(t.chunks[-1][0] - t.chunks[0][0]) / (t.chunks[-1][1] - 1) for t in traces if t.chunks[-1][1] > 1]
+    ms = lambda xs, q: round(percentile(xs, q) * 1e3, 3)  # noqa: E731
+    mean = lambda xs: round(sum(xs) / len(xs) * 1e3, 3)  # noqa: E731
+    tokens = sum(t.chunks[-1][1] for t in traces)
+    return {"requests": len(traces), "wall_s": round(wall_s, 3), "requests_per_s": round(len(traces) / wall_s, 2),
+            "output_tokens_per_s": round(tokens / wall_s, 1), "ttft_mean_ms": mean(ttft), "ttft_p50_ms": ms(ttft, 0.5),
+            "ttft_p95_ms": ms(ttft, 0.95), "ttft_p99_ms": ms(ttft, 0.99), "itl_mean_ms": mean(itl),
+            "itl_p50_ms": ms(itl, 0.5), "itl_p95_ms": ms(itl, 0.95)}
+
+
+def run_target(args: argparse.Namespace) -> int:
+    """Load a running server (`--target GRPC_PORT HTTP_PORT`) over both doors; client-side numbers."""
+    ports = tuple(args.target)
+    client_process = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    levels = []
+    try:
+        for concurrency in args.concurrency:
+            traces: dict[str, list[Trace]] = {"grpc": [], "http": []}
+            wall = {"grpc": 0.0, "http": 0.0}
+            for r in range(args.rounds):
+                for door in (("grpc", "http") if r % 2 == 0 else ("http", "grpc")):
+                    tag, batch = f"t{concurrency}r{r}", (ports, door, concurrency)
+                    client_process.submit(run_batch, *batch, WARMUP, args.max_tokens, tag + "w", True).result()
+                    started = time.monotonic()
+                    traces[door] += client_process.submit(run_batch, *batch, args.requests, args.max_tokens, tag,
+                                                          True).result()
+                    wall[door] += time.monotonic() - started
+            level = {"concurrency": concurrency, **{door: client_numbers(traces[door], wall[door]) for door in traces}}
+            for door in traces:
+                print(f"concurrency {concurrency} {door}: {level[door]}")
+            levels.append(level)
+    finally:
+        client_process.shutdown()
+    result = {"bench": "http", "command": args._invocation, "target": list(ports), "max_tokens": args.max_tokens,
+              "requests": args.requests, "rounds": args.rounds, "levels": levels, "host": platform.node(),
+              "cpus": os.cpu_count(), "load_average": os.getloadavg(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    out = args.out or RESULTS / "bench_http_target.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
 def _made(clients: list[StampedClient]) -> dict[str, list[float]]:
     return {rid: stamps for c in clients for rid, stamps in c.core.engine.made.items()}
 
@@ -191,9 +249,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-ms", type=float, default=5.0, help="the fake engine's time a step")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="JSON result path (default: loadtest/results/)")
+    parser.add_argument("--target", type=int, nargs=2, default=None, metavar=("GRPC_PORT", "HTTP_PORT"),
+                        help="load a running `shunter serve --http-port` on 127.0.0.1 instead (client-side numbers)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.target:
+        return run_target(args)
     from shunter.router.router import RouterConfig
     from shunter.testing.background import BackgroundServer
 
