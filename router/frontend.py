@@ -28,6 +28,7 @@ from shunter.router.grpc_request import MAX_REQUEST_BYTES, InvalidArgument, prep
 from shunter.router.resume import Stream, resume, stopped
 from shunter.router.router import Router
 from shunter.router.security_options import Security
+from shunter.router.text_stream import detokenize
 
 if TYPE_CHECKING:
     from shunter.router.metrics_requests import StreamMetrics
@@ -92,7 +93,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 skip = min(len(delta.token_ids), max(0, s.resume_from - position))  # regenerated; the client has them
                 for token in delta.token_ids[:skip] if detok is not None else ():
                     detok.add(token)
-                tokens, text, finish = self._detokenize(detok, delta.token_ids[skip:], delta.finish_reason)
+                tokens, text, finish = detokenize(detok, delta.token_ids[skip:], delta.finish_reason)
                 position += skip + len(tokens)
                 if finish is not None and position < s.resume_from:
                     raise InvalidArgument(f"resume_from: {s.resume_from} is beyond the {position} tokens "
@@ -115,20 +116,6 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 yield chunk
                 if finish is not None:
                     return
-
-    @staticmethod
-    def _detokenize(detok: IncrementalDetokenizer | None, tokens: list[int], finish: str | None):
-        """(tokens to send, their text, finish reason): cut at the token that completes a stop string."""
-        if detok is None:
-            return tokens, "", finish
-        text = []
-        for i, token in enumerate(tokens):
-            text.append(detok.add(token))
-            if detok.stopped:
-                return tokens[: i + 1], "".join(text), "stop"
-        if finish is not None:
-            text.append(detok.flush())
-        return tokens, "".join(text), finish
 
     async def ClusterStatus(self, request: pb.ClusterStatusRequest, context: grpc.aio.ServicerContext) -> pb.ClusterStatusResponse:
         out = pb.ClusterStatusResponse(routing=self.router.policy.name, model=self.model,

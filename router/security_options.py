@@ -23,6 +23,7 @@ class Security:
 
     credentials: grpc.ServerCredentials | None = None
     api_keys: tuple[bytes, ...] = ()
+    tls_files: tls.TlsFiles | None = None  # the files `credentials` came from (the HTTP gateway uses them)
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         return [auth.ApiKeyInterceptor(self.api_keys)] if self.api_keys else []
@@ -34,13 +35,14 @@ class Security:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("security")
-    group.add_argument("--tls-cert", default=None, metavar="PEM", help="serve TLS with this certificate (chain)")
+    group.add_argument("--tls-cert", default=None, metavar="PEM",
+                       help="serve TLS with this certificate (chain), on gRPC and on --http-port (HTTPS)")
     group.add_argument("--tls-key", default=None, metavar="PEM", help="the private key of --tls-cert")
     group.add_argument("--tls-client-ca", default=None, metavar="PEM",
                        help="mutual TLS: clients must present a certificate signed by this CA")
     group.add_argument("--api-key-file", default=None, metavar="FILE",
                        help=f"API keys, one a line; also from ${auth.ENV_KEYS} (comma-separated). With keys set, "
-                            "every call but health needs 'authorization: Bearer <key>' (else UNAUTHENTICATED)")
+                            "every gRPC and HTTP call but health needs 'authorization: Bearer <key>' (else UNAUTHENTICATED, HTTP 401)")
 
 
 def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Security:
@@ -57,8 +59,10 @@ def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -
         keys = auth.load_api_keys(args.api_key_file, environ)
     except ValueError as e:
         raise ValueError(f"--api-key-file: {e}") from None
-    credentials = tls.server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
-    return Security(credentials, keys)
+    if not args.tls_cert:
+        return Security(None, keys)
+    files = tls.TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+    return Security(tls.server_credentials(files.cert, files.key, files.client_ca), keys, files)
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,8 @@ in-memory state, 127.0.0.1:50051. SIGINT/SIGTERM stop new requests (health NOT_S
 UNAVAILABLE), let the running ones finish (up to --drain-timeout), then exit. With
 --large-cache-replicas K the first K replicas get the larger KV pool and the long requests
 (`cache_size_options.py`). --metrics-port and --replica-metrics-port-base serve Prometheus
-pages (`metrics_options.py`).
+pages (`metrics_options.py`). With --http-port the OpenAI-compatible HTTP API (`http_gateway.py`)
+runs in the same event loop over the same router, with the same API keys and TLS, and drains with it.
 
 Every option is checked before Ray starts (`check`): a wrong one is one line and exit 2, not a
 replica that dies 16 s later.
@@ -35,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replicas", type=int_at_least(1), default=2, help="engine replicas (Ray actors)")
     parser.add_argument("--host", default="127.0.0.1", help="address the gRPC server listens on")
     parser.add_argument("--port", type=int_at_least(0, 65535), default=50051, help="gRPC port (0: any free one)")
+    parser.add_argument("--http-port", type=int_at_least(0, 65535), default=None,
+                        help="also serve the OpenAI-compatible HTTP API on this port (on --host); default: off")
     parser.add_argument("--policy", default="fcfs", choices=sorted(POLICIES),
                         help="scheduling policy inside each replica")
     parser.add_argument("--preemption-mode", default="recompute", choices=PREEMPTION_MODES,
@@ -102,10 +105,14 @@ def check(args: argparse.Namespace) -> None:
     check_port_free(args.host, args.port)
     if args.metrics_port:
         check_port_free(args.metrics_host, args.metrics_port, "--metrics-host", "--metrics-port")
+    if args.http_port is not None:
+        if args.http_port == args.port != 0:
+            raise ValueError(f"--http-port: {args.http_port} is the gRPC --port too")
+        check_port_free(args.host, args.http_port, "--host", "--http-port")
 
 
 def check_port_free(host: str, port: int, host_option: str = "--host", port_option: str = "--port") -> None:
-    """Bind host:port once, as the server will (SO_REUSEADDR), and let it go."""
+    """Bind host:port once, as the gRPC and HTTP servers will (SO_REUSEADDR), and let it go."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as e:
@@ -147,9 +154,16 @@ async def serve(args: argparse.Namespace, clients: list, state=None, threshold: 
     security = security_options.from_args(args)
     frontend = Frontend(router, args.host, args.port, model=args.model, metrics=metrics, security=security)
     await frontend.start()
+    gateway = None
+    if args.http_port is not None:
+        from shunter.router.http_gateway import HttpGateway
+
+        gateway = HttpGateway(router, args.host, args.http_port, model=args.model, security=security)
+        await gateway.start()
     page = f", metrics on http://{args.metrics_host}:{metrics.page.port}/metrics" if metrics is not None else ""
+    http = f", OpenAI API on {gateway.scheme}://{args.host}:{gateway.port}/v1" if gateway is not None else ""
     print(f"shunter: serving {args.model} from {len(clients)} replicas on {args.host}:{frontend.port} "
-          f"({security.describe()}){page}", flush=True)
+          f"({security.describe()}){http}{page}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -157,6 +171,8 @@ async def serve(args: argparse.Namespace, clients: list, state=None, threshold: 
     await stop.wait()
     print(f"shunter: draining {len(router.journal)} requests", flush=True)
     drained = await frontend.drain_and_stop(args.drain_timeout)
+    if gateway is not None:
+        await gateway.stop()
     await router.stop()
     if metrics is not None:
         metrics.page.close()

@@ -50,6 +50,8 @@ def format_table(status) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     import grpc
 
     from shunter.proto import generation_pb2 as pb

@@ -7,7 +7,10 @@ certificate (default: the system's roots), and for mutual TLS its own certificat
 from __future__ import annotations
 
 import os
+import ssl
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -16,6 +19,22 @@ Pem = str | os.PathLike
 
 def _read(path: Pem | None) -> bytes | None:
     return None if path is None else Path(path).read_bytes()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The server's PEM files, for the front doors that are not gRPC (the HTTP gateway)."""
+
+    cert: Pem
+    key: Pem
+    client_ca: Pem | None = None
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """The same TLS (and mutual TLS) for uvicorn as `server_credentials` gives gRPC."""
+        options: dict[str, Any] = {"ssl_certfile": str(self.cert), "ssl_keyfile": str(self.key)}
+        if self.client_ca is not None:
+            options.update(ssl_ca_certs=str(self.client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+        return options
 
 
 def server_credentials(cert: Pem, key: Pem, client_ca: Pem | None = None) -> grpc.ServerCredentials:

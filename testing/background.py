@@ -1,6 +1,6 @@
-"""The gRPC server (frontend + router) on an event loop of its own thread.
+"""The gRPC server (frontend + router), and optionally the HTTP gateway, on an event loop of its own thread.
 
-For callers that drive the server with a blocking gRPC client in the same process: benchmarks,
+For callers that drive the server with a blocking client in the same process: benchmarks,
 notebooks, tests. `shunter serve` does not use it (it owns its event loop).
 """
 from __future__ import annotations
@@ -25,10 +25,12 @@ class BackgroundServer:
     """Start with the replica clients (and a state store: in memory by default); `stub` is a
     blocking client on 127.0.0.1; `close()` stops it all (and kills in-process replicas). With TLS
     (`security`) the stub is of no use: connect your own. With `metrics`, the frontend's
-    Prometheus page is served on a free port of 127.0.0.1 (`metrics_url`)."""
+    Prometheus page is served on a free port of 127.0.0.1 (`metrics_url`); with `http`, the
+    OpenAI HTTP API on `http_url` (with the same `security`)."""
 
     def __init__(self, clients: Sequence[Any], config: RouterConfig | None = None, model: str = "fake",
-                 metrics: bool = False, security: Security | None = None, state: StateStore | None = None) -> None:
+                 metrics: bool = False, security: Security | None = None, state: StateStore | None = None,
+                 http: bool = False) -> None:
         self.clients = list(clients)
         self.loop = asyncio.new_event_loop()
         self.router = Router(self.clients, config or RouterConfig(poll_wait_s=0.05, rebalance=False), state=state)
@@ -36,7 +38,9 @@ class BackgroundServer:
         self.thread.start()
         self.metrics: FrontendMetrics | None = None
         self.frontend: Frontend = self.call(self._start(model, metrics, security))
+        self.gateway = self.call(self._start_http(model, security)) if http else None
         self.port = self.frontend.port
+        self.http_url = f"{self.gateway.scheme}://127.0.0.1:{self.gateway.port}/v1" if self.gateway else None
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = pb_grpc.GenerationStub(self.channel)
 
@@ -51,6 +55,13 @@ class BackgroundServer:
         await frontend.start()
         return frontend
 
+    async def _start_http(self, model: str, security: Security | None):
+        from shunter.router.http_gateway import HttpGateway  # FastAPI only where HTTP is asked for
+
+        gateway = HttpGateway(self.router, "127.0.0.1", 0, model=model, security=security)
+        await gateway.start()
+        return gateway
+
     @property
     def metrics_url(self) -> str:
         if self.metrics is None:
@@ -63,6 +74,8 @@ class BackgroundServer:
 
     def close(self) -> None:
         self.channel.close()
+        if self.gateway is not None:
+            self.call(self.gateway.stop())
         self.call(self.frontend.server.stop(grace=None))
         self.call(self.router.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)

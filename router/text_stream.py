@@ -1,0 +1,54 @@
+"""One request's stream as text: the router's token deltas, detokenized and cut at stop strings.
+
+Both front doors cut a stream the same way (`detokenize`: the gRPC frontend sends the tokens and
+their text, the HTTP gateway the text): text is released only when it no longer ends inside a
+multi-byte character, and the stream ends at the token that completes a stop string (leaving the
+router's stream there aborts the request). `text_stream` is the HTTP side's whole loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from shunter.replica.detokenizer import IncrementalDetokenizer
+from shunter.router.router import Router
+from shunter.sampling_params import SamplingParams
+
+
+@dataclass
+class TextChunk:
+    """New text of one request; the last chunk has `finish_reason`. Counts are running totals."""
+
+    text: str
+    num_tokens: int  # tokens in this chunk
+    finish_reason: str | None
+    completion_tokens: int
+    num_cached_tokens: int
+
+
+def detokenize(detok: IncrementalDetokenizer | None, tokens: list[int],
+               finish: str | None) -> tuple[list[int], str, str | None]:
+    """(tokens to send, their text, finish reason): cut at the token that completes a stop string."""
+    if detok is None:
+        return tokens, "", finish
+    text = []
+    for i, token in enumerate(tokens):
+        text.append(detok.add(token))
+        if detok.stopped:
+            return tokens[: i + 1], "".join(text), "stop"
+    if finish is not None:
+        text.append(detok.flush())
+    return tokens, "".join(text), finish
+
+
+async def text_stream(router: Router, tokenizer: Any, request_id: str, prompt_token_ids: list[int],
+                      params: SamplingParams) -> AsyncIterator[TextChunk]:
+    """Stream `request_id` through `router`; errors (Overloaded, ReplicaUnavailable, ValueError) pass through."""
+    detok = IncrementalDetokenizer(tokenizer, list(params.stop)) if tokenizer is not None else None
+    completion = 0
+    async for delta in router.generate(request_id, prompt_token_ids, params):
+        tokens, text, finish = detokenize(detok, delta.token_ids, delta.finish_reason)
+        completion += len(tokens)
+        yield TextChunk(text, len(tokens), finish, completion, delta.num_cached_tokens)
+        if finish is not None:
+            return
