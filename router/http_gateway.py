@@ -19,16 +19,16 @@ import contextlib
 import logging
 import socket
 import time
-from typing import Any, Awaitable, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shunter.router.auth import check_bearer
-from shunter.router.security_options import Security
 from shunter.router.openai_errors import ApiError, from_exception, from_validation, invalid
 from shunter.router.openai_protocol import (
     ChatCompletionRequest,
@@ -41,6 +41,10 @@ from shunter.router.openai_protocol import (
 from shunter.router.openai_request import Plan, chat_plan, completion_plan
 from shunter.router.openai_serving import ChatChunkFormat, ChunkFormat, Meta, choice_events, complete, sse_body
 from shunter.router.router import Router
+from shunter.router.security_options import Security
+
+if TYPE_CHECKING:
+    from shunter.router.metrics_server import FrontendMetrics
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 4 * 1024 * 1024  # as gRPC's default largest message
@@ -118,14 +122,17 @@ async def _unless_gone(work: Awaitable[Any], request: Request) -> Any:
 class Gateway:
     """The routes, over one router serving one model."""
 
-    def __init__(self, router: Router, model: str, api_keys: tuple[bytes, ...] = ()) -> None:
-        self.router, self.model, self.api_keys = router, model, api_keys
+    def __init__(self, router: Router, model: str, api_keys: tuple[bytes, ...] = (),
+                 metrics: FrontendMetrics | None = None) -> None:
+        self.router, self.model, self.api_keys, self.metrics = router, model, api_keys, metrics
         self.created = int(time.time())
 
     def app(self, max_body_bytes: int = MAX_BODY_BYTES) -> BodyLimit:
         app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
         app.add_api_route("/health", self.health, methods=["GET"])
         app.add_api_route("/v1/models", self.models, methods=["GET"])
+        if self.metrics is not None:
+            app.add_api_route("/metrics", self.prometheus, methods=["GET"])
         app.add_api_route("/v1/completions", self.completions, methods=["POST"])
         app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"])
         app.add_exception_handler(ApiError, self._api_error)
@@ -158,6 +165,10 @@ class Gateway:
             return _error(ApiError(503, "no healthy replica", "service_unavailable_error"))
         return Response(b"", 200)
 
+    async def prometheus(self) -> Response:
+        """The frontend's Prometheus page (the same registry as --metrics-port's), on the API port."""
+        return Response(generate_latest(self.metrics.registry), 200, media_type=CONTENT_TYPE_LATEST)
+
     async def models(self, request: Request) -> Response:
         self._authorize(request)
         return _json(ModelList(data=[ModelCard(id=self.model, created=self.created)]))
@@ -188,18 +199,21 @@ class Gateway:
         except (ApiError, ValueError) as e:
             error = e if isinstance(e, ApiError) else invalid(str(e))
             if error.status == 400:
-                self.router.counters.rejected += 1
+                self.router.counters.reject("invalid")
             raise error from None
 
     async def _generate(self, request: Request, kind: type[R], planner: Callable[[Any, Any], Plan],
                         chat: bool) -> Response:
+        start = time.perf_counter()
         self._authorize(request)
         info = self.router.info
         with self._counted():
             req = self._parse(await request.body(), kind)
             plan = planner(req, info)
         meta = Meta(plan.id, self.model)
-        events = choice_events(self.router, info.tokenizer, plan)
+        requests = self.metrics.requests if self.metrics is not None else None
+        events = choice_events(self.router, info.tokenizer, plan, None if requests is None else
+                               lambda choice: requests.stream(start, len(choice.prompt_token_ids)))
         if not req.stream:
             try:
                 return _json(await _unless_gone(complete(events, plan, meta, chat), request))
@@ -242,13 +256,14 @@ class HttpGateway:
     """The HTTP server's life: `start()` in the router's event loop, `stop()` after the router drained."""
 
     def __init__(self, router: Router, host: str = "127.0.0.1", port: int = 8000, model: str = "",
-                 security: Security | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 security: Security | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+                 metrics: FrontendMetrics | None = None) -> None:
         """`security`: the gRPC frontend's API keys and TLS files apply here too (HTTPS then)."""
         security = security or Security()
         self.sock = _listen(host, port)
         self.port: int = self.sock.getsockname()[1]
         self.scheme = "https" if security.tls_files else "http"
-        app = Gateway(router, model, security.api_keys).app(max_body_bytes)
+        app = Gateway(router, model, security.api_keys, metrics).app(max_body_bytes)
         tls_options = security.tls_files.uvicorn_options() if security.tls_files else {}
         config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, ws="none", proxy_headers=False,
                                 server_header=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_S, **tls_options)

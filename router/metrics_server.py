@@ -53,8 +53,9 @@ def _registry() -> CollectorRegistry:
 
 @dataclass
 class FrontendMetrics:
-    requests: RequestMetrics  # what the gRPC servicer observes per stream
+    requests: RequestMetrics  # what the gRPC servicer and the HTTP gateway observe per stream
     page: MetricsPage
+    registry: CollectorRegistry  # also rendered by the HTTP gateway's GET /metrics
 
 
 def serve_frontend_metrics(router: Router, address: MetricsAddress) -> FrontendMetrics:
@@ -62,7 +63,7 @@ def serve_frontend_metrics(router: Router, address: MetricsAddress) -> FrontendM
     registry = _registry()
     requests = RequestMetrics(registry, address.model, router.info.limits.max_model_len)
     registry.register(RouterCollector(router, address.model))
-    return FrontendMetrics(requests, serve_registry(registry, address.host, address.port))
+    return FrontendMetrics(requests, serve_registry(registry, address.host, address.port), registry)
 
 
 def serve_replica_metrics(replica_id: str, core: ReplicaCore, address: MetricsAddress) -> MetricsPage:

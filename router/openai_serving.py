@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Union
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Union
 
 from shunter.router.openai_errors import from_exception
 from shunter.router.openai_protocol import (
@@ -34,27 +34,36 @@ from shunter.router.openai_request import Choice, Plan
 from shunter.router.router import Router
 from shunter.router.text_stream import TextChunk, text_stream
 
+if TYPE_CHECKING:
+    from shunter.router.metrics_requests import StreamMetrics
+
 log = logging.getLogger(__name__)
 DONE = b"data: [DONE]\n\n"
 Event = tuple[Choice, TextChunk]
 
 
-def _stream(router: Router, tokenizer: Any, choice: Choice) -> AsyncIterator[TextChunk]:
-    return text_stream(router, tokenizer, choice.request_id, choice.prompt_token_ids, choice.params)
+TimingFor = Callable[[Choice], "StreamMetrics | None"]
 
 
-async def choice_events(router: Router, tokenizer: Any, plan: Plan) -> AsyncIterator[Event]:
-    """Every choice's chunks, merged as they come; the first error ends it (and every choice)."""
+def _stream(router: Router, tokenizer: Any, choice: Choice, timing_for: TimingFor | None) -> AsyncIterator[TextChunk]:
+    timing = timing_for(choice) if timing_for is not None else None
+    return text_stream(router, tokenizer, choice.request_id, choice.prompt_token_ids, choice.params, timing)
+
+
+async def choice_events(router: Router, tokenizer: Any, plan: Plan, timing_for: TimingFor | None = None
+                        ) -> AsyncIterator[Event]:
+    """Every choice's chunks, merged as they come; the first error ends it (and every choice).
+    `timing_for` gives each choice's stream its metrics (None: not observed)."""
     if len(plan.choices) == 1:  # the common case, without a task and a queue in the way
         choice = plan.choices[0]
-        async for chunk in _stream(router, tokenizer, choice):
+        async for chunk in _stream(router, tokenizer, choice, timing_for):
             yield choice, chunk
         return
     queue: asyncio.Queue[Union[Event, BaseException, None]] = asyncio.Queue()
 
     async def pump(choice: Choice) -> None:
         try:
-            async for chunk in _stream(router, tokenizer, choice):
+            async for chunk in _stream(router, tokenizer, choice, timing_for):
                 queue.put_nowait((choice, chunk))
         except Exception as e:
             queue.put_nowait(e)

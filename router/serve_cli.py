@@ -158,7 +158,8 @@ async def serve(args: argparse.Namespace, clients: list, state=None, threshold: 
     if args.http_port is not None:
         from shunter.router.http_gateway import HttpGateway
 
-        gateway = HttpGateway(router, args.host, args.http_port, model=args.model, security=security)
+        gateway = HttpGateway(router, args.host, args.http_port, model=args.model, security=security,
+                              metrics=metrics)
         await gateway.start()
     page = f", metrics on http://{args.metrics_host}:{metrics.page.port}/metrics" if metrics is not None else ""
     http = f", OpenAI API on {gateway.scheme}://{args.host}:{gateway.port}/v1" if gateway is not None else ""

@@ -8,11 +8,14 @@ router's stream there aborts the request). `text_stream` is the HTTP side's whol
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from shunter.replica.detokenizer import IncrementalDetokenizer
 from shunter.router.router import Router
 from shunter.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from shunter.router.metrics_requests import StreamMetrics
 
 
 @dataclass
@@ -42,13 +45,23 @@ def detokenize(detok: IncrementalDetokenizer | None, tokens: list[int],
 
 
 async def text_stream(router: Router, tokenizer: Any, request_id: str, prompt_token_ids: list[int],
-                      params: SamplingParams) -> AsyncIterator[TextChunk]:
-    """Stream `request_id` through `router`; errors (Overloaded, ReplicaUnavailable, ValueError) pass through."""
+                      params: SamplingParams, timing: StreamMetrics | None = None) -> AsyncIterator[TextChunk]:
+    """Stream `request_id` through `router`; errors (Overloaded, ReplicaUnavailable, ValueError) pass through.
+    With `timing`, the chunks are observed as the gRPC servicer observes its own (TTFT, gaps, e2e)."""
     detok = IncrementalDetokenizer(tokenizer, list(params.stop)) if tokenizer is not None else None
     completion = 0
-    async for delta in router.generate(request_id, prompt_token_ids, params):
-        tokens, text, finish = detokenize(detok, delta.token_ids, delta.finish_reason)
-        completion += len(tokens)
-        yield TextChunk(text, len(tokens), finish, completion, delta.num_cached_tokens)
-        if finish is not None:
-            return
+    try:
+        async for delta in router.generate(request_id, prompt_token_ids, params):
+            tokens, text, finish = detokenize(detok, delta.token_ids, delta.finish_reason)
+            completion += len(tokens)
+            if timing is not None:
+                if tokens:
+                    timing.sent(len(tokens))
+                if finish is not None:
+                    timing.finished(finish)
+            yield TextChunk(text, len(tokens), finish, completion, delta.num_cached_tokens)
+            if finish is not None:
+                return
+    finally:
+        if timing is not None and not timing.done:  # the client left, or the request failed
+            timing.finished("abort")

@@ -58,7 +58,7 @@ class BackgroundServer:
     async def _start_http(self, model: str, security: Security | None):
         from shunter.router.http_gateway import HttpGateway  # FastAPI only where HTTP is asked for
 
-        gateway = HttpGateway(self.router, "127.0.0.1", 0, model=model, security=security)
+        gateway = HttpGateway(self.router, "127.0.0.1", 0, model=model, security=security, metrics=self.metrics)
         await gateway.start()
         return gateway
 

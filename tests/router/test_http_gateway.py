@@ -342,15 +342,39 @@ def test_api_keys_guard_the_http_api_and_leave_health_open(serve_http):
 def test_tls_files_serve_https_with_the_same_certificate_as_grpc(serve_http, tmp_path):
     """--tls-cert/--tls-key apply to the HTTP port too: HTTPS that the CA's certificate verifies,
     and no plaintext answer."""
-    import httpx
+    import ssl
 
     pki = make_pki(tmp_path)
     files = TlsFiles(pki.server_cert, pki.server_key)
     server = serve_http(fake_clients(), security=Security(server_credentials(files.cert, files.key), (), files))
     assert server.http_url.startswith("https://")
-    secure = openai.OpenAI(base_url=server.http_url, api_key="unused", max_retries=0, timeout=20,
-                           http_client=httpx.Client(verify=str(pki.ca)))
-    assert secure.completions.create(model=MODEL, prompt="hi", max_tokens=2).usage.completion_tokens == 2
-    with pytest.raises(openai.APIConnectionError):
-        openai.OpenAI(base_url=server.http_url.replace("https", "http"), api_key="unused", max_retries=0,
-                      timeout=5).completions.create(model=MODEL, prompt="hi", max_tokens=2)
+    body = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 2})
+    conn = http.client.HTTPSConnection("127.0.0.1", server.gateway.port, timeout=20,
+                                       context=ssl.create_default_context(cafile=str(pki.ca)))
+    conn.request("POST", "/v1/completions", body, {"content-type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200 and json.loads(response.read())["usage"]["completion_tokens"] == 2
+    conn.close()
+    with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+        raw(server, "POST", "/v1/completions", body)  # plaintext on the TLS port
+
+
+def test_http_streams_are_observed_and_get_metrics_serves_the_page(tmp_path):
+    """With metrics on, GET /metrics on the API port is the frontend's page, and HTTP requests
+    land in the same request histograms as gRPC ones."""
+    from tests.router.prometheus_page import Page
+
+    server = BackgroundServer(fake_clients(), model=MODEL, http=True, metrics=True)
+    try:
+        c = client(server)
+        c.completions.create(model=MODEL, prompt="hi", max_tokens=3)
+        list(c.completions.create(model=MODEL, prompt="hi", max_tokens=3, stream=True))
+        grpc_text(server, prompt="hi", sampling={"max_tokens": 3})
+        status, body = raw(server, "GET", "/metrics")
+        assert status == 200
+        page = Page(body.decode())
+        assert page.get("shunter:time_to_first_token_seconds_count") == 3
+        assert page.get("shunter:request_success_total", finished_reason="length") == 3
+        assert page.get("shunter:generation_tokens_total") == 9
+    finally:
+        server.close()
