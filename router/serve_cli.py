@@ -162,7 +162,7 @@ async def serve(args: argparse.Namespace, clients: list, state=None, threshold: 
                               metrics=metrics)
         await gateway.start()
     page = f", metrics on http://{args.metrics_host}:{metrics.page.port}/metrics" if metrics is not None else ""
-    http = f", OpenAI API on {gateway.scheme}://{args.host}:{gateway.port}/v1" if gateway is not None else ""
+    http = f", OpenAI HTTP on {gateway.scheme}://{args.host}:{gateway.port}/v1" if gateway is not None else ""
     print(f"shunter: serving {args.model} from {len(clients)} replicas on {args.host}:{frontend.port} "
           f"({security.describe()}){http}{page}", flush=True)
     stop = asyncio.Event()

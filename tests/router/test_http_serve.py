@@ -77,8 +77,10 @@ def test_serve_with_http_shares_the_router_and_drains_on_sigterm():
                             text=True)
     try:
         line = proc.stdout.readline()
-        found = re.search(r"on 127\.0\.0\.1:(\d+), OpenAI HTTP on (http://127\.0\.0\.1:(\d+)/v1)", line)
-        assert found, line + proc.stderr.read()
+        found = re.search(r"on 127\.0\.0\.1:(\d+) \(.*?\), OpenAI HTTP on (http://127\.0\.0\.1:(\d+)/v1)", line)
+        if not found:  # the server runs on: stop it before reading what it said (a read would wait for its end)
+            proc.kill()
+            pytest.fail(line + proc.stderr.read())
         grpc_port, base_url, http_port = found.group(1), found.group(2), found.group(3)
         oai = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=30)
         stream = oai.completions.create(model="fake:bytes", prompt="hi", max_tokens=300, stream=True,
