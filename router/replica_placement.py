@@ -136,9 +136,11 @@ def remove_named() -> None:
 
 
 def node_label() -> str:
-    """This process's node as a user can match it to a machine: its IP, and the start of its
-    Ray node id (what `ray list nodes` shows; several nodes may share one machine)."""
+    """This process's node as a user can match it to a machine: the node's IP as Ray knows it
+    (`ray list nodes`, `ray status`), and the start of its Ray node id (several nodes may share
+    one machine, as with deploy/local-cluster.sh)."""
     import ray
 
-    ip = ray.util.get_node_ip_address()
-    return f"{ip} ({ray.get_runtime_context().get_node_id()[:8]})"
+    node_id = ray.get_runtime_context().get_node_id()
+    ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id), None)
+    return f"{ip or ray.util.get_node_ip_address()} ({node_id[:8]})"
