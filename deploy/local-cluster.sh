@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A multi-node Ray cluster on one machine, for testing what crosses nodes (placement, a node lost):
 # a head and N workers (default 2), each its own `ray start` with its own ports, all under one
-# temp dir, each worker with a custom resource naming it ("shunter-worker-K": 1).
+# temp dir, each node with a custom resource and a label naming it (resource "shunter-worker-K": 1,
+# label shunter-node=worker-K; the head: "shunter-head", shunter-node=head).
 #
 #   bash deploy/local-cluster.sh start    # prints the head's address: shunter serve --address <it>
 #   bash deploy/local-cluster.sh status   # the nodes, from `ray status`
@@ -59,9 +60,9 @@ start_worker() {
     local k=$1
     # shellcheck disable=SC2046
     ray_cli start --address="$HEAD" --node-ip-address=127.0.0.1 --temp-dir="$TEMP" --num-cpus="$CPUS" --num-gpus=0 \
-        --resources="{\"shunter-worker-$k\": 1}" --disable-usage-stats $(node_ports "$k") \
+        --resources="{\"shunter-worker-$k\": 1}" --labels="shunter-node=worker-$k" --disable-usage-stats $(node_ports "$k") \
         > "$DIR/worker-$k.log" 2>&1 || { cat "$DIR/worker-$k.log" >&2; exit 1; }
-    echo "worker $k: started (resource shunter-worker-$k)"
+    echo "worker $k: started (resource shunter-worker-$k, label shunter-node=worker-$k)"
 }
 
 # The pids of worker K's node: its raylet, and every process whose parent chain leads to it.
@@ -100,7 +101,7 @@ case "${1:-}" in
         mkdir -p "$DIR"
         # shellcheck disable=SC2046
         ray_cli start --head --node-ip-address=127.0.0.1 --port="$PORT" --temp-dir="$TEMP" --num-cpus=0 --num-gpus=0 \
-            --include-dashboard=false --ray-client-server-port=$((PORT + 7)) --disable-usage-stats \
+            --resources='{"shunter-head": 1}' --labels=shunter-node=head --include-dashboard=false --ray-client-server-port=$((PORT + 7)) --disable-usage-stats \
             $(node_ports 0) > "$DIR/head.log" 2>&1 || { cat "$DIR/head.log" >&2; exit 1; }
         echo "head: started at $HEAD"
         for k in $(seq 1 "$WORKERS"); do start_worker "$k"; done
