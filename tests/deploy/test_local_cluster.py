@@ -18,11 +18,9 @@ import tempfile
 import threading
 import time
 
-import grpc
 import pytest
 
 from shunter.proto import generation_pb2 as pb
-from shunter.proto import generation_pb2_grpc as pb_grpc
 from shunter.testing.fake_engine import reference_output
 from shunter.testing.redis_server import free_port
 from tests.conftest import REPO
