@@ -36,6 +36,7 @@ from shunter.router.drain_order import DrainOrder
 from shunter.router.metrics_options import MetricsAddress
 from shunter.router.metrics_server import MetricsPage, serve_replica_metrics
 from shunter.router.replica_client import ExportedRequest, ReplicaDead
+from shunter.router.replica_placement import node_label
 from shunter.sampling_params import SamplingParams
 
 try:
@@ -68,6 +69,7 @@ class ReplicaActor:
     def __init__(self, replica_id: str, engine_config: EngineConfig, engine_factory: str | None = None,
                  large_cache: bool = False, metrics: MetricsAddress | None = None) -> None:
         self.core = ReplicaCore(replica_id, load_engine(engine_config, engine_factory), large_cache)
+        self.node = node_label()  # its IP and Ray node id: which machine, and which node of several on one
         self.metrics_page: MetricsPage | None = None
         if metrics is not None:
             try:
@@ -77,7 +79,7 @@ class ReplicaActor:
 
     def info(self) -> ReplicaInfo:
         port = self.metrics_page.port if self.metrics_page is not None else 0
-        return dataclasses.replace(self.core.info(), metrics_port=port)
+        return dataclasses.replace(self.core.info(), metrics_port=port, node=self.node)
 
     def submit(self, packed: bytes) -> bytes:
         """Queue the request (`packed`: request id, prompt, params, wait_s, consumer); reply with
@@ -122,13 +124,22 @@ def actor_name(replica_id: str) -> str:
 
 def spawn(replica_id: str, engine_config: EngineConfig, engine_factory: str | None = None, num_cpus: float = 1,
           num_gpus: float = 0, large_cache: bool = False, metrics: MetricsAddress | None = None,
-          namespace: str | None = None, detached: bool = False) -> ray.actor.ActorHandle:
+          namespace: str | None = None, detached: bool = False,
+          placement: tuple[Any, int] | None = None) -> ray.actor.ActorHandle:
     """Start one replica actor (restarted by Ray if its process dies, with the same role). Its
     calls are not recorded as task events (as Ray Serve does for its replicas): they are many
     and small, and recording them costs time on the token path. Named `actor_name(replica_id)`
     in `namespace`, where other frontends find it; `detached`: it outlives the process that
-    spawned it (so the other frontends keep it when that one dies)."""
+    spawned it (so the other frontends keep it when that one dies). `placement`: (placement
+    group, bundle index) to run in (restarts return to the same bundle)."""
+    strategy = None
+    if placement is not None:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        strategy = PlacementGroupSchedulingStrategy(placement_group=placement[0],
+                                                    placement_group_bundle_index=placement[1])
     return RemoteReplicaActor.options(
+        scheduling_strategy=strategy,
         name=actor_name(replica_id), namespace=namespace, lifetime="detached" if detached else None,
         num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0,
         max_concurrency=MAX_CONCURRENCY, enable_task_events=False,

@@ -23,7 +23,7 @@ NAMESPACE = "shunter"
 # Options that configure replicas: a frontend-only serve attaches to replicas already configured.
 REPLICA_OPTIONS = ("model", "replicas", "policy", "preemption_mode", "num_cpus_per_replica", "num_gpus_per_replica",
                    "num_threads", "device", "num_kv_blocks", "max_num_seqs", "large_cache_replicas",
-                   "large_cache_factor")
+                   "large_cache_factor", "placement", "wait_for_resources")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,22 +52,38 @@ def check(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
 
 
 def spawn(args: argparse.Namespace, roles: list, factory: str | None, consumer: str) -> tuple[list, list[ReplicaEntry]]:
-    """Start the replicas (named and detached when the state is shared) and register them."""
-    from shunter.router import metrics_options, replica_registry
+    """Start the replicas (named and detached when the state is shared) in a placement group (one
+    bundle each, `--placement`) and register them. PlacementError when the cluster cannot hold them."""
+    import ray
+
+    from shunter.router import metrics_options, replica_placement, replica_registry
     from shunter.router.replica_actor import RayReplicaClient, actor_name
     from shunter.router.replica_actor import spawn as spawn_actor
 
     shared = args.state is not None
+
+    def taken(rid: str, e: Exception | str) -> StateStoreError:
+        return StateStoreError(f"{actor_name(rid)} already runs in Ray namespace {NAMESPACE!r} ({e}); attach to "
+                               "the running replicas with --frontend-only, or stop them first")
+
+    if shared:  # before the placement group: its name is taken by theirs too
+        try:
+            ray.get_actor(actor_name("replica-0"), namespace=NAMESPACE)
+        except ValueError:
+            pass
+        else:
+            raise taken("replica-0", "found by name")
+    group = replica_placement.create(len(roles), args.num_cpus_per_replica, args.num_gpus_per_replica,
+                                     args.placement, args.wait_for_resources, detached=shared)
     clients, entries = [], []
     for i, (config, large_cache) in enumerate(roles):
         rid = f"replica-{i}"
         try:
             handle = spawn_actor(rid, config, factory, args.num_cpus_per_replica, args.num_gpus_per_replica,
                                  large_cache, metrics_options.replica_address(args, i),
-                                 namespace=NAMESPACE if shared else None, detached=shared)
+                                 namespace=NAMESPACE if shared else None, detached=shared, placement=(group, i))
         except ValueError as e:  # the name is taken: replicas of an earlier serve still run
-            raise StateStoreError(f"{actor_name(rid)} already runs in Ray namespace {NAMESPACE!r} ({e}); attach to "
-                                  "the running replicas with --frontend-only, or stop them first") from None
+            raise taken(rid, e) from None
         clients.append(RayReplicaClient(rid, handle, consumer=consumer))
         entries.append(ReplicaEntry(rid, actor_name(rid), NAMESPACE, args.model))
     if shared:
@@ -115,7 +131,7 @@ def stop_if_last(args: argparse.Namespace, entries: list[ReplicaEntry]) -> bool:
     unregister them. True if it did."""
     import ray
 
-    from shunter.router import replica_registry
+    from shunter.router import replica_placement, replica_registry
 
     try:
         if replica_registry.live_frontends(args.state):
@@ -125,6 +141,7 @@ def stop_if_last(args: argparse.Namespace, entries: list[ReplicaEntry]) -> bool:
                 ray.kill(ray.get_actor(entry.actor, namespace=entry.namespace), no_restart=True)
             except ValueError:  # gone already
                 pass
+        replica_placement.remove_named()
         replica_registry.unregister(args.state, [e.replica_id for e in entries])
     except Exception as e:  # Redis is down at exit: leave them, say so
         print(f"shunter: could not tell whether other frontends still serve ({e}); replicas left running",
