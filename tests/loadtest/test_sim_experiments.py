@@ -92,3 +92,16 @@ def test_gpu_crosscheck_replays_the_h100_run_step_for_step_and_the_committed_ove
     assert not result.notes  # the committed constant is the one computed now
     for name in ("h100_llama-3-8b", "h100_mistral-7b"):  # the other H100 models carry the same constant
         assert load_cost_model(name).step.overhead_s == cost.step.overhead_s
+
+
+def test_scale_times_every_run_and_reports_decision_rates():
+    """Experiment scale on 4 replicas and 40 requests (its toy scale is 125 x 2,000: tens of seconds)."""
+    from shunter.loadtest.sim.experiments.common import Scale
+
+    result = registry()["scale"](Scale("tiny", lambda n: 40, lambda r: 4))
+    runs = [r["run"] for r in result.rows]
+    assert runs == ["shared-prefix, least_load", "shared-prefix, prefix_aware", "skewed-output, rebalancing none",
+                    "skewed-output, rebalancing load pairs + migration"]
+    assert all(r["wall s"] > 0 and r["cpu s"] > 0 for r in result.rows)
+    assert all(r["decisions/s"] > 0 for r in result.rows[:2])
+    assert "Scale target met" in result.verdict and "4 x 40" in result.ours
