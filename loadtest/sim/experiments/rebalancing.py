@@ -67,7 +67,8 @@ def rebalance(scale: Scale, replicas: int | None = None, n: int | None = None, r
                  "estimate (all alike here). Llumnix balances on the KV actually in use plus queued demand ('virtual "
                  "usage') and moves what relieves memory." if p99_x < 6 else "Comparable to Llumnix's gains."),
         columns=list(rows[0]), rows=rows,
-        settings={"cost_model": COST, "replicas": replicas, "kv_blocks_per_replica": kv_blocks, "routing": "least_load",
+        settings={"cost_model": COST, "replicas": replicas, "requests": n, "rate_per_replica": rate_per_replica,
+                  "kv_blocks_per_replica": kv_blocks, "routing": "least_load",
                   "workload": f"skewed-output, {n} requests at {rate_per_replica * replicas:g}/s: 90% answers of 16-128 "
                               "tokens, 10% of 1,024-2,048; prompts 64-512", "client_max_tokens": CLIENT_MAX_TOKENS,
                   "rebalancer": "defaults: every 1 s, thresholds 16 blocks and 1.25x, at most 4 moves per round",
