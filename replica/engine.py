@@ -152,10 +152,10 @@ class Engine:
     # ---- what the router sees --------------------------------------------------------------
     def stats(self) -> EngineStats:
         s = self.scheduler
-        growth = sum(
-            remaining_blocks(r.num_prompt_tokens, r.params, self.block_size, len(self.kv.blocks_of(r.request_id)))
-            for r in s.running
-        )
+        # Every step (the load report): a plain loop, names bound once, `kv.blocks_of` inlined.
+        growth, block_size, tables = 0, self.block_size, self.kv.block_tables
+        for r in s.running:
+            growth += remaining_blocks(len(r.prompt_token_ids), r.params, block_size, len(tables.get(r.request_id, ())))
         queries = self.kv.prefix_queries
         return EngineStats(
             num_running=len(s.running),

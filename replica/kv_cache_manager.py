@@ -102,7 +102,9 @@ class KVCacheManager:
         if not self.enable_prefix_caching:
             return
         num_full = request.num_computed_tokens // self.block_size
-        hashes = self.block_hashes.setdefault(request.request_id, [])
+        hashes = self.block_hashes.get(request.request_id)  # every scheduled request, every step: no
+        if hashes is None:                                   # setdefault, whose default list is built each call
+            hashes = self.block_hashes[request.request_id] = []
         if len(hashes) == num_full:  # most steps fill no block
             return
         table = self.block_tables[request.request_id]

@@ -44,9 +44,19 @@ def reserve(report: LoadReport, request: RoutingRequest) -> None:
 
 
 def apply_stats(report: LoadReport, stats: EngineStats) -> None:
-    """A replica reported: its load is what the engine says; nothing sent is pending any more."""
-    for name in STAT_FIELDS:
-        setattr(report, name, getattr(stats, name))
+    """A replica reported: its load is what the engine says; nothing sent is pending any more.
+
+    The fields of STAT_FIELDS, assigned one by one: this runs on every report (in the simulator,
+    every replica step), and getattr/setattr by name took twice as long."""
+    report.kv_blocks_total = stats.kv_blocks_total
+    report.kv_blocks_in_use = stats.kv_blocks_in_use
+    report.kv_blocks_cached = stats.kv_blocks_cached
+    report.blocks_expected_growth = stats.blocks_expected_growth
+    report.blocks_waiting = stats.blocks_waiting
+    report.num_running = stats.num_running
+    report.num_waiting = stats.num_waiting
+    report.num_swapped = stats.num_swapped
+    report.prefix_hit_rate = stats.prefix_hit_rate
     report.pending_blocks = 0
 
 

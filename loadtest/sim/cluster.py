@@ -146,24 +146,25 @@ class SimCluster:
         events = replica.engine.drain_cache_events()
         if events:
             self.index.apply(rid, events)
-        now = self.loop.t
+        now, live, gap = self.loop.t, self.live, self.tbt.add  # once per token: names bound here
         for out in outputs:
-            entry = self.live.get(out.request_id)
+            entry = live.get(out.request_id)
             if entry is None or entry.replica_id != rid:
                 continue
             record = entry.record
-            if out.new_token_ids:
+            n = len(out.new_token_ids)
+            if n:
                 if record.first_token is None:
                     record.first_token = now
                     record.num_cached_tokens = out.num_cached_tokens
                 else:
-                    self.tbt.add(now - record.last_token)
+                    gap(now - record.last_token)
                 record.last_token = now
-                record.num_tokens += len(out.new_token_ids)
-                entry.sent += len(out.new_token_ids)
-            if out.finished:
+                record.num_tokens += n
+                entry.sent += n
+            if out.finish_reason is not None:  # out.finished
                 record.finish = now
-                del self.live[out.request_id]
+                del live[out.request_id]
                 if self.on_finish is not None:
                     self.on_finish(record)
 

@@ -99,11 +99,20 @@ class RooflineCost:
     bandwidth_efficiency: float
     overhead_s: float
     swap_bytes_per_s: float
+    # Once per simulated step: the products computed once (the same floats), the model's methods inlined.
+    _flops_s: float = field(init=False, repr=False, compare=False)
+    _bytes_s: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_flops_s", self.peak_flops * self.flops_efficiency)
+        object.__setattr__(self, "_bytes_s", self.bandwidth * self.bandwidth_efficiency)
 
     def step_seconds(self, shape: StepShape) -> float:
-        compute = self.model.flops(shape.num_tokens, shape.num_rows, shape.attn_keys) / (self.peak_flops * self.flops_efficiency)
-        memory = self.model.bytes(shape.kv_tokens) / (self.bandwidth * self.bandwidth_efficiency)
-        swap = shape.swap_tokens * self.model.kv_bytes_per_token / self.swap_bytes_per_s
+        m = self.model
+        compute = (2 * m.layer_params * shape.num_tokens + 2 * m.head_params * shape.num_rows
+                   + m.attn_flops_per_key * shape.attn_keys) / self._flops_s  # m.flops(...)
+        memory = (m.weight_bytes + m.kv_bytes_per_token * shape.kv_tokens) / self._bytes_s  # m.bytes(...)
+        swap = shape.swap_tokens * m.kv_bytes_per_token / self.swap_bytes_per_s
         return self.overhead_s + max(compute, memory) + swap
 
 

@@ -5,6 +5,7 @@ the virtual time it covers. Events at the same instant run in the order they wer
 """
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import math
@@ -30,16 +31,31 @@ class EventLoop:
         heapq.heappush(self._heap, (t, next(self._seq), fn, args))
 
     def after(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
-        self.at(self.t + delay, fn, *args)
+        """Run `fn(*args)` `delay` seconds from now (`at`, inlined: twice per replica step)."""
+        if delay < 0:
+            raise ValueError(f"event at {self.t + delay} is before now ({self.t})")
+        heapq.heappush(self._heap, (self.t + delay, next(self._seq), fn, args))
 
     def run(self, until: float = math.inf) -> None:
-        """Run events in time order until none is left or the next is after `until`."""
+        """Run events in time order until none is left or the next is after `until`.
+
+        Python's cyclic garbage collector is paused meanwhile: the loop allocates millions of
+        short-lived objects, which trigger collections that rescan every long-lived one (the
+        block pools of a 1,000-replica cluster are millions), and it makes almost no cycles
+        (a 2,000-request run of the shared-prefix experiment left ~300 cyclic objects, freed
+        once the collector is back). That was ~30% of a 1,000-replica run's time."""
         heap = self._heap
-        while heap and heap[0][0] <= until:
-            t, _, fn, args = heapq.heappop(heap)
-            self.t = t
-            self.num_events += 1
-            fn(*args)
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            while heap and heap[0][0] <= until:
+                t, _, fn, args = heapq.heappop(heap)
+                self.t = t
+                self.num_events += 1
+                fn(*args)
+        finally:
+            if paused:
+                gc.enable()
 
     @property
     def pending(self) -> int:

@@ -46,10 +46,15 @@ class GapHistogram:
         self.low, self.log_growth = low, math.log(growth)
         self.counts = [0] * (int(math.log(high / low) / self.log_growth) + 2)
         self.total = 0
+        self._last = (math.nan, 0)  # (gap, its bin): the decodes of one step share their gap
 
     def add(self, seconds: float) -> None:
-        i = int(math.log(seconds / self.low) / self.log_growth) + 1 if seconds > self.low else 0
-        self.counts[min(i, len(self.counts) - 1)] += 1
+        last, i = self._last
+        if seconds != last:
+            i = int(math.log(seconds / self.low) / self.log_growth) + 1 if seconds > self.low else 0
+            i = min(i, len(self.counts) - 1)
+            self._last = (seconds, i)
+        self.counts[i] += 1
         self.total += 1
 
     def quantile(self, q: float) -> float:

@@ -27,10 +27,11 @@ time a cost model gives; the cluster routes with the router's own policies, pref
 placement functions and `Rebalancer`. Cost models are in `loadtest/sim/costs/`, each with its
 `source`: analytic rooflines for GPUs (peak numbers from datasheets, efficiency factors assumed)
 and a fit to step times measured here on the CPU (`python -m shunter.loadtest.sim.fit_costs`).
-The same script measures and fits a GPU model (`--device cuda --model random:llama-3-8b`); no
-GPU was lent to the task that built this, so no fitted GPU model is committed yet. Each section
-below is written by the command it names; numbers are virtual-time results of that model, not
-measurements on a GPU."""
+The H100 models' per-step host overhead is calibrated from one measured H100 engine run
+(`gpu-crosscheck` below); their peaks and efficiencies are still assumed. The same script
+measures and fits a GPU model (`--device cuda --model random:llama-3-8b`); none is committed
+yet. Each section below is written by the command it names; numbers are virtual-time results of
+that model, not measurements on a GPU."""
 
 
 def _fmt(value: Any) -> str:

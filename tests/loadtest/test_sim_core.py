@@ -62,6 +62,26 @@ def test_run_until_stops_and_the_past_is_closed():
         loop.at(1.5, seen.append, 0)
 
 
+def test_run_pauses_the_cyclic_collector_and_restores_it_even_on_an_error():
+    import gc
+
+    loop, seen = EventLoop(), []
+    loop.at(1.0, lambda: seen.append(gc.isenabled()))
+    assert gc.isenabled()
+    loop.run()
+    assert seen == [False] and gc.isenabled()
+    loop.at(2.0, lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        loop.run()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        loop.run()  # a caller that disabled it keeps it disabled
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_replica_clock_leads_the_loop_during_a_step():
     loop = EventLoop(5.0)
     clock = ReplicaClock(loop)
@@ -78,6 +98,18 @@ def test_gap_histogram_quantiles_within_a_bin():
     for q in (0.5, 0.9, 0.99):
         assert hist.quantile(q) == pytest.approx(values[int(q * len(values))], rel=0.011)
     assert hist.fraction_above(values[int(0.9 * len(values))]) == pytest.approx(0.1, abs=0.01)
+
+
+def test_gap_histogram_counts_repeated_gaps_like_fresh_ones():
+    """`add` remembers the last gap's bin (a step's decodes share one gap): counts must not change."""
+    gaps = [0.02, 0.02, 0.02, 1e-6, 1e-6, 0.5, 0.02, 5e4, 5e4, 0.02]
+    remembering, fresh = GapHistogram(), []
+    for g in gaps:
+        remembering.add(g)
+        one = GapHistogram()
+        one.add(g)
+        fresh.append(one.counts)
+    assert remembering.counts == [sum(c) for c in zip(*fresh)] and remembering.total == len(gaps)
 
 
 # ---- cost models -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from shunter.loadtest.sim.experiments.common import SCALES, Result
 from shunter.loadtest.sim.experiments.makespan import greedy_makespan, lower_bound
 
 TOY = SCALES["toy"]
-HEAVY = {"scale", "slai", "routing", "crosscheck"}  # several clusters, or a real model: tested apart or not here
+HEAVY = {"scale", "slai", "routing", "crosscheck", "gpu-crosscheck"}  # several clusters, or a real model: tested apart or not here
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in HEAVY])
@@ -27,8 +27,10 @@ def test_routing_toy_compares_all_five_policies_at_two_sizes():
     assert {r["policy"] for r in result.rows} == {"random", "round_robin", "least_load", "power_of_two", "prefix_aware"}
     assert len({r["replicas"] for r in result.rows}) == 2
     by = {(r["replicas"], r["policy"]): r for r in result.rows}
-    big = max(r["replicas"] for r in result.rows)
-    assert by[(big, "prefix_aware")]["hit rate"] > by[(big, "random")]["hit rate"]
+    # 16-20 requests over 8 groups per replica: a hit at toy scale is a coincidence of two requests of one group
+    # close in time (at 8 replicas there may be none), so prefix-aware must not lose anywhere and win somewhere.
+    gains = [by[(n, "prefix_aware")]["hit rate"] - by[(n, "random")]["hit rate"] for n in {n for n, _ in by}]
+    assert min(gains) >= 0 and max(gains) > 0
 
 
 def test_greedy_least_load_is_within_grahams_bound_and_the_bound_is_tight_where_known():
@@ -63,3 +65,43 @@ def test_crosscheck_plot_draws_every_run(tmp_path):
     rows = [{"run": name, **{k: 1.0 for k in keys}} for name in ("a", "b", "error, x", "c", "d", "error, y", "e")]
     _plot(tmp_path / "x.png", rows)
     assert (tmp_path / "x.png").stat().st_size > 1000
+
+
+def test_gpu_crosscheck_replays_the_h100_run_step_for_step_and_the_committed_overhead_closes_the_gap():
+    """The replay must run the real run's schedule (its step count, and its roofline at the run's
+    measured peaks, which the bench computed from the steps it recorded); the committed host
+    overhead is the one the experiment computes from that run."""
+    from shunter.loadtest.sim.experiments.gpu_crosscheck import (
+        COST,
+        MeasuredRun,
+        host_overhead_s,
+        kernel_seconds,
+        load_cost_model,
+        measured_roofline_seconds,
+        replay,
+    )
+
+    run, cost = MeasuredRun.load(), load_cost_model(COST)
+    r = replay(run, cost)
+    assert r.steps == len(r.shapes) == run.steps
+    assert measured_roofline_seconds(cost.step, r.shapes, run.peak_flops, run.bandwidth) == pytest.approx(
+        run.roofline_s, rel=1e-9)
+    assert host_overhead_s(run, kernel_seconds(cost.step, r.shapes)) == pytest.approx(cost.step.overhead_s, abs=1e-7)
+    assert r.seconds == pytest.approx(run.seconds, rel=1e-4)
+    result = registry()["gpu-crosscheck"](TOY)
+    assert not result.notes  # the committed constant is the one computed now
+    for name in ("h100_llama-3-8b", "h100_mistral-7b"):  # the other H100 models carry the same constant
+        assert load_cost_model(name).step.overhead_s == cost.step.overhead_s
+
+
+def test_scale_times_every_run_and_reports_decision_rates():
+    """Experiment scale on 4 replicas and 40 requests (its toy scale is 125 x 2,000: tens of seconds)."""
+    from shunter.loadtest.sim.experiments.common import Scale
+
+    result = registry()["scale"](Scale("tiny", lambda n: 40, lambda r: 4))
+    runs = [r["run"] for r in result.rows]
+    assert runs == ["shared-prefix, least_load", "shared-prefix, prefix_aware", "skewed-output, rebalancing none",
+                    "skewed-output, rebalancing load pairs + migration"]
+    assert all(r["wall s"] > 0 and r["cpu s"] > 0 for r in result.rows)
+    assert all(r["decisions/s"] > 0 for r in result.rows[:2])
+    assert "Scale target met" in result.verdict and "4 x 40" in result.ours

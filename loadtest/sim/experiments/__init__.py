@@ -11,12 +11,21 @@ if TYPE_CHECKING:
     from shunter.loadtest.sim.experiments.common import Result, Scale
 
 NAMES = ("static", "chunked", "slai", "routing", "hot-prefix", "rebalance", "specialization", "makespan", "scale",
-         "slo-preemptions", "crosscheck")
+         "slo-preemptions", "crosscheck", "gpu-crosscheck")
 SCALE_NAMES = ("full", "toy")
 
 
 def registry() -> dict[str, Callable[[Scale], Result]]:
-    from shunter.loadtest.sim.experiments import batching, crosscheck, makespan, policies, rebalancing, routing, scale
+    from shunter.loadtest.sim.experiments import (
+        batching,
+        crosscheck,
+        gpu_crosscheck,
+        makespan,
+        policies,
+        rebalancing,
+        routing,
+        scale,
+    )
 
     experiments = {
         "static": batching.static,
@@ -30,6 +39,7 @@ def registry() -> dict[str, Callable[[Scale], Result]]:
         "scale": scale.scale,
         "slo-preemptions": policies.slo_preemptions,
         "crosscheck": crosscheck.crosscheck,  # runs real SmolLM2 replicas: minutes, and Ray
+        "gpu-crosscheck": gpu_crosscheck.gpu_crosscheck,  # replays the committed H100 run: seconds, no GPU
     }
     assert tuple(experiments) == NAMES
     return experiments

@@ -44,12 +44,13 @@ def rebalance(scale: Scale, replicas: int | None = None, n: int | None = None, r
     replicas = replicas or scale.r(8)
     n = n or scale.n(4000)
     workload = skewed_output(n, rate_per_replica * replicas, seed=7, long_fraction=0.1)
-    rows, runs = [], {}
+    rows, runs, timings = [], {}, {}
     for label, on in (("none", False), ("load pairs + migration", True)):
         config = ClusterConfig(replicas, engine(num_kv_blocks=kv_blocks, max_num_seqs=128, max_num_batched_tokens=2048),
                                routing="least_load", rebalance=on)
-        summary, _ = simulate(config, COST, workload, max_tokens=CLIENT_MAX_TOKENS, progress=f"{progress}{label}")
+        summary = simulate(config, COST, workload, max_tokens=CLIENT_MAX_TOKENS, progress=f"{progress}{label}")[0]
         runs[on] = summary
+        timings[label] = {"wall_s": summary.extra["wall_s"], "cpu_s": summary.extra["cpu_s"]}
         rows.append(_rebalance_row(label, summary))
     off, on = runs[False], runs[True]
     p99_x = off.ttft_p99 / on.ttft_p99
@@ -66,11 +67,12 @@ def rebalance(scale: Scale, replicas: int | None = None, n: int | None = None, r
                  "estimate (all alike here). Llumnix balances on the KV actually in use plus queued demand ('virtual "
                  "usage') and moves what relieves memory." if p99_x < 6 else "Comparable to Llumnix's gains."),
         columns=list(rows[0]), rows=rows,
-        settings={"cost_model": COST, "replicas": replicas, "kv_blocks_per_replica": kv_blocks, "routing": "least_load",
+        settings={"cost_model": COST, "replicas": replicas, "requests": n, "rate_per_replica": rate_per_replica,
+                  "kv_blocks_per_replica": kv_blocks, "routing": "least_load",
                   "workload": f"skewed-output, {n} requests at {rate_per_replica * replicas:g}/s: 90% answers of 16-128 "
                               "tokens, 10% of 1,024-2,048; prompts 64-512", "client_max_tokens": CLIENT_MAX_TOKENS,
                   "rebalancer": "defaults: every 1 s, thresholds 16 blocks and 1.25x, at most 4 moves per round",
-                  "kv_link": "100 Gb/s + 1 ms"},
+                  "kv_link": "100 Gb/s + 1 ms", "timings": timings},
         plot=lambda p: _grouped_bars(p, rows, "rebalancing", ["TTFT mean s", "TTFT p99 s", "e2e p99 s", "preemptions"],
                                      f"skewed output lengths, {replicas} replicas"),
     )

@@ -1,0 +1,20 @@
+"""router/placement.py: what the router and the simulator share."""
+from __future__ import annotations
+
+import dataclasses
+
+from shunter.replica.engine_protocol import EngineStats
+from shunter.router.load import LoadReport
+from shunter.router.placement import STAT_FIELDS, apply_stats
+
+
+def test_apply_stats_copies_every_stat_field_and_clears_what_was_pending():
+    names = [f.name for f in dataclasses.fields(EngineStats)]
+    stats = EngineStats(**{name: 1000 + i for i, name in enumerate(names)})
+    report = LoadReport("r0", pending_blocks=7)
+    apply_stats(report, stats)
+    for name in STAT_FIELDS:
+        assert getattr(report, name) == getattr(stats, name), name
+    assert report.pending_blocks == 0
+    untouched = {f.name for f in dataclasses.fields(LoadReport)} - set(STAT_FIELDS) - {"pending_blocks"}
+    assert all(getattr(report, n) == getattr(LoadReport("r0"), n) for n in untouched if n != "replica_id")
