@@ -94,7 +94,7 @@ def test_gpu_crosscheck_replays_the_h100_run_step_for_step_and_the_committed_ove
         assert load_cost_model(name).step.overhead_s == cost.step.overhead_s
 
 
-def test_scale_times_every_run_and_reports_decision_rates():
+def test_scale_times_every_run_and_reports_decision_rates(tmp_path):
     """Experiment scale on 4 replicas and 40 requests (its toy scale is 125 x 2,000: tens of seconds)."""
     from shunter.loadtest.sim.experiments.common import Scale
 
@@ -105,3 +105,5 @@ def test_scale_times_every_run_and_reports_decision_rates():
     assert all(r["wall s"] > 0 and r["cpu s"] > 0 for r in result.rows)
     assert all(r["decisions/s"] > 0 for r in result.rows[:2])
     assert "Scale target met" in result.verdict and "4 x 40" in result.ours
+    result.plot(tmp_path / "scale.png")
+    assert (tmp_path / "scale.png").stat().st_size > 0

@@ -6,6 +6,7 @@ the wall time includes other users' load, the CPU time does not."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from shunter.loadtest.sim.experiments.common import Result, Scale, pct_change, simulate
@@ -118,9 +119,40 @@ def scale(scale: Scale) -> Result:
         verdict=" ".join(v for v in verdict if v),
         columns=list(rows[0]), rows=rows,
         notes=[BEFORE] if (replicas, n) == (1000, 100_000) else [],
+        plot=lambda p: _plot(p, rows, replicas, n),
         settings={"cost_model": COST, "routing workload": f"shared-prefix, {n} requests, {8 * replicas} groups, "
                                                           f"Poisson at {RATE_PER_REPLICA * replicas:g}/s",
                   "rebalance workload": moved.settings["workload"],
                   "timing": "per run, building its cluster included: wall s, and cpu s (this process's CPU time: the "
                             "machine's 2 cores are shared with other users, whose load the wall time includes)"},
     )
+
+
+def _plot(path: Path, rows: list[dict[str, Any]], replicas: int, n: int) -> None:
+    """Each run's wall minutes against the 10-minute target; the routing policies' decisions/s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (time_ax, rate_ax) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    labels = [r["run"].replace("load pairs + migration", "on").replace(", ", "\n") for r in rows]
+    time_ax.bar(labels, [r["wall s"] / 60 for r in rows], color="#4c72b0", label="wall")
+    time_ax.bar(labels, [r["cpu s"] / 60 for r in rows], color="none", edgecolor="#dd8452", hatch="//", label="CPU")
+    time_ax.axhline(TARGET_S / 60, color="#c44e52", linestyle="--", label="target")
+    time_ax.set_ylabel("minutes per run")
+    time_ax.set_title(f"{replicas:,} replicas x {n:,} requests", fontsize=9)
+    time_ax.tick_params(axis="x", labelsize=7)
+    time_ax.legend(fontsize=7)
+    routed = [r for r in rows if r["decisions/s"] is not None]
+    x = range(len(routed))
+    rate_ax.bar([i - 0.2 for i in x], [r["decisions/s"] for r in routed], width=0.4, label="policy's select")
+    rate_ax.bar([i + 0.2 for i in x], [r["decisions/s with hashing"] for r in routed], width=0.4,
+                label="with prompt hashing")
+    rate_ax.set_xticks(list(x), [r["run"].split(", ")[-1] for r in routed], fontsize=8)
+    rate_ax.set_ylabel("routing decisions / s")
+    rate_ax.set_title(f"one decision over {replicas:,} reports", fontsize=9)
+    rate_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
