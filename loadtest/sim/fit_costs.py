@@ -28,9 +28,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from shunter.loadtest.sim.costs import FEATURES, SHAPE_FIELDS, LinearCost, StepShape, mean_abs_rel_error
+from shunter.loadtest.sim.costs import FEATURES, SHAPE_FIELDS, LinearCost, mean_abs_rel_error
+from shunter.loadtest.sim.step_timing import Sample, time_steps
 
-Sample = tuple[StepShape, float]
 DEFAULTS = {  # (prefill lengths, decode batch sizes, contexts, token budget, KV blocks) per device
     "cpu": ([16, 32, 64, 128, 256, 384, 512], [1, 2, 4, 8, 16, 32], [32, 256, 768], 512, 512),
     "cuda": ([64, 256, 512, 1024, 2048, 4096, 8192], [1, 4, 16, 32, 64, 128, 256], [128, 1024, 4096], 8192, 4096),
@@ -38,25 +38,21 @@ DEFAULTS = {  # (prefill lengths, decode batch sizes, contexts, token budget, KV
 
 
 class StepTimer:
-    """Runs engine steps, recording each one's shape (from the runner's input) and wall time."""
+    """Runs engine steps, recording each one's shape and wall time (`step_timing.time_steps`);
+    steps taken outside `run` are not recorded."""
 
     def __init__(self, engine: Any) -> None:
-        self.engine, self.samples, self._shape = engine, [], None
-        execute = engine.runner.execute
-
-        def recording(out):
-            self._shape = StepShape.of(out, engine.block_size)
-            return execute(out)
-
-        engine.runner.execute = recording
+        self.engine, self.samples, self._recording = engine, [], False
+        time_steps(engine, lambda shape, seconds: self._recording and self.samples.append((shape, seconds)))
 
     def run(self, record: bool = True) -> None:
         """Step until the engine is idle."""
-        while self.engine.has_unfinished_requests():
-            started = time.perf_counter()
-            self.engine.step()
-            if record and self._shape is not None and self._shape.num_tokens:
-                self.samples.append((self._shape, time.perf_counter() - started))
+        self._recording = record
+        try:
+            while self.engine.has_unfinished_requests():
+                self.engine.step()
+        finally:
+            self._recording = False
 
 
 def scenarios(timer: StepTimer, prefills: list[int], batches: list[int], contexts: list[int], vocab: int,
