@@ -24,7 +24,6 @@ from pathlib import Path
 from shunter.loadtest.bench_cli import run_bench
 from shunter.loadtest.kernel_timing import time_per_call_ms
 from shunter.loadtest.roofline import is_cuda, measure_bandwidth
-from shunter.loadtest.sdpa_baseline import pick_backend, sdpa_decode, with_backend
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -73,6 +72,7 @@ def _decode_point(args: argparse.Namespace, num_seqs: int, max_len: int, gen, dt
 
     from shunter import kernels
     from shunter.kernels.reference import _gather_kv
+    from shunter.loadtest.sdpa_baseline import pick_backend, sdpa_decode, with_backend
 
     q, k_cache, v_cache, tables, ctx, lens = _paged_batch(args, num_seqs, max_len, gen, dtype)
     Hkv, D, page = args.num_kv_heads, args.head_dim, args.block_size

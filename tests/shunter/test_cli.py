@@ -18,6 +18,15 @@ def test_help_lists_the_commands():
         assert command in out.stdout
 
 
+def test_building_the_command_line_imports_neither_torch_nor_ray():
+    """Every command module is imported to build `--help`; torch alone takes a second or more."""
+    probe = ("import sys; from shunter.cli import build_parser; build_parser(); "
+             "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_bad_argument_is_a_clear_error_not_a_traceback():
     out = shunter("generate", "--model", "random:tiny", "--max-tokens", "0", "hi")
     assert out.returncode == 2
