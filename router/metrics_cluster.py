@@ -109,7 +109,7 @@ class RouterCollector(Collector):
         refused = CounterMetricFamily("shunter:requests_rejected",
                                       "Requests refused without generating, by reason "
                                       "(invalid, max_in_flight: RESOURCE_EXHAUSTED past the admission queue, "
-                                      "draining, replica_refused).",
+                                      "draining, replica_refused, no_replica).",
                                       labels=["model_name", "reason"])
         for reason in {**dict.fromkeys(REJECT_REASONS), **rejected}:
             refused.add_metric([model, reason], rejected.get(reason, 0))

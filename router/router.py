@@ -53,6 +53,7 @@ REJECT_REASONS = {
     "max_in_flight": "RESOURCE_EXHAUSTED",  # over max_in_flight with the admission queue full
     "draining": "UNAVAILABLE",
     "replica_refused": "UNAVAILABLE",  # the replica's engine would not take it, for another reason
+    "no_replica": "UNAVAILABLE",  # no healthy replica to place it on
 }
 
 
@@ -63,7 +64,7 @@ class Counters:
     migrated: int = 0
     migrated_recomputed: int = 0  # of migrated: the KV did not come (or fit), the target recomputed
     failed_over: int = 0
-    rejected: int = 0  # refused without generating: invalid, over max_in_flight, or while draining
+    rejected: int = 0  # refused without generating (the reasons: `REJECT_REASONS`)
     rejected_by: dict[str, int] = field(default_factory=dict)  # rejected, per reason (`REJECT_REASONS`)
     rejoined: int = 0
 
@@ -167,7 +168,7 @@ class Router:
             self.admission.release(taken_at)
             self.counters.reject("invalid")
             raise
-        deltas = self.stream(entry, lambda: self._place(entry, entry.prompt_token_ids, params))
+        deltas = self.stream(entry, lambda: self._place_new(entry, params))
         try:
             async for delta in deltas:
                 yield delta
@@ -217,6 +218,14 @@ class Router:
             await slot.client.abort(request_id)
         except Exception:  # the replica is gone: nothing to abort
             pass
+
+    async def _place_new(self, entry: JournalEntry, params: SamplingParams) -> None:
+        """A new request's placement: with no healthy replica it is refused, and counted so."""
+        try:
+            await self._place(entry, entry.prompt_token_ids, params)
+        except ReplicaUnavailable:
+            self.counters.reject("no_replica")
+            raise
 
     def _routing_request(self, request_id: str, prompt: list[int], params: SamplingParams) -> RoutingRequest:
         return routing_request(request_id, prompt, params, self.info.limits.block_size, self.policy.needs_prefix)

@@ -57,3 +57,13 @@ def test_a_request_id_already_in_flight_is_counted_as_invalid(serve):
     assert refused(server, again) == grpc.StatusCode.INVALID_ARGUMENT
     long.cancel()
     assert rejected(server) == 1 and server.router.counters.rejected_by == {"invalid": 1}
+
+
+def test_a_request_with_no_healthy_replica_to_go_to_is_counted_as_no_replica(serve):
+    server = serve([LocalReplicaClient("r0", lambda: FakeEngine(step_time=0.02))],
+                   RouterConfig(poll_wait_s=0.05, rebalance=False))
+    slot = server.router.slots["r0"]
+    slot.healthy = slot.report.healthy = False
+    ok = pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=[5]), sampling=pb.SamplingOptions(max_tokens=2))
+    assert refused(server, ok) == grpc.StatusCode.UNAVAILABLE
+    assert rejected(server) == 1 and server.router.counters.rejected_by == {"no_replica": 1}
