@@ -6,9 +6,10 @@ that rate (gamma with `--arrival-cv` > 1: bursty), or at a trace's recorded time
 `shunter.loadtest.workloads`' (the simulator replays the same ones); `--option KEY=VALUE` sets a
 generator's keyword argument. Each run is bounded by `--num-requests` and `--duration` and
 stops by itself; Ctrl-C stops it too, and what was measured is written. Only a server on this
-machine may be loaded (`--target` is loopback). Writes JSON (every request's TTFT, inter-token
-gaps, end-to-end latency, tokens, replica and cached tokens, and each run's summary) and a PNG
-of the latency CDFs and latency, goodput and SLO attainment against the rate.
+machine may be loaded (`--target` is loopback), over gRPC or the OpenAI HTTP gateway
+(`--backend http`). Writes JSON (every request's TTFT, inter-token gaps, end-to-end latency,
+tokens, replica and cached tokens, and each run's summary) and a PNG of the latency CDFs and
+latency, goodput and SLO attainment against the rate.
 
 Prompts are token ids (`prompt_token_ids`), drawn below `--vocab-size`: the default 256 is
 inside every model Shunter serves (fake:bytes has 259), so no tokenizer is needed here. Lengths
@@ -57,7 +58,10 @@ def _option(text: str) -> tuple[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=loopback_target, default="127.0.0.1:50051",
-                        help="the server, HOST:PORT; HOST must be 127.0.0.1, localhost or ::1 (default: %(default)s)")
+                        help="the server, HOST:PORT; HOST must be 127.0.0.1, localhost or ::1 (default: %(default)s; "
+                             "with --backend http, the server's --http-port)")
+    parser.add_argument("--backend", choices=["grpc", "http"], default="grpc",
+                        help="gRPC Generate, or the OpenAI HTTP gateway's /v1/completions (default: %(default)s)")
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="sharegpt", help="(default: %(default)s)")
     parser.add_argument("--trace", type=Path, help="JSONL trace to replay (--workload trace)")
     parser.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
@@ -165,7 +169,7 @@ async def _sweep(args: argparse.Namespace, sweep: list[Point]) -> bool:
     """Make the runs in order (filling their `result`) until Ctrl-C stops one; True if it did."""
     from tqdm import tqdm
 
-    from shunter.loadtest.load_backend import GrpcBackend
+    from shunter.loadtest.load_backend import GrpcBackend, HttpBackend
 
     loop, stop = asyncio.get_running_loop(), asyncio.Event()
 
@@ -174,7 +178,8 @@ async def _sweep(args: argparse.Namespace, sweep: list[Point]) -> bool:
         loop.remove_signal_handler(signal.SIGINT)
 
     loop.add_signal_handler(signal.SIGINT, interrupt)
-    backend, tag = GrpcBackend(args.target), secrets.token_hex(3)
+    backend = HttpBackend(args.target) if args.backend == "http" else GrpcBackend(args.target)
+    tag = secrets.token_hex(3)
     try:
         for i, point in enumerate(sweep):
             point.prompt_salt = secrets.randbits(62)
@@ -237,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or RESULTS / f"bench_serve_{args.workload}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
-        "bench": "serve", "command": args._invocation, "target": args.target, "workload": args.workload,
+        "bench": "serve", "command": args._invocation, "target": args.target, "backend": args.backend, "workload": args.workload,
         "options": _options(args), "mode": "closed" if args.concurrency else "open",
         "arrival_cv": args.arrival_cv, "num_requests": args.num_requests, "duration_cap_s": args.duration,
         "max_input_len": args.max_input_len, "max_output_len": args.max_output_len,

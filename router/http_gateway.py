@@ -214,9 +214,10 @@ class Gateway:
         requests = self.metrics.requests if self.metrics is not None else None
         events = choice_events(self.router, info.tokenizer, plan, None if requests is None else
                                lambda choice: requests.stream(start, len(choice.prompt_token_ids)))
+        token_ids = getattr(req, "return_token_ids", False)  # completions only
         if not req.stream:
             try:
-                return _json(await _unless_gone(complete(events, plan, meta, chat), request))
+                return _json(await _unless_gone(complete(events, plan, meta, chat, token_ids), request))
             except Exception as e:
                 raise _api_error(e, plan.id) from e
         try:
@@ -224,7 +225,7 @@ class Gateway:
         except Exception as e:
             await events.aclose()
             raise _api_error(e, plan.id) from e
-        fmt = ChatChunkFormat(meta) if chat else ChunkFormat(meta)
+        fmt = ChatChunkFormat(meta) if chat else ChunkFormat(meta, token_ids)
         options = req.stream_options or StreamOptions()
         body = sse_body(first, events, fmt, plan, options.include_usage, options.continuous_usage_stats)
         return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)

@@ -71,7 +71,7 @@ def field_path(loc: tuple[Any, ...]) -> str:
 
 def _reason(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
-        return "not a field this server takes (OpenAI's supported fields, and priority, slo, top_k, ignore_eos)"
+        return "not a field this server takes (OpenAI's supported fields, and priority, slo, top_k, ignore_eos, return_token_ids)"
     if error["type"] == "missing":
         return "required"
     msg = error["msg"].removeprefix("Value error, ")

@@ -2,17 +2,17 @@
 
 Requests are strict where a mistake would otherwise pass silently: a field this server does not
 take is an error naming it (the OpenAI API itself refuses unknown arguments), a string is not a
-number, a number is not a boolean. Our extensions (`priority`, `slo`, `top_k`, `ignore_eos`) are
-ordinary fields here, so the official client sends them with `extra_body`. A field that takes
-several shapes (`prompt`, `stop`, message `content`) is checked by one function that names the
-shapes, instead of one pydantic error per union member. Log-probabilities are fields so that a
+number, a number is not a boolean. Our extensions (`priority`, `slo`, `top_k`, `ignore_eos`,
+`return_token_ids`) are ordinary fields here, so the official client sends them with
+`extra_body`. A field that takes several shapes (`prompt`, `stop`, message `content`) is checked
+by one function that names the shapes, instead of one pydantic error per union member. Log-probabilities are fields so that a
 request asking for them gets a clear refusal (the engine does not compute them), not silence.
 """
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, model_serializer
 
 MAX_N = 16  # samples per prompt
 MAX_PROMPTS = 64  # prompts in one completions request
@@ -104,6 +104,7 @@ class SamplingFields(Strict):
 class CompletionRequest(SamplingFields):
     prompt: Annotated[list[str] | list[list[int]], BeforeValidator(_prompt)]
     logprobs: int | None = None  # refused when set: the engine does not compute log-probabilities
+    return_token_ids: bool = False  # our extension (vLLM's name): each choice also carries its `token_ids`
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -132,12 +133,18 @@ class CompletionChoice(BaseModel):
     finish_reason: str | None
 
 
+class CompletionChoiceWithTokens(CompletionChoice):
+    """A choice of a request with `return_token_ids`: the tokens of its text (a chunk's: new ones)."""
+
+    token_ids: list[int]
+
+
 class CompletionResponse(BaseModel):
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
-    choices: list[CompletionChoice]
+    choices: list[SerializeAsAny[CompletionChoice]]  # a CompletionChoiceWithTokens keeps its token_ids
     usage: Usage | None = None
 
 

@@ -6,8 +6,8 @@ disconnects, an error in one choice) cancels every choice, and leaving the route
 the request on its replica, which frees its KV blocks. A stream sends a chunk only when there is
 new text or a finish: text the detokenizer holds back (half a character, a possible stop string)
 costs no chunk, except with `continuous_usage_stats`, whose clients count tokens by the usage on
-each chunk and so get one for every step that made a token. Usage counts each prompt once,
-whatever `n`, as OpenAI does.
+each chunk, or `return_token_ids` (completions), whose chunks carry the tokens: both get one for
+every step that made a token. Usage counts each prompt once, whatever `n`, as OpenAI does.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from shunter.router.openai_protocol import (
     ChatCompletionResponse,
     ChatDelta,
     CompletionChoice,
+    CompletionChoiceWithTokens,
     CompletionResponse,
     PromptTokensDetails,
     Usage,
@@ -115,13 +116,15 @@ class Meta:
 
 
 async def complete(events: AsyncIterator[Event], plan: Plan, meta: Meta,
-                   chat: bool) -> CompletionResponse | ChatCompletionResponse:
-    """The whole answer as one body."""
+                   chat: bool, token_ids: bool = False) -> CompletionResponse | ChatCompletionResponse:
+    """The whole answer as one body; `token_ids`: each completion choice also carries its tokens."""
     texts: dict[int, list[str]] = {c.index: [] for c in plan.choices}
+    tokens: dict[int, list[int]] = {c.index: [] for c in plan.choices}
     finish: dict[int, str | None] = {c.index: None for c in plan.choices}
     tally = Tally(plan)
     async for choice, chunk in events:
         texts[choice.index].append(chunk.text)
+        tokens[choice.index] += chunk.token_ids
         finish[choice.index] = chunk.finish_reason
         tally.add(choice, chunk)
     if chat:
@@ -129,7 +132,9 @@ async def complete(events: AsyncIterator[Event], plan: Plan, meta: Meta,
                    for i, t in texts.items()]
         return ChatCompletionResponse(id=meta.id, created=meta.created, model=meta.model, choices=choices,
                                       usage=tally.usage())
-    choices = [CompletionChoice(index=i, text="".join(t), finish_reason=finish[i]) for i, t in texts.items()]
+    choices = [CompletionChoiceWithTokens(index=i, text="".join(t), finish_reason=finish[i], token_ids=tokens[i])
+               if token_ids else CompletionChoice(index=i, text="".join(t), finish_reason=finish[i])
+               for i, t in texts.items()]
     return CompletionResponse(id=meta.id, created=meta.created, model=meta.model, choices=choices, usage=tally.usage())
 
 
@@ -138,14 +143,17 @@ def _sse(body: bytes) -> bytes:
 
 
 class ChunkFormat:
-    """Completions' chunks: {"object": "text_completion", "choices": [{"index", "text", ...}]}."""
+    """Completions' chunks: {"object": "text_completion", "choices": [{"index", "text", ...}]};
+    `token_ids`: each choice also carries the chunk's tokens, and every token gets its chunk."""
 
-    def __init__(self, meta: Meta) -> None:
-        self.meta = meta
+    def __init__(self, meta: Meta, token_ids: bool = False) -> None:
+        self.meta, self.token_ids = meta, token_ids
 
-    def chunk(self, index: int, text: str, finish: str | None, usage: Usage | None = None) -> bytes:
+    def chunk(self, index: int, text: str, finish: str | None, usage: Usage | None = None,
+              token_ids: list[int] | None = None) -> bytes:
         m = self.meta
-        choice = CompletionChoice(index=index, text=text, finish_reason=finish)
+        choice = (CompletionChoiceWithTokens(index=index, text=text, finish_reason=finish, token_ids=token_ids or [])
+                  if self.token_ids else CompletionChoice(index=index, text=text, finish_reason=finish))
         return _sse(CompletionResponse(id=m.id, created=m.created, model=m.model, choices=[choice], usage=usage)
                     .model_dump_json().encode())
 
@@ -162,7 +170,8 @@ class ChatChunkFormat(ChunkFormat):
         super().__init__(meta)
         self.started: set[int] = set()
 
-    def chunk(self, index: int, text: str, finish: str | None, usage: Usage | None = None) -> bytes:
+    def chunk(self, index: int, text: str, finish: str | None, usage: Usage | None = None,
+              token_ids: list[int] | None = None) -> bytes:
         first = index not in self.started
         self.started.add(index)
         delta = ChatDelta(role="assistant" if first else None, content=text if text or first else None)
@@ -188,9 +197,10 @@ async def sse_body(first: Event, events: AsyncIterator[Event], fmt: ChunkFormat,
         while item is not None:
             choice, chunk = item
             tally.add(choice, chunk)
-            if chunk.text or chunk.finish_reason is not None or (continuous_usage and chunk.num_tokens):
+            every_token = continuous_usage or fmt.token_ids
+            if chunk.text or chunk.finish_reason is not None or (every_token and chunk.num_tokens):
                 yield fmt.chunk(choice.index, chunk.text, chunk.finish_reason,
-                                tally.usage() if continuous_usage else None)
+                                tally.usage() if continuous_usage else None, chunk.token_ids)
             item = await anext(events, None)
     except Exception as e:
         error = from_exception(e)

@@ -23,10 +23,14 @@ class TextChunk:
     """New text of one request; the last chunk has `finish_reason`. Counts are running totals."""
 
     text: str
-    num_tokens: int  # tokens in this chunk
+    token_ids: list[int]  # the tokens this chunk carries (their text may be held back)
     finish_reason: str | None
     completion_tokens: int
     num_cached_tokens: int
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
 
 
 def detokenize(detok: IncrementalDetokenizer | None, tokens: list[int],
@@ -59,7 +63,7 @@ async def text_stream(router: Router, tokenizer: Any, request_id: str, prompt_to
                     timing.sent(len(tokens))
                 if finish is not None:
                     timing.finished(finish)
-            yield TextChunk(text, len(tokens), finish, completion, delta.num_cached_tokens)
+            yield TextChunk(text, tokens, finish, completion, delta.num_cached_tokens)
             if finish is not None:
                 return
     finally:

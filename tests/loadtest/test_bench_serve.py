@@ -9,7 +9,7 @@ import pytest
 from shunter import cli
 from shunter.loadtest import bench_serve
 from shunter.loadtest import workloads as wl
-from shunter.loadtest.load_backend import GrpcBackend, loopback_target
+from shunter.loadtest.load_backend import GrpcBackend, HttpBackend, loopback_target
 from shunter.loadtest.load_driver import LoadDriver
 from shunter.loadtest.load_metrics import RequestRecord, summarize
 from shunter.router.replica_client import LocalReplicaClient
@@ -20,19 +20,20 @@ from shunter.testing.fake_engine import FakeEngine, reference_output
 STEP_S = 0.002
 
 
-def start(step_s: float = STEP_S, **config) -> BackgroundServer:
+def start(step_s: float = STEP_S, http: bool = False, **config) -> BackgroundServer:
     clients = [LocalReplicaClient(f"r{i}", lambda: FakeEngine(step_time=step_s)) for i in range(2)]
-    return BackgroundServer(clients, RouterConfig(poll_wait_s=0.05, rebalance=False, **config))
+    return BackgroundServer(clients, RouterConfig(poll_wait_s=0.05, rebalance=False, **config), http=http)
 
 
 @pytest.fixture(scope="module")
 def server():
-    s = start()
+    s = start(http=True)
     yield s
     s.close()
 
 
 def bench(server: BackgroundServer, tmp_path, *args: str) -> dict:
+    """`shunter bench serve` against the server's gRPC port (a later `--target` wins)."""
     out = tmp_path / "serve.json"
     assert bench_serve.main(["--target", f"127.0.0.1:{server.port}", "--out", str(out), *args]) == 0
     return json.loads(out.read_text())
@@ -61,10 +62,11 @@ class Recording:
         await self.inner.close()
 
 
-def drive(server: BackgroundServer, requests, duration_s: float = 30.0, **kw):
-    """One run through a recording gRPC backend: (RunResult, the backend)."""
+def drive(server: BackgroundServer, requests, duration_s: float = 30.0, http: bool = False, **kw):
+    """One run through a recording gRPC (or HTTP) backend: (RunResult, the backend)."""
     async def go():
-        backend = Recording(GrpcBackend(f"127.0.0.1:{server.port}"))
+        inner = HttpBackend(f"127.0.0.1:{server.gateway.port}") if http else GrpcBackend(f"127.0.0.1:{server.port}")
+        backend = Recording(inner)
         try:
             result = await LoadDriver(backend, requests, 1000, **kw).run(duration_s)
         finally:
@@ -144,10 +146,11 @@ def test_trace_replay_honours_its_arrival_times_and_targets(server, tmp_path):
         assert rec["priority"] == ("batch" if i % 2 else "interactive")
 
 
-def test_multi_turn_prompts_grow_by_the_answer_received(server):
+@pytest.mark.parametrize("http", [False, True], ids=["grpc", "http"])
+def test_multi_turn_prompts_grow_by_the_answer_received(server, http):
     requests = wl.shared_prefix(6, 50.0, seed=4, num_groups=150, system_prompt_len=32, question_len=8, output_len=5,
                                 turns=3, think_s=0.05)
-    result, backend = drive(server, requests)
+    result, backend = drive(server, requests, http=http)
     records = {r.request_id: r for r in result.records}
     for c in ("gsp-0", "gsp-1"):
         for k in (1, 2):
@@ -158,6 +161,7 @@ def test_multi_turn_prompts_grow_by_the_answer_received(server):
             assert records[this].sent_s >= records[prev].sent_s + records[prev].e2e_s + 0.05
             assert records[this].cached_tokens >= 32  # the server found the conversation so far cached
             assert records[this].prompt_len == len(backend.sent[this])
+    assert all(r.finish_reason == "length" and r.ttft_s > 0 and len(r.itl_s) == 4 for r in result.records)
 
 
 @pytest.mark.parametrize("target", ["10.1.2.3:50051", "example.com:50051", "0.0.0.0:50051"])
@@ -171,15 +175,17 @@ def test_non_loopback_targets_are_refused(target, capsys):
         ["localhost:1", "[::1]:2", "127.0.0.1:50051"]
 
 
-def test_server_errors_are_counted_per_code_not_fatal(tmp_path):
-    busy = start(step_s=0.02, max_in_flight=2)
+@pytest.mark.parametrize("http", [False, True], ids=["grpc", "http"])
+def test_server_errors_are_counted_per_code_not_fatal(tmp_path, http):
+    busy = start(step_s=0.02, http=http, max_in_flight=2)
+    target = ["--backend", "http", "--target", f"127.0.0.1:{busy.gateway.port}"] if http else []
     try:
-        result = bench(busy, tmp_path, "--rate", "inf", "--num-requests", "10", "--max-input-len", "16",
+        result = bench(busy, tmp_path, *target, "--rate", "inf", "--num-requests", "10", "--max-input-len", "16",
                        "--max-output-len", "4")
         s = result["runs"][0]["summary"]
         assert s["sent"] == 10 and s["errors"]["RESOURCE_EXHAUSTED"] >= 1
         assert s["finished"] + s["errors"]["RESOURCE_EXHAUSTED"] == 10 and s["finished"] >= 2
-        invalid = bench(busy, tmp_path, "--rate", "100", "--num-requests", "3", "--max-input-len", "16",
+        invalid = bench(busy, tmp_path, *target, "--rate", "100", "--num-requests", "3", "--max-input-len", "16",
                         "--max-output-len", "2", "--vocab-size", "100000")  # ids past the fake's 1,000
         assert invalid["runs"][0]["summary"]["errors"] == {"INVALID_ARGUMENT": 3}
     finally:

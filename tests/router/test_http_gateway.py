@@ -131,6 +131,23 @@ def test_continuous_usage_puts_the_usage_so_far_on_every_chunk(serve_http):
     assert [(c.choices[0].text, c.usage.completion_tokens) for c in chunks] == [("h", 1), ("", 2), ("é", 3)]
 
 
+def test_return_token_ids_gives_each_choice_and_chunk_the_grpc_tokens(serve_http):
+    """vLLM's `return_token_ids`: the load client rebuilds multi-turn prompts from them."""
+    server = serve_http(fake_clients(step_time=0.005, script=SCRIPT))  # "é" takes two tokens: a step with no text
+    grpc = list(server.stub.Generate(pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=[7, 8, 9]),
+                                                        sampling=pb.SamplingOptions(max_tokens=3, temperature=0))))
+    expected = [t for c in grpc for t in c.token_ids]
+    request = {"model": MODEL, "prompt": [7, 8, 9], "max_tokens": 3, "temperature": 0, "return_token_ids": True}
+    status, body = raw(server, "POST", "/v1/completions", json.dumps(request))
+    assert status == 200 and json.loads(body)["choices"][0]["token_ids"] == expected
+    status, body = raw(server, "POST", "/v1/completions", json.dumps({**request, "stream": True}))
+    chunks = [json.loads(e.removeprefix("data: ")) for e in body.decode().split("\n\n")[:-2]]
+    assert [(c["choices"][0]["text"], len(c["choices"][0]["token_ids"])) for c in chunks] == [("h", 1), ("", 1), ("é", 1)]
+    assert [t for c in chunks for t in c["choices"][0]["token_ids"]] == expected
+    status, body = raw(server, "POST", "/v1/completions", json.dumps({**request, "return_token_ids": False}))
+    assert "token_ids" not in json.loads(body)["choices"][0]  # only when asked: OpenAI's shape otherwise
+
+
 def test_multibyte_text_and_stop_strings_as_grpc(serve_http):
     server = serve_http(fake_clients(script=SCRIPT))
     oai = client(server)
