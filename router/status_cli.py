@@ -43,15 +43,13 @@ def format_table(status) -> str:
                  + (f"  size threshold {status.size_threshold_blocks} blocks" if status.size_threshold_blocks else "")
                  + (f"  metrics port {status.metrics_port}" if status.metrics_port else ""))
     lines.append(f"requests: routed {c.routed}  migrated {c.migrated}  failed over {c.failed_over}  "
-                 f"rejected {c.rejected} (invalid, over --max-in-flight, or draining)  in flight {c.in_flight}  "
-                 f"queued {c.queued}")
+                 f"rejected {c.rejected} (invalid, over --max-in-flight, draining, or no healthy replica)  "
+                 f"in flight {c.in_flight}  queued {c.queued}")
     lines.append(LEGEND)
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     import grpc
 
     from shunter.proto import generation_pb2 as pb

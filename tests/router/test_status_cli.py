@@ -17,7 +17,7 @@ def test_the_table_names_its_units_and_what_rejected_counts():
     lines = text.splitlines()
     assert lines[0].split("  ")[0] == "replica" and "load (blocks)" in lines[0]
     assert lines[1].split() == ["replica-0", "vm", "yes", "2", "0", "0", "1551", "12", "3", "25%", "40", "-", "-"]
-    assert "rejected 18 (invalid, over --max-in-flight, or draining)" in text
+    assert "rejected 18 (invalid, over --max-in-flight, draining, or no healthy replica)" in text
     assert "KV-cache blocks of 16 tokens" in text and "load: blocks in use" in text
 
 
