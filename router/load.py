@@ -18,6 +18,7 @@ class RequestLoad:
     request_id: str
     blocks: int  # held now plus expected growth: what moves with it
     decoding: bool = True  # only decoding requests are worth migrating (their prefill is paid)
+    held_blocks: int = 0  # what its tokens so far take: the KV a move carries now
 
 
 @dataclass
@@ -41,6 +42,12 @@ class LoadReport:
     @property
     def load(self) -> int:
         return self.kv_blocks_in_use + self.blocks_expected_growth + self.blocks_waiting + self.pending_blocks
+
+    @property
+    def usage(self) -> int:
+        """Blocks held now plus those queued or just sent: `load` without the growth it expects
+        (Llumnix's virtual usage, less its headroom for priorities)."""
+        return self.kv_blocks_in_use + self.blocks_waiting + self.pending_blocks
 
 
 @dataclass

@@ -64,4 +64,4 @@ def request_load(request_id: str, num_prompt_tokens: int, params: SamplingParams
                  block_size: int) -> RequestLoad:
     """One in-flight request as the rebalancer weighs it: the blocks it will hold at its end."""
     blocks = expected_blocks(num_prompt_tokens, params, block_size, num_prompt_tokens + num_sent)
-    return RequestLoad(request_id, blocks, decoding=num_sent > 0)
+    return RequestLoad(request_id, blocks, decoding=num_sent > 0, held_blocks=cdiv(num_prompt_tokens + num_sent, block_size))

@@ -7,11 +7,18 @@ cache-size specialization on, a request grown past `size_threshold_blocks` on a 
 replica moves to the least loaded large-cache one first, and load pairs never send such a
 request back to a small replica (else the two kinds of move would bounce it). Plain object over
 `LoadReport`s and a `Clock`, like the routing policies.
+
+What a load pair compares (`measure`): `expected` (the default), each replica's `load` and each
+request's blocks at its expected end, the numbers routing balances; or `usage`, the KV blocks
+replicas hold now plus their queues (`LoadReport.usage`) and each request's blocks held now.
+When outputs are long and of unknown length, every request looks alike to `expected` (it counts
+each at `max_tokens`), so a replica filling up with long answers looks no busier; `usage` sees
+the difference (experiment `rebalance` measures both).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from shunter.clock import Clock, MonotonicClock
 from shunter.router.load import LoadReport, RequestLoad, imbalanced
@@ -24,11 +31,18 @@ class Migration:
     target: str
 
 
+MEASURES = ("expected", "usage")
+
+
 class Rebalancer:
     def __init__(
         self, clock: Clock | None = None, interval_s: float = 1.0, abs_threshold: int = 16,
         rel_threshold: float = 1.25, max_per_round: int = 4, size_threshold_blocks: int | None = None,
+        measure: str = "expected",
     ) -> None:
+        if measure not in MEASURES:
+            raise ValueError(f"measure: must be one of {', '.join(MEASURES)}, got {measure!r}")
+        self.usage = measure == "usage"
         self.clock = clock or MonotonicClock()
         self.interval_s, self.max_per_round = interval_s, max_per_round
         self.abs_threshold, self.rel_threshold = abs_threshold, rel_threshold
@@ -57,22 +71,29 @@ class Rebalancer:
     def _big(self, q: RequestLoad) -> bool:
         return self.size_threshold_blocks is not None and q.blocks > self.size_threshold_blocks
 
+    def _load(self, r: LoadReport) -> int:
+        return r.usage if self.usage else r.load
+
+    def _weight(self, q: RequestLoad) -> int:
+        return q.held_blocks if self.usage else q.blocks
+
     def _pair(self, healthy: list[LoadReport], moved: set[str]) -> list[Migration]:
-        source = max(healthy, key=lambda r: r.load)
-        target = min(healthy, key=lambda r: r.load)
-        high, low = source.load, target.load
+        source = max(healthy, key=self._load)
+        target = min(healthy, key=self._load)
+        high, low = self._load(source), self._load(target)
         moves: list[Migration] = []
         keep_big = self._specializing(healthy) and not target.large_cache
         candidates = sorted(
             (q for q in source.requests if q.decoding and q.request_id not in moved and not (keep_big and self._big(q))),
-            key=lambda q: -q.blocks,
+            key=lambda q: -self._weight(q),
         )
         for q in candidates:
             if len(moves) >= self.max_per_round or not imbalanced(high, low, self.abs_threshold, self.rel_threshold):
                 break
-            if 0 < q.blocks < high - low:  # moving it narrows the gap (|gap - 2b| < gap)
+            weight = self._weight(q)
+            if 0 < weight < high - low:  # moving it narrows the gap (|gap - 2b| < gap)
                 moves.append(Migration(q.request_id, source.replica_id, target.replica_id))
-                high, low = high - q.blocks, low + q.blocks
+                high, low = high - weight, low + weight
         return moves
 
     def _specialize(self, healthy: list[LoadReport]) -> list[Migration]:

@@ -25,6 +25,7 @@ from shunter.replica.policies import POLICIES
 from shunter.router import cache_size_options, metrics_options, replica_placement, security_options, serve_shared
 from shunter.router.policies import DEFAULT as DEFAULT_ROUTING
 from shunter.router.policies import REGISTRY as ROUTINGS
+from shunter.router.rebalancer import MEASURES as REBALANCE_MEASURES
 from shunter.router.redis_url import MEMORY, RedisURL, StateStoreError, parse_state
 from shunter.testing.fake_engine import FACTORY, FAKE_MODEL_PREFIX, parse_fake_model
 
@@ -70,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="KV blocks per replica (default: sized from free memory)")
     parser.add_argument("--max-num-seqs", type=int_at_least(1), default=64, help="requests a replica runs at once")
     parser.add_argument("--no-rebalance", action="store_true", help="turn off load-pair migration")
+    parser.add_argument("--rebalance-measure", choices=REBALANCE_MEASURES, default="expected",
+                        help="what load pairs compare: expected (each request at its expected end, what routing "
+                             "balances) or usage (KV blocks held now plus queues: sees long answers as they grow)")
     parser.add_argument("--max-in-flight", type=int_at_least(1), default=1024,
                         help="requests placed on replicas at once; more wait in the admission queue")
     parser.add_argument("--max-queued", type=int_at_least(0), default=0,
@@ -145,6 +149,14 @@ def _engine_config(args: argparse.Namespace):
                         num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs, num_threads=threads)
 
 
+def _router_config(args: argparse.Namespace, threshold: int | None):
+    from shunter.router.router import RouterConfig
+
+    return RouterConfig(routing=args.routing, rebalance=not args.no_rebalance,
+                        rebalancer_settings={"measure": args.rebalance_measure},
+                        max_in_flight=args.max_in_flight, max_queued=args.max_queued, size_threshold_blocks=threshold)
+
+
 async def serve(args: argparse.Namespace, clients: list, state=None, threshold: int | None = None) -> int:
     """`state`: the router's StateStore (None: in memory); `threshold`: the cache-size threshold."""
     import asyncio
@@ -152,12 +164,9 @@ async def serve(args: argparse.Namespace, clients: list, state=None, threshold: 
 
     from shunter.router.frontend import Frontend
     from shunter.router.metrics_server import serve_frontend_metrics
-    from shunter.router.router import Router, RouterConfig
+    from shunter.router.router import Router
 
-    router = Router(clients, RouterConfig(routing=args.routing, rebalance=not args.no_rebalance,
-                                          max_in_flight=args.max_in_flight, max_queued=args.max_queued,
-                                          size_threshold_blocks=threshold),
-                    state=state)
+    router = Router(clients, _router_config(args, threshold), state=state)
     await router.start()
     address = metrics_options.frontend_address(args)
     metrics = serve_frontend_metrics(router, address) if address is not None else None

@@ -111,3 +111,24 @@ def test_specialization_and_load_pairs_settle_randomized():
         else:
             raise AssertionError(f"trial {trial}: still moving after 100 rounds")
         assert all(b <= threshold for k, v in loads.items() if int(k[1:]) not in large for b in v), (trial, loads)
+
+
+def test_usage_sees_the_replica_whose_requests_hold_more_where_expected_sees_them_alike():
+    """Four requests each, all expected to end at 130 blocks (max_tokens): `expected` finds the two
+    replicas equal; `usage` finds a's long answers holding 100 blocks each against b's 10, and
+    moves them until the gap stops shrinking."""
+    def replica(rid: str, held: int) -> LoadReport:
+        reqs = [RequestLoad(f"{rid}-{i}", 130, True, held) for i in range(4)]
+        return LoadReport(rid, kv_blocks_in_use=4 * held, blocks_expected_growth=4 * (130 - held), requests=reqs)
+
+    pair = [replica("a", 100), replica("b", 10)]
+    assert Rebalancer(FakeClock(), max_per_round=4).plan(pair) == []
+    moves = Rebalancer(FakeClock(), max_per_round=4, measure="usage").plan(pair)
+    assert moves == [Migration("a-0", "a", "b"), Migration("a-1", "a", "b")]  # 400/40 -> 300/140 -> 200/240
+
+
+def test_an_unknown_measure_is_named():
+    import pytest
+
+    with pytest.raises(ValueError, match="measure: must be one of expected, usage"):
+        Rebalancer(FakeClock(), measure="kv")

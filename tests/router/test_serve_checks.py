@@ -107,6 +107,17 @@ def test_replica_threads_default_to_its_cpus(cpus, threads, expected):
     assert serve_cli._engine_config(args).num_threads == expected
 
 
+@pytest.mark.parametrize(("argv", "rebalance", "measure"), [([], True, "expected"),
+                                                           (["--rebalance-measure", "usage"], True, "usage"),
+                                                           (["--no-rebalance"], False, "expected")])
+def test_rebalancing_options_reach_the_router_config(argv, rebalance, measure):
+    from shunter.router.rebalancer import Rebalancer
+
+    config = serve_cli._router_config(cli.build_parser().parse_args(["serve", *argv]), None)
+    assert (config.rebalance, config.rebalancer_settings) == (rebalance, {"measure": measure})
+    assert Rebalancer(**config.rebalancer_settings).usage == (measure == "usage")  # the router builds it so
+
+
 def test_help_shows_defaults_and_choices():
     out = subprocess.run([sys.executable, "-m", "shunter.cli", "serve", "--help"], capture_output=True, text=True)
     assert "{fcfs,mlq,priority,sjf,slo,static}" in out.stdout

@@ -82,7 +82,8 @@ def scale(scale: Scale) -> Result:
                      "hit rate": summary.prefix_hit_rate, "TTFT p90 s": summary.ttft_p90,
                      "TTFT p99 s": summary.ttft_p99, "e2e p99 s": summary.e2e_p99, "preemptions": summary.preemptions,
                      "migrations": summary.migrations, "output tokens": summary.output_tokens})
-    moved = rebalance(scale, replicas=replicas, n=n, progress=f"{replicas} replicas, skewed, ")
+    moved = rebalance(scale, replicas=replicas, n=n, progress=f"{replicas} replicas, skewed, ",
+                      runs=("none", "load pairs + migration"))
     for r in moved.rows:
         t = moved.settings["timings"][r["rebalancing"]]
         rows.append({"run": f"skewed-output, rebalancing {r['rebalancing']}", "wall s": t["wall_s"],
