@@ -107,7 +107,8 @@ class GrpcBackend:
 # How the HTTP gateway's statuses read as the gRPC codes the driver records (router/openai_errors.py).
 HTTP_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 413: "INVALID_ARGUMENT",
               429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}
-ERROR_TYPES = {"invalid_request_error": 400, "rate_limit_error": 429, "service_unavailable_error": 503}
+ERROR_TYPES = {"invalid_request_error": "INVALID_ARGUMENT", "rate_limit_error": "RESOURCE_EXHAUSTED",
+               "service_unavailable_error": "UNAVAILABLE"}  # an error event after the 200, by its type
 
 
 class HttpBackend:
@@ -143,8 +144,7 @@ class HttpBackend:
             async for event in _events(_body(reader, chunked)):
                 if "error" in event:
                     error = event["error"]
-                    raise BackendError(HTTP_CODES.get(ERROR_TYPES.get(error.get("type"), 500), "INTERNAL"),
-                                       error.get("message", ""))
+                    raise BackendError(ERROR_TYPES.get(error.get("type"), "INTERNAL"), error.get("message", ""))
                 if event["choices"]:
                     choice = event["choices"][0]
                     finish = choice["finish_reason"] or finish

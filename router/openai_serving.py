@@ -192,12 +192,12 @@ async def sse_body(first: Event, events: AsyncIterator[Event], fmt: ChunkFormat,
     `continuous_usage`), the usage chunk when asked, `[DONE]`. An error after the 200 is one
     `data: {"error": ...}` event, as OpenAI sends it."""
     tally = Tally(plan)
+    every_token = continuous_usage or fmt.token_ids  # these clients count tokens: a chunk per step that made one
     try:
         item: Event | None = first
         while item is not None:
             choice, chunk = item
             tally.add(choice, chunk)
-            every_token = continuous_usage or fmt.token_ids
             if chunk.text or chunk.finish_reason is not None or (every_token and chunk.num_tokens):
                 yield fmt.chunk(choice.index, chunk.text, chunk.finish_reason,
                                 tally.usage() if continuous_usage else None, chunk.token_ids)

@@ -42,7 +42,7 @@ class Rebalancer:
     ) -> None:
         if measure not in MEASURES:
             raise ValueError(f"measure: must be one of {', '.join(MEASURES)}, got {measure!r}")
-        self.usage = measure == "usage"
+        self.by_usage = measure == "usage"
         self.clock = clock or MonotonicClock()
         self.interval_s, self.max_per_round = interval_s, max_per_round
         self.abs_threshold, self.rel_threshold = abs_threshold, rel_threshold
@@ -72,10 +72,10 @@ class Rebalancer:
         return self.size_threshold_blocks is not None and q.blocks > self.size_threshold_blocks
 
     def _load(self, r: LoadReport) -> int:
-        return r.usage if self.usage else r.load
+        return r.usage if self.by_usage else r.load
 
     def _weight(self, q: RequestLoad) -> int:
-        return q.held_blocks if self.usage else q.blocks
+        return q.held_blocks if self.by_usage else q.blocks
 
     def _pair(self, healthy: list[LoadReport], moved: set[str]) -> list[Migration]:
         source = max(healthy, key=self._load)

@@ -115,7 +115,7 @@ def test_rebalancing_options_reach_the_router_config(argv, rebalance, measure):
 
     config = serve_cli._router_config(cli.build_parser().parse_args(["serve", *argv]), None)
     assert (config.rebalance, config.rebalancer_settings) == (rebalance, {"measure": measure})
-    assert Rebalancer(**config.rebalancer_settings).usage == (measure == "usage")  # the router builds it so
+    assert Rebalancer(**config.rebalancer_settings).by_usage == (measure == "usage")  # the router builds it so
 
 
 def test_help_shows_defaults_and_choices():
