@@ -1,7 +1,7 @@
 """Pieces the Triton attention kernels share: paged KV tile loads and the online-softmax step.
 
 Importing this module decorates kernels: whether they are compiled for a GPU or run in Triton's
-interpreter is decided by `TRITON_INTERPRET` at that moment (see `shunter.kernels._triton`).
+interpreter is decided by `TRITON_INTERPRET` at that moment (see `shunter.kernels.ops`).
 """
 from __future__ import annotations
 

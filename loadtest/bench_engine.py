@@ -122,7 +122,8 @@ def run_shunter(llm, work: Workload, args: argparse.Namespace) -> tuple[float, l
     """Seconds for the whole workload, the shape of every step it ran, how many Triton kernel
     variants compiled inside the timing (0 when the warm-up covered them all), and where the
     steps' time went."""
-    from shunter import SamplingParams, kernels
+    from shunter import SamplingParams
+    from shunter.kernels import ops as kernels
 
     params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in work.output_lens]
     llm.generate(work.prompts[:2], params[:2], use_tqdm=False)  # warm-up (kernels compile here)

@@ -70,7 +70,7 @@ def _paged_batch(args: argparse.Namespace, num_seqs: int, max_len: int, gen, dty
 def _decode_point(args: argparse.Namespace, num_seqs: int, max_len: int, gen, dtype) -> dict:
     import torch
 
-    from shunter import kernels
+    from shunter.kernels import ops as kernels
     from shunter.kernels.reference import _gather_kv
     from shunter.loadtest.sdpa_baseline import pick_backend, sdpa_decode, with_backend
 
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     if not is_cuda(args.device) and not os.environ.get("TRITON_INTERPRET"):
         print("--device cpu runs the kernels in Triton's interpreter: set TRITON_INTERPRET=1", file=sys.stderr)
         return 2
-    from shunter import kernels
+    from shunter.kernels import ops as kernels
 
     if kernels.triton_kernels(torch.empty(0, device=args.device)) is None:
         print("Triton is not installed: nothing to benchmark", file=sys.stderr)

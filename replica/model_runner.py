@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from shunter import kernels
+from shunter.kernels import ops as kernels
 from shunter.mathutil import cdiv
 from shunter.replica.decode_graphs import DecodeGraphs
 from shunter.replica.engine_config import EngineConfig

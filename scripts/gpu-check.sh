@@ -63,7 +63,7 @@ step() {
   summarize
 }
 
-IMPORTS='import shunter.replica.llm, shunter.kernels, shunter.loadtest.bench_engine, shunter.loadtest.bench_kernels'
+IMPORTS='import shunter.replica.llm, shunter.kernels.ops, shunter.loadtest.bench_engine, shunter.loadtest.bench_kernels'
 importable() {
   (cd "$SCRATCH" && "$PY" -c "$IMPORTS" && "$PY" -m shunter.cli --help > /dev/null) >> "$LOG" 2>&1
 }
@@ -91,9 +91,9 @@ if importable; then
   step install 10 echo "shunter is importable: nothing to install"
 else
   step install 120 "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e .
-  if ! importable; then  # no setuptools here: map the folders instead (scripts/gpu_check_site)
-    echo "pip install did not make shunter importable: mapping its folders" >> "$LOG"
-    export PYTHONPATH="$ROOT/scripts/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}"
+  if ! importable; then  # no setuptools here: the checkout on the path is enough (shunter/source_layout.py)
+    echo "pip install did not make shunter importable: putting the checkout on PYTHONPATH" >> "$LOG"
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   fi
   step import-check 60 bash -c "cd '$SCRATCH' && '$PY' -c '$IMPORTS' && '$PY' -m shunter.cli --help > /dev/null"
 fi

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shunter import kernels
+from shunter.kernels import ops as kernels
 from shunter.replica.attention_metadata import AttentionMetadata
 from shunter.replica.models.config import ModelConfig
 from shunter.replica.models.rope import apply_rotary, cos_sin, inv_frequencies

@@ -1,7 +1,7 @@
 """Kernel tests run Triton's interpreter on CPU against the torch reference.
 
 `TRITON_INTERPRET=1` is set per test, not for the whole session: the CPU engine tests in other
-folders must keep dispatching to the reference. That is enough because `shunter.kernels` decides
+folders must keep dispatching to the reference. That is enough because `shunter.kernels.ops` decides
 at call time and (re)builds its kernel modules in the mode Triton's env var asks for then, no
 matter when `triton` itself was imported. GPU tests run without it, and last: Triton 3.9's
 interpreter stops working in a process once a kernel has been compiled there.

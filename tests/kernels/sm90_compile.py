@@ -35,7 +35,7 @@ def _compile(fn, pointers: dict[str, str], constexprs: dict, num_warps: int = 4)
 
 
 def compile_all() -> list[dict]:
-    from shunter import kernels
+    from shunter.kernels import ops as kernels
 
     ops = kernels.load_triton_kernels(interpret=False)
     common, decode, prefill = ops["triton_common"], ops["triton_decode"], ops["triton_prefill"]

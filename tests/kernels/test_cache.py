@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shunter import kernels
+from shunter.kernels import ops as kernels
 from shunter.kernels import reference
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shunter import kernels
+from shunter.kernels import ops as kernels
 from shunter.kernels import reference
 from tests.kernels.paged import assert_close, cu_seqlens, make_paged
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from shunter import kernels
+from shunter.kernels import ops as kernels
 from shunter.kernels import interpreter_compat, reference
 from tests.kernels.paged import assert_close, make_paged
 

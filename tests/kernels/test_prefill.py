@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shunter import kernels
+from shunter.kernels import ops as kernels
 from shunter.kernels import reference
 from tests.kernels.paged import assert_close, cu_seqlens, make_paged
 

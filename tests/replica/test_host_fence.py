@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from shunter import LLM, kernels
+from shunter import LLM
+from shunter.kernels import ops as kernels
 from shunter.replica.host_fence import HostFence
 
 

@@ -29,11 +29,12 @@ def test_smoke_run_passes_every_step_and_summarizes(tmp_path):
     assert "| bench-engine | ok" in (tmp_path / "summary.md").read_text()
 
 
-def test_fallback_maps_the_package_folders_without_an_install(tmp_path):
-    """`python -S` skips site-packages, so the editable install is invisible: only the mapping works."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import sitecustomize, shunter.replica.engine_config, "
+def test_fallback_imports_the_package_from_the_checkout_without_an_install(tmp_path):
+    """`python -S` skips site-packages, so the editable install is invisible: only the checkout on
+    the path (what gpu-check.sh's fallback sets) and `shunter.source_layout`'s finder work."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import shunter.replica.engine_config, "
             "shunter.loadtest.gpu_check_summary; print(shunter.replica.engine_config.__file__)")
-    proc = subprocess.run([sys.executable, "-S", "-c", code, str(ROOT / "scripts" / "gpu_check_site")],
+    proc = subprocess.run([sys.executable, "-S", "-c", code, str(ROOT)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(ROOT / "replica" / "engine_config.py")

@@ -1,1 +1,0 @@
-"""Generated gRPC stubs and the .proto files they come from."""

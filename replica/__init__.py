@@ -1,1 +1,0 @@
-"""One model server: requests, scheduler and policies, KV cache manager, model runner, engine."""

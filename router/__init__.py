@@ -1,1 +1,0 @@
-"""Routing policies, rebalancer, migration, failover, state store and the gRPC frontend."""
