@@ -9,15 +9,15 @@ import random
 import time
 
 from shunter.clock import Clock, MonotonicClock
-from shunter.mathutil import cdiv
 from shunter.replica.detokenizer import IncrementalDetokenizer
 from shunter.replica.engine_config import EngineConfig
-from shunter.replica.engine_protocol import CacheEvent, EngineOutput, EngineStats, MigrationState, ModelLimits
+from shunter.replica.engine_protocol import CacheEvent, EngineOutput, EngineStats, ModelLimits
 from shunter.replica.kv_cache_manager import KVCacheManager
 from shunter.replica.load_estimate import remaining_blocks
+from shunter.replica.migration import Migration
 from shunter.replica.model_runner import ModelRunner
 from shunter.replica.policies import make_policy
-from shunter.replica.request import Request, RequestStatus
+from shunter.replica.request import Request
 from shunter.replica.scheduler import Scheduler, SchedulerConfig
 from shunter.replica.threads import set_torch_threads
 from shunter.replica.validation import validate_request
@@ -26,8 +26,9 @@ from shunter.sampling_params import SamplingParams
 log = logging.getLogger(__name__)
 
 
-class Engine:
-    """Implements `EngineProtocol` over the real model (or, in tests, a scripted runner)."""
+class Engine(Migration):
+    """Implements `EngineProtocol` over the real model (or, in tests, a scripted runner); its
+    migration half is `Migration` (`replica/migration.py`)."""
 
     def __init__(self, config: EngineConfig, clock: Clock | None = None, runner: ModelRunner | None = None) -> None:
         """`runner` replaces the model (tests pass a scripted fake); by default the model is loaded."""
@@ -175,67 +176,6 @@ class Engine:
             num_steps=s.num_steps,
             mean_step_time=self._step_time_ema,
         )
-
-    # ---- migration -------------------------------------------------------------------------
-    def export_request(self, request_id: str) -> MigrationState | None:
-        """Take a request out of this engine with its KV blocks (if computed) for another replica."""
-        request = self.scheduler.requests.get(request_id)
-        if request is None:
-            return None
-        kv = None
-        if request.status is RequestStatus.RUNNING and request.num_computed_tokens > 0:
-            blocks = self.kv.blocks_of(request_id)[: cdiv(request.num_computed_tokens, self.block_size)]
-            kv = self.runner.read_blocks(blocks)
-        generator = self.runner.generators.get(request_id)
-        state = MigrationState(
-            request_id=request_id,
-            prompt_token_ids=request.prompt_token_ids,
-            output_token_ids=list(request.output_token_ids),
-            params=request.params,
-            arrival_time=request.arrival_time,
-            num_computed_tokens=request.num_computed_tokens if kv is not None else 0,
-            num_cached_tokens=max(request.num_cached_tokens, 0),
-            kv=kv,
-            block_size=self.block_size,
-            rng_state=generator.get_state() if generator is not None else None,
-        )
-        self.scheduler.remove(request)
-        self.detokenizers.pop(request_id, None)
-        self.runner.drop_generator(request_id)
-        return state
-
-    def import_request(self, state: MigrationState) -> int:
-        """Resume a request exported elsewhere: with its KV if it came and fits, else by recompute.
-        Returns the tokens resumed with KV (0: it recomputes)."""
-        if state.request_id in self.scheduler.requests:
-            raise ValueError(f"request_id {state.request_id!r} is already in use")
-        request = Request(
-            state.request_id,
-            list(state.prompt_token_ids),
-            state.params,
-            arrival_time=state.arrival_time,
-            eos_token_ids=self.eos_token_ids,
-            output_token_ids=list(state.output_token_ids),
-            num_cached_tokens=state.num_cached_tokens,
-        )
-        self._track(request)
-        if state.rng_state is not None and request.request_id in self.runner.generators:
-            self.runner.generators[request.request_id].set_state(state.rng_state)
-        detok = self.detokenizers.get(request.request_id)
-        if detok is not None:
-            for token in request.output_token_ids:
-                detok.add(token)
-            detok.released = len(detok.text)  # the source replica streamed this text already
-        usable = state.kv is not None and state.block_size == self.block_size and state.num_computed_tokens > 0
-        if not usable:
-            self.scheduler.add(request)
-            return 0
-        blocks = self.scheduler.admit_migrated(request, state.num_computed_tokens)
-        if blocks is None:
-            return 0
-        self.runner.write_blocks(blocks, state.kv)
-        self.kv.cache_computed_blocks(request)
-        return request.num_computed_tokens
 
     def drain_cache_events(self) -> list[CacheEvent]:
         return self.kv.drain_events()

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import torch
 
 FinishReason = Literal["stop", "length", "abort", "deadline"]
+MIGRATION_WATCHDOG_S = 10.0  # a reservation left this long without a stage or commit is freed
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,16 +92,36 @@ class MigrationState:
     num_computed_tokens: int
     num_cached_tokens: int
     # Per layer (k, v) of shape [num_blocks, block_size, num_kv_heads, head_dim] on the CPU,
-    # covering the first num_computed_tokens tokens; None means the target recomputes.
+    # covering the blocks of the first num_computed_tokens tokens from `kv_first_block` on (the
+    # ones before it went ahead in a live migration's stages); None means the target recomputes.
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     block_size: int = 16
     rng_state: torch.Tensor | None = None  # the request's sampling generator, so seeded sampling continues
+    kv_first_block: int = 0
 
     def without_kv(self) -> MigrationState:
         """The same request with no KV: the target recomputes its tokens."""
         from dataclasses import replace
 
-        return replace(self, kv=None, num_computed_tokens=0)
+        return replace(self, kv=None, num_computed_tokens=0, kv_first_block=0)
+
+
+@dataclass
+class KVStage:
+    """Blocks of a running request copied out while it keeps running: one stage of a live
+    migration. Only full blocks go (their KV no longer changes); the commit sends the rest."""
+
+    request_id: str
+    first_block: int  # the request's block index of the first block in `kv`
+    num_blocks: int
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None  # as MigrationState.kv; None when num_blocks is 0
+    computed_blocks: int  # blocks its computed tokens touch now: what a commit after this stage still sends
+    epoch: int  # its preemptions so far: a commit in another epoch sends every block again
+    block_size: int = 16
+
+    @property
+    def end_block(self) -> int:
+        return self.first_block + self.num_blocks
 
 
 class Tokenizer(Protocol):
@@ -134,8 +155,30 @@ class EngineProtocol(Protocol):
     def drain_cache_events(self) -> list[CacheEvent]:
         """Prefix-cache changes since the last call."""
 
-    def export_request(self, request_id: str) -> MigrationState | None:
-        """Take a request out with its computed KV; None if it is not here."""
+    def export_request(self, request_id: str, from_block: int = 0, epoch: int | None = None) -> MigrationState | None:
+        """Take a request out with its computed KV from block `from_block` on (the blocks before
+        it went ahead in stages; all of them if it was preempted since `epoch`); None if it is not here."""
 
     def import_request(self, state: MigrationState) -> int:
-        """Resume an exported request; returns the tokens resumed with KV (0: it recomputes)."""
+        """Resume an exported request (into its reservation, if one was made); returns the tokens
+        resumed with KV (0: it recomputes)."""
+
+    # ---- live migration: the source copies blocks out while the request runs, the target holds
+    # blocks for it and fills them; `export_request`/`import_request` commit ----------------------
+    def export_blocks(self, request_id: str, first_block: int, min_blocks: int = 1) -> KVStage | None:
+        """The request's full blocks from `first_block` on, copied while it keeps running (none
+        copied when fewer than `min_blocks` are new: the commit takes them); None if it is not here."""
+
+    def reserve_migration(self, request_id: str, num_blocks: int) -> bool:
+        """Hold `num_blocks` blocks (in all) for a request migrating in; False if they cannot be
+        spared (nothing changes)."""
+
+    def import_blocks(self, stage: KVStage) -> bool:
+        """Copy a stage into the request's reservation (grown if needed); False if it cannot be
+        (no reservation, out of blocks, another block size): the migration aborts."""
+
+    def cancel_migration(self, request_id: str) -> int:
+        """Free a reservation (the migration aborted); the blocks it held."""
+
+    def expire_migrations(self) -> list[str]:
+        """Free reservations with no follow-up for `MIGRATION_WATCHDOG_S`; their request ids."""

@@ -20,6 +20,13 @@ class PrefixHit:
 
 
 @dataclass
+class Reservation:
+    block_ids: list[int]
+    filled: int = 0  # blocks 0..filled-1 hold the migrating request's KV
+    touched_at: float = 0.0  # when the migration last did something with it (the watchdog's clock)
+
+
+@dataclass
 class KVCacheManager:
     num_blocks: int
     block_size: int = 16
@@ -34,6 +41,10 @@ class KVCacheManager:
     # CPU blocks this step's swap-ins read: free again only once the runner has copied them
     # (`swaps_done`), so no swap-out of the same step can overwrite them first.
     cpu_being_read: list[int] = field(init=False, default_factory=list)
+    # Blocks held for requests migrating in (live migration's pre-allocation), by request id: a
+    # reservation's first `filled` blocks hold KV already copied in; it becomes the request's
+    # block table when the migration commits, or is freed when it aborts.
+    reservations: dict[str, Reservation] = field(init=False, default_factory=dict)
     prefix_queries: int = 0  # prompt tokens looked up
     prefix_hits: int = 0  # of which found cached
 
@@ -125,6 +136,41 @@ class KVCacheManager:
         self.prefix_queries += num_prompt_tokens
         self.prefix_hits += num_hit_tokens
 
+    # ---- reservations for requests migrating in -------------------------------------------
+    def reserve(self, request_id: str, num_blocks: int, now: float) -> bool:
+        """Hold `num_blocks` device blocks in all for `request_id` (growing what it holds); False,
+        with nothing changed, when the pool cannot spare them. Taking a free block may evict a
+        cached prefix, as any allocation does."""
+        held = self.reservations.get(request_id)
+        more = num_blocks - (len(held.block_ids) if held else 0)
+        if more > self.pool.num_free:
+            return False
+        if held is None:
+            held = self.reservations[request_id] = Reservation([])
+        if more > 0:
+            held.block_ids.extend(self.pool.allocate(more))
+        held.touched_at = now
+        return True
+
+    def release_reservation(self, request_id: str) -> int:
+        """Free a reservation (its migration aborted or timed out); the blocks it held."""
+        held = self.reservations.pop(request_id, None)
+        if held is None:
+            return 0
+        self.pool.release(held.block_ids[::-1])
+        return len(held.block_ids)
+
+    def adopt_reservation(self, request: Request, num_blocks: int) -> list[int]:
+        """The reservation's first `num_blocks` become the request's block table; the rest are freed."""
+        held = self.reservations.pop(request.request_id)
+        keep, spare = held.block_ids[:num_blocks], held.block_ids[num_blocks:]
+        self.pool.release(spare[::-1])
+        self.block_tables[request.request_id] = keep
+        return keep
+
+    def expired_reservations(self, now: float, max_idle_s: float) -> list[str]:
+        return [rid for rid, held in self.reservations.items() if now - held.touched_at > max_idle_s]
+
     # ---- CPU swap ------------------------------------------------------------------------
     @property
     def num_free_cpu_blocks(self) -> int:
@@ -177,6 +223,9 @@ class KVCacheManager:
         for rid, table in self.block_tables.items():
             assert rid in live_request_ids, f"blocks held by unknown request {rid}"
             for b in table:
+                refs[b] += 1
+        for held in self.reservations.values():
+            for b in held.block_ids:
                 refs[b] += 1
         for block in self.pool.blocks:
             assert block.ref_count == refs[block.block_id], f"block {block.block_id}: ref {block.ref_count} != {refs[block.block_id]}"

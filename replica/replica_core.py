@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from shunter.replica.engine_config import EngineConfig
-from shunter.replica.engine_protocol import EngineOutput, EngineProtocol, MigrationState, ModelLimits, Tokenizer
+from shunter.replica.engine_protocol import (
+    EngineOutput,
+    EngineProtocol,
+    KVStage,
+    MigrationState,
+    ModelLimits,
+    Tokenizer,
+)
 from shunter.replica.outbox import DEFAULT, Outbox, PollResult, TokenDelta  # noqa: F401 (TokenDelta: for the router)
 from shunter.sampling_params import SamplingParams
 
@@ -40,6 +47,10 @@ class ReplicaInfo:
     tokenizer: Tokenizer | None = None
     large_cache: bool = False  # given the larger KV pool: the router sends it the long requests
     metrics_port: int = 0  # the replica's own Prometheus page (a Ray actor's, when asked for); 0: none
+
+
+class ReplicaStopped(RuntimeError):
+    """A command sent to a replica whose loop has stopped (its process is going away)."""
 
 
 class ReplicaCore:
@@ -62,6 +73,9 @@ class ReplicaCore:
     # ---- commands, run on the engine thread between steps ----------------------------------
     def call(self, fn: Callable[[EngineProtocol], T]) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future = concurrent.futures.Future()
+        if self._stopped:
+            future.set_exception(ReplicaStopped(f"replica {self.replica_id} has stopped"))
+            return future
         self._commands.put((fn, future))
         self._wake.set()
         return future
@@ -89,15 +103,31 @@ class ReplicaCore:
 
         return self.call(take)
 
-    def export(self, request_id: str, with_kv: bool = True) -> concurrent.futures.Future[MigrationState | None]:
+    def export(self, request_id: str, with_kv: bool = True, from_block: int = 0,
+               epoch: int | None = None) -> concurrent.futures.Future[MigrationState | None]:
         """The request taken out of this replica; None if it is not here. Without KV the state
-        makes the target recompute (as when the blocks cannot be moved)."""
+        makes the target recompute (as when the blocks cannot be moved). A live migration's
+        commit passes the first block its stages did not send, and the epoch they sent in."""
         def take(engine: EngineProtocol) -> MigrationState | None:
-            state = engine.export_request(request_id)
+            state = engine.export_request(request_id, from_block if with_kv else 0, epoch)
             self.outbox.release(request_id)
             return state.without_kv() if state is not None and not with_kv else state
 
         return self.call(take)
+
+    # ---- live migration: stages while the request runs; `export`/`import_` commit ----------
+    def export_blocks(self, request_id: str, first_block: int,
+                      min_blocks: int = 1) -> concurrent.futures.Future[KVStage | None]:
+        return self.call(lambda e: e.export_blocks(request_id, first_block, min_blocks))
+
+    def reserve(self, request_id: str, num_blocks: int) -> concurrent.futures.Future[bool]:
+        return self.call(lambda e: e.reserve_migration(request_id, num_blocks))
+
+    def import_blocks(self, stage: KVStage) -> concurrent.futures.Future[bool]:
+        return self.call(lambda e: e.import_blocks(stage))
+
+    def cancel_migration(self, request_id: str) -> concurrent.futures.Future[int]:
+        return self.call(lambda e: e.cancel_migration(request_id))
 
     def import_(self, state: MigrationState, consumer: str = DEFAULT) -> concurrent.futures.Future[int]:
         """Resume an exported request here, its tokens going to `consumer`; the tokens it resumed
@@ -128,6 +158,9 @@ class ReplicaCore:
     def _loop(self) -> None:
         while not self._stopped:
             self._run_commands()
+            for request_id in self.engine.expire_migrations():
+                log.warning("replica %s: freed the blocks held for %s, whose migration never came", self.replica_id,
+                            request_id)
             if self.engine.has_unfinished_requests():
                 try:
                     outputs = self.engine.step()
@@ -159,9 +192,17 @@ class ReplicaCore:
             self.engine.abort_request(request_id)
 
     def stop(self) -> None:
+        """End the loop; commands it did not run fail with ReplicaStopped (none waits forever)."""
         self._stopped = True
         self._wake.set()
         self._thread.join(timeout=5)
+        while True:
+            try:
+                _, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                future.set_exception(ReplicaStopped(f"replica {self.replica_id} stopped before running it"))
 
 
 def load_engine(config: EngineConfig, engine_factory: str | None = None) -> EngineProtocol:

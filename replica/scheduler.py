@@ -143,14 +143,25 @@ class Scheduler:
         request.finish_reason = reason
         self.policy.on_finished(request)
 
-    def admit_migrated(self, request: Request, num_computed_tokens: int) -> list[int] | None:
-        """Seat a request arriving with its KV; the blocks to fill, or None if it must recompute."""
+    def admit_migrated(self, request: Request, num_computed_tokens: int, reserved: bool = False) -> list[int] | None:
+        """Seat a request arriving with its KV; the blocks to fill, or None if it must recompute.
+        `reserved`: its blocks were held for it (live migration) and become its block table."""
         self._track(request)
-        if len(self.running) < self.config.max_num_seqs and self.kv.allocate(request, num_computed_tokens):
+        rid, needed = request.request_id, cdiv(num_computed_tokens, self.kv.block_size)
+        if len(self.running) < self.config.max_num_seqs:
+            if reserved and self.kv.reserve(rid, needed, self.clock.now()):
+                self.kv.adopt_reservation(request, needed)
+            elif reserved or not self.kv.allocate(request, num_computed_tokens):
+                self.kv.release_reservation(rid)
+                return self._wait_migrated(request)
             request.num_computed_tokens = num_computed_tokens
             request.status = RequestStatus.RUNNING
             self.running.append(request)
-            return self.kv.blocks_of(request.request_id)
+            return self.kv.blocks_of(rid)
+        self.kv.release_reservation(rid)
+        return self._wait_migrated(request)
+
+    def _wait_migrated(self, request: Request) -> None:
         request.status = RequestStatus.WAITING
         self._enqueue(request, self.waiting)
         return None

@@ -21,7 +21,15 @@ from shunter.mathutil import cdiv
 from shunter.replica.block_hash import block_hashes
 from shunter.replica.detokenizer import IncrementalDetokenizer
 from shunter.replica.engine_config import EngineConfig
-from shunter.replica.engine_protocol import CacheEvent, EngineOutput, EngineStats, MigrationState, ModelLimits
+from shunter.replica.engine_protocol import (
+    MIGRATION_WATCHDOG_S,
+    CacheEvent,
+    EngineOutput,
+    EngineStats,
+    KVStage,
+    MigrationState,
+    ModelLimits,
+)
 from shunter.replica.validation import validate_request
 from shunter.sampling_params import SamplingParams
 
@@ -112,6 +120,7 @@ class FakeEngine:
         self.cached: set[int] = set()
         self.events: list[CacheEvent] = []
         self.hits = self.lookups = 0
+        self.reserved: dict[str, list[float]] = {}  # live migration: request id -> [blocks held, blocks filled, touched at]
         # request id -> [added, first token made] (time.monotonic), when stamping
         self.stamps: dict[str, list[float]] | None = {} if stamp else None
 
@@ -181,6 +190,7 @@ class FakeEngine:
 
     def stats(self) -> EngineStats:
         held = sum(cdiv(len(r.prompt) + len(r.output), self.block_size) for r in self.requests.values())
+        held += sum(int(r[0]) for r in self.reserved.values())
         growth = sum(cdiv(r.params.max_tokens - len(r.output), self.block_size) for r in self.requests.values())
         return EngineStats(
             num_running=len(self.requests), num_waiting=0, num_swapped=0, kv_blocks_total=self.limits.num_kv_blocks,
@@ -193,14 +203,49 @@ class FakeEngine:
         events, self.events = self.events, []
         return events
 
-    def export_request(self, request_id: str) -> MigrationState | None:
+    def export_request(self, request_id: str, from_block: int = 0, epoch: int | None = None) -> MigrationState | None:
         """Its 'KV' is nothing: the fake's tokens depend only on the tokens, so a move resumes exactly."""
         req = self.requests.pop(request_id, None)
         if req is None:
             return None
         n = len(req.prompt) + len(req.output) - 1
         return MigrationState(request_id, req.prompt, list(req.output), req.params, req.arrival_time, n,
-                              req.cached_tokens, kv=[], block_size=self.block_size)
+                              req.cached_tokens, kv=[], block_size=self.block_size, kv_first_block=from_block)
+
+    def export_blocks(self, request_id: str, first_block: int, min_blocks: int = 1) -> KVStage | None:
+        req = self.requests.get(request_id)
+        if req is None:
+            return None
+        computed = len(req.prompt) + len(req.output) - 1
+        full = max(computed // self.block_size, first_block)
+        if full - first_block < min_blocks:
+            full = first_block
+        return KVStage(request_id, first_block, full - first_block, [] if full > first_block else None,
+                       cdiv(computed, self.block_size), 0, self.block_size)
+
+    def reserve_migration(self, request_id: str, num_blocks: int) -> bool:
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        held = self.reserved.setdefault(request_id, [0, 0, 0.0])
+        held[0], held[2] = max(held[0], num_blocks), time.monotonic()
+        return True
+
+    def import_blocks(self, stage: KVStage) -> bool:
+        held = self.reserved.get(stage.request_id)
+        if held is None or stage.block_size != self.block_size or stage.first_block > held[1]:
+            return False
+        held[0], held[1], held[2] = max(held[0], stage.end_block), max(held[1], stage.end_block), time.monotonic()
+        return True
+
+    def cancel_migration(self, request_id: str) -> int:
+        held = self.reserved.pop(request_id, None)
+        return int(held[0]) if held is not None else 0
+
+    def expire_migrations(self) -> list[str]:
+        expired = [rid for rid, held in self.reserved.items() if time.monotonic() - held[2] > MIGRATION_WATCHDOG_S]
+        for rid in expired:
+            del self.reserved[rid]
+        return expired
 
     def import_request(self, state: MigrationState) -> int:
         if state.request_id in self.requests:
@@ -212,6 +257,9 @@ class FakeEngine:
                 req.detok.add(token)
             req.detok.released = len(req.detok.text)
         self.requests[state.request_id] = req
+        held = self.reserved.pop(state.request_id, None)
+        if state.kv_first_block > (held[1] if held is not None else 0):
+            return 0  # the blocks before the first it carries never came: as a recompute
         return state.num_computed_tokens if state.kv is not None else 0
 
 

@@ -29,13 +29,15 @@ import ray
 from ray.exceptions import RayActorError
 
 from shunter.replica.engine_config import EngineConfig
-from shunter.replica.engine_protocol import MigrationState
+from shunter.replica.engine_protocol import KVStage, MigrationState
 from shunter.replica.outbox import DEFAULT
 from shunter.replica.replica_core import PollResult, ReplicaCore, ReplicaInfo, load_engine
+from shunter.router.cluster import kv_transport
 from shunter.router.cluster.drain_order import DrainOrder
+from shunter.router.cluster.kv_transport import RayStage
 from shunter.router.metrics import MetricsAddress
 from shunter.router.metrics import MetricsPage, serve_replica_metrics
-from shunter.router.core import ExportedRequest, ReplicaDead
+from shunter.router.core import ExportedRequest, ReplicaDead, StagedBlocks
 from shunter.router.cluster.replica_placement import node_label
 from shunter.sampling_params import SamplingParams
 
@@ -95,8 +97,9 @@ class ReplicaActor:
         return _pack(self.core.poll_blocking(max_wait, consumer))
 
     @ray.method(num_returns=3)
-    def export(self, request_id: str, with_kv: bool = True) -> tuple[list[int] | None, MigrationState | None, object]:
-        state = self.core.export(request_id, with_kv).result()
+    def export(self, request_id: str, with_kv: bool = True, from_block: int = 0,
+               epoch: int | None = None) -> tuple[list[int] | None, MigrationState | None, object]:
+        state = self.core.export(request_id, with_kv, from_block, epoch).result()
         if state is None:
             return None, None, None
         kv, state.kv = state.kv, None
@@ -105,14 +108,34 @@ class ReplicaActor:
     def import_(self, state: MigrationState, kv_box: list[ray.ObjectRef] | None = None, consumer: str = DEFAULT) -> int:
         """`kv_box` = [ref to the KV blocks] (boxed, so Ray leaves the fetch, and its failure, to us)."""
         if kv_box and state.kv is None and state.num_computed_tokens > 0:
-            try:
-                state.kv = ray.get(kv_box[0])
-            except Exception as e:  # lost with the source, or evicted: recompute instead
-                log.warning("replica %s: KV of %s did not arrive (%s); recomputing", self.core.replica_id,
-                            state.request_id, type(e).__name__)
+            state.kv = kv_transport.receive(kv_box, f"{state.request_id} on {self.core.replica_id}")
         if state.kv is None:
             state = state.without_kv()
         return self.core.import_(state, consumer).result()
+
+    # ---- live migration ----------------------------------------------------------------------
+    def export_blocks(self, request_id: str, first_block: int, min_blocks: int) -> RayStage | None:
+        stage = self.core.export_blocks(request_id, first_block, min_blocks).result()
+        if stage is None:
+            return None
+        box = kv_transport.send(stage.kv) if stage.num_blocks else None
+        return RayStage(stage.request_id, stage.first_block, stage.num_blocks, stage.computed_blocks, stage.epoch,
+                        stage.block_size, box)
+
+    def reserve(self, request_id: str, num_blocks: int) -> bool:
+        return self.core.reserve(request_id, num_blocks).result()
+
+    def import_blocks(self, staged: RayStage) -> bool:
+        kv = kv_transport.receive(staged.kv_box, f"{staged.request_id} on {self.core.replica_id}") \
+            if staged.num_blocks else None
+        if staged.num_blocks and kv is None:
+            return False
+        stage = KVStage(staged.request_id, staged.first_block, staged.num_blocks, kv, staged.computed_blocks,
+                        staged.epoch, staged.block_size)
+        return self.core.import_blocks(stage).result()
+
+    def cancel_migration(self, request_id: str) -> int:
+        return self.core.cancel_migration(request_id).result()
 
 
 RemoteReplicaActor = ray.remote(ReplicaActor)
@@ -200,10 +223,25 @@ class RayReplicaClient:
             self._carry(self.handle.poll.remote(max_wait, self.consumer))
         return await self._drains.next()
 
-    async def export(self, request_id: str, with_kv: bool = True) -> RayExport | None:
-        tokens_ref, state_ref, kv_ref = self.handle.export.remote(request_id, with_kv)
+    async def export(self, request_id: str, with_kv: bool = True, from_block: int = 0,
+                     epoch: int | None = None) -> RayExport | None:
+        tokens_ref, state_ref, kv_ref = self.handle.export.remote(request_id, with_kv, from_block, epoch)
         tokens = await self._await(tokens_ref)
         return None if tokens is None else RayExport(tokens, state_ref, kv_ref)
+
+    async def export_blocks(self, request_id: str, first_block: int, min_blocks: int) -> RayStage | None:
+        return await self._await(self.handle.export_blocks.remote(request_id, first_block, min_blocks))
+
+    async def reserve(self, request_id: str, num_blocks: int) -> bool:
+        return await self._await(self.handle.reserve.remote(request_id, num_blocks))
+
+    async def import_blocks(self, staged: StagedBlocks) -> bool:
+        if not isinstance(staged, RayStage):
+            raise TypeError(f"a Ray replica takes a RayStage, got {type(staged).__name__}")
+        return await self._await(self.handle.import_blocks.remote(staged))
+
+    async def cancel_migration(self, request_id: str) -> int:
+        return await self._await(self.handle.cancel_migration.remote(request_id))
 
     async def import_(self, exported: ExportedRequest) -> int:
         if not isinstance(exported, RayExport):

@@ -6,7 +6,7 @@ __all__, __getattr__ = surface(__name__, {
     "config": ["DRAIN_FINISH", "RouterConfig"],
     "counters": ["REJECT_REASONS"],
     "engine_totals": ["ENGINE_COUNTS"],
-    "replica_client": ["ExportedRequest", "LocalReplicaClient", "ReplicaClient", "ReplicaDead"],
+    "replica_client": ["ExportedRequest", "LocalReplicaClient", "ReplicaClient", "ReplicaDead", "StagedBlocks"],
     "resume": ["Stream", "release", "resume", "stopped"],
     "state_store": ["ENDED", "FINISHED", "LIVE", "MAX_RETAINED", "RETAIN_S", "Delta", "JournalEntry", "JournalRecord",
                     "MemoryStateStore", "StateStore", "packed", "record_of"],

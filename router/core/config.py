@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from shunter.router.core.migration import MigrationSettings
 from shunter.router.routing import DEFAULT
 
 
@@ -20,6 +21,7 @@ class RouterConfig:
     # Cache-size specialization: a request expected (or grown) past this many KV blocks is placed
     # on (or moved to) a large-cache replica. None: off.
     size_threshold_blocks: int | None = None
+    migration: MigrationSettings = field(default_factory=MigrationSettings)  # live (pre-copy) or stop-and-copy
 
 
 DRAIN_FINISH = "shutdown"  # the finish reason of a stream still running when --drain-timeout ends

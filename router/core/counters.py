@@ -23,7 +23,15 @@ class Counters:
     rejected: int = 0  # refused without generating (the reasons: `REJECT_REASONS`)
     rejected_by: dict[str, int] = field(default_factory=dict)  # rejected, per reason (`REJECT_REASONS`)
     rejoined: int = 0
+    migrations_refused_by: dict[str, int] = field(default_factory=dict)  # not started, request untouched (`REFUSALS`)
+    migrations_aborted_by: dict[str, int] = field(default_factory=dict)  # stopped before the commit (`ABORTS`)
 
     def reject(self, reason: str) -> None:
         self.rejected += 1
         self.rejected_by[reason] = self.rejected_by.get(reason, 0) + 1
+
+    def refuse_migration(self, reason: str) -> None:
+        self.migrations_refused_by[reason] = self.migrations_refused_by.get(reason, 0) + 1
+
+    def abort_migration(self, reason: str) -> None:
+        self.migrations_aborted_by[reason] = self.migrations_aborted_by.get(reason, 0) + 1

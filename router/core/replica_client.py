@@ -7,15 +7,19 @@ does not wait for its reply (over Ray) leaves it to `poll()`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TypeVar
 
 from shunter.errors import ReplicaUnavailable
-from shunter.replica.engine_protocol import EngineProtocol, MigrationState
+from shunter.replica.engine_protocol import EngineProtocol, KVStage, MigrationState
 from shunter.replica.outbox import DEFAULT
 from shunter.replica.replica_core import PollResult, ReplicaCore, ReplicaInfo
 from shunter.sampling_params import SamplingParams
+
+
+T = TypeVar("T")
 
 
 class ReplicaDead(ReplicaUnavailable):
@@ -30,6 +34,20 @@ class ExportedRequest(Protocol):
     def output_token_ids(self) -> list[int]: ...
 
 
+class StagedBlocks(Protocol):
+    """One stage of a live migration as its transport carries it: the router reads where the
+    stage ends; the blocks stay wherever the transport keeps them until the target takes them."""
+
+    @property
+    def num_blocks(self) -> int: ...
+    @property
+    def end_block(self) -> int: ...
+    @property
+    def computed_blocks(self) -> int: ...
+    @property
+    def epoch(self) -> int: ...
+
+
 class ReplicaClient(Protocol):
     replica_id: str
 
@@ -37,8 +55,14 @@ class ReplicaClient(Protocol):
     async def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None: ...
     async def abort(self, request_id: str) -> None: ...
     async def poll(self, max_wait: float) -> PollResult: ...
-    async def export(self, request_id: str, with_kv: bool = True) -> ExportedRequest | None: ...
+    async def export(self, request_id: str, with_kv: bool = True, from_block: int = 0,
+                     epoch: int | None = None) -> ExportedRequest | None: ...
     async def import_(self, exported: ExportedRequest) -> int: ...  # tokens resumed with KV (0: recomputed)
+    # live migration (`core/migration.py`): stages on the source, a reservation on the target
+    async def export_blocks(self, request_id: str, first_block: int, min_blocks: int) -> StagedBlocks | None: ...
+    async def reserve(self, request_id: str, num_blocks: int) -> bool: ...
+    async def import_blocks(self, staged: StagedBlocks) -> bool: ...
+    async def cancel_migration(self, request_id: str) -> int: ...
 
 
 class LocalReplicaClient:
@@ -85,7 +109,7 @@ class LocalReplicaClient:
         self._alive().submit(request_id, prompt_token_ids, params, self.consumer)
 
     async def abort(self, request_id: str) -> None:
-        await asyncio.wrap_future(self._alive().abort(request_id))
+        await self._call(self._alive().abort(request_id))
 
     async def poll(self, max_wait: float) -> PollResult:
         core = self._alive()
@@ -94,13 +118,41 @@ class LocalReplicaClient:
             raise ReplicaDead(f"replica {self.replica_id} died during a poll")
         return result
 
-    async def export(self, request_id: str, with_kv: bool = True) -> MigrationState | None:
-        return await asyncio.wrap_future(self._alive().export(request_id, with_kv))
+    async def export(self, request_id: str, with_kv: bool = True, from_block: int = 0,
+                     epoch: int | None = None) -> MigrationState | None:
+        return await self._call(self._alive().export(request_id, with_kv, from_block, epoch))
 
     async def import_(self, exported: ExportedRequest) -> int:
         if not isinstance(exported, MigrationState):
             raise TypeError(f"an in-process replica imports a MigrationState, got {type(exported).__name__}")
-        return await asyncio.wrap_future(self._alive().import_(exported, self.consumer))
+        return await self._call(self._alive().import_(exported, self.consumer))
+
+    async def export_blocks(self, request_id: str, first_block: int, min_blocks: int) -> KVStage | None:
+        return await self._call(self._alive().export_blocks(request_id, first_block, min_blocks))
+
+    async def reserve(self, request_id: str, num_blocks: int) -> bool:
+        return await self._call(self._alive().reserve(request_id, num_blocks))
+
+    async def import_blocks(self, staged: StagedBlocks) -> bool:
+        if not isinstance(staged, KVStage):
+            raise TypeError(f"an in-process replica takes a KVStage, got {type(staged).__name__}")
+        return await self._call(self._alive().import_blocks(staged))
+
+    async def cancel_migration(self, request_id: str) -> int:
+        return await self._call(self._alive().cancel_migration(request_id))
+
+    async def _call(self, future: concurrent.futures.Future[T]) -> T:
+        """A command's result; ReplicaDead if the replica was killed meanwhile."""
+        core = self.core
+        try:
+            result = await asyncio.wrap_future(future)
+        except Exception:
+            if self.core is not core:
+                raise ReplicaDead(f"replica {self.replica_id} died during the call") from None
+            raise
+        if self.core is not core:
+            raise ReplicaDead(f"replica {self.replica_id} died during the call")
+        return result
 
 
 @dataclass

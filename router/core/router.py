@@ -10,16 +10,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 
 from shunter.clock import Clock, MonotonicClock
 from shunter.errors import Overloaded, ReplicaUnavailable
 from shunter.replica.replica_core import PollResult, ReplicaInfo, TokenDelta
+from shunter.router.core import migration
 from shunter.router.core.admission import Admission
 from shunter.router.core.config import DRAIN_FINISH, RouterConfig
 from shunter.router.core.counters import Counters
 from shunter.router.core.engine_totals import EngineTotals
+from shunter.router.core.migration import MigrationRecord
 from shunter.router.routing import LoadReport, RequestLoad, RoutingRequest
 from shunter.router.routing import apply_stats, request_load, reserve, routing_policy, routing_request
 from shunter.router.routing import PrefixIndex
@@ -29,6 +32,7 @@ from shunter.router.core.state_store import Delta, JournalEntry, MemoryStateStor
 from shunter.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
+MIGRATION_LOG = 1024  # migrations kept in Router.migration_log
 
 
 @dataclass
@@ -60,6 +64,8 @@ class Router:
         self._stopping = False
         self._tasks: list[asyncio.Task] = []  # long-lived loops, cancelled by stop()
         self._background: set[asyncio.Task] = set()  # one-off aborts and migrations
+        self.migrations_in_flight: dict[str, tuple[str, str]] = {}  # request id -> (source, target)
+        self.migration_log: deque[MigrationRecord] = deque(maxlen=MIGRATION_LOG)  # the latest that committed
 
     # ---- life --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -321,42 +327,9 @@ class Router:
 
     # ---- migration -----------------------------------------------------------------------------
     async def migrate(self, request_id: str, target: str, with_kv: bool = True) -> bool:
-        """Move a running request to `target` with its KV (or without: the target recomputes);
-        the stream continues from where it was."""
-        entry = self.journal.get(request_id)
-        dst = self.slots.get(target)
-        if entry is None or entry.finished or entry.migrating or dst is None or not dst.healthy:
-            return False
-        src = self.slots.get(entry.replica_id or "")
-        if src is None or src is dst:
-            return False
-        entry.migrating = True
-        try:
-            try:
-                exported = await src.client.export(request_id, with_kv)
-            except ReplicaDead:
-                return False  # its poll loop fails the request over
-            if exported is None or entry.finished:
-                return False  # it finished meanwhile; its last tokens come through the poll
-            tokens = exported.output_token_ids
-            # From here the source's late deltas for it are ignored; the state has all its tokens.
-            entry.epoch += 1
-            entry.replica_id, epoch = target, entry.epoch
-            self._emit(entry, tokens[len(entry.sent) - entry.offset:], None, src.client.replica_id)
-            try:
-                resumed = await dst.client.import_(exported)
-            except Exception:
-                log.exception("import of %s into %s failed; failing over", request_id, target)
-                if entry.epoch == epoch and not entry.finished:
-                    await self._failover(entry)
-                return False
-            if entry.finished:  # the client left during the move
-                await self._quiet_abort(dst, request_id)
-            self.counters.migrated += 1
-            self.counters.migrated_recomputed += not resumed
-            return True
-        finally:
-            entry.migrating = False
+        """Move a running request to `target` with its KV, live or stop-and-copy (`config.migration`;
+        without KV the target recomputes); the stream continues from where it was (`migration.py`)."""
+        return await migration.migrate(self, request_id, target, with_kv)
 
     async def _rebalance_loop(self) -> None:
         while not self._stopping:
