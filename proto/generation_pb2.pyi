@@ -115,7 +115,7 @@ class ClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("replica_id", "node", "healthy", "num_running", "num_waiting", "num_swapped", "kv_blocks_total", "kv_blocks_in_use", "kv_blocks_cached", "prefix_hit_rate", "load_blocks", "large_cache", "metrics_port")
+    __slots__ = ("replica_id", "node", "healthy", "num_running", "num_waiting", "num_swapped", "kv_blocks_total", "kv_blocks_in_use", "kv_blocks_cached", "prefix_hit_rate", "load_blocks", "large_cache", "metrics_port", "migrating_out", "migrating_in")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,8 @@ class ReplicaStatus(_message.Message):
     LOAD_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     LARGE_CACHE_FIELD_NUMBER: _ClassVar[int]
     METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
+    MIGRATING_OUT_FIELD_NUMBER: _ClassVar[int]
+    MIGRATING_IN_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     node: str
     healthy: bool
@@ -142,23 +144,31 @@ class ReplicaStatus(_message.Message):
     load_blocks: int
     large_cache: bool
     metrics_port: int
-    def __init__(self, replica_id: _Optional[str] = ..., node: _Optional[str] = ..., healthy: _Optional[bool] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_swapped: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_in_use: _Optional[int] = ..., kv_blocks_cached: _Optional[int] = ..., prefix_hit_rate: _Optional[float] = ..., load_blocks: _Optional[int] = ..., large_cache: _Optional[bool] = ..., metrics_port: _Optional[int] = ...) -> None: ...
+    migrating_out: int
+    migrating_in: int
+    def __init__(self, replica_id: _Optional[str] = ..., node: _Optional[str] = ..., healthy: _Optional[bool] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_swapped: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_in_use: _Optional[int] = ..., kv_blocks_cached: _Optional[int] = ..., prefix_hit_rate: _Optional[float] = ..., load_blocks: _Optional[int] = ..., large_cache: _Optional[bool] = ..., metrics_port: _Optional[int] = ..., migrating_out: _Optional[int] = ..., migrating_in: _Optional[int] = ...) -> None: ...
 
 class RouterCounters(_message.Message):
-    __slots__ = ("routed", "migrated", "failed_over", "rejected", "in_flight", "queued")
+    __slots__ = ("routed", "migrated", "failed_over", "rejected", "in_flight", "queued", "migrating", "migrations_aborted", "migrations_refused")
     ROUTED_FIELD_NUMBER: _ClassVar[int]
     MIGRATED_FIELD_NUMBER: _ClassVar[int]
     FAILED_OVER_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
+    MIGRATING_FIELD_NUMBER: _ClassVar[int]
+    MIGRATIONS_ABORTED_FIELD_NUMBER: _ClassVar[int]
+    MIGRATIONS_REFUSED_FIELD_NUMBER: _ClassVar[int]
     routed: int
     migrated: int
     failed_over: int
     rejected: int
     in_flight: int
     queued: int
-    def __init__(self, routed: _Optional[int] = ..., migrated: _Optional[int] = ..., failed_over: _Optional[int] = ..., rejected: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...
+    migrating: int
+    migrations_aborted: int
+    migrations_refused: int
+    def __init__(self, routed: _Optional[int] = ..., migrated: _Optional[int] = ..., failed_over: _Optional[int] = ..., rejected: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., migrating: _Optional[int] = ..., migrations_aborted: _Optional[int] = ..., migrations_refused: _Optional[int] = ...) -> None: ...
 
 class ClusterStatusResponse(_message.Message):
     __slots__ = ("replicas", "counters", "routing", "model", "size_threshold_blocks", "metrics_port")

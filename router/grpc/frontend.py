@@ -120,17 +120,21 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         out = pb.ClusterStatusResponse(routing=self.router.policy.name, model=self.model,
                                        size_threshold_blocks=self.router.config.size_threshold_blocks or 0,
                                        metrics_port=self.metrics.page.port if self.metrics else 0)
+        moving = list(self.router.migrations_in_flight.values())
         for rid, slot in self.router.slots.items():
             r = slot.report
             out.replicas.append(pb.ReplicaStatus(
                 replica_id=rid, node=r.node, healthy=slot.healthy, num_running=r.num_running, num_waiting=r.num_waiting,
                 num_swapped=r.num_swapped, kv_blocks_total=r.kv_blocks_total, kv_blocks_in_use=r.kv_blocks_in_use,
                 kv_blocks_cached=r.kv_blocks_cached, prefix_hit_rate=r.prefix_hit_rate, load_blocks=r.load,
-                large_cache=r.large_cache, metrics_port=slot.info.metrics_port if slot.info else 0))
+                large_cache=r.large_cache, metrics_port=slot.info.metrics_port if slot.info else 0,
+                migrating_out=sum(src == rid for src, _ in moving), migrating_in=sum(dst == rid for _, dst in moving)))
         c = self.router.counters
         out.counters.CopyFrom(pb.RouterCounters(routed=c.routed, migrated=c.migrated, failed_over=c.failed_over,
                                                 rejected=c.rejected, in_flight=len(self.router.journal),
-                                                queued=self.router.admission.queued))
+                                                queued=self.router.admission.queued, migrating=len(moving),
+                                                migrations_aborted=sum(c.migrations_aborted_by.values()),
+                                                migrations_refused=sum(c.migrations_refused_by.values())))
         return out
 
 

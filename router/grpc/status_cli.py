@@ -13,12 +13,14 @@ from shunter.router.security import options as security_options
 
 BLOCK_TOKENS = EngineConfig.block_size  # the default; serve has no option to change it
 HEAD = ("replica", "node", "healthy", "running", "waiting", "swapped",
-        "kv blocks", "kv in use", "kv cached", "prefix hits", "load (blocks)", "cache", "metrics")
+        "kv blocks", "kv in use", "kv cached", "prefix hits", "load (blocks)", "moving out/in", "cache", "metrics")
 LEGEND = (
     f"running/waiting/swapped: requests. kv: KV-cache blocks of {BLOCK_TOKENS} tokens; in use = held by requests, "
     "cached = free but holding a reusable prefix.\n"
     "prefix hits: share of prompt tokens found in the cache. load: blocks in use + blocks running requests will "
-    "still take + blocks of queued prompts (what routing balances). cache: large = holds the larger KV pool "
+    "still take + blocks of queued prompts (what routing balances). moving out/in: requests migrating off and onto "
+    "it now (\na live migration holds blocks on the target, counted in kv in use, and keeps running on the source "
+    "until its commit). cache: large = holds the larger KV pool "
     "(--large-cache-replicas).\nmetrics: the port of the replica's own Prometheus page, on its node "
     "(--replica-metrics-port-base)."
 )
@@ -35,14 +37,16 @@ def format_table(status) -> str:
     for r in status.replicas:
         rows.append((r.replica_id, r.node, "yes" if r.healthy else "NO", r.num_running, r.num_waiting, r.num_swapped,
                      r.kv_blocks_total, r.kv_blocks_in_use, r.kv_blocks_cached, f"{r.prefix_hit_rate:.0%}",
-                     r.load_blocks, "large" if r.large_cache else "-", r.metrics_port or "-"))
+                     r.load_blocks, f"{r.migrating_out}/{r.migrating_in}", "large" if r.large_cache else "-",
+                     r.metrics_port or "-"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(HEAD))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
     c = status.counters
     lines.append(f"model {status.model}  routing {status.routing}"
                  + (f"  size threshold {status.size_threshold_blocks} blocks" if status.size_threshold_blocks else "")
                  + (f"  metrics port {status.metrics_port}" if status.metrics_port else ""))
-    lines.append(f"requests: routed {c.routed}  migrated {c.migrated}  failed over {c.failed_over}  "
+    lines.append(f"requests: routed {c.routed}  migrated {c.migrated} (moving now {c.migrating}, aborted "
+                 f"{c.migrations_aborted}, refused {c.migrations_refused})  failed over {c.failed_over}  "
                  f"rejected {c.rejected} (invalid, over --max-in-flight, draining, or no healthy replica)  "
                  f"in flight {c.in_flight}  queued {c.queued}")
     lines.append(LEGEND)

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from shunter.replica.engine_protocol import EngineStats
 from shunter.router.core import ENGINE_COUNTS
-from shunter.router.core import REJECT_REASONS, Router
+from shunter.router.core import MIGRATION_ABORTS, MIGRATION_REFUSALS, REJECT_REASONS, Router
 
 # ENGINE_COUNTS field -> (counter name, help)
 COUNTERS = {
@@ -114,6 +114,18 @@ class RouterCollector(Collector):
         for reason in {**dict.fromkeys(REJECT_REASONS), **rejected}:
             refused.add_metric([model, reason], rejected.get(reason, 0))
         yield refused
+        for name, doc, known, counts in (
+            ("shunter:migrations_aborted", "Migrations stopped before their commit, by reason (the request ran on "
+             "where it was, or failed over when its replica died).", MIGRATION_ABORTS, dict(c.migrations_aborted_by)),
+            ("shunter:migrations_refused", "Migrations refused before they started, by reason (the request untouched).",
+             MIGRATION_REFUSALS, dict(c.migrations_refused_by)),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["model_name", "reason"])
+            for reason in {**dict.fromkeys(known), **counts}:
+                family.add_metric([model, reason], counts.get(reason, 0))
+            yield family
+        yield one(GaugeMetricFamily("shunter:migrations_in_flight", "Migrations running now (staging or committing).",
+                                    labels=["model_name"]), [model], len(r.migrations_in_flight))
         for name, doc, value in (
             ("shunter:migrations", "Running requests moved between replicas.", c.migrated),
             ("shunter:migrations_recomputed", "Of the migrations, those whose KV did not move.", c.migrated_recomputed),

@@ -22,7 +22,7 @@ import sys
 from shunter.cli_args import float_above, int_at_least
 from shunter.replica.engine_config import PREEMPTION_MODES
 from shunter.replica.policies import POLICIES
-from shunter.router.serve import cache_size_options
+from shunter.router.serve import cache_size_options, migration_options
 from shunter.router.metrics import options as metrics_options
 from shunter.router.cluster import replica_placement
 from shunter.router.security import options as security_options
@@ -86,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=float_above(0, inclusive=True), default=30.0,
                         help="seconds Ctrl-C/SIGTERM waits for running requests")
     cache_size_options.add_arguments(parser)
+    migration_options.add_arguments(parser)
     metrics_options.add_arguments(parser)
     security_options.add_arguments(parser)
     serve_shared.add_arguments(parser)
@@ -158,7 +159,8 @@ def _router_config(args: argparse.Namespace, threshold: int | None):
 
     return RouterConfig(routing=args.routing, rebalance=not args.no_rebalance,
                         rebalancer_settings={"measure": args.rebalance_measure},
-                        max_in_flight=args.max_in_flight, max_queued=args.max_queued, size_threshold_blocks=threshold)
+                        max_in_flight=args.max_in_flight, max_queued=args.max_queued, size_threshold_blocks=threshold,
+                        migration=migration_options.settings(args))
 
 
 async def serve(args: argparse.Namespace, clients: list, state=None, threshold: int | None = None) -> int:
