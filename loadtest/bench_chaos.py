@@ -154,8 +154,8 @@ def chaos(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     from shunter.replica.engine_config import EngineConfig
-    from shunter.router.replica_actor import RayReplicaClient, spawn
-    from shunter.router.router import RouterConfig
+    from shunter.router.cluster import RayReplicaClient, spawn
+    from shunter.router.core import RouterConfig
     from shunter.testing.background import BackgroundServer
 
     config = EngineConfig(model=args.model, device="cpu", num_kv_blocks=args.num_kv_blocks, seed=0, num_threads=1)

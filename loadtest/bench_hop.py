@@ -31,7 +31,7 @@ from pathlib import Path
 
 from shunter.loadtest.bench_cli import run_bench
 from shunter.mathutil import percentile
-from shunter.router.redis_url import parse_state
+from shunter.router.shared_state import parse_state
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP = 20
@@ -39,13 +39,13 @@ WARMUP = 20
 
 def start_clients(use_ray: bool, n: int) -> list:
     if not use_ray:
-        from shunter.router.replica_client import LocalReplicaClient
+        from shunter.router.core import LocalReplicaClient
         from shunter.testing.fake_engine import make_zero_cost_engine
 
         return [LocalReplicaClient(f"r{i}", make_zero_cost_engine) for i in range(n)]
     import ray
 
-    from shunter.router.replica_actor import RayReplicaClient, spawn
+    from shunter.router.cluster import RayReplicaClient, spawn
 
     if not ray.is_initialized():  # else join the caller's (a test session's) instance
         ray.init(num_cpus=max(2, n), include_dashboard=False, log_to_driver=False)
@@ -123,7 +123,7 @@ def _twin(client, consumer: str):
     """A client of the same replica for a second frontend (its own channel of the outbox)."""
     if hasattr(client, "for_consumer"):
         return client.for_consumer(consumer)
-    from shunter.router.replica_actor import RayReplicaClient
+    from shunter.router.cluster import RayReplicaClient
 
     return RayReplicaClient(client.replica_id, client.handle, consumer=consumer)
 
@@ -139,7 +139,7 @@ def _round(server, clients: list, args: argparse.Namespace, tag: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shunter.router.router import RouterConfig
+    from shunter.router.core import RouterConfig
     from shunter.testing.background import BackgroundServer
 
     own_ray = args.ray and not _ray_running()
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     config = RouterConfig(poll_wait_s=0.5, rebalance=False)
     servers = {"memory": BackgroundServer(clients, config, metrics=args.metrics)}
     if args.state is not None:
-        from shunter.router.redis_store import RedisStateStore
+        from shunter.router.shared_state import RedisStateStore
 
         store = RedisStateStore(args.state)
         servers["redis"] = BackgroundServer([_twin(c, store.frontend_id) for c in clients], config,

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from shunter.loadtest.bench_cli import run_bench
 from shunter.mathutil import percentile
-from shunter.router.replica_client import LocalReplicaClient
+from shunter.router.core import LocalReplicaClient
 from shunter.testing.fake_engine import FakeEngine
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -256,7 +256,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.target:
         return run_target(args)
-    from shunter.router.router import RouterConfig
+    from shunter.router.core import RouterConfig
     from shunter.testing.background import BackgroundServer
 
     submitted: dict[str, float] = {}

@@ -26,8 +26,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def build(n: int, seed: int = 0):
     from shunter.replica.block_hash import block_hashes
     from shunter.replica.engine_protocol import CacheEvent as Event
-    from shunter.router.load import LoadReport, RoutingRequest
-    from shunter.router.prefix_index import PrefixIndex
+    from shunter.router.routing import LoadReport, RoutingRequest
+    from shunter.router.routing import PrefixIndex
 
     rng = random.Random(seed)
     index = PrefixIndex()
@@ -49,7 +49,7 @@ def build(n: int, seed: int = 0):
 
 def time_policy(name: str, n: int, decisions: int) -> list[float]:
     """Per-decision seconds, measured in batches of 100 to keep the timer's own cost out."""
-    from shunter.router.policies import make_routing_policy
+    from shunter.router.routing import make_routing_policy
 
     index, reports, requests, _ = build(n)
     policy = make_routing_policy(name, index) if name == "prefix_aware" else make_routing_policy(name)
@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shunter.router.policies import REGISTRY
+    from shunter.router.routing import REGISTRY
 
     print(f"{'policy':<14}" + "".join(f"{n:>12} repl" for n in args.replicas) + "   (p50 µs per decision)")
     table: dict[str, dict[str, float]] = {}

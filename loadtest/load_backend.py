@@ -104,7 +104,7 @@ class GrpcBackend:
         await self.channel.close()
 
 
-# How the HTTP gateway's statuses read as the gRPC codes the driver records (router/openai_errors.py).
+# How the HTTP gateway's statuses read as the gRPC codes the driver records (router/http/errors.py).
 HTTP_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 413: "INVALID_ARGUMENT",
               429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}
 ERROR_TYPES = {"invalid_request_error": "INVALID_ARGUMENT", "rate_limit_error": "RESOURCE_EXHAUSTED",

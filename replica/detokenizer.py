@@ -59,3 +59,18 @@ class IncrementalDetokenizer:
     def flush(self) -> str:
         """The held-back text, when the request ends for another reason than a stop string."""
         return self._release(len(self.text))
+
+
+def detokenize(detok: IncrementalDetokenizer | None, tokens: list[int],
+               finish: str | None) -> tuple[list[int], str, str | None]:
+    """(tokens to send, their text, finish reason): cut at the token that completes a stop string."""
+    if detok is None:
+        return tokens, "", finish
+    text = []
+    for i, token in enumerate(tokens):
+        text.append(detok.add(token))
+        if detok.stopped:
+            return tokens[: i + 1], "".join(text), "stop"
+    if finish is not None:
+        text.append(detok.flush())
+    return tokens, "".join(text), finish

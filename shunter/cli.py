@@ -16,8 +16,8 @@ from shunter.cli_args import HelpFormatter, Parser
 # (command, module, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
     ("generate", "shunter.replica.generate_cli", "generate text from a prompt with one local engine (streams)"),
-    ("serve", "shunter.router.serve_cli", "serve the gRPC API from several Ray replicas"),
-    ("status", "shunter.router.status_cli", "print the cluster table of a running server"),
+    ("serve", "shunter.router.serve.cli", "serve the gRPC API from several Ray replicas"),
+    ("status", "shunter.router.grpc.status_cli", "print the cluster table of a running server"),
 ]
 BENCHES: list[tuple[str, str, str]] = [
     ("offline", "shunter.loadtest.bench_offline", "offline throughput: Shunter vs Hugging Face static generate"),

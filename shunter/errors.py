@@ -24,3 +24,7 @@ class RequestNotFound(ShunterError, LookupError):
 
 class Superseded(ShunterError):
     """The stream was taken over: its client resumed it on another stream (gRPC ABORTED)."""
+
+
+class InvalidArgument(ShunterError, ValueError):
+    """A client error (gRPC INVALID_ARGUMENT, HTTP 400); the message starts with the field's name."""

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 import grpc
 
 from shunter.proto import generation_pb2_grpc as pb_grpc
-from shunter.router.frontend import Frontend
-from shunter.router.router import Router, RouterConfig
-from shunter.router.security_options import Security
-from shunter.router.state_store import StateStore
+from shunter.router.grpc import Frontend
+from shunter.router.core import Router, RouterConfig
+from shunter.router.security import Security
+from shunter.router.core import StateStore
 
 if TYPE_CHECKING:
-    from shunter.router.metrics_server import FrontendMetrics
+    from shunter.router.metrics import FrontendMetrics
 
 
 class BackgroundServer:
@@ -47,8 +47,8 @@ class BackgroundServer:
     async def _start(self, model: str, metrics: bool, security: Security | None) -> Frontend:
         await self.router.start()
         if metrics:
-            from shunter.router.metrics_options import MetricsAddress
-            from shunter.router.metrics_server import serve_frontend_metrics
+            from shunter.router.metrics import MetricsAddress
+            from shunter.router.metrics import serve_frontend_metrics
 
             self.metrics = serve_frontend_metrics(self.router, MetricsAddress("127.0.0.1", 0, model))
         frontend = Frontend(self.router, "127.0.0.1", 0, model=model, metrics=self.metrics, security=security)
@@ -56,7 +56,7 @@ class BackgroundServer:
         return frontend
 
     async def _start_http(self, model: str, security: Security | None):
-        from shunter.router.http_gateway import HttpGateway  # FastAPI only where HTTP is asked for
+        from shunter.router.http import HttpGateway  # FastAPI only where HTTP is asked for
 
         gateway = HttpGateway(self.router, "127.0.0.1", 0, model=model, security=security, metrics=self.metrics)
         await gateway.start()

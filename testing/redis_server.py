@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 
-from shunter.router.redis_url import RedisURL
+from shunter.router.shared_state import RedisURL
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from shunter.mathutil import cdiv
 from shunter.replica.block_hash import block_hashes
 from shunter.replica.engine_protocol import CacheEvent
-from shunter.router.load import LoadReport, RequestLoad
+from shunter.router.routing import LoadReport, RequestLoad
 from shunter.testing.fake_engine import (  # noqa: F401 (re-exported for tests)
     EOS,
     VOCAB,

@@ -1,6 +1,6 @@
 """The router's side of a simulated cluster: placement, load reports, prefix index, rebalancing.
 
-It decides with the router's own pieces (`router/placement.py`'s functions, the routing policy,
+It decides with the router's own pieces (`router/routing/placement.py`'s functions, the routing policy,
 the `PrefixIndex` fed by the engines' cache events, the `Rebalancer`) in the order `Router`
 runs them: a replica's report and cache events are applied when its step ends (its poll), a new
 request is placed on the reports as they stand plus what was sent since, and every
@@ -24,12 +24,12 @@ from shunter.loadtest.sim.runner import TokenFn
 from shunter.loadtest.workloads import WorkloadRequest
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.engine_protocol import EngineOutput, MigrationState
-from shunter.router import cache_size_options
-from shunter.router.load import LoadReport, RequestLoad
-from shunter.router.placement import apply_stats, request_load, reserve, routing_policy, routing_request
-from shunter.router.policies import DEFAULT
-from shunter.router.prefix_index import PrefixIndex
-from shunter.router.rebalancer import Rebalancer
+from shunter.router.serve import cache_size_options
+from shunter.router.routing import LoadReport, RequestLoad
+from shunter.router.routing import apply_stats, request_load, reserve, routing_policy, routing_request
+from shunter.router.routing import DEFAULT
+from shunter.router.routing import PrefixIndex
+from shunter.router.routing import Rebalancer
 from shunter.sampling_params import SamplingParams
 
 

@@ -35,7 +35,7 @@ def serve_argv(command: str) -> list[str]:
 def check_serve_command(argv: list[str]) -> None:
     """The deploy command's options parse with `shunter serve`'s own parser."""
     from shunter.cli_args import Parser
-    from shunter.router import serve_cli
+    from shunter.router.serve import cli as serve_cli
 
     parser = Parser(prog="shunter serve")
     serve_cli.add_arguments(parser)

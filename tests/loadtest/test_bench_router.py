@@ -6,7 +6,7 @@ import json
 import pytest
 
 from shunter.loadtest import bench_hop, bench_routing
-from shunter.router.policies import REGISTRY
+from shunter.router.routing import REGISTRY
 
 
 def test_bench_hop_in_process(tmp_path, capsys):

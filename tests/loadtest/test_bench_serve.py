@@ -12,8 +12,8 @@ from shunter.loadtest import workloads as wl
 from shunter.loadtest.load_backend import GrpcBackend, HttpBackend, loopback_target
 from shunter.loadtest.load_driver import LoadDriver
 from shunter.loadtest.load_metrics import RequestRecord, summarize
-from shunter.router.replica_client import LocalReplicaClient
-from shunter.router.router import RouterConfig
+from shunter.router.core import LocalReplicaClient
+from shunter.router.core import RouterConfig
 from shunter.testing.background import BackgroundServer
 from shunter.testing.fake_engine import FakeEngine, reference_output
 

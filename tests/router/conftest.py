@@ -5,7 +5,7 @@ from typing import Callable
 
 import pytest
 
-from shunter.router.router import RouterConfig
+from shunter.router.core import RouterConfig
 from shunter.testing.background import BackgroundServer
 
 

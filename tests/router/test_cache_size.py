@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 
 from shunter.proto import generation_pb2 as pb
-from shunter.router.replica_client import LocalReplicaClient
-from shunter.router.router import Router, RouterConfig
+from shunter.router.core import LocalReplicaClient
+from shunter.router.core import Router, RouterConfig
 from shunter.sampling_params import SamplingParams
 from tests.fakes import FakeEngine
 

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from shunter.cli import build_parser
-from shunter.router import cache_size_options, serve_cli
+from shunter.router.serve import cache_size_options
+from shunter.router.serve import cli as serve_cli
 
 
 def serve_args(*argv: str):

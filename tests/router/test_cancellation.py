@@ -19,8 +19,8 @@ import pytest
 
 from shunter.proto import generation_pb2 as pb
 from shunter.proto import generation_pb2_grpc as pb_grpc
-from shunter.router.replica_client import LocalReplicaClient
-from shunter.router.router import RouterConfig
+from shunter.router.core import LocalReplicaClient
+from shunter.router.core import RouterConfig
 from tests.router.prometheus_page import until
 from tests.router.test_overload import greq, tiny_config
 

@@ -8,7 +8,7 @@ from shunter.proto import generation_pb2 as pb
 from shunter.replica.engine_protocol import ModelLimits
 from shunter.replica.models.checkpoint import read_tokenizer
 from shunter.replica.replica_core import ReplicaInfo
-from shunter.router.grpc_request import tokenize
+from shunter.router.grpc.request import tokenize
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import grpc
 import pytest
 
 from shunter.proto import generation_pb2 as pb
-from shunter.router.replica_client import LocalReplicaClient
-from shunter.router.router import RouterConfig
+from shunter.router.core import LocalReplicaClient
+from shunter.router.core import RouterConfig
 from tests.fakes import FakeEngine
 
 

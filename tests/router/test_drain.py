@@ -11,7 +11,7 @@ import threading
 import grpc
 
 from shunter.proto import generation_pb2 as pb
-from shunter.router.replica_client import LocalReplicaClient
+from shunter.router.core import LocalReplicaClient
 
 
 def one_stream(server, max_tokens: int) -> tuple[dict, threading.Event, threading.Thread]:

@@ -6,8 +6,8 @@ import asyncio
 import pytest
 
 from shunter.replica.outbox import PollResult, TokenDelta
-from shunter.router.drain_order import DrainOrder
-from shunter.router.replica_client import ReplicaDead
+from shunter.router.cluster.drain_order import DrainOrder
+from shunter.router.core import ReplicaDead
 from tests.fakes import FakeEngine
 
 STATS = FakeEngine().stats()

@@ -6,9 +6,9 @@ import asyncio
 import dataclasses
 
 from shunter.replica.engine_protocol import EngineStats
-from shunter.router.engine_totals import ENGINE_COUNTS, EngineTotals
-from shunter.router.replica_client import LocalReplicaClient
-from shunter.router.router import Router, RouterConfig
+from shunter.router.core.engine_totals import ENGINE_COUNTS, EngineTotals
+from shunter.router.core import LocalReplicaClient
+from shunter.router.core import Router, RouterConfig
 from shunter.sampling_params import SamplingParams
 from tests.fakes import FakeEngine
 

@@ -6,8 +6,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shunter.proto import generation_pb2 as pb
-from shunter.router.replica_client import LocalReplicaClient
-from shunter.router.router import RouterConfig
+from shunter.router.core import LocalReplicaClient
+from shunter.router.core import RouterConfig
 from tests.fakes import ByteTokenizer, FakeEngine, reference_output
 
 TEXT = "héllo, 世界! ça va? 🚂 done"

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shunter.proto import generation_pb2 as pb
-from shunter.router.replica_client import LocalReplicaClient
-from shunter.router.router import RouterConfig
+from shunter.router.core import LocalReplicaClient
+from shunter.router.core import RouterConfig
 from shunter.testing.background import BackgroundServer
 from tests.fakes import FakeEngine
 from tests.router.test_cancellation import assert_idle

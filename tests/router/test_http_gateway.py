@@ -13,11 +13,11 @@ import openai
 import pytest
 
 from shunter.proto import generation_pb2 as pb
-from shunter.router.http_gateway import MAX_BODY_BYTES
-from shunter.router.replica_client import LocalReplicaClient
-from shunter.router.router import RouterConfig
-from shunter.router.security_options import Security
-from shunter.router.tls import TlsFiles, server_credentials
+from shunter.router.http.gateway import MAX_BODY_BYTES
+from shunter.router.core import LocalReplicaClient
+from shunter.router.core import RouterConfig
+from shunter.router.security import Security
+from shunter.router.security.tls import TlsFiles, server_credentials
 from shunter.testing.background import BackgroundServer
 from tests.fakes import EOS, FakeEngine
 from tests.router.certs import make_pki

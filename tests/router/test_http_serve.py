@@ -20,17 +20,17 @@ import pytest
 from shunter import cli
 from shunter.proto import generation_pb2 as pb
 from shunter.proto import generation_pb2_grpc as pb_grpc
-from shunter.router import serve_cli
-from shunter.router.http_gateway import HttpGateway
-from shunter.router.router import Router
+from shunter.router.serve import cli as serve_cli
+from shunter.router.http import HttpGateway
+from shunter.router.core import Router
 from tests.conftest import REPO
 
 # `shunter serve` as run() starts it, with in-process replicas instead of Ray actors (no Ray here).
 SERVE = """
 import asyncio, sys
 from shunter import cli
-from shunter.router import serve_cli
-from shunter.router.replica_client import LocalReplicaClient
+from shunter.router.serve import cli as serve_cli
+from shunter.router.core.replica_client import LocalReplicaClient
 from shunter.testing.fake_engine import FakeEngine
 args = cli.build_parser().parse_args(["serve", "--model", "fake:bytes", "--port", "0", "--http-port", "0"])
 serve_cli.check(args)

@@ -9,10 +9,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from shunter.proto import generation_pb2 as pb
-from shunter.router.engine_totals import ENGINE_COUNTS
-from shunter.router.metrics_cluster import COUNTERS, ReplicaCollector, RouterCollector
-from shunter.router.replica_client import LocalReplicaClient
-from shunter.router.router import Router, RouterConfig
+from shunter.router.core import ENGINE_COUNTS
+from shunter.router.metrics.collectors import COUNTERS, ReplicaCollector, RouterCollector
+from shunter.router.core import LocalReplicaClient
+from shunter.router.core import Router, RouterConfig
 from shunter.sampling_params import SamplingParams
 from shunter.testing.background import BackgroundServer
 from tests.fakes import FakeEngine, reference_output

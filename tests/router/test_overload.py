@@ -16,9 +16,9 @@ import pytest
 
 from shunter.errors import Overloaded
 from shunter.proto import generation_pb2 as pb
-from shunter.router.admission import Admission
-from shunter.router.replica_client import LocalReplicaClient
-from shunter.router.router import RouterConfig
+from shunter.router.core.admission import Admission
+from shunter.router.core import LocalReplicaClient
+from shunter.router.core import RouterConfig
 from shunter.sampling_params import SamplingParams
 from shunter.testing.background import BackgroundServer
 from tests.fakes import FakeEngine

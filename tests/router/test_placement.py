@@ -1,11 +1,11 @@
-"""router/placement.py: what the router and the simulator share."""
+"""router/routing/placement.py: what the router and the simulator share."""
 from __future__ import annotations
 
 import dataclasses
 
 from shunter.replica.engine_protocol import EngineStats
-from shunter.router.load import LoadReport
-from shunter.router.placement import STAT_FIELDS, apply_stats
+from shunter.router.routing import LoadReport
+from shunter.router.routing.placement import STAT_FIELDS, apply_stats
 
 
 def test_apply_stats_copies_every_stat_field_and_clears_what_was_pending():

@@ -10,9 +10,9 @@ from shunter.errors import ReplicaUnavailable
 from shunter.mathutil import cdiv
 from shunter.replica.block_hash import block_hashes
 from shunter.replica.engine_protocol import CacheEvent
-from shunter.router.load import LoadReport, RoutingRequest, imbalanced
-from shunter.router.policies import REGISTRY, PrefixAware, SizeSpecialized, make_routing_policy
-from shunter.router.prefix_index import PrefixIndex
+from shunter.router.routing import LoadReport, RoutingRequest, imbalanced
+from shunter.router.routing.policies import REGISTRY, PrefixAware, SizeSpecialized, make_routing_policy
+from shunter.router.routing import PrefixIndex
 from tests.fakes import FakeReplica
 
 BS = 16
@@ -169,7 +169,7 @@ def test_prefix_aware_cost_weight_trades_cache_for_load():
 
 
 def test_policies_read_the_same_load_as_the_report():
-    from shunter.router.policies import _load
+    from shunter.router.routing.policies import _load
 
     r = LoadReport("a", kv_blocks_in_use=5, blocks_expected_growth=7, blocks_waiting=11, pending_blocks=13)
     assert _load(r) == r.load == 36

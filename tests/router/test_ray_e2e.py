@@ -15,7 +15,7 @@ import pytest
 
 from shunter.proto import generation_pb2 as pb
 from shunter.replica.engine_config import EngineConfig
-from shunter.router.router import RouterConfig
+from shunter.router.core import RouterConfig
 from shunter.testing.background import BackgroundServer
 from shunter.testing.fake_engine import FACTORY
 from tests.fakes import reference_output
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server(ray_cluster):
-    from shunter.router.replica_actor import RayReplicaClient, spawn
+    from shunter.router.cluster import RayReplicaClient, spawn
 
     config = EngineConfig(model="fake:ids:10")
     clients = [RayReplicaClient(f"r{i}", spawn(f"r{i}", config, FACTORY, num_cpus=1))
@@ -40,7 +40,7 @@ def server(ray_cluster):
 @pytest.fixture(scope="module")
 def slow_server(ray_cluster):
     """Steps of 300 ms: a submit's reply waits (parked in the actor) for its first token."""
-    from shunter.router.replica_actor import RayReplicaClient, spawn
+    from shunter.router.cluster import RayReplicaClient, spawn
 
     config = EngineConfig(model="fake:ids:300")
     clients = [RayReplicaClient(f"s{i}", spawn(f"s{i}", config, FACTORY, num_cpus=1)) for i in range(2)]

@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 from shunter.proto import generation_pb2 as pb
-from shunter.router.router import RouterConfig
+from shunter.router.core import RouterConfig
 from shunter.sampling_params import SamplingParams
 from shunter.testing.background import BackgroundServer
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def start(ray_cluster, config, prefix: str, routing: str = "prefix_aware") -> tuple[BackgroundServer, list]:
-    from shunter.router.replica_actor import RayReplicaClient, spawn
+    from shunter.router.cluster import RayReplicaClient, spawn
 
     clients = [RayReplicaClient(f"{prefix}{i}", spawn(f"{prefix}{i}", config, num_cpus=1)) for i in range(2)]
     return BackgroundServer(clients, RouterConfig(routing=routing, poll_wait_s=0.2, rebalance=False)), clients

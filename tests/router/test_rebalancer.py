@@ -4,8 +4,8 @@ from __future__ import annotations
 import random
 
 from shunter.clock import FakeClock
-from shunter.router.load import LoadReport, RequestLoad, imbalanced
-from shunter.router.rebalancer import Migration, Rebalancer
+from shunter.router.routing import LoadReport, RequestLoad, imbalanced
+from shunter.router.routing.rebalancer import Migration, Rebalancer
 
 
 def report(rid: str, blocks: list[int], large: bool = False, decoding: bool = True) -> LoadReport:

@@ -16,9 +16,9 @@ import grpc
 import pytest
 
 from shunter.proto import generation_pb2 as pb
-from shunter.router.redis_store import RedisStateStore
-from shunter.router.replica_client import LocalReplicaClient
-from shunter.router.router import RouterConfig
+from shunter.router.shared_state import RedisStateStore
+from shunter.router.core import LocalReplicaClient
+from shunter.router.core import RouterConfig
 from shunter.testing.background import BackgroundServer
 from tests.fakes import FakeEngine, reference_output
 
@@ -178,7 +178,7 @@ def test_redis_stopped_and_restarted_mid_load_loses_no_request(cluster, redis_db
     with its reference tokens, each frontend warns once and says when Redis is back, and then
     resynchronises: a request that ran during the outage is journaled again (the other frontend
     replays it) and one started during the outage resumes through the other frontend."""
-    caplog.set_level(logging.WARNING, logger="shunter.router.redis_writer")
+    caplog.set_level(logging.WARNING, logger="shunter.router.shared_state.redis_writer")
     replicas, start = cluster(step_time=0.01)
     frontends = start(), start()
     results: dict[int, list[int]] = {}

@@ -11,12 +11,12 @@ import time
 import pytest
 
 from shunter.replica.block_hash import block_hashes
-from shunter.router import redis_keys as keys
-from shunter.router.redis_store import RedisStateStore
-from shunter.router.redis_url import RedisURL, StateStoreError, parse_state, probe
-from shunter.router.replica_client import LocalReplicaClient
-from shunter.router.replica_registry import ReplicaEntry, last_reports, live_frontends, register, registered
-from shunter.router.router import Router, RouterConfig
+from shunter.router.shared_state import redis_keys as keys
+from shunter.router.shared_state import RedisStateStore
+from shunter.router.shared_state import RedisURL, StateStoreError, parse_state, probe
+from shunter.router.core import LocalReplicaClient
+from shunter.router.shared_state.replica_registry import ReplicaEntry, last_reports, live_frontends, register, registered
+from shunter.router.core import Router, RouterConfig
 from shunter.sampling_params import SamplingParams
 from shunter.testing.redis_server import free_port
 from tests.fakes import FakeEngine, reference_output

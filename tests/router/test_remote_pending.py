@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import time
 
-from shunter.router.load import LoadReport
-from shunter.router.remote_pending import RemotePending
+from shunter.router.routing import LoadReport
+from shunter.router.shared_state.remote_pending import RemotePending
 
 
 def test_a_heard_placement_counts_until_a_report_takes_it():

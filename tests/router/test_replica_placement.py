@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from shunter.router import replica_placement
-from shunter.router.replica_placement import PlacementError, check_fits, wait_until_fits
+from shunter.router.cluster import replica_placement
+from shunter.router.cluster.replica_placement import PlacementError, check_fits, wait_until_fits
 
 CPU_ONLY = {"head": {"CPU": 8.0}}
 TWO_GPU_NODES = {"head": {"CPU": 8.0}, "w1": {"CPU": 4.0, "GPU": 1.0}, "w2": {"CPU": 4.0, "GPU": 1.0}}
@@ -71,7 +71,7 @@ def test_wait_gives_up_with_the_reason(monkeypatch):
 
 def test_serve_options_parse_with_the_alias():
     from shunter.cli_args import Parser
-    from shunter.router import serve_cli
+    from shunter.router.serve import cli as serve_cli
 
     parser = Parser(prog="shunter serve")
     serve_cli.add_arguments(parser)

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from shunter.proto import generation_pb2 as pb
-from shunter.router.replica_client import LocalReplicaClient
+from shunter.router.core import LocalReplicaClient
 from tests.fakes import FakeEngine, reference_output
 
 PROMPT = [11] * 20

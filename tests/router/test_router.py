@@ -6,8 +6,8 @@ import asyncio
 import pytest
 
 from shunter.errors import Overloaded
-from shunter.router.replica_client import LocalReplicaClient
-from shunter.router.router import Router, RouterConfig
+from shunter.router.core import LocalReplicaClient
+from shunter.router.core import Router, RouterConfig
 from shunter.sampling_params import SamplingParams
 from tests.fakes import FakeEngine, reference_output
 

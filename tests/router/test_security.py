@@ -13,10 +13,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shunter.proto import generation_pb2 as pb
 from shunter.proto import generation_pb2_grpc as pb_grpc
-from shunter.router import auth, security_options, status_cli, tls
-from shunter.router.replica_client import LocalReplicaClient
-from shunter.router.router import RouterConfig
-from shunter.router.security_options import Security
+from shunter.router.security import auth
+from shunter.router.security import options as security_options
+from shunter.router.grpc import status_cli
+from shunter.router.security import tls
+from shunter.router.core import LocalReplicaClient
+from shunter.router.core import RouterConfig
+from shunter.router.security import Security
 from shunter.testing.background import BackgroundServer
 from tests.fakes import FakeEngine
 from tests.router.certs import make_pki

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from shunter import cli
-from shunter.router import serve_cli
+from shunter.router.serve import cli as serve_cli
 
 
 @pytest.fixture(autouse=True)
@@ -111,7 +111,7 @@ def test_replica_threads_default_to_its_cpus(cpus, threads, expected):
                                                            (["--rebalance-measure", "usage"], True, "usage"),
                                                            (["--no-rebalance"], False, "expected")])
 def test_rebalancing_options_reach_the_router_config(argv, rebalance, measure):
-    from shunter.router.rebalancer import Rebalancer
+    from shunter.router.routing import Rebalancer
 
     config = serve_cli._router_config(cli.build_parser().parse_args(["serve", *argv]), None)
     assert (config.rebalance, config.rebalancer_settings) == (rebalance, {"measure": measure})

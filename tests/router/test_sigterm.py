@@ -21,8 +21,8 @@ from tests.router.test_serve_cli import free_port
 
 SERVER = """
 import argparse, asyncio, sys
-from shunter.router import serve_cli
-from shunter.router.replica_client import LocalReplicaClient
+from shunter.router.serve import cli as serve_cli
+from shunter.router.core.replica_client import LocalReplicaClient
 from tests.fakes import FakeEngine
 parser = argparse.ArgumentParser()
 serve_cli.add_arguments(parser)

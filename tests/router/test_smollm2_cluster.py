@@ -15,7 +15,7 @@ import time
 import pytest
 
 from shunter.proto import generation_pb2 as pb
-from shunter.router.router import RouterConfig
+from shunter.router.core import RouterConfig
 from shunter.testing.background import BackgroundServer
 from tests.hf_reference import hf_greedy
 
@@ -35,7 +35,7 @@ def cluster(ray_cluster, smollm2_folder):
     """Two SmolLM2 replicas (1 CPU, so 1 torch thread each; a small KV pool), round robin, no
     rebalancing (only the tests move requests)."""
     from shunter.replica.engine_config import EngineConfig
-    from shunter.router.replica_actor import RayReplicaClient, spawn
+    from shunter.router.cluster import RayReplicaClient, spawn
 
     config = EngineConfig(device="cpu", num_kv_blocks=64, seed=0)
     clients = [RayReplicaClient(f"smol{i}", spawn(f"smol{i}", config, num_cpus=1)) for i in range(2)]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from shunter.proto import generation_pb2 as pb
-from shunter.router.status_cli import format_table
+from shunter.router.grpc.status_cli import format_table
 
 
 def status() -> pb.ClusterStatusResponse:

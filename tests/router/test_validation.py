@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from shunter.proto import generation_pb2 as pb
-from shunter.router.grpc_request import MAX_MESSAGES, MAX_REQUEST_BYTES, MAX_STOP, MAX_STOP_CHARS, MAX_STOP_TOKEN_IDS
-from shunter.router.replica_client import LocalReplicaClient
+from shunter.router.grpc.request import MAX_MESSAGES, MAX_REQUEST_BYTES, MAX_STOP, MAX_STOP_CHARS, MAX_STOP_TOKEN_IDS
+from shunter.router.core import LocalReplicaClient
 from tests.fakes import FakeEngine
 from tests.router.test_frontend import BAD, greq, ids
 

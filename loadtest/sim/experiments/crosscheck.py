@@ -67,7 +67,7 @@ def _measured(workload: list[WorkloadRequest], stamps: dict[str, tuple[float, fl
 
 async def _drive(clients: list[Any], workload: list[WorkloadRequest]) -> dict[str, tuple[float, float, int]]:
     """The real Router over `clients`: one warm-up request per replica, then the trace on time."""
-    from shunter.router.router import Router, RouterConfig
+    from shunter.router.core import Router, RouterConfig
 
     router = Router(clients, RouterConfig(routing=ROUTING, rebalance=False))
     await router.start()
@@ -85,7 +85,7 @@ async def _real_ray(workload: list[WorkloadRequest], replicas: int, step_log: Pa
     them, each timing its steps into `step_log` (a directory)."""
     import ray
 
-    from shunter.router.replica_actor import RayReplicaClient, spawn
+    from shunter.router.cluster import RayReplicaClient, spawn
 
     step_log.mkdir(parents=True, exist_ok=True)
     ray.init(num_cpus=replicas, include_dashboard=False, logging_level="ERROR",
@@ -104,7 +104,7 @@ def _real_local(workload: list[WorkloadRequest]) -> tuple[Measured, list[Sample]
     import torch
 
     from shunter.replica.engine import Engine
-    from shunter.router.replica_client import LocalReplicaClient
+    from shunter.router.core import LocalReplicaClient
 
     torch.set_num_threads(1)
     engine = Engine(engine_config())

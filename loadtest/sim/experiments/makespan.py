@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shunter.loadtest.sim.experiments.common import Result, Scale
-from shunter.router.load import LoadReport, RoutingRequest
-from shunter.router.placement import reserve
-from shunter.router.policies import make_routing_policy
+from shunter.router.routing import LoadReport, RoutingRequest
+from shunter.router.routing import reserve
+from shunter.router.routing import make_routing_policy
 
 DISTRIBUTIONS: dict[str, Callable[[random.Random], int]] = {
     "uniform 1-100": lambda rng: rng.randint(1, 100),

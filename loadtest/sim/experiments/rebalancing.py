@@ -130,7 +130,7 @@ def specialization(scale: Scale) -> Result:
     default = runs["specialized, threshold 32 (serve default)"][0]
     return Result(
         "specialization", "Cache-size specialization against equal replicas (same total KV)",
-        anchor="seed claim (router/cache_size_options.py): long sessions on large-cache replicas avoid preemptions",
+        anchor="seed claim (router/serve/cache_size_options.py): long sessions on large-cache replicas avoid preemptions",
         ours=f"threshold 128: preemptions {none.preemptions} -> {spec.preemptions}, short-request e2e p99 "
              f"{none_short:.1f} -> {spec_short:.1f} s, long-session e2e p99 {none_long:.1f} -> {spec_long:.1f} s; "
              f"the serve default threshold (32): {default.preemptions} preemptions, e2e p99 {default.e2e_p99:.0f} s",

@@ -11,8 +11,8 @@ from shunter.loadtest.sim.cluster import ClusterConfig, SimCluster
 from shunter.loadtest.sim.experiments.common import Result, Scale, engine, simulate
 from shunter.loadtest.sim.metrics import Summary
 from shunter.loadtest.workloads import shared_prefix
-from shunter.router.load import imbalanced
-from shunter.router.policies import PrefixAware
+from shunter.router.routing import imbalanced
+from shunter.router.routing import PrefixAware
 
 COST = "h100_llama-3-8b"
 POLICIES = ["random", "round_robin", "least_load", "power_of_two", "prefix_aware"]
@@ -149,7 +149,7 @@ def hot_prefix(scale: Scale) -> Result:
     ll, pa = rows
     return Result(
         "hot_prefix", "One hot prefix: half of all traffic from one tenant (prefix-aware against least load)",
-        anchor=f"design goal (router/policies.py PrefixAware): fall back to least load when the prefix holder would be "
+        anchor=f"design goal (router/routing/policies.py PrefixAware): fall back to least load when the prefix holder would be "
                f"imbalanced by both {defaults.abs_threshold} blocks and {defaults.rel_threshold}x (SGLang's rule)",
         ours=f"prefix-aware: imbalanced {pa['time imbalanced']:.0%} of the time (least load {ll['time imbalanced']:.0%}), "
              f"TTFT p90 {pa['TTFT p90 s']:.3f} s against {ll['TTFT p90 s']:.3f} s, hit rate {pa['hit rate']:.0%} "

@@ -1,0 +1,66 @@
+"""`shunter status`: print the cluster table of a running server (one ClusterStatus call).
+
+Every number says its unit: the KV columns and load count KV blocks (16 tokens each, the block
+size `shunter serve` runs with), the counters count requests.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from shunter.replica.engine_config import EngineConfig
+from shunter.router.security import options as security_options
+
+BLOCK_TOKENS = EngineConfig.block_size  # the default; serve has no option to change it
+HEAD = ("replica", "node", "healthy", "running", "waiting", "swapped",
+        "kv blocks", "kv in use", "kv cached", "prefix hits", "load (blocks)", "cache", "metrics")
+LEGEND = (
+    f"running/waiting/swapped: requests. kv: KV-cache blocks of {BLOCK_TOKENS} tokens; in use = held by requests, "
+    "cached = free but holding a reusable prefix.\n"
+    "prefix hits: share of prompt tokens found in the cache. load: blocks in use + blocks running requests will "
+    "still take + blocks of queued prompts (what routing balances). cache: large = holds the larger KV pool "
+    "(--large-cache-replicas).\nmetrics: the port of the replica's own Prometheus page, on its node "
+    "(--replica-metrics-port-base)."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default="127.0.0.1:50051", help="host:port of `shunter serve`")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    security_options.add_client_arguments(parser)
+
+
+def format_table(status) -> str:
+    rows = [HEAD]
+    for r in status.replicas:
+        rows.append((r.replica_id, r.node, "yes" if r.healthy else "NO", r.num_running, r.num_waiting, r.num_swapped,
+                     r.kv_blocks_total, r.kv_blocks_in_use, r.kv_blocks_cached, f"{r.prefix_hit_rate:.0%}",
+                     r.load_blocks, "large" if r.large_cache else "-", r.metrics_port or "-"))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(HEAD))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+    c = status.counters
+    lines.append(f"model {status.model}  routing {status.routing}"
+                 + (f"  size threshold {status.size_threshold_blocks} blocks" if status.size_threshold_blocks else "")
+                 + (f"  metrics port {status.metrics_port}" if status.metrics_port else ""))
+    lines.append(f"requests: routed {c.routed}  migrated {c.migrated}  failed over {c.failed_over}  "
+                 f"rejected {c.rejected} (invalid, over --max-in-flight, draining, or no healthy replica)  "
+                 f"in flight {c.in_flight}  queued {c.queued}")
+    lines.append(LEGEND)
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import grpc
+
+    from shunter.proto import generation_pb2 as pb
+    from shunter.proto import generation_pb2_grpc as pb_grpc
+
+    with security_options.client_channel(args, args.address) as channel:
+        try:
+            status = pb_grpc.GenerationStub(channel).ClusterStatus(pb.ClusterStatusRequest(), timeout=args.timeout,
+                                                                   metadata=security_options.call_metadata(args))
+        except grpc.RpcError as e:
+            print(f"error: cannot reach {args.address}: {e.code().name} {e.details()}", file=sys.stderr)
+            return 1
+    print(format_table(status))
+    return 0

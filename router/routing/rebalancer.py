@@ -1,0 +1,114 @@
+"""Load-pair balancing: move running requests from the most to the least loaded replica.
+
+Routing only places new requests; outputs of unknown length still drift replicas apart. Every
+`interval_s` the rebalancer pairs the most and the least loaded replica and plans migrations of
+decoding requests from one to the other until their loads are within the thresholds. With
+cache-size specialization on, a request grown past `size_threshold_blocks` on a small-cache
+replica moves to the least loaded large-cache one first, and load pairs never send such a
+request back to a small replica (else the two kinds of move would bounce it). Plain object over
+`LoadReport`s and a `Clock`, like the routing policies.
+
+What a load pair compares (`measure`): `expected` (the default), each replica's `load` and each
+request's blocks at its expected end, the numbers routing balances; or `usage`, the KV blocks
+replicas hold now plus their queues (`LoadReport.usage`) and each request's blocks held now.
+When outputs are long and of unknown length, every request looks alike to `expected` (it counts
+each at `max_tokens`), so a replica filling up with long answers looks no busier; `usage` sees
+the difference (experiment `rebalance` measures both).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from shunter.clock import Clock, MonotonicClock
+from shunter.router.routing.load import LoadReport, RequestLoad, imbalanced
+
+
+@dataclass(frozen=True)
+class Migration:
+    request_id: str
+    source: str
+    target: str
+
+
+MEASURES = ("expected", "usage")
+
+
+class Rebalancer:
+    def __init__(
+        self, clock: Clock | None = None, interval_s: float = 1.0, abs_threshold: int = 16,
+        rel_threshold: float = 1.25, max_per_round: int = 4, size_threshold_blocks: int | None = None,
+        measure: str = "expected",
+    ) -> None:
+        if measure not in MEASURES:
+            raise ValueError(f"measure: must be one of {', '.join(MEASURES)}, got {measure!r}")
+        self.by_usage = measure == "usage"
+        self.clock = clock or MonotonicClock()
+        self.interval_s, self.max_per_round = interval_s, max_per_round
+        self.abs_threshold, self.rel_threshold = abs_threshold, rel_threshold
+        self.size_threshold_blocks = size_threshold_blocks
+        self._last = self.clock.now()
+
+    def due(self) -> bool:
+        """True once per interval; the caller then calls `plan`."""
+        now = self.clock.now()
+        if now - self._last < self.interval_s:
+            return False
+        self._last = now
+        return True
+
+    def plan(self, replicas: Sequence[LoadReport]) -> list[Migration]:
+        healthy = [r for r in replicas if r.healthy]
+        if len(healthy) < 2:
+            return []
+        moves = self._specialize(healthy)
+        moved = {m.request_id for m in moves}
+        return moves + self._pair(healthy, moved)[: max(0, self.max_per_round - len(moves))]
+
+    def _specializing(self, healthy: list[LoadReport]) -> bool:
+        return self.size_threshold_blocks is not None and any(r.large_cache for r in healthy)
+
+    def _big(self, q: RequestLoad) -> bool:
+        return self.size_threshold_blocks is not None and q.blocks > self.size_threshold_blocks
+
+    def _load(self, r: LoadReport) -> int:
+        return r.usage if self.by_usage else r.load
+
+    def _weight(self, q: RequestLoad) -> int:
+        return q.held_blocks if self.by_usage else q.blocks
+
+    def _pair(self, healthy: list[LoadReport], moved: set[str]) -> list[Migration]:
+        source = max(healthy, key=self._load)
+        target = min(healthy, key=self._load)
+        high, low = self._load(source), self._load(target)
+        moves: list[Migration] = []
+        keep_big = self._specializing(healthy) and not target.large_cache
+        candidates = sorted(
+            (q for q in source.requests if q.decoding and q.request_id not in moved and not (keep_big and self._big(q))),
+            key=lambda q: -self._weight(q),
+        )
+        for q in candidates:
+            if len(moves) >= self.max_per_round or not imbalanced(high, low, self.abs_threshold, self.rel_threshold):
+                break
+            weight = self._weight(q)
+            if 0 < weight < high - low:  # moving it narrows the gap (|gap - 2b| < gap)
+                moves.append(Migration(q.request_id, source.replica_id, target.replica_id))
+                high, low = high - weight, low + weight
+        return moves
+
+    def _specialize(self, healthy: list[LoadReport]) -> list[Migration]:
+        """Decoding requests past the threshold on small replicas, each to the large replica
+        least loaded once the moves planned before it are counted."""
+        if not self._specializing(healthy):
+            return []
+        large_loads = {r.replica_id: r.load for r in healthy if r.large_cache}
+        moves = []
+        for replica in healthy:
+            if replica.large_cache:
+                continue
+            for q in replica.requests:
+                if q.decoding and self._big(q) and len(moves) < self.max_per_round:
+                    target = min(large_loads, key=large_loads.__getitem__)
+                    large_loads[target] += q.blocks
+                    moves.append(Migration(q.request_id, replica.replica_id, target))
+        return moves
