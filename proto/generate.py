@@ -7,6 +7,7 @@ is rewritten to point here. Run `python -m shunter.proto.generate` after editing
 """
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +31,13 @@ def generate(out_dir: Path) -> dict[str, str]:
         text = (out_dir / "shunter" / "v1" / name).read_text()
         texts[name] = text.replace("from shunter.v1 import generation_pb2", "from shunter.proto import generation_pb2")
     return texts
+
+
+def without_generator_version(text: str) -> str:
+    """The stub with grpcio-tools' own version blanked: it stamps itself into the gRPC stub as the
+    oldest grpcio the stub accepts, which says nothing about whether the stub matches the .proto
+    (a newer grpcio-tools writes the same stub with a newer stamp)."""
+    return re.sub(r"^GRPC_GENERATED_VERSION = '[^']*'$", "GRPC_GENERATED_VERSION = ...", text, flags=re.M)
 
 
 def main() -> int:

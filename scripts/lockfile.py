@@ -3,7 +3,8 @@
     python scripts/lockfile.py platform             # what a lock's "made for" line says of this Python
     python scripts/lockfile.py constraints LOCK|-   # pip constraints: torch as installed + the lock
     python scripts/lockfile.py unpinned LOCK        # warn of installed packages the lock does not pin
-    python scripts/lockfile.py write LOCK RESULT    # the lock from this environment (after the suite passed)
+    python scripts/lockfile.py write LOCK RESULT    # the lock from this environment (after the suite passed),
+                                                    # and README's sentence naming its headline versions
 
 torch is never in the lock: scripts/install.sh picks its build (CPU or CUDA). A CUDA torch's own
 requirements (triton, the CUDA libraries) are that build's, so they are left out of both the
@@ -17,6 +18,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+from pathlib import Path
 from importlib.metadata import PackageNotFoundError, distributions, requires, version
 
 HEADER = [
@@ -26,6 +28,8 @@ HEADER = [
     "# made for: {platform}",
 ]
 NEVER_PINNED = {"pip", "torch", "shunter"}
+HEADLINE = ("transformers", "ray", "grpcio", "triton")  # the versions README names
+README_SENTENCE = re.compile(r"^The lock was last checked on .*$", re.M)  # a line of its own in README's "Versions"
 
 
 def canonical(name: str) -> str:
@@ -72,6 +76,14 @@ def unpinned(lock: str) -> None:
               file=sys.stderr)
 
 
+def readme_sentence(lock: str, date: str) -> str:
+    """README's sentence saying when the lock was checked and its headline versions."""
+    pinned = pins(lock)
+    versions = ", ".join(f"{name} {pinned[name].split('==')[1]}" for name in HEADLINE if name in pinned)
+    made_for = next(line.split(": ", 1)[1].strip() for line in open(lock) if line.startswith("# made for: "))
+    return f"The lock was last checked on {date} ({made_for.replace('python', 'Python')}): {versions}."
+
+
 def write(lock: str, result: str) -> None:
     freeze = subprocess.run([sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable",
                              "--disable-pip-version-check"], capture_output=True, text=True, check=True).stdout
@@ -82,6 +94,8 @@ def write(lock: str, result: str) -> None:
     with open(lock, "w") as f:
         f.write(header + "\n" + "\n".join(lines) + "\n")
     print(f"update-lock: wrote {lock}: {len(lines)} packages", file=sys.stderr)
+    readme = Path(lock).resolve().parent / "README.md"
+    readme.write_text(README_SENTENCE.sub(readme_sentence(lock, str(datetime.date.today())), readme.read_text(), count=1))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,24 @@ def test_committed_stubs_match_the_proto(tmp_path: Path):
     fresh = generate.generate(tmp_path)
     assert set(fresh) == set(generate.STUBS)
     for name, text in fresh.items():
-        committed = (generate.PROTO_DIR / name).read_text()
-        assert committed == text, f"proto/{name} is stale: run `python -m shunter.proto.generate`"
+        committed = generate.without_generator_version((generate.PROTO_DIR / name).read_text())
+        assert committed == generate.without_generator_version(text), \
+            f"proto/{name} is stale: run `python -m shunter.proto.generate`"
+
+
+def test_the_dependency_floors_admit_what_the_committed_stubs_ask_for():
+    """The stubs refuse, at import, a grpcio older than the one that generated them and a
+    protobuf of another major or older minor: pyproject.toml's ranges must say the same."""
+    import re
+    import tomllib
+
+    deps = tomllib.loads((generate.PROTO_DIR.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    grpc_stub = (generate.PROTO_DIR / "generation_pb2_grpc.py").read_text()
+    stamped = re.search(r"^GRPC_GENERATED_VERSION = '([^']*)'$", grpc_stub, re.M).group(1)
+    assert f"grpcio>={stamped}" in deps
+    protobuf = re.search(r"# Protobuf Python Version: (\d+)\.(\d+)\.(\d+)", (generate.PROTO_DIR / "generation_pb2.py").read_text())
+    major, minor, patch = protobuf.groups()
+    assert f"protobuf>={major}.{minor}.{patch},<{int(major) + 1}" in deps
 
 
 def test_stubs_describe_the_generation_service():

@@ -67,3 +67,17 @@ def test_a_pinned_version_with_no_file_here_names_the_package_and_removes_the_ne
     assert line.startswith("error: six==0.0.1: requirements.lock pins a version pip cannot install here"), line
     assert "bash scripts/update-lock.sh" in line
     assert not (root / ".venv").exists()
+
+
+def test_readme_names_the_versions_the_lock_pins():
+    """scripts/update-lock.sh rewrites README's sentence with the lock: the two never disagree."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location("lockfile", ROOT / "scripts" / "lockfile.py")
+    lockfile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lockfile)
+    sentence = lockfile.README_SENTENCE.search((ROOT / "README.md").read_text()).group(0)
+    date = re.search(r"checked on (\S+) ", sentence).group(1)
+    assert sentence == lockfile.readme_sentence(str(ROOT / "requirements.lock"), date)
+    assert "torch==" not in (ROOT / "requirements.lock").read_text()
