@@ -45,7 +45,7 @@ class Engine(Migration):
         )
         self.eos_token_ids = tuple(self.runner.config.eos_token_ids)
         self.limits = ModelLimits(self.runner.config.vocab_size, self.max_model_len, self.block_size,
-                                  self.kv.num_blocks, self.eos_token_ids)
+                                  self.kv.num_blocks, self.eos_token_ids, getattr(self.runner, "kv_block_bytes", 0))
         policy = make_policy(config.policy, self.clock, **config.policy_settings)
         sched_config = SchedulerConfig(
             config.max_num_batched_tokens, config.max_num_seqs, config.preemption_mode, config.check_invariants,

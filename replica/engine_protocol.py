@@ -37,6 +37,7 @@ class ModelLimits:
     block_size: int  # tokens per KV block
     num_kv_blocks: int  # one request may hold at most this many
     eos_token_ids: tuple[int, ...] = ()
+    kv_block_bytes: int = 0  # one block's KV over all layers (what a migration moves per block); 0: none
 
 
 @dataclass(slots=True)

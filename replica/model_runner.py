@@ -42,6 +42,7 @@ class ModelRunner:
         first = next(self.model.parameters())
         self.device, self.dtype = first.device, first.dtype
         self.kv_caches = allocate_kv_caches(self.config, num_blocks, block_size, self.dtype, self.device)
+        self.kv_block_bytes = kv_bytes_per_block(self.config, block_size, self.dtype)
         pin = self.device.type == "cuda"
         self.cpu_caches = (
             allocate_kv_caches(self.config, num_cpu_blocks, block_size, self.dtype, "cpu", pin_memory=pin)

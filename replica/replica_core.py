@@ -134,7 +134,9 @@ class ReplicaCore:
         with KV (0: it recomputes)."""
         def take(engine: EngineProtocol) -> int:
             self.outbox.own(state.request_id, consumer)
-            return engine.import_request(state)
+            resumed = engine.import_request(state)
+            self.outbox.taken(state.request_id)  # the next drain lists it: other frontends stop counting it pending
+            return resumed
 
         return self.call(take)
 

@@ -65,6 +65,7 @@ class MigrationRecord:
     stages: int
     blocks_staged: int
     blocks_at_commit: int
+    bytes_moved: int  # blocks staged and committed x a block's KV bytes
     staging_s: float  # reserve + stages: the request kept running
     downtime_s: float  # the commit: from asking the source to stop to the target taking it over
     resumed_tokens: int  # tokens the target resumed with KV (0: it recomputed)
@@ -204,11 +205,15 @@ async def _commit(router: Router, entry: JournalEntry, src: ReplicaSlot, dst: Re
         return False
     if entry.finished:  # the client left during the move
         await router._quiet_abort(dst, request_id)
+    elif entry.replica_id == target:  # journaled where it runs now (other frontends count its blocks there)
+        router.journal.placed(entry, cdiv(len(entry.prompt_token_ids) + entry.params.max_tokens,
+                                          router.info.limits.block_size))
     done = time.perf_counter()
     router.counters.migrated += 1
     router.counters.migrated_recomputed += not resumed
+    limits = router.info.limits
+    at_commit = max(0, cdiv(len(entry.prompt_token_ids) + len(tokens), limits.block_size) - sent) if with_kv else 0
     router.migration_log.append(MigrationRecord(
         request_id, src.client.replica_id, target, "live" if stages or sent else "stop-and-copy", stages, staged,
-        max(0, cdiv(len(entry.prompt_token_ids) + len(tokens), router.info.limits.block_size) - sent),
-        stopping - started, done - stopping, resumed))
+        at_commit, (staged + at_commit) * limits.kv_block_bytes, stopping - started, done - stopping, resumed))
     return True

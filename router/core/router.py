@@ -332,11 +332,21 @@ class Router:
         return await migration.migrate(self, request_id, target, with_kv)
 
     async def _rebalance_loop(self) -> None:
+        """Every round, plan over what the journal says this frontend may plan over (with several
+        frontends, only the leader plans, over everyone's requests); move our own requests, and
+        ask the other frontends to move theirs."""
         while not self._stopping:
             await asyncio.sleep(0.05)
             if self.rebalancer.due():
-                for move in self.rebalancer.plan(self.reports(with_requests=True)):
-                    self._spawn(self.migrate(move.request_id, move.target), f"migrate {move.request_id}")
+                reports = await self.journal.rebalance_view(self)
+                if reports is None:
+                    continue
+                owners = {q.request_id: q.owner for r in reports for q in r.requests}
+                for move in self.rebalancer.plan(reports):
+                    if owners.get(move.request_id):
+                        self.journal.ask_to_migrate(owners[move.request_id], move.request_id, move.target)
+                    else:
+                        self._spawn(self.migrate(move.request_id, move.target), f"migrate {move.request_id}")
 
     def reports(self, with_requests: bool = False) -> list[LoadReport]:
         if not with_requests:

@@ -19,6 +19,7 @@ class RequestLoad:
     blocks: int  # held now plus expected growth: what moves with it
     decoding: bool = True  # only decoding requests are worth migrating (their prefill is paid)
     held_blocks: int = 0  # what its tokens so far take: the KV a move carries now
+    owner: str = ""  # the frontend streaming it, when another frontend's (cluster-wide rebalancing)
 
 
 @dataclass

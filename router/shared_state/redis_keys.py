@@ -11,13 +11,19 @@
   state, finish reason, cached tokens, n (tokens, once ended); the journal TTL, refreshed
   while it streams and counted again from its end.
 - `shunter:tok:<id>` (string): the tokens it streamed, uint32 each, appended per batch; as its `req`.
-- `shunter:bus` (pub/sub): placements (for the others' pending load) and hand-over requests.
+- `shunter:rebalancer` (string): the id of the frontend whose rebalancer plans for the whole
+  cluster (`rebalance_lease.py`); `LEASE_TTL_MS`, renewed each round by its holder.
+- `shunter:loads:<id>` (string): a frontend's running requests per replica (JSON), for the
+  leader's plan; as the lease's TTL, rewritten each round.
+- `shunter:bus` (pub/sub): placements (for the others' pending load), hand-over requests, and the
+  leader's moves of other frontends' requests.
 """
 from __future__ import annotations
 
 ROOT = "shunter:"
 REPLICAS = ROOT + "replicas"
 BUS = ROOT + "bus"
+REBALANCER = ROOT + "rebalancer"
 REPLICA_TTL_MS = 10_000
 FRONTEND_TTL_MS = 3_000
 PREFIX_CAP = 65_536  # block hashes per replica: 1M tokens of prefix at 16 tokens a block
@@ -41,3 +47,7 @@ def request(request_id: str) -> str:
 
 def tokens(request_id: str) -> str:
     return f"{ROOT}tok:{request_id}"
+
+
+def loads(frontend_id: str) -> str:
+    return f"{ROOT}loads:{frontend_id}"

@@ -32,6 +32,7 @@ from shunter.replica.outbox import PollResult
 from shunter.router.shared_state import redis_keys as keys
 from shunter.router.routing import LoadReport
 from shunter.router.shared_state.redis_url import RedisURL, StateStoreError, explain
+from shunter.router.shared_state.rebalance_lease import RebalanceLease, cluster_reports, loads_command
 from shunter.router.shared_state.redis_writer import Command, RedisWriter
 from shunter.router.shared_state.remote_pending import RemotePending
 from shunter.router.shared_state.replica_registry import ReplicaEntry
@@ -75,6 +76,7 @@ class RedisStateStore(MemoryStateStore):
         self._trim: set[str] = set()  # replicas whose prefix set grew since the last trim
         self._down: set[str] = set()  # replicas seen down (their prefix set was dropped)
         self.remote = RemotePending()  # what the other frontends placed
+        self.lease: RebalanceLease | None = None  # whether this frontend's rebalancer plans for all
 
     # ---- life --------------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -89,6 +91,7 @@ class RedisStateStore(MemoryStateStore):
             raise StateStoreError(explain(self.url, e)) from None
         self.client = client
         self.writer = RedisWriter(client, str(self.url), self._resync)
+        self.lease = RebalanceLease(client, self.frontend_id)
 
     async def start(self, router: Router) -> None:
         self._router = router
@@ -105,6 +108,11 @@ class RedisStateStore(MemoryStateStore):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.lease is not None:
+            try:
+                await self.lease.release()  # another frontend takes over at its next round, not after the TTL
+            except (RedisError, OSError):
+                pass
         if self.writer is not None:
             self.writer.put("DEL", keys.frontend(self.frontend_id))
             await self.writer.stop()
@@ -230,6 +238,23 @@ class RedisStateStore(MemoryStateStore):
                              text["finish"].decode() or None, int(text["cached"]), text["owner"].decode(),
                              text["replica"].decode() or None)
 
+    # ---- one rebalancer for the cluster (`rebalance_lease.py`) -------------------------------------
+    async def rebalance_view(self, router: Router) -> list[LoadReport] | None:
+        """Share our requests' loads; if we hold the lease, every frontend's requests; else None.
+        With Redis unreachable, our own requests (as a lone frontend would)."""
+        reports = router.reports(with_requests=True)
+        self.writer.put(*loads_command(self.frontend_id, reports))
+        try:
+            if not await self.lease.renew():
+                return None
+            return await cluster_reports(self.client, self.frontend_id, reports)
+        except (RedisError, OSError) as e:
+            self.writer.down(e)
+            return reports
+
+    def ask_to_migrate(self, owner: str, request_id: str, target: str) -> None:
+        self.writer.put("PUBLISH", keys.BUS, f"migrate {owner} {request_id} {target}")
+
     # ---- what the other frontends say -----------------------------------------------------------
     async def _listen(self) -> None:
         delay = 0.25
@@ -250,7 +275,8 @@ class RedisStateStore(MemoryStateStore):
             delay = min(2 * delay, 2.0)
 
     def _on_message(self, data: bytes) -> None:
-        """`placed <frontend> <replica> <blocks> <request id>` or `release <frontend> <request id>`."""
+        """`placed <frontend> <replica> <blocks> <request id>`, `release <frontend> <request id>` or
+        `migrate <frontend> <request id> <target>`."""
         from shunter.router.core import release
 
         if data.startswith(self._own_placements):
@@ -263,6 +289,9 @@ class RedisStateStore(MemoryStateStore):
                 slot = router.slots.get(replica_id)
                 if slot is not None and slot.healthy:
                     self.remote.heard(slot.report, request_id, int(blocks))
+            elif op == "migrate" and frontend == self.frontend_id:  # the leader's plan moves our request
+                request_id, target = rest.split(" ", 1)
+                router._spawn(router.migrate(request_id, target), f"migrate {request_id}")
             elif op == "release" and frontend == self.frontend_id:
                 if not release(router, rest):  # not live here (its end was never journaled): say so
                     self.writer.put("EVAL", _END_IF_OWNER, 1, keys.request(rest), self.frontend_id)

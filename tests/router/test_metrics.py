@@ -83,6 +83,8 @@ def test_router_counters_map_to_their_metrics():
     c.migrated, c.migrated_recomputed, c.failed_over, c.rejoined = 5, 2, 3, 1
     c.routed_to = {"a": 7}
     c.rejected_by = {"max_in_flight": 4}
+    c.migrations_aborted_by, c.migrations_refused_by = {"target_died": 2}, {"block_size": 1}
+    router.migrations_in_flight["x"] = ("a", "b")
     router.slots["b"].healthy = False
     router.slots["b"].report.num_running = 3  # stale: from before it went down
     router.slots["a"].totals.totals["num_preemptions"] = 6
@@ -98,6 +100,10 @@ def test_router_counters_map_to_their_metrics():
     assert page.get("shunter:requests_rejected_total", reason="draining") == 0  # every reason exists from the start
     assert page.per_replica("shunter:replica_healthy") == {"a": 1, "b": 0}
     assert page.per_replica("shunter:num_preemptions_total") == {"a": 6, "b": 0}
+    assert page.get("shunter:migrations_aborted_total", reason="target_died") == 2
+    assert page.get("shunter:migrations_aborted_total", reason="timeout") == 0  # every reason exists from the start
+    assert page.get("shunter:migrations_refused_total", reason="block_size") == 1
+    assert page.get("shunter:migrations_in_flight") == 1
     assert page.per_replica("shunter:num_requests_running") == {"a": 0}  # no gauges of a replica that is down
 
 

@@ -16,7 +16,8 @@ def test_the_table_names_its_units_and_what_rejected_counts():
     text = format_table(status())
     lines = text.splitlines()
     assert lines[0].split("  ")[0] == "replica" and "load (blocks)" in lines[0]
-    assert lines[1].split() == ["replica-0", "vm", "yes", "2", "0", "0", "1551", "12", "3", "25%", "40", "-", "-"]
+    assert lines[1].split() == ["replica-0", "vm", "yes", "2", "0", "0", "1551", "12", "3", "25%", "40", "0/0", "-",
+                                "-"]
     assert "rejected 18 (invalid, over --max-in-flight, draining, or no healthy replica)" in text
     assert "KV-cache blocks of 16 tokens" in text and "load: blocks in use" in text
 
@@ -36,3 +37,13 @@ def test_the_metrics_pages_show_where_they_listen():
     text = format_table(response)
     assert text.splitlines()[1].split()[-1] == "9101" and "metrics port 9100" in text
 
+
+
+def test_migrations_moving_now_show_per_replica_and_in_the_counters():
+    response = status()
+    response.replicas[0].migrating_out, response.replicas[0].migrating_in = 2, 1
+    response.counters.migrated, response.counters.migrating = 5, 3
+    response.counters.migrations_aborted, response.counters.migrations_refused = 1, 4
+    text = format_table(response)
+    assert text.splitlines()[1].split()[-3] == "2/1" and "moving out/in" in text.splitlines()[0]
+    assert "migrated 5 (moving now 3, aborted 1, refused 4)" in text
