@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from shunter.replica.block_hash import block_hashes
 from shunter.router.core import LocalReplicaClient, RouterConfig
 from shunter.router.shared_state import RedisStateStore
 from shunter.testing.background import BackgroundServer
@@ -33,6 +34,13 @@ def frontends(redis_db):
             s.close()
     for r in replicas:
         r.kill()
+
+
+def plant(server) -> None:
+    """The prefix cached on one replica, and the router knowing it, before the load arrives (requests
+    arriving together before any cache event would spread by load)."""
+    read(server.stub.Generate(request(f"plant-{len(server.router.index.holders)}", PREFIX + [1] * 4, 1), timeout=30))
+    wait_until(lambda: server.router.index.match(block_hashes(PREFIX, 16)))
 
 
 def leaders(servers) -> list:
@@ -65,6 +73,7 @@ def test_the_leader_moves_every_frontends_requests_and_another_takes_over_when_i
 
     # Only the follower streams: every request on the crowded replica is another frontend's, so
     # a move happens only if the leader planned over them and the follower carried it out.
+    plant(follower)
     prompts = {f"q{i}": PREFIX + [20 + i] * 4 for i in range(6)}
     out, threads = stream_all([follower], prompts, 400)
     wait_until(lambda: follower.router.counters.migrated >= 1, timeout=30)
@@ -80,6 +89,7 @@ def test_the_leader_moves_every_frontends_requests_and_another_takes_over_when_i
 
     # New load after the take-over: the follower, leading now, rebalances it alone.
     moved = follower.router.counters.migrated
+    plant(follower)
     more = {f"n{i}": PREFIX + [60 + i] * 4 for i in range(6)}
     out, threads = stream_all([follower], more, 300)
     wait_until(lambda: follower.router.counters.migrated > moved, timeout=30)
