@@ -11,7 +11,9 @@ from shunter.kernels import ops as kernels
 from shunter.mathutil import cdiv
 from shunter.replica.decode_graphs import DecodeGraphs
 from shunter.replica.engine_config import EngineConfig
+from shunter.replica import kv_staging
 from shunter.replica.host_fence import HostFence
+from shunter.replica.kv_staging import StagedKV
 from shunter.replica.memory import CudaMemory, activation_peak, num_cpu_blocks, num_device_blocks
 from shunter.replica.models.kv_layout import allocate_kv_caches, kv_bytes_per_block
 from shunter.replica.models.loader import LoadedModel, load_model
@@ -105,14 +107,14 @@ class ModelRunner:
         if to_cpu:
             self.swap_out_fence.record()
 
-    def read_blocks(self, block_ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The KV of some blocks, on the CPU (for migration)."""
-        ids = torch.tensor(block_ids, dtype=torch.long, device=self.device)
-        return [(k[ids].cpu(), v[ids].cpu()) for k, v in self.kv_caches]
+    def read_blocks(self, block_ids: list[int]) -> StagedKV:
+        """The KV of some blocks in host memory, for a migration; on a GPU still landing when this
+        returns (`kv_staging.py`: the engine thread does not wait for the copy)."""
+        return kv_staging.read(self.kv_caches, block_ids)
 
     def write_blocks(self, block_ids: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         ids = torch.tensor(block_ids, dtype=torch.long, device=self.device)
-        for (k, v), (src_k, src_v) in zip(self.kv_caches, kv):
+        for (k, v), (src_k, src_v) in zip(self.kv_caches, kv_staging.landed(kv)):
             k[ids] = src_k.to(self.device, k.dtype)
             v[ids] = src_v.to(self.device, v.dtype)
 

@@ -10,11 +10,13 @@ actor's thread, while its engine thread keeps stepping), pulling the bytes from 
 node. A source that died, or an object that cannot be had in time, makes `receive` return None:
 the stage fails and the migration aborts, the request still running where it was.
 
-On a GPU the source reads the blocks with `ModelRunner.read_blocks`, one gather per layer into
-host memory; the transfer itself stays off the engine thread and off the frontend's event loop.
-Ray's GPU object transports (NCCL between actors) would skip the host copies, but need a
-communicator per replica pair, set up and torn down with replicas that come and go, and cannot
-be exercised without GPUs; the object store works across nodes as it is.
+On a GPU the source gathers a stage's blocks on the device into a staging copy and copies that
+into pinned host memory without blocking (`replica/kv_staging.py`): the engine thread goes back
+to stepping, and the actor's thread waits for the copy as it puts the object, so the transfer
+stays off the engine thread and off the frontend's event loop. We chose this over Ray's GPU
+object transports (NCCL between actors, which skip the host copies): those need a communicator
+per replica pair, set up and torn down as replicas come and go, and could not be exercised here
+without GPUs, while the object store works across nodes as it is and is what CI runs.
 """
 from __future__ import annotations
 

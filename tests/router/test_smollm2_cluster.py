@@ -15,7 +15,7 @@ import time
 import pytest
 
 from shunter.proto import generation_pb2 as pb
-from shunter.router.core import RouterConfig
+from shunter.router.core import MigrationSettings, RouterConfig
 from shunter.testing.background import BackgroundServer
 from tests.hf_reference import hf_greedy
 
@@ -73,8 +73,11 @@ def stream(server: BackgroundServer, prompt: list[int], on_chunk=None) -> tuple[
     return tokens, replicas
 
 
-def test_a_stream_migrated_mid_decode_resumes_with_its_kv_and_hfs_tokens(cluster, prompts, reference):
+@pytest.mark.parametrize("mode,at", [("live", (8,)), ("live", (6, 14)), ("stop-and-copy", (8,))],
+                         ids=["live", "live-twice", "stop-and-copy"])
+def test_a_stream_migrated_mid_decode_resumes_with_its_kv_and_hfs_tokens(cluster, prompts, reference, mode, at):
     router = cluster.router
+    router.config.migration = MigrationSettings(mode=mode, commit_blocks=0)  # live: stage every full block
     resumed: list[int] = []
     for slot in router.slots.values():  # record what each import reports (tokens resumed with KV)
         real_import = slot.client.import_
@@ -87,7 +90,7 @@ def test_a_stream_migrated_mid_decode_resumes_with_its_kv_and_hfs_tokens(cluster
     moved: list[bool] = []
 
     def on_chunk(chunk, n):  # blocks the reader while the move runs, so it surely happens mid-decode
-        if n >= 8 and not moved:
+        if len(moved) < len(at) and n >= at[len(moved)]:
             target = next(r for r in router.slots if r != chunk.replica_id)
             moved.append(cluster.call(router.migrate(chunk.request_id, target)))
 
@@ -97,11 +100,53 @@ def test_a_stream_migrated_mid_decode_resumes_with_its_kv_and_hfs_tokens(cluster
     finally:
         for slot in router.slots.values():
             del slot.client.import_
+        router.config.migration = MigrationSettings()
     assert tokens == reference[0]
-    assert moved == [True] and router.counters.migrated == migrated + 1
+    assert moved == [True] * len(at) and router.counters.migrated == migrated + len(at)
     assert len(set(replicas)) == 2
-    assert len(resumed) == 1 and resumed[0] >= len(prompts[0]) + 7  # the prompt and the tokens decoded came as KV
+    assert len(resumed) == len(at) and resumed[0] >= len(prompts[0]) + at[0] - 1  # prompt and decoded tokens as KV
     assert router.counters.migrated_recomputed == recomputed
+    record = router.migration_log[-1]
+    assert record.mode == mode and (record.blocks_staged > 0) == (mode == "live")
+
+
+@pytest.mark.parametrize("failure", ["target_out_of_blocks", "target_died"])
+def test_a_live_migration_that_aborts_leaves_the_stream_on_its_replica_with_hfs_tokens(cluster, prompts, reference,
+                                                                                     failure):
+    """The target refuses the reservation (a real engine out of blocks), or its process is
+    SIGKILLed while a stage is on its way: the stream runs on where it was."""
+    router = cluster.router
+    aborted = dict(router.counters.migrations_aborted_by)
+    moved: list[bool] = []
+
+    def on_chunk(chunk, n):
+        if n >= 8 and not moved:
+            target = next(r for r in router.slots if r != chunk.replica_id)
+            client = router.slots[target].client
+            if failure == "target_out_of_blocks":
+                real = client.reserve
+                client.reserve = lambda rid, blocks: real(rid, 10**6)  # more than the pool holds
+            else:
+                real = client.import_blocks
+
+                async def killed(staged):
+                    pid = await client._await(client.handle.info.remote())
+                    os.kill(pid.pid, signal.SIGKILL)
+                    return await real(staged)
+
+                client.import_blocks = killed
+            try:
+                moved.append(cluster.call(router.migrate(chunk.request_id, target)))
+            finally:
+                delattr(client, "reserve" if failure == "target_out_of_blocks" else "import_blocks")
+
+    tokens, replicas = stream(cluster, prompts[1], on_chunk)
+    assert tokens == reference[1] and moved == [False] and len(set(replicas)) == 1
+    assert router.counters.migrations_aborted_by.get(failure, 0) == aborted.get(failure, 0) + 1
+    if failure == "target_died":  # let Ray bring it back before the next test
+        deadline = time.monotonic() + 180
+        while not all(s.healthy for s in router.slots.values()) and time.monotonic() < deadline:
+            time.sleep(0.5)
 
 
 def test_sigkill_of_a_replica_under_four_streams_every_stream_gets_hfs_tokens_and_it_rejoins(
