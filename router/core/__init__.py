@@ -7,7 +7,7 @@ __all__, __getattr__ = surface(__name__, {
     "counters": ["REJECT_REASONS"],
     "engine_totals": ["ENGINE_COUNTS"],
     "replica_client": ["ExportedRequest", "LocalReplicaClient", "ReplicaClient", "ReplicaDead"],
-    "resume": ["Stream", "release", "resume", "stopped"],
+    "resume": ["Stream", "release", "resume_stream", "stopped"],
     "state_store": ["ENDED", "FINISHED", "LIVE", "MAX_RETAINED", "RETAIN_S", "Delta", "JournalEntry", "JournalRecord",
                     "MemoryStateStore", "StateStore", "packed", "record_of"],
 })
