@@ -8,7 +8,7 @@ __all__, __getattr__ = surface(__name__, {
     "migration": ["MIGRATION_ABORTS", "MIGRATION_MODES", "MIGRATION_REFUSALS", "MigrationRecord", "MigrationSettings"],
     "engine_totals": ["ENGINE_COUNTS"],
     "replica_client": ["ExportedRequest", "LocalReplicaClient", "ReplicaClient", "ReplicaDead", "StagedBlocks"],
-    "resume": ["Stream", "release", "resume", "stopped"],
+    "resume": ["Stream", "release", "resume_stream", "stopped"],
     "state_store": ["ENDED", "FINISHED", "LIVE", "MAX_RETAINED", "RETAIN_S", "Delta", "JournalEntry", "JournalRecord",
                     "MemoryStateStore", "StateStore", "packed", "record_of"],
 })

@@ -47,7 +47,7 @@ class Stream:
     deltas: AsyncIterator[Delta]
 
 
-async def resume(router: Router, request_id: str, resume_from: int) -> Stream:
+async def resume_stream(router: Router, request_id: str, resume_from: int) -> Stream:
     """Find the request and decide how it continues. RequestNotFound when nothing holds it,
     InvalidArgument when `resume_from` is beyond what it made, ReplicaUnavailable when it
     cannot be taken from where it is now."""

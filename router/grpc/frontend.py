@@ -25,7 +25,7 @@ from shunter.proto import generation_pb2_grpc as pb_grpc
 from shunter.replica.detokenizer import IncrementalDetokenizer, detokenize
 from shunter.router.security import DecodeGuard
 from shunter.router.grpc.request import MAX_REQUEST_BYTES, prepare
-from shunter.router.core import Stream, resume, stopped
+from shunter.router.core import Stream, resume_stream, stopped
 from shunter.router.core import Router
 from shunter.router.security import Security
 
@@ -70,7 +70,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     async def _open(self, request: pb.GenerateRequest) -> Stream:
         """A new request's stream, or (with `resume_from`) one picked up again (`resume.py`)."""
         if request.HasField("resume_from"):
-            return await resume(self.router, request.request_id, request.resume_from)
+            return await resume_stream(self.router, request.request_id, request.resume_from)
         try:
             p = prepare(request, self.router.info)
         except ValueError:

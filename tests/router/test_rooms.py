@@ -112,6 +112,29 @@ def test_the_arrows_point_one_way_and_every_surface_name_exists():
             assert getattr(package, name) is not None, (room, name)
 
 
+def test_every_surface_name_is_what_its_module_holds_even_once_every_module_is_imported():
+    """Importing a room's module sets it on the package under its own name, so a function named
+    like a module of its room would turn into that module (`resume` did)."""
+    import importlib
+    import types
+
+    for room in rooms():
+        package = importlib.import_module(f"shunter.router.{room}")
+        for path in (ROUTER / room).glob("*.py"):
+            if path.stem != "__init__":
+                importlib.import_module(f"shunter.router.{room}.{path.stem}")
+        for node in ast.walk(ast.parse((ROUTER / room / "__init__.py").read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "surface":
+                for module, names in ast.literal_eval(node.args[1]).items():
+                    source = importlib.import_module(f"shunter.router.{room}.{module}")
+                    for name in names:
+                        assert not (name == module and hasattr(source, name)), \
+                            f"{room}.{name}: a module listed under its own name must not also hold a {name}"
+                        want = source if name == module else getattr(source, name)
+                        assert getattr(package, name) is want, (room, name)
+                        assert name == module or not isinstance(want, types.ModuleType), (room, name)
+
+
 def test_no_router_file_is_over_the_limit():
     long = {str(p.relative_to(REPO)): n for p in ROUTER.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}
