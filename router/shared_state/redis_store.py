@@ -263,6 +263,7 @@ class RedisStateStore(MemoryStateStore):
                 slot = router.slots.get(replica_id)
                 if slot is not None and slot.healthy:
                     self.remote.heard(slot.report, request_id, int(blocks))
+                    router.loads.update(slot.report)
             elif op == "release" and frontend == self.frontend_id:
                 if not release(router, rest):  # not live here (its end was never journaled): say so
                     self.writer.put("EVAL", _END_IF_OWNER, 1, keys.request(rest), self.frontend_id)
