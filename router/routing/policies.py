@@ -143,17 +143,39 @@ class PrefixAware(RoutingPolicy):
         self.abs_threshold, self.rel_threshold, self.cost_weight = abs_threshold, rel_threshold, cost_weight
 
     def choose(self, loads: LoadIndex, request: RoutingRequest) -> str:
-        """`select`'s decision from the index: the least loaded is its top; the holders of the
-        prompt's prefix are the prefix index's (walked along the prompt's chain), each weighed by
-        its key (deepest, then least loaded, then first); no other report is read."""
+        """`select`'s decision from the index: the least loaded is its top; the replicas holding
+        the longest prefix of the prompt come from the prefix index (walked along the prompt's
+        chain), the least loaded of them (then the first) is the candidate; no other report is
+        read. Linear only in how many replicas hold that prefix."""
         least = loads.least_or_raise()
-        matched = self.index.match(request.block_hashes) if request.block_hashes else None
-        if not matched:
+        if not request.block_hashes:
             return least.replica_id
         if self.cost_weight > 0:
-            return self._choose_by_cost(loads, request, matched, least)
+            matched = self.index.match(request.block_hashes)
+            return self._choose_by_cost(loads, request, matched, least) if matched else least.replica_id
+        depth, holders = self.index.deepest(request.block_hashes)
+        if not depth:
+            return least.replica_id
         best, best_key = None, None
-        for rid, depth in matched.items():
+        for rid in holders:
+            r = loads.report(rid)
+            if r is not None and r.healthy:
+                key = (load_of(r), loads.position(rid))
+                if best_key is None or key < best_key:
+                    best, best_key = r, key
+        if best is None:  # every deepest holder is down (the router forgets a dead replica's blocks, a scan need not)
+            return self._choose_among_healthy(loads, request, least)
+        if best is least:
+            return least.replica_id
+        if imbalanced(best_key[0] + request.expected_blocks, load_of(least), self.abs_threshold, self.rel_threshold):
+            return least.replica_id
+        return best.replica_id
+
+    def _choose_among_healthy(self, loads: LoadIndex, request: RoutingRequest, least: LoadReport) -> str:
+        """Every deepest holder is down (its blocks not yet forgotten): the healthy holders at
+        every depth, as the scan weighs them."""
+        best, best_key = None, None
+        for rid, depth in self.index.match(request.block_hashes).items():
             r = loads.report(rid)
             if r is not None and r.healthy:
                 key = (-depth, load_of(r), loads.position(rid))
