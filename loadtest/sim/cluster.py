@@ -26,7 +26,7 @@ from shunter.replica.engine_config import EngineConfig
 from shunter.replica.engine_protocol import EngineOutput, MigrationState
 from shunter.router.serve import cache_size_options
 from shunter.router.routing import LoadReport, RequestLoad
-from shunter.router.routing import apply_stats, request_load, reserve, routing_policy, routing_request
+from shunter.router.routing import LoadIndex, apply_stats, request_load, reserve, routing_policy, routing_request
 from shunter.router.routing import DEFAULT
 from shunter.router.routing import PrefixIndex
 from shunter.router.routing import Rebalancer
@@ -90,7 +90,7 @@ class SimCluster:
             self.replicas[rid] = replica
             self.reports[rid] = LoadReport(rid, large_cache=large)
             apply_stats(self.reports[rid], replica.engine.stats())  # the router's first poll
-        self._report_list = list(self.reports.values())  # reports change in place, as the router's slots
+        self.loads = LoadIndex(self.reports.values())  # told of every change to a report, as the router's
         self.records: dict[str, RequestRecord] = {}
         self.live: dict[str, _InFlight] = {}
         self.tbt = GapHistogram()
@@ -128,11 +128,12 @@ class SimCluster:
         started = time.perf_counter()
         routing = routing_request(wr.request_id, prompt, params, self.block_size, self.policy.needs_prefix)
         described = time.perf_counter()
-        replica_id = self.policy.select(self._report_list, routing)
+        replica_id = self.policy.choose(self.loads, routing)
         self.decide_s += time.perf_counter() - described
         self.hash_s += described - started
         self.counters["routing_decisions"] += 1
         reserve(self.reports[replica_id], routing)
+        self.loads.update(self.reports[replica_id])
         record = RequestRecord(wr.request_id, wr.tenant, wr.priority, self.loop.t, wr.prompt_len, wr.output_len,
                                replica_id)
         self.records[wr.request_id] = record
@@ -143,6 +144,7 @@ class SimCluster:
     def _on_step(self, replica: SimReplica, outputs: list[EngineOutput]) -> None:
         rid = replica.replica_id
         apply_stats(self.reports[rid], replica.engine.stats())
+        self.loads.update(self.reports[rid])
         events = replica.engine.drain_cache_events()
         if events:
             self.index.apply(rid, events)

@@ -24,7 +24,7 @@ from shunter.router.core.counters import Counters
 from shunter.router.core.engine_totals import EngineTotals
 from shunter.router.core.migration import MigrationRecord
 from shunter.router.routing import LoadReport, RequestLoad, RoutingRequest
-from shunter.router.routing import apply_stats, request_load, reserve, routing_policy, routing_request
+from shunter.router.routing import LoadIndex, apply_stats, request_load, reserve, routing_policy, routing_request
 from shunter.router.routing import PrefixIndex
 from shunter.router.routing import Rebalancer
 from shunter.router.core.replica_client import ReplicaClient, ReplicaDead
@@ -56,6 +56,7 @@ class Router:
         self.policy = routing_policy(self.config.routing, self.index, threshold, self.config.routing_settings)
         self.rebalancer = Rebalancer(self.clock, size_threshold_blocks=threshold, **self.config.rebalancer_settings)
         self.slots = {c.replica_id: ReplicaSlot(c, LoadReport(c.replica_id)) for c in clients}
+        self.loads = LoadIndex(s.report for s in self.slots.values())  # told of every change to a report
         self.journal: StateStore = state if state is not None else MemoryStateStore()
         self.counters = Counters()
         self.admission = Admission(self.config.max_in_flight, self.config.max_queued)
@@ -74,6 +75,7 @@ class Router:
         for slot, info, result in zip(self.slots.values(), infos, first):
             slot.info = info
             slot.report.node, slot.report.large_cache = info.node, info.large_cache
+            self.loads.update(slot.report)
             self._apply(slot, result)
             slot.task = asyncio.create_task(self._poll_loop(slot))
             self._tasks.append(slot.task)
@@ -198,10 +200,11 @@ class Router:
         """Pick a replica and submit; a replica found dead is skipped. ValueError passes through."""
         routing = self._routing_request(entry.request_id, prompt, params)
         for _ in range(len(self.slots)):
-            replica_id = self.policy.select([s.report for s in self.slots.values()], routing)
+            replica_id = self.policy.choose(self.loads, routing)
             slot = self.slots[replica_id]
             entry.replica_id, entry.epoch = replica_id, entry.epoch + 1
             reserve(slot.report, routing)
+            self.loads.update(slot.report)
             try:
                 await slot.client.submit(entry.request_id, prompt, params)
             except ReplicaDead:
@@ -248,6 +251,7 @@ class Router:
         if result.events:
             self.index.apply(slot.client.replica_id, result.events)
         self.journal.reported(slot.report, result, fresh)
+        self.loads.update(slot.report)
         for delta in result.deltas:
             self._deliver(slot.client.replica_id, delta)
 
@@ -283,6 +287,7 @@ class Router:
         if not slot.healthy:
             return False
         slot.healthy = slot.report.healthy = False
+        self.loads.update(slot.report)
         self.index.forget(slot.client.replica_id)
         log.warning("replica %s is down", slot.client.replica_id)
         return True
@@ -321,6 +326,7 @@ class Router:
         if self._stopping:
             return
         slot.report = LoadReport(slot.client.replica_id, node=slot.info.node, large_cache=slot.info.large_cache)
+        self.loads.put(slot.report)
         slot.healthy = True
         self.counters.rejoined += 1
         log.warning("replica %s rejoined", slot.client.replica_id)

@@ -1,8 +1,12 @@
 """Routing policies: pick a replica for a new request from `LoadReport` snapshots.
 
-Plain classes with one method, `select(replicas, request) -> replica_id`; no Ray, gRPC or torch,
-so the router and the unit tests run the same objects. A registry maps the
-`--routing` name to a class.
+Plain classes; no Ray, gRPC or torch, so the router, the simulator and the unit tests run the
+same objects. A registry maps the `--routing` name to a class. Each decides twice over, the
+same way: `choose(loads, request)` over a `LoadIndex` (what the router and the simulator call:
+the least loaded replica is the index's top, the prefix holders come from the prefix index, so
+a decision reads no report it does not need), and `select(replicas, request)`, the plain scan
+of every report, which is the reference `choose` is checked against (`tests/router/
+test_load_index.py`) and the baseline `shunter bench routing` measures it against.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Callable, Sequence
 
 from shunter.errors import ReplicaUnavailable
 from shunter.router.routing.load import LoadReport, RoutingRequest, imbalanced
+from shunter.router.routing.load_index import LoadIndex, load_of
 from shunter.router.routing.prefix_index import PrefixIndex
 
 
@@ -21,18 +26,12 @@ def _healthy(replicas: Sequence[LoadReport]) -> list[LoadReport]:
     return healthy
 
 
-def _load(r: LoadReport) -> int:
-    """`LoadReport.load`, spelled out where a decision reads it once per replica: the property
-    call was ~40% of a 64-replica decision (tests/router/test_policies.py checks they agree)."""
-    return r.kv_blocks_in_use + r.blocks_expected_growth + r.blocks_waiting + r.pending_blocks
-
-
 def _least_loaded(replicas: Sequence[LoadReport]) -> LoadReport:
     """The healthy replica with the lowest load (the first of equals), in one pass."""
     best, best_load = None, 0
     for r in replicas:
         if r.healthy:
-            load = r.kv_blocks_in_use + r.blocks_expected_growth + r.blocks_waiting + r.pending_blocks  # _load(r)
+            load = r.kv_blocks_in_use + r.blocks_expected_growth + r.blocks_waiting + r.pending_blocks  # load_of(r)
             if best is None or load < best_load:
                 best, best_load = r, load
     if best is None:
@@ -41,10 +40,14 @@ def _least_loaded(replicas: Sequence[LoadReport]) -> LoadReport:
 
 
 class RoutingPolicy:
-    """Base: subclasses implement `select`. `needs_prefix` says whether the router must hash prompts."""
+    """Base: subclasses implement `choose` and `select` (the same decision, indexed and scanned).
+    `needs_prefix` says whether the router must hash prompts."""
 
     name = "base"
     needs_prefix = False
+
+    def choose(self, loads: LoadIndex, request: RoutingRequest) -> str:
+        raise NotImplementedError
 
     def select(self, replicas: Sequence[LoadReport], request: RoutingRequest) -> str:
         raise NotImplementedError
@@ -58,6 +61,9 @@ class Random(RoutingPolicy):
     def __init__(self, seed: int = 0) -> None:
         self._rng = random.Random(seed)
 
+    def choose(self, loads: LoadIndex, request: RoutingRequest) -> str:
+        return self._rng.choice(loads.healthy()).replica_id
+
     def select(self, replicas: Sequence[LoadReport], request: RoutingRequest) -> str:
         return self._rng.choice(_healthy(replicas)).replica_id
 
@@ -70,8 +76,13 @@ class RoundRobin(RoutingPolicy):
     def __init__(self) -> None:
         self._next = 0
 
+    def choose(self, loads: LoadIndex, request: RoutingRequest) -> str:
+        return self._turn(loads.healthy())
+
     def select(self, replicas: Sequence[LoadReport], request: RoutingRequest) -> str:
-        healthy = _healthy(replicas)
+        return self._turn(_healthy(replicas))
+
+    def _turn(self, healthy: list[LoadReport]) -> str:
         choice = healthy[self._next % len(healthy)]
         self._next += 1
         return choice.replica_id
@@ -81,6 +92,9 @@ class LeastLoad(RoutingPolicy):
     """Greedy: the replica with the fewest blocks held, expected and queued."""
 
     name = "least_load"
+
+    def choose(self, loads: LoadIndex, request: RoutingRequest) -> str:
+        return loads.least_or_raise().replica_id
 
     def select(self, replicas: Sequence[LoadReport], request: RoutingRequest) -> str:
         return _least_loaded(replicas).replica_id
@@ -95,8 +109,13 @@ class PowerOfTwo(RoutingPolicy):
     def __init__(self, seed: int = 0) -> None:
         self._rng = random.Random(seed)
 
+    def choose(self, loads: LoadIndex, request: RoutingRequest) -> str:
+        return self._pick(loads.healthy())
+
     def select(self, replicas: Sequence[LoadReport], request: RoutingRequest) -> str:
-        healthy = _healthy(replicas)
+        return self._pick(_healthy(replicas))
+
+    def _pick(self, healthy: list[LoadReport]) -> str:
         if len(healthy) == 1:
             return healthy[0].replica_id
         a, b = self._rng.sample(healthy, 2)
@@ -123,6 +142,70 @@ class PrefixAware(RoutingPolicy):
         self.index = prefix_index if prefix_index is not None else PrefixIndex()
         self.abs_threshold, self.rel_threshold, self.cost_weight = abs_threshold, rel_threshold, cost_weight
 
+    def choose(self, loads: LoadIndex, request: RoutingRequest) -> str:
+        """`select`'s decision from the index: the least loaded is its top; the replicas holding
+        the longest prefix of the prompt come from the prefix index (walked along the prompt's
+        chain), the least loaded of them (then the first) is the candidate; no other report is
+        read. Linear only in how many replicas hold that prefix."""
+        least = loads.least_or_raise()
+        if not request.block_hashes:
+            return least.replica_id
+        if self.cost_weight > 0:
+            matched = self.index.match(request.block_hashes)
+            return self._choose_by_cost(loads, request, matched, least) if matched else least.replica_id
+        depth, holders = self.index.deepest(request.block_hashes)
+        if not depth:
+            return least.replica_id
+        best, best_key = None, None
+        for rid in holders:
+            r = loads.report(rid)
+            if r is not None and r.healthy:
+                key = (load_of(r), loads.position(rid))
+                if best_key is None or key < best_key:
+                    best, best_key = r, key
+        if best is None:  # every deepest holder is down (the router forgets a dead replica's blocks, a scan need not)
+            return self._choose_among_healthy(loads, request, least)
+        if best is least:
+            return least.replica_id
+        if imbalanced(best_key[0] + request.expected_blocks, load_of(least), self.abs_threshold, self.rel_threshold):
+            return least.replica_id
+        return best.replica_id
+
+    def _choose_among_healthy(self, loads: LoadIndex, request: RoutingRequest, least: LoadReport) -> str:
+        """Every deepest holder is down (its blocks not yet forgotten): the healthy holders at
+        every depth, as the scan weighs them."""
+        best, best_key = None, None
+        for rid, depth in self.index.match(request.block_hashes).items():
+            r = loads.report(rid)
+            if r is not None and r.healthy:
+                key = (-depth, load_of(r), loads.position(rid))
+                if best_key is None or key < best_key:
+                    best, best_key = r, key
+        if best is None or best is least:
+            return least.replica_id
+        if imbalanced(best_key[1] + request.expected_blocks, load_of(least), self.abs_threshold, self.rel_threshold):
+            return least.replica_id
+        return best.replica_id
+
+    def _choose_by_cost(self, loads: LoadIndex, request: RoutingRequest, matched: dict[str, int],
+                        least: LoadReport) -> str:
+        """`_by_cost` from the index: a replica that holds none of the prefix costs its load plus
+        the whole prompt, so none of them beats the least loaded one (a holder or not): the
+        candidates are the holders and the least loaded replica."""
+        uncached, weight = request.num_prompt_blocks, self.cost_weight
+        best, best_key = None, None
+        for r in [loads.report(rid) for rid in matched] + [least]:
+            if r is not None and r.healthy:
+                load = load_of(r)
+                key = (load + weight * (uncached - matched.get(r.replica_id, 0)), loads.position(r.replica_id))
+                if best_key is None or key < best_key:
+                    best, best_key = r, key
+        if best is least:
+            return least.replica_id
+        if imbalanced(load_of(best) + request.expected_blocks, load_of(least), self.abs_threshold, self.rel_threshold):
+            return least.replica_id
+        return best.replica_id
+
     def select(self, replicas: Sequence[LoadReport], request: RoutingRequest) -> str:
         matched = self.index.match(request.block_hashes) if request.block_hashes else None
         if self.cost_weight > 0 and matched:
@@ -134,7 +217,7 @@ class PrefixAware(RoutingPolicy):
         for r in replicas:
             if not r.healthy:
                 continue
-            load = r.kv_blocks_in_use + r.blocks_expected_growth + r.blocks_waiting + r.pending_blocks  # _load(r)
+            load = r.kv_blocks_in_use + r.blocks_expected_growth + r.blocks_waiting + r.pending_blocks  # load_of(r)
             if least is None or load < least_load:
                 least, least_load = r, load
             if matched:
@@ -158,7 +241,7 @@ class PrefixAware(RoutingPolicy):
         for r in replicas:
             if not r.healthy:
                 continue
-            load = _load(r)
+            load = load_of(r)
             if least is None or load < least_load:
                 least, least_load = r, load
             cost = load + weight * (uncached - matched.get(r.replica_id, 0))
@@ -182,6 +265,13 @@ class SizeSpecialized(RoutingPolicy):
     def __init__(self, inner: RoutingPolicy, size_threshold_blocks: int) -> None:
         self.inner, self.size_threshold_blocks = inner, size_threshold_blocks
         self.name, self.needs_prefix = inner.name, inner.needs_prefix
+
+    def choose(self, loads: LoadIndex, request: RoutingRequest) -> str:
+        if request.expected_blocks > self.size_threshold_blocks:
+            large = loads.least(large_only=True)
+            if large is not None:
+                return large.replica_id
+        return self.inner.choose(loads, request)
 
     def select(self, replicas: Sequence[LoadReport], request: RoutingRequest) -> str:
         if request.expected_blocks > self.size_threshold_blocks:

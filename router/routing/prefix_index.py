@@ -71,3 +71,24 @@ class PrefixIndex:
         for replica_id in alive:
             matched[replica_id] = depth
         return matched
+
+    def deepest(self, block_hashes: list[int]) -> tuple[int, set[str] | frozenset[str]]:
+        """(depth, the replicas holding that many leading blocks of the chain): the deepest
+        holders only, which is all a longest-prefix choice needs (`match` gives every depth).
+        The set is read only."""
+        holders = self.holders
+        alive: set[str] | frozenset[str] = frozenset()
+        depth = 0
+        for block_hash in block_hashes:
+            owners = holders.get(block_hash)
+            if not owners:
+                break
+            if depth == 0:
+                alive = owners
+            elif not alive <= owners:
+                kept = alive & owners
+                if not kept:
+                    break
+                alive = kept
+            depth += 1
+        return depth, alive

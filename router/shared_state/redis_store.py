@@ -289,6 +289,7 @@ class RedisStateStore(MemoryStateStore):
                 slot = router.slots.get(replica_id)
                 if slot is not None and slot.healthy:
                     self.remote.heard(slot.report, request_id, int(blocks))
+                    router.loads.update(slot.report)
             elif op == "migrate" and frontend == self.frontend_id:  # the leader's plan moves our request
                 request_id, target = rest.split(" ", 1)
                 router._spawn(router.migrate(request_id, target), f"migrate {request_id}")

@@ -25,8 +25,10 @@ def test_bench_routing_tiny(tmp_path, capsys):
     assert bench_routing.main(["--replicas", "4", "16", "--decisions", "200", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["policies"]) == set(REGISTRY)  # every routing policy, the random baseline too
-    assert all(set(row) == {"4", "16"} and all(v > 0 for v in row.values()) for row in result["policies"].values())
-    assert "prefix_aware" in capsys.readouterr().out
+    for ways in result["policies"].values():  # scan and index side by side, at each size
+        assert set(ways) == {"scan", "index"}
+        assert all(set(row) == {"4", "16"} and all(v > 0 for v in row.values()) for row in ways.values())
+    assert "prefix_aware" in capsys.readouterr().out and out.with_suffix(".png").exists()
 
 
 @pytest.mark.slow

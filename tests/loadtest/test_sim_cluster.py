@@ -92,7 +92,7 @@ def test_the_rebalancer_moves_decoding_requests_off_the_busy_replica():
     """Every request is placed on r0; the rebalancer, every 0.2 s, moves decoding ones to r1."""
     workload = [WorkloadRequest(f"q{i}", 0.0, prompt_len=16, output_len=200, seed=i) for i in range(6)]
     cluster = SimCluster(config(rebalance=True, rebalancer_settings={"interval_s": 0.2}), constant_cost())
-    cluster.policy.select = lambda reports, request: "r0"
+    cluster.policy.choose = lambda loads, request: "r0"
     summary = cluster.run(workload)
     assert 0 < summary.migrations <= 6
     assert summary.output_tokens == 6 * 200

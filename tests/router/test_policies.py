@@ -169,10 +169,10 @@ def test_prefix_aware_cost_weight_trades_cache_for_load():
 
 
 def test_policies_read_the_same_load_as_the_report():
-    from shunter.router.routing.policies import _load
+    from shunter.router.routing.load_index import load_of
 
     r = LoadReport("a", kv_blocks_in_use=5, blocks_expected_growth=7, blocks_waiting=11, pending_blocks=13)
-    assert _load(r) == r.load == 36
+    assert load_of(r) == r.load == 36
 
 
 def _spec_prefix_aware(index: PrefixIndex, replicas, request, abs_t, rel_t, weight) -> str:
