@@ -33,11 +33,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-MODES = ("live", "stop-and-copy")
+MIGRATION_MODES = ("live", "stop-and-copy")
 # Why a migration was refused before it started (the request untouched), or aborted before its commit.
-REFUSALS = ("unknown_request", "finished", "already_migrating", "unknown_target", "unhealthy_target", "same_replica",
-            "block_size")
-ABORTS = ("target_out_of_blocks", "target_died", "source_died", "request_ended", "timeout")
+MIGRATION_REFUSALS = ("unknown_request", "finished", "already_migrating", "unknown_target", "unhealthy_target",
+                      "same_replica", "block_size")
+MIGRATION_ABORTS = ("target_out_of_blocks", "target_died", "source_died", "request_ended", "timeout")
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ class MigrationSettings:
     stage_timeout_s: float = 30.0  # the stages together; past it the migration aborts
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"migration mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode not in MIGRATION_MODES:
+            raise ValueError(f"migration mode: must be one of {', '.join(MIGRATION_MODES)}, got {self.mode!r}")
         if self.max_stages < 0 or self.commit_blocks < 0 or self.stage_timeout_s <= 0:
             raise ValueError("migration: max_stages and commit_blocks must be >= 0, stage_timeout_s > 0")
 
