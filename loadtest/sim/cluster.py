@@ -178,15 +178,14 @@ class SimCluster:
     # ---- rebalancing ---------------------------------------------------------------------------------
     def _rebalance(self) -> None:
         if self.rebalancer.due():
-            for move in self.rebalancer.plan(self.reports_with_requests()):
+            for move in self.rebalancer.plan(self.reports_with_requests(), self.migrations.in_flight):
                 self.migrate(move.request_id, move.target)
 
     def reports_with_requests(self) -> list[LoadReport]:
         """`Router.reports(with_requests=True)`: each report with its in-flight requests' loads."""
         per: dict[str, list[RequestLoad]] = {rid: [] for rid in self.reports}
         for rid, e in self.live.items():
-            if not e.migrating:
-                per[e.replica_id].append(request_load(rid, e.prompt_len, e.params, e.sent, self.block_size))
+            per[e.replica_id].append(request_load(rid, e.prompt_len, e.params, e.sent, self.block_size))
         return [dataclasses.replace(report, requests=per[rid]) for rid, report in self.reports.items()]
 
     def migrate(self, request_id: str, target: str) -> bool:

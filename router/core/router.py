@@ -335,15 +335,17 @@ class Router:
         while not self._stopping:
             await asyncio.sleep(0.05)
             if self.rebalancer.due():
-                for move in self.rebalancer.plan(self.reports(with_requests=True)):
+                for move in self.rebalancer.plan(self.reports(with_requests=True), self.migrations_in_flight):
                     self._spawn(self.migrate(move.request_id, move.target), f"migrate {move.request_id}")
 
     def reports(self, with_requests: bool = False) -> list[LoadReport]:
+        """Each replica's report; `with_requests`: with its running requests' loads (those
+        migrating off it too, which the rebalancer counts as gone: `migrations_in_flight`)."""
         if not with_requests:
             return [s.report for s in self.slots.values()]
         bs = self.info.limits.block_size
         per: dict[str, list[RequestLoad]] = {rid: [] for rid in self.slots}
         for e in self.journal.entries.values():
-            if e.replica_id in per and not e.finished and not e.migrating:
+            if e.replica_id in per and not e.finished:
                 per[e.replica_id].append(request_load(e.request_id, len(e.prompt_token_ids), e.params, len(e.sent), bs))
         return [dataclasses.replace(s.report, requests=per[rid]) for rid, s in self.slots.items()]

@@ -14,10 +14,15 @@ replicas hold now plus their queues (`LoadReport.usage`) and each request's bloc
 When outputs are long and of unknown length, every request looks alike to `expected` (it counts
 each at `max_tokens`), so a replica filling up with long answers looks no busier; `usage` sees
 the difference (experiment `rebalance` measures both).
+
+Moves still in flight (planned in an earlier round, not yet in the reports) are counted as if
+done: the source's load without the request, the target's with it. Else a round planned while a
+move runs sees the same imbalance again and sends a second request after the first (a live
+migration takes several rounds' worth of time on a slow link), overshooting the balance.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from shunter.clock import Clock, MonotonicClock
@@ -57,13 +62,18 @@ class Rebalancer:
         self._last = now
         return True
 
-    def plan(self, replicas: Sequence[LoadReport]) -> list[Migration]:
+    def plan(self, replicas: Sequence[LoadReport], in_flight: Mapping[str, tuple[str, str]] | None = None
+             ) -> list[Migration]:
+        """This round's moves. `replicas`: reports with their requests (those migrating too);
+        `in_flight`: request id -> (source, target) of the moves not finished yet."""
         healthy = [r for r in replicas if r.healthy]
         if len(healthy) < 2:
             return []
-        moves = self._specialize(healthy)
-        moved = {m.request_id for m in moves}
-        return moves + self._pair(healthy, moved)[: max(0, self.max_per_round - len(moves))]
+        in_flight = in_flight or {}
+        moving = [(q, *in_flight[q.request_id]) for r in healthy for q in r.requests if q.request_id in in_flight]
+        moves = self._specialize(healthy, moving)
+        moved = {m.request_id for m in moves} | set(in_flight)
+        return moves + self._pair(healthy, moved, moving)[: max(0, self.max_per_round - len(moves))]
 
     def _specializing(self, healthy: list[LoadReport]) -> bool:
         return self.size_threshold_blocks is not None and any(r.large_cache for r in healthy)
@@ -77,10 +87,16 @@ class Rebalancer:
     def _weight(self, q: RequestLoad) -> int:
         return q.held_blocks if self.by_usage else q.blocks
 
-    def _pair(self, healthy: list[LoadReport], moved: set[str]) -> list[Migration]:
-        source = max(healthy, key=self._load)
-        target = min(healthy, key=self._load)
-        high, low = self._load(source), self._load(target)
+    def _pair(self, healthy: list[LoadReport], moved: set[str], moving: list[tuple[RequestLoad, str, str]]
+              ) -> list[Migration]:
+        loads = {r.replica_id: self._load(r) for r in healthy}
+        for q, src, dst in moving:
+            if src in loads and dst in loads:
+                loads[src] -= self._weight(q)
+                loads[dst] += self._weight(q)
+        source = max(healthy, key=lambda r: loads[r.replica_id])
+        target = min(healthy, key=lambda r: loads[r.replica_id])
+        high, low = loads[source.replica_id], loads[target.replica_id]
         moves: list[Migration] = []
         keep_big = self._specializing(healthy) and not target.large_cache
         candidates = sorted(
@@ -96,18 +112,22 @@ class Rebalancer:
                 high, low = high - weight, low + weight
         return moves
 
-    def _specialize(self, healthy: list[LoadReport]) -> list[Migration]:
+    def _specialize(self, healthy: list[LoadReport], moving: list[tuple[RequestLoad, str, str]]) -> list[Migration]:
         """Decoding requests past the threshold on small replicas, each to the large replica
-        least loaded once the moves planned before it are counted."""
+        least loaded once the moves in flight and those planned before it are counted."""
         if not self._specializing(healthy):
             return []
         large_loads = {r.replica_id: r.load for r in healthy if r.large_cache}
+        for q, _, dst in moving:
+            if dst in large_loads:
+                large_loads[dst] += q.blocks
+        in_flight = {q.request_id for q, _, _ in moving}
         moves = []
         for replica in healthy:
             if replica.large_cache:
                 continue
             for q in replica.requests:
-                if q.decoding and self._big(q) and len(moves) < self.max_per_round:
+                if q.decoding and self._big(q) and q.request_id not in in_flight and len(moves) < self.max_per_round:
                     target = min(large_loads, key=large_loads.__getitem__)
                     large_loads[target] += q.blocks
                     moves.append(Migration(q.request_id, replica.replica_id, target))

@@ -132,3 +132,23 @@ def test_an_unknown_measure_is_named():
 
     with pytest.raises(ValueError, match="measure: must be one of expected, usage"):
         Rebalancer(FakeClock(), measure="kv")
+
+
+def test_a_round_planned_while_a_move_is_in_flight_counts_it_and_does_not_overshoot():
+    """a holds two 40-block requests, b none: the first round moves one. The next round, planned
+    before the reports show it, must count it as done (a 40, b 40) and move nothing; counting
+    it neither way, it would send the other one too (a 0, b 80)."""
+    reb = Rebalancer(FakeClock(), abs_threshold=8, rel_threshold=1.2, max_per_round=1)
+    reports = [report("a", [40, 40]), report("b", [])]
+    assert reb.plan(reports) == [Migration("a-0", "a", "b")]
+    assert reb.plan(reports, {"a-0": ("a", "b")}) == []
+    # The move in flight is counted where the reports put the request: once it shows on the target, the same.
+    after = [report("a", [40]), LoadReport("b", kv_blocks_in_use=0, requests=[RequestLoad("a-0", 40)])]
+    assert reb.plan(after, {"a-0": ("a", "b")}) == []
+
+
+def test_specialization_counts_the_big_requests_already_moving_to_a_large_replica():
+    reb = Rebalancer(FakeClock(), abs_threshold=1000, size_threshold_blocks=20)
+    reports = [report("small", [30, 25]), report("big1", [1], large=True), report("big2", [10], large=True)]
+    # small-0 (30 blocks) is on its way to big1 already: small-1 goes to big2, and small-0 is not planned again.
+    assert reb.plan(reports, {"small-0": ("small", "big1")}) == [Migration("small-1", "small", "big2")]

@@ -141,6 +141,33 @@ def test_rebalancer_moves_requests_off_a_crowded_replica(make_router):
     run(main())
 
 
+def test_the_rebalance_loop_hands_the_rebalancer_the_moves_in_flight_and_their_requests(make_router):
+    """A request migrating stays in its source's report (so the rebalancer can weigh it) and its
+    move is passed along, so the next round counts it as done instead of planning another."""
+    async def main():
+        router, clients = make_router(rebalance=True, rebalancer_settings={"interval_s": 0.05})
+        seen = []
+        router.rebalancer.plan = lambda reports, in_flight: seen.append((reports, dict(in_flight))) or []
+        await router.start()
+        stream = router.generate("m", [1] * 20, SamplingParams(max_tokens=500, ignore_eos=True))
+        await stream.__anext__()
+        entry = router.journal.get("m")
+        source = entry.replica_id
+        entry.migrating = True
+        router.migrations_in_flight["m"] = (source, "r1" if source == "r0" else "r0")
+        seen.clear()
+        await asyncio.sleep(0.2)
+        reports, in_flight = seen[-1]
+        assert in_flight == {"m": router.migrations_in_flight["m"]}
+        assert [q.request_id for r in reports if r.replica_id == source for q in r.requests] == ["m"]
+        entry.migrating = False
+        router.migrations_in_flight.clear()
+        await stream.aclose()
+        await router.stop()
+
+    run(main())
+
+
 def test_a_request_the_engine_refuses_fails_its_stream_with_the_engines_message(make_router):
     """submit does not wait for the engine thread; the refusal comes back through the poll."""
     async def main():
