@@ -1,19 +1,25 @@
-"""Load-pair balancing: move running requests from the most to the least loaded replica.
+"""Rebalancing: which running requests move to another replica, every `interval_s`.
 
-Routing only places new requests; outputs of unknown length still drift replicas apart. Every
-`interval_s` the rebalancer pairs the most and the least loaded replica and plans migrations of
-decoding requests from one to the other until their loads are within the thresholds. With
-cache-size specialization on, a request grown past `size_threshold_blocks` on a small-cache
-replica moves to the least loaded large-cache one first, and load pairs never send such a
+Routing only places new requests; outputs of unknown length still drift replicas apart. What a
+round compares (`measure`):
+
+* `freeness` (the default; `freeness.py`): each replica's free KV blocks, its queue counted in,
+  per request growing into them. Replicas about to run out (under `pressure_blocks` each) are
+  paired with the freest, several pairs a round, and each gives up the cheapest request that
+  relieves it, before its scheduler must preempt.
+* the load pairs of before, kept to compare: the most and the least loaded replica are paired
+  and decoding requests, heaviest first, move from one to the other until their loads are within
+  the thresholds (`abs_threshold` blocks and `rel_threshold` times). `expected` compares each
+  replica's `load` and each request's blocks at its expected end, the numbers routing balances;
+  `usage` the blocks held now plus queues (`LoadReport.usage`) and each request's blocks held
+  now. When outputs are long and of unknown length, every request looks alike to `expected` (it
+  counts each at `max_tokens`), so a replica filling up with long answers looks no busier.
+  Experiment `rebalance` measures all three.
+
+With cache-size specialization on, a request grown past `size_threshold_blocks` on a small-cache
+replica moves to the least loaded large-cache one first, and balancing never sends such a
 request back to a small replica (else the two kinds of move would bounce it). Plain object over
 `LoadReport`s and a `Clock`, like the routing policies.
-
-What a load pair compares (`measure`): `expected` (the default), each replica's `load` and each
-request's blocks at its expected end, the numbers routing balances; or `usage`, the KV blocks
-replicas hold now plus their queues (`LoadReport.usage`) and each request's blocks held now.
-When outputs are long and of unknown length, every request looks alike to `expected` (it counts
-each at `max_tokens`), so a replica filling up with long answers looks no busier; `usage` sees
-the difference (experiment `rebalance` measures both).
 
 Moves still in flight (planned in an earlier round, not yet in the reports) are counted as if
 done: the source's load without the request, the target's with it. Else a round planned while a
@@ -23,34 +29,29 @@ migration takes several rounds' worth of time on a slow link), overshooting the 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from shunter.clock import Clock, MonotonicClock
-from shunter.router.routing.load import LoadReport, RequestLoad, imbalanced
+from shunter.router.routing import freeness
+from shunter.router.routing.load import LoadReport, Migration, RequestLoad, imbalanced
 
-
-@dataclass(frozen=True)
-class Migration:
-    request_id: str
-    source: str
-    target: str
-
-
-MEASURES = ("expected", "usage")
+MEASURES = ("freeness", "expected", "usage")
 
 
 class Rebalancer:
     def __init__(
         self, clock: Clock | None = None, interval_s: float = 1.0, abs_threshold: int = 16,
         rel_threshold: float = 1.25, max_per_round: int = 4, size_threshold_blocks: int | None = None,
-        measure: str = "expected",
+        measure: str = "freeness", pressure_blocks: float = 2.0,
     ) -> None:
         if measure not in MEASURES:
             raise ValueError(f"measure: must be one of {', '.join(MEASURES)}, got {measure!r}")
-        self.by_usage = measure == "usage"
+        if pressure_blocks <= 0:
+            raise ValueError(f"pressure_blocks: must be above 0, got {pressure_blocks}")
+        self.measure, self.by_usage = measure, measure == "usage"
         self.clock = clock or MonotonicClock()
         self.interval_s, self.max_per_round = interval_s, max_per_round
         self.abs_threshold, self.rel_threshold = abs_threshold, rel_threshold
+        self.pressure_blocks = pressure_blocks
         self.size_threshold_blocks = size_threshold_blocks
         self._last = self.clock.now()
 
@@ -73,7 +74,27 @@ class Rebalancer:
         moving = [(q, *in_flight[q.request_id]) for r in healthy for q in r.requests if q.request_id in in_flight]
         moves = self._specialize(healthy, moving)
         moved = {m.request_id for m in moves} | set(in_flight)
+        if self.measure == "freeness":
+            return moves + self._free(healthy, moved, moving, moves)
         return moves + self._pair(healthy, moved, moving)[: max(0, self.max_per_round - len(moves))]
+
+    def _free(self, healthy: list[LoadReport], moved: set[str], moving: list[tuple[RequestLoad, str, str]],
+              planned: list[Migration]) -> list[Migration]:
+        """`freeness.pair` over standings that count the moves in flight and those just planned."""
+        standings = {r.replica_id: freeness.Standing.of(r) for r in healthy}
+        held = {q.request_id: q.held_blocks for r in healthy for q in r.requests}
+        pending = [(q.request_id, s, d) for q, s, d in moving] + [(m.request_id, m.source, m.target) for m in planned]
+        for request_id, src, dst in pending:
+            if src in standings and dst in standings:
+                standings[src] = standings[src].without(held[request_id])
+                standings[dst] = standings[dst].with_(held[request_id])
+        specializing = self._specializing(healthy)
+
+        def movable(q: RequestLoad, target: LoadReport) -> bool:
+            return not (specializing and not target.large_cache and self._big(q))
+
+        return freeness.pair(healthy, standings, moved, self.pressure_blocks, self.max_per_round - len(planned),
+                             movable)
 
     def _specializing(self, healthy: list[LoadReport]) -> bool:
         return self.size_threshold_blocks is not None and any(r.large_cache for r in healthy)

@@ -147,10 +147,11 @@ def test_unknown_lengths_end_by_eos_and_the_router_sees_only_max_tokens():
         assert cluster.records[r.request_id].num_tokens == r.output_len
 
 
-def test_the_rebalancer_moves_decoding_requests_off_the_busy_replica():
+def test_the_load_pairs_move_decoding_requests_off_the_busy_replica():
     """Every request is placed on r0; the rebalancer, every 0.2 s, moves decoding ones to r1."""
     workload = [WorkloadRequest(f"q{i}", 0.0, prompt_len=16, output_len=200, seed=i) for i in range(6)]
-    cluster = SimCluster(config(rebalance=True, rebalancer_settings={"interval_s": 0.2}), constant_cost())
+    cluster = SimCluster(config(rebalance=True, rebalancer_settings={"interval_s": 0.2, "measure": "expected"}),
+                         constant_cost())
     cluster.policy.select = lambda reports, request: "r0"
     summary = cluster.run(workload)
     assert 0 < summary.migrations <= 6
@@ -163,3 +164,20 @@ def test_every_routing_policy_runs_in_the_cluster(routing):
     workload = shared_prefix(30, 30.0, seed=5, num_groups=3, system_prompt_len=32, question_len=8, output_len=6)
     summary = SimCluster(config(3, routing=routing), constant_cost()).run(workload)
     assert summary.num_finished == 30
+
+
+def test_freeness_moves_requests_off_a_replica_about_to_run_out_before_its_scheduler_preempts():
+    """Eight requests on r0 grow to 20 blocks each, 160 of its 128: alone it must preempt. With
+    freeness every 50 ms, r1 takes requests from it while it still has blocks free."""
+    workload = [WorkloadRequest(f"q{i}", 0.0, prompt_len=16, output_len=300, seed=i) for i in range(8)]
+
+    def run(rebalance: bool) -> SimCluster:
+        cluster = SimCluster(config(rebalance=rebalance, rebalancer_settings={"interval_s": 0.05}), constant_cost())
+        cluster.policy.select = lambda reports, request: "r0"
+        summary = cluster.run(workload)
+        assert summary.output_tokens == 8 * 300
+        return cluster
+
+    alone, helped = run(False), run(True)
+    assert alone.summary().preemptions > 0
+    assert helped.summary().preemptions == 0 and helped.counters["migrated"] >= 1

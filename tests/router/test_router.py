@@ -125,7 +125,8 @@ def test_overload_is_refused_not_queued_forever(make_router):
 def test_rebalancer_moves_requests_off_a_crowded_replica(make_router):
     async def main():
         router, clients = make_router(step_time=0.01, routing="round_robin", rebalance=True,
-                                      rebalancer_settings={"interval_s": 0.1, "abs_threshold": 4, "rel_threshold": 1.1})
+                                      rebalancer_settings={"interval_s": 0.1, "abs_threshold": 4, "rel_threshold": 1.1,
+                                                           "measure": "expected"})
         await router.start()
         router.slots["r1"].healthy = router.slots["r1"].report.healthy = False  # everything lands on r0
         gens = [collect(router, f"b{i}", [i + 1] * 30, 60) for i in range(4)]
