@@ -39,7 +39,7 @@ MEASURES = ("freeness", "expected", "usage")
 
 class Rebalancer:
     def __init__(
-        self, clock: Clock | None = None, interval_s: float = 1.0, abs_threshold: int = 16,
+        self, clock: Clock | None = None, interval_s: float = 0.2, abs_threshold: int = 16,
         rel_threshold: float = 1.25, max_per_round: int = 4, size_threshold_blocks: int | None = None,
         measure: str = "freeness", pressure_blocks: float = 2.0,
     ) -> None:
