@@ -17,7 +17,10 @@ over the link (latency + bytes / bandwidth) while both replicas keep stepping; a
 arrives while a step runs waits for the step's end, as in `ReplicaCore`. Each migration that
 commits leaves a `MigrationRecord` (downtime as the Router measures it: from asking the source
 to stop to the target holding the request) and the gap its client saw (the source's last token
-to the target's first).
+to the target's first). A migration whose KV did not come along is counted apart, by why: its
+source preempted it while it staged (the commit finds it waiting: it is moved as a queued
+request), or the target had no blocks for it (stop-and-copy reserves none); its client's gap then
+includes a wait in a queue and a recompute.
 """
 from __future__ import annotations
 
@@ -41,10 +44,13 @@ class SimMigrations:
     settings: MigrationSettings
     in_flight: dict[str, tuple[str, str]] = field(default_factory=dict)  # request id -> (source, target)
     log: list[MigrationRecord] = field(default_factory=list)  # every one that committed
-    gaps: list[float] = field(default_factory=list)  # per committed migration, what its client waited
+    gaps: list[float] = field(default_factory=list)  # per migration that kept its KV, what its client waited
+    gaps_recomputed: list[float] = field(default_factory=list)  # the same, of those that lost it
+    lost_kv: dict[str, int] = field(default_factory=dict)  # migrations whose KV did not come, by why
     refused_by: dict[str, int] = field(default_factory=dict)
     aborted_by: dict[str, int] = field(default_factory=dict)
-    resuming: dict[str, float] = field(default_factory=dict)  # committed, no token yet: id -> its last token
+    # Committed, no token from the target yet: id -> (its last token from the source, whether its KV came).
+    resuming: dict[str, tuple[float, bool]] = field(default_factory=dict)
 
     def start(self, request_id: str, target: str) -> bool:
         """`Router.migrate`: False (counted) when it cannot start; else it runs on in virtual time."""
@@ -62,7 +68,8 @@ class SimMigrations:
 
     def first_token(self, request_id: str, now: float) -> None:
         """The target's first token of a request that moved: the gap its client saw."""
-        self.gaps.append(now - self.resuming.pop(request_id))
+        last, kept = self.resuming.pop(request_id)
+        (self.gaps if kept else self.gaps_recomputed).append(now - last)
 
     def stats(self) -> dict[str, Any]:
         """What the summary shows of them."""
@@ -78,7 +85,8 @@ class SimMigrations:
             "downtime_p50_s": pct(downtimes, 0.5), "downtime_p99_s": pct(downtimes, 0.99),
             "downtime_max_s": max(downtimes, default=0.0),
             "gap_p50_s": pct(self.gaps, 0.5), "gap_p99_s": pct(self.gaps, 0.99),
-            "gap_max_s": max(self.gaps, default=0.0),
+            "gap_max_s": max(self.gaps, default=0.0), "lost_kv": dict(self.lost_kv),
+            "gap_recomputed_p50_s": pct(self.gaps_recomputed, 0.5),
             "aborted_by": dict(self.aborted_by), "refused_by": dict(self.refused_by),
         }
 
@@ -182,7 +190,7 @@ class _Move:
             return
         entry.replica_id = self.dst.replica_id  # the stream's ownership moves with the commit
         if entry.record.last_token is not None:
-            self.owner.resuming[self.request_id] = entry.record.last_token
+            self.owner.resuming[self.request_id] = (entry.record.last_token, state.kv is not None)
         moved = len(state.kv) if state.kv else 0
         self._then_transfer(moved, self.dst.command, self.dst.engine.import_request, (state,),
                             lambda resumed: self._imported(resumed, state), lambda _: self._copy(moved))
@@ -194,6 +202,11 @@ class _Move:
             entry.record.num_migrations += 1
         c.counters["migrated"] += 1
         c.counters["migrated_recomputed"] += not resumed
+        if not resumed:
+            why = "preempted_on_source" if state.kv is None else "no_room_on_target"
+            owner.lost_kv[why] = owner.lost_kv.get(why, 0) + 1
+            if self.request_id in owner.resuming:
+                owner.resuming[self.request_id] = (owner.resuming[self.request_id][0], False)
         blocks = cdiv(state.num_computed_tokens, self.block_size) - state.kv_first_block if state.kv else 0
         owner.log.append(MigrationRecord(
             self.request_id, self.src.replica_id, self.dst.replica_id, owner.settings.mode, self.stages, self.staged,
