@@ -4,8 +4,8 @@ It decides with the router's own pieces (`router/routing/placement.py`'s functio
 the `PrefixIndex` fed by the engines' cache events, the `Rebalancer`) in the order `Router`
 runs them: a replica's report and cache events are applied when its step ends (its poll), a new
 request is placed on the reports as they stand plus what was sent since, and every
-`interval_s` the rebalancer's moves are carried out as export -> KV transfer -> import, the
-transfer taking the time the cost model gives for the KV bytes over the link.
+`interval_s` the rebalancer's moves are carried out as the Router carries them out, live or
+stop-and-copy (`migration.py`: the same protocol, each copy and transfer priced by the cost model).
 """
 from __future__ import annotations
 
@@ -19,11 +19,13 @@ from typing import Any, Callable
 from shunter.loadtest.sim.costs import CostModel
 from shunter.loadtest.sim.events import EventLoop
 from shunter.loadtest.sim.metrics import GapHistogram, RequestRecord, Summary, summarize
+from shunter.loadtest.sim.migration import SimMigrations
 from shunter.loadtest.sim.replica import SimReplica
 from shunter.loadtest.sim.runner import TokenFn
 from shunter.loadtest.workloads import WorkloadRequest
 from shunter.replica.engine_config import EngineConfig
-from shunter.replica.engine_protocol import EngineOutput, MigrationState
+from shunter.replica.engine_protocol import EngineOutput
+from shunter.router.core import MigrationSettings
 from shunter.router.serve import cache_size_options
 from shunter.router.routing import LoadReport, RequestLoad
 from shunter.router.routing import LoadIndex, apply_stats, request_load, reserve, routing_policy, routing_request
@@ -49,6 +51,7 @@ class ClusterConfig:
     size_threshold_blocks: int | None = None  # None with large replicas: the serve command's default
     link_bytes_per_s: float = 12.5e9  # KV transfer between replicas: 100 Gb/s
     link_latency_s: float = 1e-3
+    migration: MigrationSettings = field(default_factory=MigrationSettings)  # live (the Router's default) or not
 
 
 @dataclass(slots=True)
@@ -96,6 +99,7 @@ class SimCluster:
         self.tbt = GapHistogram()
         self.arrivals_left = 0
         self.counters = {"migrated": 0, "migrated_recomputed": 0, "routing_decisions": 0}
+        self.migrations = SimMigrations(self, config.migration)
         self.decide_s = 0.0  # wall time in the policy's select
         self.hash_s = 0.0  # wall time describing requests (prompt hashing)
         self.on_finish: Callable[[RequestRecord], None] | None = None
@@ -149,6 +153,7 @@ class SimCluster:
         if events:
             self.index.apply(rid, events)
         now, live, gap = self.loop.t, self.live, self.tbt.add  # once per token: names bound here
+        resuming = self.migrations.resuming
         for out in outputs:
             entry = live.get(out.request_id)
             if entry is None or entry.replica_id != rid:
@@ -156,6 +161,8 @@ class SimCluster:
             record = entry.record
             n = len(out.new_token_ids)
             if n:
+                if resuming and out.request_id in resuming:
+                    self.migrations.first_token(out.request_id, now)
                 if record.first_token is None:
                     record.first_token = now
                     record.num_cached_tokens = out.num_cached_tokens
@@ -173,41 +180,19 @@ class SimCluster:
     # ---- rebalancing ---------------------------------------------------------------------------------
     def _rebalance(self) -> None:
         if self.rebalancer.due():
-            for move in self.rebalancer.plan(self.reports_with_requests()):
+            for move in self.rebalancer.plan(self.reports_with_requests(), self.migrations.in_flight):
                 self.migrate(move.request_id, move.target)
 
     def reports_with_requests(self) -> list[LoadReport]:
         """`Router.reports(with_requests=True)`: each report with its in-flight requests' loads."""
         per: dict[str, list[RequestLoad]] = {rid: [] for rid in self.reports}
         for rid, e in self.live.items():
-            if not e.migrating:
-                per[e.replica_id].append(request_load(rid, e.prompt_len, e.params, e.sent, self.block_size))
+            per[e.replica_id].append(request_load(rid, e.prompt_len, e.params, e.sent, self.block_size))
         return [dataclasses.replace(report, requests=per[rid]) for rid, report in self.reports.items()]
 
     def migrate(self, request_id: str, target: str) -> bool:
-        """`Router.migrate`: export from the owner, move the KV over the link, import on `target`."""
-        entry, dst = self.live.get(request_id), self.replicas.get(target)
-        if entry is None or entry.migrating or dst is None or entry.replica_id == target:
-            return False
-        entry.migrating = True
-
-        def exported(state: MigrationState | None) -> None:
-            if state is None or request_id not in self.live:
-                entry.migrating = False  # it finished meanwhile
-                return
-            entry.replica_id = target
-            moved = state.num_computed_tokens if state.kv is not None else 0
-            delay = self.cost.transfer_seconds(moved, self.config.link_bytes_per_s, self.config.link_latency_s)
-            self.loop.after(delay, dst.import_, state, imported)
-
-        def imported(resumed: int) -> None:
-            entry.migrating = False
-            entry.record.num_migrations += 1
-            self.counters["migrated"] += 1
-            self.counters["migrated_recomputed"] += not resumed
-
-        self.replicas[entry.replica_id].export(request_id, exported)
-        return True
+        """`Router.migrate`: live or stop-and-copy as `config.migration` says (`migration.py`)."""
+        return self.migrations.start(request_id, target)
 
     # ---- results -----------------------------------------------------------------------------------
     def summary(self) -> Summary:
@@ -223,4 +208,5 @@ class SimCluster:
             routing_decisions=self.counters["routing_decisions"],
             decision_us=self.decide_s / decisions * 1e6, describe_us=self.hash_s / decisions * 1e6,
             replica_busy_max_s=max(busy), replica_busy_min_s=min(busy), events=self.loop.num_events,
+            migration=self.migrations.stats(),
         )

@@ -143,6 +143,14 @@ class CostModel:
         """Moving the KV of `num_tokens` tokens to another replica."""
         return latency_s + num_tokens * self.kv_bytes_per_token / link_bytes_per_s
 
+    def kv_copy_seconds(self, num_tokens: int) -> float:
+        """Gathering the KV of `num_tokens` tokens out of the device pool into a staging buffer (or
+        scattering it back in): priced as a swap of that many tokens one way, what the model knows
+        of copies between the pool and host memory."""
+        if num_tokens <= 0:
+            return 0.0
+        return max(self.step_seconds(StepShape(swap_tokens=num_tokens)) - self.step_seconds(StepShape()), 0.0)
+
     def preemption_costs(self, block_size: int, probe_tokens: int = 256) -> PreemptionCosts:
         """What the real runner measures at start-up, priced by the model: a prefill of
         `probe_tokens` per token, and one block's swap one way."""

@@ -1,26 +1,30 @@
 """One simulated replica: the real `Engine` over a cost-model runner, stepped by the event loop.
 
-It keeps `ReplicaCore`'s contract: requests, exports and imports are commands run between two
-steps (a command that arrives while a step runs waits for its end), and what a step made is
+It keeps `ReplicaCore`'s contract: requests and the migration calls are commands run between
+two steps (a command that arrives while a step runs waits for its end), and what a step made is
 published when the step ends, not when it was computed. A free replica starts its next step once
 everything else due at the same instant has run (the loop thread drains its command queue
-before it steps), so requests arriving together are scheduled together.
+before it steps), so requests arriving together are scheduled together. A command that copies KV
+blocks (a migration's gather on the source, its scatter on the target) holds the replica for the
+copy's time, priced by the caller: the next step waits for it, as it would on a device.
 """
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from shunter.loadtest.sim.costs import CostModel
 from shunter.loadtest.sim.events import EventLoop, ReplicaClock
 from shunter.loadtest.sim.runner import SimRunner, TokenFn
 from shunter.replica.engine import Engine
 from shunter.replica.engine_config import EngineConfig
-from shunter.replica.engine_protocol import EngineOutput, MigrationState
+from shunter.replica.engine_protocol import EngineOutput
 from shunter.replica.memory import num_cpu_blocks
 from shunter.sampling_params import SamplingParams
 
 StepDone = Callable[["SimReplica", list[EngineOutput]], None]
+Then = Optional[Callable[[Any], None]]  # what to do with a command's result, once it is done
+Busy = Optional[Callable[[Any], float]]  # seconds a command's result held the replica (its KV copy)
 
 
 class SimReplica:
@@ -36,27 +40,45 @@ class SimReplica:
         self.engine = Engine(config, clock=self.clock, runner=self.runner)
         self.busy = False
         self._kick_due = False
-        self._commands: deque[tuple[Callable[..., Any], tuple, Callable[[Any], None] | None]] = deque()
+        self.copy_s = 0.0  # virtual seconds spent copying migrated KV in or out
+        self._commands: deque[tuple[Callable[..., Any], tuple, Then, Busy]] = deque()
 
     # ---- commands (run between steps) ----------------------------------------------------------
     def submit(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
         """Like `ReplicaCore.submit`: the engine counts the request from when the command runs."""
-        self._command(self.engine.add_request, (request_id, prompt, params))
+        self.command(self.engine.add_request, (request_id, prompt, params))
 
-    def export(self, request_id: str, then: Callable[[MigrationState | None], None]) -> None:
-        self._command(self.engine.export_request, (request_id,), then)
-
-    def import_(self, state: MigrationState, then: Callable[[int], None]) -> None:
-        self._command(self.engine.import_request, (state,), then)
-
-    def _command(self, fn: Callable[..., Any], args: tuple, then: Callable[[Any], None] | None = None) -> None:
+    def command(self, fn: Callable[..., Any], args: tuple, then: Then = None, busy: Busy = None) -> None:
+        """Run `fn(*args)` between steps; `then(result)` once it is done: at once, or after the
+        `busy(result)` seconds it holds the replica (no step runs meanwhile)."""
         if self.busy:
-            self._commands.append((fn, args, then))
+            self._commands.append((fn, args, then, busy))
             return
+        self._run(fn, args, then, busy)
+        self._kick()
+
+    def _run(self, fn: Callable[..., Any], args: tuple, then: Then, busy: Busy) -> None:
         result = fn(*args)
+        seconds = busy(result) if busy is not None else 0.0
+        if seconds > 0:
+            self.busy = True
+            self.copy_s += seconds
+            self.loop.after(seconds, self._copied, then, result)
+        elif then is not None:
+            then(result)
+
+    def _copied(self, then: Then, result: Any) -> None:
+        self.busy = False
         if then is not None:
             then(result)
+        self._drain()
         self._kick()
+
+    def _drain(self) -> None:
+        """Queued commands, in order, until one holds the replica (the rest wait for it)."""
+        commands = self._commands
+        while commands and not self.busy:
+            self._run(*commands.popleft())
 
     # ---- steps -----------------------------------------------------------------------------------
     def _kick(self) -> None:
@@ -76,10 +98,5 @@ class SimReplica:
         self.clock.lead = 0.0
         self.busy = False
         self.on_step(self, outputs)
-        commands = self._commands
-        while commands:
-            fn, args, then = commands.popleft()
-            result = fn(*args)
-            if then is not None:
-                then(result)
+        self._drain()
         self._kick()

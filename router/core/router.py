@@ -344,22 +344,25 @@ class Router:
         while not self._stopping:
             await asyncio.sleep(0.05)
             if self.rebalancer.due():
-                reports = await self.journal.rebalance_view(self)
-                if reports is None:
+                view = await self.journal.rebalance_view(self)
+                if view is None:
                     continue
+                reports, in_flight = view
                 owners = {q.request_id: q.owner for r in reports for q in r.requests}
-                for move in self.rebalancer.plan(reports):
+                for move in self.rebalancer.plan(reports, in_flight):
                     if owners.get(move.request_id):
-                        self.journal.ask_to_migrate(owners[move.request_id], move.request_id, move.target)
+                        self.journal.ask_to_migrate(owners[move.request_id], move.request_id, move.source, move.target)
                     else:
                         self._spawn(self.migrate(move.request_id, move.target), f"migrate {move.request_id}")
 
     def reports(self, with_requests: bool = False) -> list[LoadReport]:
+        """Each replica's report; `with_requests`: with its running requests' loads (those
+        migrating off it too, which the rebalancer counts as gone: `migrations_in_flight`)."""
         if not with_requests:
             return [s.report for s in self.slots.values()]
         bs = self.info.limits.block_size
         per: dict[str, list[RequestLoad]] = {rid: [] for rid in self.slots}
         for e in self.journal.entries.values():
-            if e.replica_id in per and not e.finished and not e.migrating:
+            if e.replica_id in per and not e.finished:
                 per[e.replica_id].append(request_load(e.request_id, len(e.prompt_token_ids), e.params, len(e.sent), bs))
         return [dataclasses.replace(s.report, requests=per[rid]) for rid, s in self.slots.items()]

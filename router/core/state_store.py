@@ -103,8 +103,9 @@ class StateStore(Protocol):
     def reported(self, report: LoadReport, result: PollResult, fresh: bool) -> None: ...  # a drain was applied
     async def lookup(self, request_id: str) -> JournalRecord | None: ...
     async def claim(self, record: JournalRecord) -> JournalRecord: ...
-    async def rebalance_view(self, router: Router) -> list[LoadReport] | None: ...  # what to plan over; None: not us
-    def ask_to_migrate(self, owner: str, request_id: str, target: str) -> None: ...  # another frontend's request
+    # What to plan over (reports with their requests, moves in flight); None when another frontend plans.
+    async def rebalance_view(self, router: Router) -> tuple[list[LoadReport], dict[str, tuple[str, str]]] | None: ...
+    def ask_to_migrate(self, owner: str, request_id: str, source: str, target: str) -> None: ...  # another's request
     async def start(self, router: Router) -> None: ...
     async def stop(self) -> None: ...
 
@@ -172,10 +173,10 @@ class MemoryStateStore:
     async def claim(self, record: JournalRecord) -> JournalRecord:
         return record  # no other frontend streams it
 
-    async def rebalance_view(self, router: Router) -> list[LoadReport] | None:
-        return router.reports(with_requests=True)  # alone: every request is ours
+    async def rebalance_view(self, router: Router) -> tuple[list[LoadReport], dict[str, tuple[str, str]]] | None:
+        return router.reports(with_requests=True), router.migrations_in_flight  # alone: every request is ours
 
-    def ask_to_migrate(self, owner: str, request_id: str, target: str) -> None:
+    def ask_to_migrate(self, owner: str, request_id: str, source: str, target: str) -> None:
         raise RuntimeError(f"no other frontend ({owner}) to ask: this store serves one")
 
     async def start(self, router: Router) -> None:

@@ -61,6 +61,15 @@ class RoutingRequest:
     expected_blocks: int = 1  # prompt plus expected output, in blocks
 
 
+@dataclass(frozen=True)
+class Migration:
+    """A move the rebalancer plans (or one in flight): this request, from this replica to that."""
+
+    request_id: str
+    source: str
+    target: str
+
+
 def imbalanced(high: int, low: int, abs_threshold: int, rel_threshold: float) -> bool:
     """Loads are too far apart when they differ by more than `abs_threshold` blocks AND the
     higher is more than `rel_threshold` times the lower (both, so that small absolute

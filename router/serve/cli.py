@@ -22,14 +22,13 @@ import sys
 from shunter.cli_args import float_above, int_at_least
 from shunter.replica.engine_config import PREEMPTION_MODES
 from shunter.replica.policies import POLICIES
-from shunter.router.serve import cache_size_options, migration_options
+from shunter.router.serve import cache_size_options, migration_options, rebalance_options
 from shunter.router.metrics import options as metrics_options
 from shunter.router.cluster import replica_placement
 from shunter.router.security import options as security_options
 from shunter.router.serve import shared as serve_shared
 from shunter.router.routing import DEFAULT as DEFAULT_ROUTING
 from shunter.router.routing import REGISTRY as ROUTINGS
-from shunter.router.routing import MEASURES as REBALANCE_MEASURES
 from shunter.router.shared_state import MEMORY, RedisURL, StateStoreError, parse_state
 from shunter.testing.fake_engine import FACTORY, FAKE_MODEL_PREFIX, parse_fake_model
 
@@ -74,10 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-kv-blocks", type=int_at_least(1), default=None,
                         help="KV blocks per replica (default: sized from free memory)")
     parser.add_argument("--max-num-seqs", type=int_at_least(1), default=64, help="requests a replica runs at once")
-    parser.add_argument("--no-rebalance", action="store_true", help="turn off load-pair migration")
-    parser.add_argument("--rebalance-measure", choices=REBALANCE_MEASURES, default="expected",
-                        help="what load pairs compare: expected (each request at its expected end, what routing "
-                             "balances) or usage (KV blocks held now plus queues: sees long answers as they grow)")
     parser.add_argument("--max-in-flight", type=int_at_least(1), default=1024,
                         help="requests placed on replicas at once; more wait in the admission queue")
     parser.add_argument("--max-queued", type=int_at_least(0), default=0,
@@ -87,6 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds Ctrl-C/SIGTERM waits for running requests")
     cache_size_options.add_arguments(parser)
     migration_options.add_arguments(parser)
+    rebalance_options.add_arguments(parser)
     metrics_options.add_arguments(parser)
     security_options.add_arguments(parser)
     serve_shared.add_arguments(parser)
@@ -158,7 +154,7 @@ def _router_config(args: argparse.Namespace, threshold: int | None):
     from shunter.router.core import RouterConfig
 
     return RouterConfig(routing=args.routing, rebalance=not args.no_rebalance,
-                        rebalancer_settings={"measure": args.rebalance_measure},
+                        rebalancer_settings=rebalance_options.settings(args),
                         max_in_flight=args.max_in_flight, max_queued=args.max_queued, size_threshold_blocks=threshold,
                         migration=migration_options.settings(args))
 

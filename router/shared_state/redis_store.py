@@ -32,7 +32,7 @@ from shunter.replica.outbox import PollResult
 from shunter.router.shared_state import redis_keys as keys
 from shunter.router.routing import LoadReport
 from shunter.router.shared_state.redis_url import RedisURL, StateStoreError, explain
-from shunter.router.shared_state.rebalance_lease import RebalanceLease, cluster_reports, loads_command
+from shunter.router.shared_state.rebalance_lease import RebalanceLease, cluster_view, loads_command
 from shunter.router.shared_state.redis_writer import Command, RedisWriter
 from shunter.router.shared_state.remote_pending import RemotePending
 from shunter.router.shared_state.replica_registry import ReplicaEntry
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 1.0
 RELEASE_WAIT_S = 5.0  # how long a resume waits for a live stream's frontend to hand it over (or be found dead)
+ASKED_S = 1.0  # a move asked of another frontend counts as in flight this long, or until its owner reports it
 
 
 class RedisStateStore(MemoryStateStore):
@@ -77,6 +78,7 @@ class RedisStateStore(MemoryStateStore):
         self._down: set[str] = set()  # replicas seen down (their prefix set was dropped)
         self.remote = RemotePending()  # what the other frontends placed
         self.lease: RebalanceLease | None = None  # whether this frontend's rebalancer plans for all
+        self._asked: dict[str, tuple[str, str, float]] = {}  # moves asked of other frontends: (source, target, when)
 
     # ---- life --------------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -239,20 +241,25 @@ class RedisStateStore(MemoryStateStore):
                              text["replica"].decode() or None)
 
     # ---- one rebalancer for the cluster (`rebalance_lease.py`) -------------------------------------
-    async def rebalance_view(self, router: Router) -> list[LoadReport] | None:
-        """Share our requests' loads; if we hold the lease, every frontend's requests; else None.
-        With Redis unreachable, our own requests (as a lone frontend would)."""
-        reports = router.reports(with_requests=True)
-        self.writer.put(*loads_command(self.frontend_id, reports))
+    async def rebalance_view(self, router: Router) -> tuple[list[LoadReport], dict[str, tuple[str, str]]] | None:
+        """Share our requests' loads and moves; if we hold the lease, every frontend's (and the
+        moves we asked for, until their owners report them); else None. With Redis unreachable,
+        our own requests (as a lone frontend would)."""
+        reports, moving = router.reports(with_requests=True), dict(router.migrations_in_flight)
+        self.writer.put(*loads_command(self.frontend_id, reports, moving))
         try:
             if not await self.lease.renew():
                 return None
-            return await cluster_reports(self.client, self.frontend_id, reports)
+            reports, in_flight = await cluster_view(self.client, self.frontend_id, reports, moving)
         except (RedisError, OSError) as e:
             self.writer.down(e)
-            return reports
+            return reports, moving
+        now = time.monotonic()
+        self._asked = {rid: move for rid, move in self._asked.items() if now - move[2] < ASKED_S and rid not in in_flight}
+        return reports, {**in_flight, **{rid: (src, dst) for rid, (src, dst, _) in self._asked.items()}}
 
-    def ask_to_migrate(self, owner: str, request_id: str, target: str) -> None:
+    def ask_to_migrate(self, owner: str, request_id: str, source: str, target: str) -> None:
+        self._asked[request_id] = (source, target, time.monotonic())
         self.writer.put("PUBLISH", keys.BUS, f"migrate {owner} {request_id} {target}")
 
     # ---- what the other frontends say -----------------------------------------------------------

@@ -101,9 +101,23 @@ def test_scale_times_every_run_and_reports_decision_rates(tmp_path):
     result = registry()["scale"](Scale("tiny", lambda n: 40, lambda r: 4))
     runs = [r["run"] for r in result.rows]
     assert runs == ["shared-prefix, least_load", "shared-prefix, prefix_aware", "skewed-output, rebalancing none",
-                    "skewed-output, rebalancing load pairs + migration"]
+                    "skewed-output, rebalancing freeness, live"]
     assert all(r["wall s"] > 0 and r["cpu s"] > 0 for r in result.rows)
     assert all(r["decisions/s"] > 0 for r in result.rows[:2])
     assert "Scale target met" in result.verdict and "4 x 40" in result.ours
     result.plot(tmp_path / "scale.png")
     assert (tmp_path / "scale.png").stat().st_size > 0
+
+
+def test_rebalance_compares_none_the_policy_before_and_freeness_stop_and_copy_and_live_at_each_rate(tmp_path):
+    from shunter.loadtest.sim.experiments.common import Scale
+    from shunter.loadtest.sim.experiments.rebalancing import ORACLE, RATES, RUNS
+
+    result = registry()["rebalance"](Scale("tiny", lambda n: 30, lambda r: 2))
+    expected = [(r, label) for r in RATES for label in RUNS]
+    expected.insert(1, (RATES[0], ORACLE))
+    assert [(row["rate/replica"], row["rebalancing"]) for row in result.rows] == expected
+    assert all(row["migrations"] == 0 for row in result.rows if row["rebalancing"] in ("none", ORACLE))
+    assert "Issue 23's goal" in result.verdict and result.ours.count("freeness, live") == len(RATES)
+    result.plot(tmp_path / "rebalance.png")
+    assert (tmp_path / "rebalance.png").stat().st_size > 1000

@@ -125,7 +125,8 @@ def test_overload_is_refused_not_queued_forever(make_router):
 def test_rebalancer_moves_requests_off_a_crowded_replica(make_router):
     async def main():
         router, clients = make_router(step_time=0.01, routing="round_robin", rebalance=True,
-                                      rebalancer_settings={"interval_s": 0.1, "abs_threshold": 4, "rel_threshold": 1.1})
+                                      rebalancer_settings={"interval_s": 0.1, "abs_threshold": 4, "rel_threshold": 1.1,
+                                                           "measure": "expected"})
         await router.start()
         router.slots["r1"].healthy = router.slots["r1"].report.healthy = False  # everything lands on r0
         gens = [collect(router, f"b{i}", [i + 1] * 30, 60) for i in range(4)]
@@ -136,6 +137,33 @@ def test_rebalancer_moves_requests_off_a_crowded_replica(make_router):
         for i, (tokens, _) in enumerate(results):
             assert tokens == reference_output([i + 1] * 30, 60, ignore_eos=True)
         assert router.counters.migrated >= 1
+        await router.stop()
+
+    run(main())
+
+
+def test_the_rebalance_loop_hands_the_rebalancer_the_moves_in_flight_and_their_requests(make_router):
+    """A request migrating stays in its source's report (so the rebalancer can weigh it) and its
+    move is passed along, so the next round counts it as done instead of planning another."""
+    async def main():
+        router, clients = make_router(rebalance=True, rebalancer_settings={"interval_s": 0.05})
+        seen = []
+        router.rebalancer.plan = lambda reports, in_flight: seen.append((reports, dict(in_flight))) or []
+        await router.start()
+        stream = router.generate("m", [1] * 20, SamplingParams(max_tokens=500, ignore_eos=True))
+        await stream.__anext__()
+        entry = router.journal.get("m")
+        source = entry.replica_id
+        entry.migrating = True
+        router.migrations_in_flight["m"] = (source, "r1" if source == "r0" else "r0")
+        seen.clear()
+        await asyncio.sleep(0.2)
+        reports, in_flight = seen[-1]
+        assert in_flight == {"m": router.migrations_in_flight["m"]}
+        assert [q.request_id for r in reports if r.replica_id == source for q in r.requests] == ["m"]
+        entry.migrating = False
+        router.migrations_in_flight.clear()
+        await stream.aclose()
         await router.stop()
 
     run(main())

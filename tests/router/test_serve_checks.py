@@ -107,15 +107,33 @@ def test_replica_threads_default_to_its_cpus(cpus, threads, expected):
     assert serve_cli._engine_config(args).num_threads == expected
 
 
-@pytest.mark.parametrize(("argv", "rebalance", "measure"), [([], True, "expected"),
-                                                           (["--rebalance-measure", "usage"], True, "usage"),
-                                                           (["--no-rebalance"], False, "expected")])
-def test_rebalancing_options_reach_the_router_config(argv, rebalance, measure):
+DEFAULT_REBALANCING = {"measure": "freeness", "interval_s": 0.2, "max_per_round": 4, "pressure_blocks": 2.0}
+
+
+@pytest.mark.parametrize(("argv", "rebalance", "settings"), [
+    ([], True, {}),
+    (["--rebalance-measure", "usage"], True, {"measure": "usage"}),
+    (["--rebalance-measure", "expected", "--rebalance-interval", "1"], True,
+     {"measure": "expected", "interval_s": 1.0}),
+    (["--rebalance-max-moves", "8", "--rebalance-pressure", "4"], True, {"max_per_round": 8, "pressure_blocks": 4.0}),
+    (["--no-rebalance"], False, {}),
+])
+def test_rebalancing_options_reach_the_router_config(argv, rebalance, settings):
     from shunter.router.routing import Rebalancer
 
     config = serve_cli._router_config(cli.build_parser().parse_args(["serve", *argv]), None)
-    assert (config.rebalance, config.rebalancer_settings) == (rebalance, {"measure": measure})
-    assert Rebalancer(**config.rebalancer_settings).by_usage == (measure == "usage")  # the router builds it so
+    assert (config.rebalance, config.rebalancer_settings) == (rebalance, {**DEFAULT_REBALANCING, **settings})
+    built = Rebalancer(**config.rebalancer_settings)  # the router builds it so
+    assert (built.measure, built.interval_s, built.max_per_round, built.pressure_blocks) == tuple(
+        {**DEFAULT_REBALANCING, **settings}.values())
+
+
+@pytest.mark.parametrize("argv", [["--rebalance-interval", "0"], ["--rebalance-max-moves", "0"],
+                                  ["--rebalance-pressure", "-1"], ["--rebalance-measure", "kv"]])
+def test_bad_rebalancing_options_are_refused_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(["serve", *argv])
+    assert e.value.code == 2 and argv[0] in capsys.readouterr().err
 
 
 def test_help_shows_defaults_and_choices():

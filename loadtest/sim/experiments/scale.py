@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from shunter.loadtest.sim.experiments.common import Result, Scale, pct_change, simulate
-from shunter.loadtest.sim.experiments.rebalancing import rebalance
+from shunter.loadtest.sim.experiments.rebalancing import HEADLINE, RATES, rebalance
 from shunter.loadtest.sim.experiments.routing import COST, RATE_PER_REPLICA, _config
 from shunter.loadtest.sim.report import RESULTS_DIR
 from shunter.loadtest.workloads import shared_prefix
@@ -82,10 +82,10 @@ def scale(scale: Scale) -> Result:
                      "hit rate": summary.prefix_hit_rate, "TTFT p90 s": summary.ttft_p90,
                      "TTFT p99 s": summary.ttft_p99, "e2e p99 s": summary.e2e_p99, "preemptions": summary.preemptions,
                      "migrations": summary.migrations, "output tokens": summary.output_tokens})
-    moved = rebalance(scale, replicas=replicas, n=n, progress=f"{replicas} replicas, skewed, ",
-                      runs=("none", "load pairs + migration"))
+    moved = rebalance(scale, replicas=replicas, n=n, rates=RATES[:1], progress=f"{replicas} replicas, skewed, ",
+                      runs=("none", HEADLINE), oracle=False)
     for r in moved.rows:
-        t = moved.settings["timings"][r["rebalancing"]]
+        t = moved.settings["timings"][f"{r['rate/replica']:g}/s {r['rebalancing']}"]
         rows.append({"run": f"skewed-output, rebalancing {r['rebalancing']}", "wall s": t["wall_s"],
                      "cpu s": t["cpu_s"], "decisions/s": None, "decisions/s with hashing": None, "hit rate": None,
                      "TTFT p90 s": None, "TTFT p99 s": r["TTFT p99 s"], "e2e p99 s": r["e2e p99 s"],
@@ -137,7 +137,7 @@ def _plot(path: Path, rows: list[dict[str, Any]], replicas: int, n: int) -> None
     import matplotlib.pyplot as plt
 
     fig, (time_ax, rate_ax) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 2]})
-    labels = [r["run"].replace("load pairs + migration", "on").replace(", ", "\n") for r in rows]
+    labels = [r["run"].replace(HEADLINE, "on").replace(", ", "\n") for r in rows]
     time_ax.bar(labels, [r["wall s"] / 60 for r in rows], color="#4c72b0", label="wall")
     time_ax.bar(labels, [r["cpu s"] / 60 for r in rows], color="none", edgecolor="#dd8452", hatch="//", label="CPU")
     time_ax.axhline(TARGET_S / 60, color="#c44e52", linestyle="--", label="target")
