@@ -344,16 +344,24 @@ class Router:
         while not self._stopping:
             await asyncio.sleep(0.05)
             if self.rebalancer.due():
-                view = await self.journal.rebalance_view(self)
-                if view is None:
-                    continue
-                reports, in_flight = view
-                owners = {q.request_id: q.owner for r in reports for q in r.requests}
-                for move in self.rebalancer.plan(reports, in_flight):
-                    if owners.get(move.request_id):
-                        self.journal.ask_to_migrate(owners[move.request_id], move.request_id, move.source, move.target)
-                    else:
-                        self._spawn(self.migrate(move.request_id, move.target), f"migrate {move.request_id}")
+                try:
+                    await self._rebalance_round()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # one bad round must not end rebalancing for good
+                    log.exception("rebalancing round failed")
+
+    async def _rebalance_round(self) -> None:
+        view = await self.journal.rebalance_view(self)
+        if view is None:
+            return
+        reports, in_flight = view
+        owners = {q.request_id: q.owner for r in reports for q in r.requests}
+        for move in self.rebalancer.plan(reports, in_flight):
+            if owners.get(move.request_id):
+                self.journal.ask_to_migrate(owners[move.request_id], move.request_id, move.source, move.target)
+            else:
+                self._spawn(self.migrate(move.request_id, move.target), f"migrate {move.request_id}")
 
     def reports(self, with_requests: bool = False) -> list[LoadReport]:
         """Each replica's report; `with_requests`: with its running requests' loads (those
