@@ -64,6 +64,7 @@ def test_a_request_with_no_healthy_replica_to_go_to_is_counted_as_no_replica(ser
                    RouterConfig(poll_wait_s=0.05, rebalance=False))
     slot = server.router.slots["r0"]
     slot.healthy = slot.report.healthy = False
+    server.router.loads.update(slot.report)
     ok = pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=[5]), sampling=pb.SamplingOptions(max_tokens=2))
     assert refused(server, ok) == grpc.StatusCode.UNAVAILABLE
     assert rejected(server) == 1 and server.router.counters.rejected_by == {"no_replica": 1}

@@ -129,10 +129,12 @@ def test_rebalancer_moves_requests_off_a_crowded_replica(make_router):
                                                            "measure": "expected"})
         await router.start()
         router.slots["r1"].healthy = router.slots["r1"].report.healthy = False  # everything lands on r0
+        router.loads.update(router.slots["r1"].report)
         gens = [collect(router, f"b{i}", [i + 1] * 30, 60) for i in range(4)]
         task = asyncio.gather(*gens)
         await asyncio.sleep(0.1)
         router.slots["r1"].healthy = router.slots["r1"].report.healthy = True
+        router.loads.update(router.slots["r1"].report)
         results = await task
         for i, (tokens, _) in enumerate(results):
             assert tokens == reference_output([i + 1] * 30, 60, ignore_eos=True)
