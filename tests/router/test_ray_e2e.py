@@ -106,8 +106,8 @@ def test_kv_lost_in_transfer_the_target_recomputes(server, ray_cluster, monkeypa
             source = server.router.slots[chunk.replica_id].client
             real_export = source.export
 
-            async def export(request_id, with_kv=True):
-                exported = await real_export(request_id, with_kv)
+            async def export(request_id, *args):
+                exported = await real_export(request_id, *args)
                 return dataclasses.replace(exported, kv_ref=lost_kv.remote())
 
             monkeypatch.setattr(source, "export", export)
