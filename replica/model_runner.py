@@ -100,12 +100,11 @@ class ModelRunner:
         return runner
 
     def use_decode_graphs(self, max_num_seqs: int, capture: bool) -> None:
-        """Replay decode steps from graphs captured per batch size (`capture=False`: the same
-        padded static buffers, run eagerly, as on the CPU)."""
-        start = time.perf_counter()
+        """Replay decode steps from graphs captured per batch size, each when first used
+        (`capture=False`: the same padded static buffers, run eagerly, as on the CPU)."""
         max_blocks = cdiv(self.max_model_len, self.block_size)
         self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, max_num_seqs, max_blocks, self.device, capture)
-        log.info("decode graphs for batch sizes %s in %.1f s", self.decode_graphs.sizes, time.perf_counter() - start)
+        log.info("decode graphs for batch sizes up to %d, captured when first used", self.decode_graphs.sizes[-1])
 
     def add_generator(self, request_id: str, seed: int) -> None:
         self.generators[request_id] = RequestRng(seed)
