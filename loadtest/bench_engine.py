@@ -54,7 +54,7 @@ def make_llm(args: argparse.Namespace):
     from shunter import LLM
 
     return LLM(model=args.model, device=args.device, max_num_batched_tokens=args.max_num_batched_tokens,
-               max_num_seqs=args.max_num_seqs)
+               max_num_seqs=args.max_num_seqs, async_scheduling=not args.no_async_scheduling)
 
 
 @dataclass
@@ -193,6 +193,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--continuous-requests", type=int, default=None,
                         help="HF continuous batching runs on the first N requests (default: all); tokens/s compared")
     parser.add_argument("--skip-hf-continuous", action="store_true")
+    parser.add_argument("--no-async-scheduling", action="store_true",
+                        help="step synchronously (the next step scheduled only once this one's tokens are back)")
     parser.add_argument("--out", type=Path, default=None, help="JSON result path (default: loadtest/results/)")
 
 
