@@ -37,7 +37,6 @@ class Row:
     request: Request  # the object, not the id: an id that leaves and comes back is a new request
     num_tokens: int  # the request's first tokens written into the row (real ones: never a placeholder)
     num_blocks: int
-    last_sample: int = -1  # where the row's token sat among the sampled rows of its last step
 
 
 @dataclass
@@ -72,6 +71,7 @@ class InputBatch:
         self.top_k = np.zeros(max_rows, dtype=np.int64)  # vocab_size: off
         self.top_p = np.ones(max_rows, dtype=np.float32)
         self.seed = np.zeros(max_rows, dtype=np.int64)
+        self.last_sample = np.full(max_rows, -1, dtype=np.int64)  # a row's index among its last step's samples
         self.rows: dict[str, Row] = {}
         self._free = list(range(max_rows - 1, -1, -1))
         self.writes = BatchWrites()
@@ -99,6 +99,7 @@ class InputBatch:
         self.top_k[i] = p.top_k if 0 < p.top_k < self.vocab_size else self.vocab_size
         self.top_p[i] = p.top_p
         self.seed[i] = seed
+        self.last_sample[i] = -1
         row = self.rows[req.request_id] = Row(i, req, n, 0)
         self.writes.rows += 1
         return row
@@ -108,22 +109,14 @@ class InputBatch:
 
         `seed_of`: a joining request's sampling seed (read once, when its row is written)."""
         rows_get = self.rows.get
-        rows: list[int] = []
-        starts: list[int] = []
-        num_new: list[int] = []
-        samples: list[bool] = []
-        cell_rows: list[int] = []  # tokens to write, (row, position, token), in one assignment
-        cell_cols: list[int] = []
-        cell_vals: list[int] = []
+        seqs: list[int] = []  # per sequence: row, start, end, the request's tokens (flat, one array after)
+        cells: list[int] = []  # tokens to write: row, position, token (flat, one assignment after)
         fill_seqs: list[int] = []
-        fill_from: list[int] = []
-        num_sampled = 0
         for i, s in enumerate(scheduled):
             req = s.request
             row = rows_get(req.request_id)
             if row is None or row.request is not req:
                 row = self._join(req, seed_of(req.request_id))
-            r = row.index
             blocks = s.block_ids
             if len(blocks) > row.num_blocks:
                 self._grow_blocks(row, blocks)
@@ -137,25 +130,20 @@ class InputBatch:
                 if new[-1] == PLACEHOLDER:  # its value is on the device; the row learns it next time
                     new.pop()
                     fill_seqs.append(i)
-                    fill_from.append(row.last_sample)
-                if new:
-                    cell_rows += [r] * len(new)
-                    cell_cols += range(have, have + len(new))
-                    cell_vals += new
-                    row.num_tokens = have + len(new)
-            rows.append(r)
-            starts.append(start)
-            num_new.append(end - start)
-            sampled = end == num_prompt + len(outputs)
-            samples.append(sampled)
-            if sampled:
-                row.last_sample = num_sampled
-                num_sampled += 1
-        if cell_rows:
-            self.token_ids[cell_rows, cell_cols] = cell_vals
-            self.writes.tokens += len(cell_rows)
-        return StepRows(np.array(rows, dtype=np.int64), np.array(starts, dtype=np.int64),
-                        np.array(num_new, dtype=np.int64), np.array(samples, dtype=bool), fill_seqs, fill_from)
+                for k, token in enumerate(new, have):
+                    cells += (row.index, k, token)
+                row.num_tokens = have + len(new)
+            seqs += (row.index, start, end, num_prompt + len(outputs))
+        rows, starts, ends, totals = np.array(seqs, dtype=np.int64).reshape(-1, 4).T.copy()
+        samples = ends == totals
+        if cells:
+            r, c, v = np.array(cells, dtype=np.int64).reshape(-1, 3).T
+            self.token_ids[r, c] = v
+            self.writes.tokens += len(v)
+        fill_from = self.last_sample[rows[fill_seqs]].tolist() if fill_seqs else []
+        sampled_rows = rows[samples]
+        self.last_sample[sampled_rows] = np.arange(len(sampled_rows))
+        return StepRows(rows, starts, ends - starts, samples, fill_seqs, fill_from)
 
     def _grow_blocks(self, row: Row, blocks: list[int]) -> None:
         have, need = row.num_blocks, len(blocks)
