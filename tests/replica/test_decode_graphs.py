@@ -85,3 +85,15 @@ def test_a_run_captures_only_the_batch_sizes_it_replays():
     graphs.run = recording
     _greedy(llm)
     assert set(graphs.graphs) == set(replayed) and len(graphs.graphs) < len(graphs.sizes)
+
+
+@pytest.mark.gpu
+def test_capturing_every_size_up_front_keeps_the_tokens():
+    """What `bench engine` does before its timed run: every size captured on rows that store nothing."""
+    kwargs = dict(model="random:tiny", device="cuda", dtype="float32", max_num_seqs=8, num_kv_blocks=64)
+    eager = _greedy(LLM(enforce_eager=True, **kwargs))
+    llm = LLM(**kwargs)
+    graphs = llm.engine.runner.decode_graphs
+    graphs.capture_all()
+    assert set(graphs.graphs) == set(graphs.sizes)
+    assert _greedy(llm) == eager
