@@ -10,7 +10,8 @@ full blocks, the step's bookkeeping). Each case runs every path in the same proc
 `before` packs each step's inputs from scratch and steps synchronously (the engine before the
 persistent batch), `persistent` uses the persistent batch synchronously, `after` adds async
 scheduling (the default). `total_ms` is timed without the instruments (`cpu_ms`: the process's
-CPU time over the same steps, which a busy machine inflates less), the split with them.
+CPU time over the same steps, which a busy machine inflates less), the split with them, on the
+wall clock or (`--split-clock cpu`) the process's CPU time.
 """
 from __future__ import annotations
 
@@ -54,10 +55,11 @@ def build(seqs: int, context: int, steps: int, path: str, device: str):
 
 
 class Split:
-    """Wraps the step's parts (instance attributes) and sums their wall time."""
+    """Wraps the step's parts (instance attributes) and sums their time on `clock`."""
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, clock=time.perf_counter) -> None:
         self.seconds = dict.fromkeys(PARTS, 0.0)
+        self.clock = clock
         runner = engine.runner
         self._wrap(engine.scheduler, "schedule", "schedule")
         self._wrap(runner, "_prepare", "prepare")
@@ -66,21 +68,21 @@ class Split:
 
     def _wrap(self, owner, attr: str, part: str, minus: str | None = None) -> None:
         inner = getattr(owner, attr)
-        seconds = self.seconds
+        seconds, clock = self.seconds, self.clock
 
         def timed(*args, **kwargs):
             before = seconds[minus] if minus else 0.0
-            started = time.perf_counter()
+            started = clock()
             try:
                 return inner(*args, **kwargs)
             finally:
-                spent = time.perf_counter() - started
+                spent = clock() - started
                 seconds[part] += spent - ((seconds[minus] - before) if minus else 0.0)
 
         setattr(owner, attr, timed)
 
 
-def measure(seqs: int, context: int, steps: int, path: str, device: str) -> dict[str, float]:
+def measure(seqs: int, context: int, steps: int, path: str, device: str, cpu_clock: bool = False) -> dict[str, float]:
     from shunter.loadtest.roofline import sync
 
     engine = build(seqs, context, 2 * steps + 20, path, device)
@@ -93,12 +95,13 @@ def measure(seqs: int, context: int, steps: int, path: str, device: str) -> dict
     sync(device)
     total = (time.perf_counter() - started) / steps
     cpu = (time.process_time() - cpu_started) / steps
-    split = Split(engine)
-    started = time.perf_counter()
+    clock = time.process_time if cpu_clock else time.perf_counter
+    split = Split(engine, clock)
+    started = clock()
     for _ in range(steps):
         engine.step()
     sync(device)
-    instrumented = (time.perf_counter() - started) / steps
+    instrumented = (clock() - started) / steps
     parts = {k: 1e3 * v / steps for k, v in split.seconds.items()}
     parts["rest"] = 1e3 * instrumented - sum(parts.values())
     return {"total_ms": 1e3 * total, "cpu_ms": 1e3 * cpu, **{f"{k}_ms": v for k, v in parts.items()},
@@ -111,6 +114,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=200, help="timed decode steps per case (twice: plain, split)")
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
     parser.add_argument("--device", default="cpu", help="where the null model's tensors live (cpu or cuda)")
+    parser.add_argument("--split-clock", choices=["wall", "cpu"], default="wall",
+                        help="what the split is timed on: wall time (a GPU: the wait for the device counts), or "
+                             "the process's CPU time (a busy CPU-only machine)")
     parser.add_argument("--out", type=Path, default=None, help="JSON result path (default: loadtest/results/)")
 
 
@@ -127,13 +133,13 @@ def run(args: argparse.Namespace) -> int:
         for context in args.contexts:
             case = {"seqs": seqs, "context": context}
             for path in args.paths:
-                case[path] = measure(seqs, context, args.steps, path, args.device)
+                case[path] = measure(seqs, context, args.steps, path, args.device, args.split_clock == "cpu")
             if "before" in case and "after" in case:
                 case["before_over_after"] = case["before"]["total_ms"] / case["after"]["total_ms"]
             cases.append(case)
             Console(stderr=True).print(f"{seqs} seqs, {context} tokens: " + ", ".join(
                 f"{p} {case[p]['total_ms']:.3f} ms" for p in args.paths))
-    result = {"command": args._invocation, "device": args.device,
+    result = {"command": args._invocation, "device": args.device, "split_clock": args.split_clock,
               "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
               "load_average": os.getloadavg(), "steps": args.steps, "cases": cases}
     table = Table(title=f"host time per decode step (ms), null model on {args.device}")
