@@ -52,10 +52,6 @@ class StepRows:
     fill_seqs: list[int] = field(default_factory=list)
     fill_from: list[int] = field(default_factory=list)
 
-    @property
-    def num_sampled(self) -> int:
-        return int(self.samples.sum())
-
 
 class InputBatch:
     def __init__(self, max_rows: int, max_model_len: int, block_size: int, vocab_size: int) -> None:
