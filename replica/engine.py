@@ -33,11 +33,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Flight:
-    """A launched step whose tokens the host has not read back yet."""
+    """A launched step whose tokens the host has not read back yet. It holds only what settling
+    and completing need (no `SchedulerOutput`): under async scheduling it outlives its step, and
+    what outlives a step is what Python's garbage collector promotes and rescans."""
 
-    out: SchedulerOutput
     pending: PendingTokens | list[int | None]  # a synchronous runner (fakes, the simulator) returns the list
-    sampled: list[tuple[Request, int]]  # the requests that sample in it, and where their token goes
+    sampled: list[Request]  # the requests that sample in it, in order
+    slots: list[int]  # where each one's token goes in its output_token_ids
+    filled: list[Request]  # whose computed tokens crossed a block boundary: blocks to publish
     last: list[Request] = field(default_factory=list)  # whose token on the way is their last (length)
     finals: dict[str, Request] = field(default_factory=dict)  # ended while their token was on its way
     settled: bool = False
@@ -162,19 +165,23 @@ class Engine:
         samples a placeholder for its token, so the next schedule sees the tokens it will have."""
         pending = self.runner.execute(out)
         self.kv.swaps_done()
-        flight = _Flight(out, pending, [])
-        sampled, last, limit = flight.sampled, flight.last, self.max_model_len
+        flight = _Flight(pending, [], [], [])
+        sampled, slots, filled, last = flight.sampled, flight.slots, flight.filled, flight.last
+        limit, bs = self.max_model_len, self.block_size
         for s in out.scheduled:
             req = s.request
-            req.num_computed_tokens += s.num_new_tokens
+            n = s.num_new_tokens
+            computed = req.num_computed_tokens = req.num_computed_tokens + n
+            if computed // bs != (computed - n) // bs:  # a block filled (earlier ones, e.g. a prefix hit's, come along)
+                filled.append(req)
             ids = req.output_token_ids
             num_tokens = len(req.prompt_token_ids) + len(ids)
-            if req.num_computed_tokens == num_tokens:  # the chunk reached the end: a token is sampled
-                j = len(ids)
-                sampled.append((req, j))
-                ids.append(PLACEHOLDER)
-                if j + 1 >= req.params.max_tokens or num_tokens + 1 >= limit:
+            if computed == num_tokens:  # the chunk reached the end: a token is sampled
+                sampled.append(req)
+                slots.append(len(ids))
+                if len(ids) + 1 >= req.params.max_tokens or num_tokens + 1 >= limit:
                     last.append(req)
+                ids.append(PLACEHOLDER)
         return flight
 
     def _settle(self, flight: _Flight) -> None:
@@ -184,14 +191,10 @@ class Engine:
         if flight.settled:
             return
         flight.settled = True
-        cache, running, bs = self.kv.cache_computed_blocks, RequestStatus.RUNNING, self.block_size
-        for s in flight.out.scheduled:
-            req = s.request
-            computed = req.num_computed_tokens
-            # Only a step that crossed a block boundary filled one (the call catches up on any
-            # earlier full block, e.g. after a prefix hit).
-            if computed // bs != (computed - s.num_new_tokens) // bs and req.status is running:
-                cache(req)
+        running = RequestStatus.RUNNING
+        for req in flight.filled:
+            if req.status is running:
+                self.kv.cache_computed_blocks(req)
         for req in flight.last:
             if req.status is running:
                 self.scheduler.finish(req, "length")
@@ -206,7 +209,7 @@ class Engine:
         now = self.clock.now()
         outputs: list[EngineOutput] = []
         finals, finished, detokenizers = flight.finals, RequestStatus.FINISHED, self.detokenizers
-        for (req, j), token in zip(flight.sampled, [t for t in tokens if t is not None]):
+        for req, j, token in zip(flight.sampled, flight.slots, [t for t in tokens if t is not None]):
             final = finals.get(req.request_id) if finals else None
             if req.status is finished and final is not req:
                 continue  # aborted or ended meanwhile: its token is dropped with it
