@@ -16,7 +16,7 @@ import random
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shunter.loadtest.bench_cli import run_bench
@@ -54,68 +54,105 @@ def make_llm(args: argparse.Namespace):
     from shunter import LLM
 
     return LLM(model=args.model, device=args.device, max_num_batched_tokens=args.max_num_batched_tokens,
-               max_num_seqs=args.max_num_seqs)
+               max_num_seqs=args.max_num_seqs, async_scheduling=not args.no_async_scheduling)
 
 
 @dataclass
 class StepTimes:
-    """Where each engine step's wall time goes: the engine around the runner (scheduling, output
-    handling), the runner's `execute` (input packing, the forward, sampling and its device sync),
-    and `pack` inside it. On the first H100 run a step took 5.9 ms against a 1.6 ms roofline; this
-    tells the next GPU run whether the host or the device holds the difference."""
+    """Where each engine step's wall time goes. `prepare`: the runner brings the persistent batch
+    up to date, gathers the step's inputs and starts their copy up; `launch`: the rest of the
+    runner's `execute`, launching the forward (or replaying a decode graph) and the sampler and
+    starting the tokens' copy back; `outputs`: the engine waits for the tokens (the step's sync)
+    and makes the outputs; the rest is scheduling and bookkeeping. With async scheduling a step
+    waits for the one before it, launched earlier, so the wait in `outputs` is the device's time
+    the host did not cover. On the first H100 run a step took 5.9 ms against a 1.6 ms roofline;
+    these tell the next run whether the host or the device holds the difference."""
 
     steps: int = 0
     step_s: float = 0.0
-    execute_s: float = 0.0
-    pack_s: float = 0.0
+    prepare_s: float = 0.0
+    launch_s: float = 0.0
+    outputs_s: float = 0.0
     graph_steps: int = 0  # decode steps replayed from a CUDA graph
+    waits: int = 0  # readbacks waited for: one a step
+    implicit_syncs: int = 0  # other syncs CUDA's sync debug mode saw (.item(), copies to pageable memory...)
+    device: dict[str, float | int] = field(default_factory=dict)  # `DeviceTimeline.summary()` on CUDA
 
     def as_dict(self) -> dict[str, float | int]:
         n = max(self.steps, 1)
-        return {"steps": self.steps, "step_ms": 1e3 * self.step_s / n, "execute_ms": 1e3 * self.execute_s / n,
-                "pack_ms": 1e3 * self.pack_s / n, "outside_execute_ms": 1e3 * (self.step_s - self.execute_s) / n,
-                "decode_graph_steps": self.graph_steps}
+        return {"steps": self.steps, "step_ms": 1e3 * self.step_s / n, "prepare_ms": 1e3 * self.prepare_s / n,
+                "launch_ms": 1e3 * self.launch_s / n, "outputs_ms": 1e3 * self.outputs_s / n,
+                "rest_ms": 1e3 * (self.step_s - self.prepare_s - self.launch_s - self.outputs_s) / n,
+                "decode_graph_steps": self.graph_steps, "syncs_per_step": (self.waits + self.implicit_syncs) / n,
+                "implicit_syncs": self.implicit_syncs, **self.device}
 
 
 @contextmanager
 def timed_steps(llm, times: StepTimes, shapes: list[list[ChunkShape]]):
-    """Wrap the engine's step, the runner's execute and pack for the duration (instance and module
-    attributes, restored after), recording each step's shape and times."""
-    from shunter.replica import model_runner
+    """Wrap the engine's step and output handling and the runner's execute, input preparation and
+    decode graphs (instance attributes, removed after), recording each step's shape and times;
+    on CUDA also the device's timeline and CUDA's own count of implicit syncs."""
+    import warnings
 
-    engine, runner, pack = llm.engine, llm.engine.runner, model_runner.pack
-    step, execute = engine.step, runner.execute
+    import torch
+
+    engine, runner = llm.engine, llm.engine.runner
     graphs = runner.decode_graphs
+    originals = {(engine, "step"): engine.step, (engine, "_complete"): engine._complete,
+                 (runner, "execute"): runner.execute, (runner, "_prepare"): runner._prepare}
+    if graphs is not None:
+        originals[(graphs, "run")] = graphs.run
+    waits = runner.readback.waits
 
-    def timed_step():
-        started = time.perf_counter()
-        try:
-            return step()
-        finally:
-            times.step_s += time.perf_counter() - started
+    def timed(owner, name: str, field_name: str, before=None):
+        inner = originals[(owner, name)]
 
-    def timed_execute(out):
+        def wrapper(*args, **kwargs):
+            if before is not None:
+                before(*args)
+            started = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                setattr(times, field_name, getattr(times, field_name) + time.perf_counter() - started)
+        return wrapper
+
+    def execute_shape(out):
         shapes.append([ChunkShape(s.start, s.num_new_tokens, s.samples) for s in out.scheduled])
-        started = time.perf_counter()
-        try:
-            return execute(out)
-        finally:
-            times.execute_s += time.perf_counter() - started
-            times.steps += 1
+        times.steps += 1
 
-    def timed_pack(*args, **kwargs):
-        started = time.perf_counter()
-        batch = pack(*args, **kwargs)
-        times.pack_s += time.perf_counter() - started
-        times.graph_steps += graphs is not None and graphs.fits(batch)
-        return batch
+    engine.step = timed(engine, "step", "step_s")
+    engine._complete = timed(engine, "_complete", "outputs_s")
+    runner.execute = timed(runner, "execute", "launch_s", execute_shape)
+    runner._prepare = timed(runner, "_prepare", "prepare_s")
+    if graphs is not None:
+        replay = originals[(graphs, "run")]
 
-    engine.step, runner.execute, model_runner.pack = timed_step, timed_execute, timed_pack
+        def counted_replay(batch):
+            times.graph_steps += 1
+            return replay(batch)
+
+        graphs.run = counted_replay
+    cuda = runner.device.type == "cuda"
+    if cuda:
+        from shunter.replica.device_timeline import DeviceTimeline
+
+        runner.timeline = DeviceTimeline()
+        torch.cuda.set_sync_debug_mode("warn")
     try:
-        yield
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        times.implicit_syncs = sum("synchroniz" in str(w.message) for w in caught)
     finally:
-        del engine.step, runner.execute
-        model_runner.pack = pack
+        for owner, name in originals:
+            delattr(owner, name)
+        times.launch_s -= times.prepare_s  # execute's time includes prepare's
+        times.waits = runner.readback.waits - waits
+        if cuda:
+            torch.cuda.set_sync_debug_mode(0)
+            times.device = runner.timeline.summary()
+            runner.timeline = None
 
 
 def run_shunter(llm, work: Workload, args: argparse.Namespace) -> tuple[float, list[list[ChunkShape]], int, StepTimes]:
@@ -127,6 +164,9 @@ def run_shunter(llm, work: Workload, args: argparse.Namespace) -> tuple[float, l
 
     params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in work.output_lens]
     llm.generate(work.prompts[:2], params[:2], use_tqdm=False)  # warm-up (kernels compile here)
+    graphs = llm.engine.runner.decode_graphs
+    if graphs is not None and graphs.capture:  # a server captures each size when first used; a bench not in its timing
+        graphs.capture_all()
     steps: list[list[ChunkShape]] = []
     times = StepTimes()
     compiled = kernels.compiled_variants()
@@ -134,8 +174,7 @@ def run_shunter(llm, work: Workload, args: argparse.Namespace) -> tuple[float, l
     with timed_steps(llm, times, steps):
         start = time.perf_counter()
         outs = llm.generate(work.prompts, params, use_tqdm=sys.stderr.isatty())
-        sync(args.device)
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start  # the last step's tokens are read back: the device is done
     assert [len(o.outputs[0].token_ids) for o in outs] == work.output_lens
     return elapsed, steps, kernels.compiled_variants() - compiled, times
 
@@ -157,6 +196,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--continuous-requests", type=int, default=None,
                         help="HF continuous batching runs on the first N requests (default: all); tokens/s compared")
     parser.add_argument("--skip-hf-continuous", action="store_true")
+    parser.add_argument("--no-async-scheduling", action="store_true",
+                        help="step synchronously (the next step scheduled only once this one's tokens are back)")
     parser.add_argument("--out", type=Path, default=None, help="JSON result path (default: loadtest/results/)")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import sys
@@ -39,17 +40,22 @@ def make_workload(n: int, vocab_size: int, seed: int, min_prompt: int, max_promp
     return Workload(prompts, outs)
 
 
-def run_shunter(model: str, work: Workload, args: argparse.Namespace) -> float:
+def run_shunter(model: str, work: Workload, args: argparse.Namespace, **engine_settings) -> tuple[float, dict]:
+    """Seconds for the workload, and where its steps' time went (`bench_engine.StepTimes`)."""
     from shunter import LLM, SamplingParams
+    from shunter.loadtest.bench_engine import StepTimes, timed_steps
 
-    llm = LLM(model=model, max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs)
+    llm = LLM(model=model, max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+              **engine_settings)
     params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in work.output_lens]
     llm.generate(work.prompts[:2], params[:2], use_tqdm=False)  # warm-up
-    start = time.perf_counter()
-    outs = llm.generate(work.prompts, params, use_tqdm=sys.stderr.isatty())
-    elapsed = time.perf_counter() - start
+    times = StepTimes()
+    with timed_steps(llm, times, []):
+        start = time.perf_counter()
+        outs = llm.generate(work.prompts, params, use_tqdm=sys.stderr.isatty())
+        elapsed = time.perf_counter() - start
     assert [len(o.outputs[0].token_ids) for o in outs] == work.output_lens
-    return elapsed
+    return elapsed, times.as_dict()
 
 
 def run_hf_static(model: str, work: Workload, batch_size: int, device: str = "cpu", dtype: str = "float32") -> float:
@@ -92,6 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf-batch-size", type=int, default=16)
     parser.add_argument("--max-num-batched-tokens", type=int, default=512)
     parser.add_argument("--max-num-seqs", type=int, default=64)
+    parser.add_argument("--before", action="store_true",
+                        help="also run Shunter as before issue 25 (inputs packed every step, no async scheduling)")
     parser.add_argument("--out", type=Path, default=None, help="JSON result path (default: loadtest/results/)")
 
 
@@ -106,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
     work = make_workload(args.num_requests, vocab, args.seed, *args.prompt_len, *args.output_len)
     console = Console(stderr=True)
     console.print(f"{len(work.prompts)} requests, {work.useful_tokens} output tokens, {torch.get_num_threads()} threads")
-    shunter_s = run_shunter(args.model, work, args)
+    shunter_s, per_step = run_shunter(args.model, work, args)
+    before_s, before_step = run_shunter(args.model, work, args, persistent_batch=False,
+                                        async_scheduling=False) if args.before else (None, None)
     hf_s = run_hf_static(args.model, work, args.hf_batch_size)
     result = {
         "command": args._invocation,
@@ -116,13 +126,21 @@ def run(args: argparse.Namespace) -> int:
                      "prompt_len": args.prompt_len, "output_len": args.output_len, "seed": args.seed},
         "hf_static": {"batch_size": args.hf_batch_size, "seconds": hf_s, "tokens_per_s": work.useful_tokens / hf_s},
         "shunter": {"max_num_batched_tokens": args.max_num_batched_tokens, "max_num_seqs": args.max_num_seqs,
-                    "seconds": shunter_s, "tokens_per_s": work.useful_tokens / shunter_s},
+                    "seconds": shunter_s, "tokens_per_s": work.useful_tokens / shunter_s, "per_step": per_step},
+        "load_average": os.getloadavg(),
     }
     result["ratio"] = result["shunter"]["tokens_per_s"] / result["hf_static"]["tokens_per_s"]
+    if before_s is not None:
+        result["shunter_before"] = {"seconds": before_s, "tokens_per_s": work.useful_tokens / before_s,
+                                    "per_step": before_step}
+        result["after_over_before"] = before_s / shunter_s
     table = Table(title=f"offline throughput, {args.model}")
     for col in ("system", "seconds", "output tokens/s"):
         table.add_column(col)
     table.add_row(f"HF generate (static, batch {args.hf_batch_size})", f"{hf_s:.1f}", f"{work.useful_tokens / hf_s:.1f}")
+    if before_s is not None:
+        table.add_row("Shunter before issue 25 (packed, synchronous)", f"{before_s:.1f}",
+                      f"{work.useful_tokens / before_s:.1f}")
     table.add_row("Shunter (continuous batching)", f"{shunter_s:.1f}", f"{work.useful_tokens / shunter_s:.1f}")
     Console().print(table)
     Console().print(f"ratio Shunter / HF static: {result['ratio']:.2f}x")

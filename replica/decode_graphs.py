@@ -7,8 +7,11 @@ buffers padded to the next captured size: padded rows store nothing (slot -1) an
 cached token of block 0, so they stay finite and touch no sequence's KV. Only pure decode steps
 (one query per sequence) replay; prefill chunks run eagerly.
 
-Without CUDA (`capture=False`) the same padding runs the model eagerly on the static buffers,
-which is how the padding is tested on the CPU.
+A size is captured the first time a step of that size runs, so a run captures the sizes it
+uses and no others (a server that never sees 200 sequences never pays for their graph): the
+static buffers then hold that step's real inputs, and the warm-up runs before the capture store
+the same keys and values the replay stores right after. Without CUDA (`capture=False`) the same
+padding runs the model eagerly on the static buffers, which is how the padding is tested on the CPU.
 """
 from __future__ import annotations
 
@@ -59,8 +62,8 @@ class DecodeGraphs:
         self.max_blocks = max_blocks
         self.buffers = _Buffers.allocate(self.sizes[-1], max_blocks, device)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        if capture:
-            self._capture_all()
+        self.capture = capture
+        self._pool = None  # one memory pool for every graph: each reuses what the others left free
 
     def fits(self, batch: Batch) -> bool:
         attn = batch.attn
@@ -83,6 +86,8 @@ class DecodeGraphs:
         b.block_tables[:S, :width].copy_(batch.attn.block_tables)
         b.context_lens[:S].copy_(batch.attn.context_lens)
         b.context_lens[S:n].fill_(1)
+        if self.capture and n not in self.graphs:
+            self._capture(n)
         if n in self.graphs:
             graph, hidden = self.graphs[n]
             graph.replay()
@@ -94,20 +99,26 @@ class DecodeGraphs:
         b = self.buffers
         return self.model(b.input_ids[:n], b.positions[:n], self.kv_caches, b.attn(n))
 
-    @torch.inference_mode()
-    def _capture_all(self) -> None:
-        """Largest first, all in one memory pool: the smaller graphs reuse the largest's memory."""
-        pool = None
+    def capture_all(self) -> None:
+        """Capture every size not captured yet, largest first (a benchmark does, before timing):
+        on rows that store nothing and attend one cached token."""
+        self.buffers.slot_mapping.fill_(-1)
+        self.buffers.context_lens.fill_(1)
         for n in reversed(self.sizes):
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up: Triton compiles outside the capture
-                for _ in range(2):
-                    self._forward(n)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                hidden = self._forward(n)
-            pool = graph.pool()
-            self.graphs[n] = (graph, hidden)
-        torch.cuda.synchronize()
+            if n not in self.graphs:
+                self._capture(n)
+
+    @torch.inference_mode()
+    def _capture(self, n: int) -> None:
+        """Warm up (Triton compiles outside the capture), then capture the size-`n` forward."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._forward(n)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            hidden = self._forward(n)
+        self._pool = graph.pool()
+        self.graphs[n] = (graph, hidden)

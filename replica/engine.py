@@ -1,12 +1,16 @@
 """The replica's engine: add requests, step, get tokens back.
 
-One `step()` = schedule -> run the model on one ragged batch -> append tokens, stop, free.
+One `step()` = schedule -> launch the model on one ragged batch -> read the tokens back, stop,
+free. With async scheduling (the default where the runner supports it) a step's tokens are read
+back after the next step has been scheduled and launched, so the host's work overlaps the
+device's; placeholders (`request.PLACEHOLDER`) stand for tokens on their way.
 """
 from __future__ import annotations
 
 import logging
 import random
 import time
+from dataclasses import dataclass, field
 
 from shunter.clock import Clock, MonotonicClock
 from shunter.replica.detokenizer import IncrementalDetokenizer
@@ -17,13 +21,34 @@ from shunter.replica.load_estimate import remaining_blocks
 from shunter.replica.migration import Migration
 from shunter.replica.model_runner import ModelRunner
 from shunter.replica.policies import make_policy
-from shunter.replica.request import Request
-from shunter.replica.scheduler import Scheduler, SchedulerConfig
+from shunter.replica.readback import PendingTokens
+from shunter.replica.request import PLACEHOLDER, Request, RequestStatus
+from shunter.replica.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from shunter.replica.threads import set_torch_threads
 from shunter.replica.validation import validate_request
 from shunter.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Flight:
+    """A launched step whose tokens the host has not read back yet. It holds only what settling
+    and completing need (no `SchedulerOutput`): under async scheduling it outlives its step, and
+    what outlives a step is what Python's garbage collector promotes and rescans."""
+
+    pending: PendingTokens | list[int | None]  # a synchronous runner (fakes, the simulator) returns the list
+    sampled: list[Request]  # the requests that sample in it, in order
+    slots: list[int]  # where each one's token goes in its output_token_ids
+    filled: list[Request]  # whose computed tokens crossed a block boundary: blocks to publish
+    last: list[Request] = field(default_factory=list)  # whose token on the way is their last (length)
+    finals: dict[str, Request] = field(default_factory=dict)  # ended while their token was on its way
+    settled: bool = False
+
+
+def _drop_placeholders(ids: list[int]) -> None:
+    while ids and ids[-1] == PLACEHOLDER:
+        ids.pop()
 
 
 class Engine(Migration):
@@ -58,6 +83,10 @@ class Engine(Migration):
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
         self._rng = random.Random(config.seed)
         self._step_time_ema = 0.0
+        # Async scheduling needs a runner that takes a placeholder's token from the device.
+        self.async_scheduling = config.async_scheduling and getattr(self.runner, "supports_async_scheduling", False)
+        self._flight: _Flight | None = None  # the launched step whose tokens are not read yet
+        self._drained: list[EngineOutput] = []  # outputs of a step completed between two steps
 
     # ---- requests in -----------------------------------------------------------------------
     def add_request(
@@ -93,48 +122,136 @@ class Engine(Migration):
 
     # ---- one step --------------------------------------------------------------------------
     def step(self) -> list[EngineOutput]:
+        """Schedule and launch a step; return what the last finished step made. Synchronously
+        that is this step; with async scheduling the step before, whose tokens are read back
+        only now, after this one was launched on the device."""
+        outputs, self._drained = self._drained, []
+        flight, self._flight = self._flight, None
+        if flight is not None:
+            self._settle(flight)
         if not self.scheduler.has_unfinished():
-            return []
+            return outputs + (self._complete(flight) if flight is not None else [])
         started, clock_started = time.perf_counter(), self.clock.now()
         out = self.scheduler.schedule()
-        tokens = self.runner.execute(out)
-        self.kv.swaps_done()
-        outputs = [self._finish(r, r.finish_reason or "abort", []) for r in out.finished]
-        now = self.clock.now()
-        for scheduled, token in zip(out.scheduled, tokens):
-            self.scheduler.advance(scheduled)
-            if token is not None:
-                outputs.append(self._append_token(scheduled.request, token, now))
+        outputs += self._leave(out, flight)
+        launched = self._launch(out)
+        if self.async_scheduling:
+            self._flight = launched
+            if flight is not None:
+                outputs += self._complete(flight)
+        else:
+            self._settle(launched)
+            outputs += self._complete(launched)
         elapsed = time.perf_counter() - started
         self.scheduler.observe_step(self.clock.now() - clock_started, out.num_tokens)
         self._step_time_ema = elapsed if self._step_time_ema == 0 else 0.9 * self._step_time_ema + 0.1 * elapsed
         return outputs
 
-    def _append_token(self, request: Request, token: int, now: float) -> EngineOutput:
-        request.output_token_ids.append(token)
-        if request.first_token_time is None:
-            request.first_token_time = now
-        request.last_token_time = now
-        detok = self.detokenizers.get(request.request_id)
-        new_text = detok.add(token) if detok else ""
-        reason = self._stop_reason(request, token, detok)
-        if reason is not None:
-            return self._finish(request, reason, [token], new_text)
-        return self._output(request, [token], new_text)
+    def _leave(self, out: SchedulerOutput, flight: _Flight | None) -> list[EngineOutput]:
+        """Requests the schedule took off the device: preempted ones give back their rows; ended
+        ones (deadlines) are reported, with their token on the way if one is."""
+        for r in out.preempted:
+            self.runner.remove_request(r.request_id)
+        outputs = []
+        for r in out.finished:
+            if flight is not None and r.output_token_ids and r.output_token_ids[-1] == PLACEHOLDER:
+                self.runner.remove_request(r.request_id)
+                flight.finals[r.request_id] = r
+            else:
+                outputs.append(self._finish(r, r.finish_reason or "abort", []))
+        return outputs
 
-    def _stop_reason(self, request: Request, token: int, detok: IncrementalDetokenizer | None) -> str | None:
-        params = request.params
-        if (not params.ignore_eos and token in request.eos_token_ids) or token in params.stop_token_ids:
-            return "stop"
-        if detok is not None and detok.stopped:
-            return "stop"
-        if request.num_output_tokens >= params.max_tokens or request.num_tokens >= self.max_model_len:
-            return "length"
-        return None
+    def _launch(self, out: SchedulerOutput) -> _Flight:
+        """Start the step on the runner; count its tokens as computed and give every request that
+        samples a placeholder for its token, so the next schedule sees the tokens it will have."""
+        pending = self.runner.execute(out)
+        self.kv.swaps_done()
+        flight = _Flight(pending, [], [], [])
+        sampled, slots, filled, last = flight.sampled, flight.slots, flight.filled, flight.last
+        limit, bs = self.max_model_len, self.block_size
+        for s in out.scheduled:
+            req = s.request
+            n = s.num_new_tokens
+            computed = req.num_computed_tokens = req.num_computed_tokens + n
+            if computed // bs != (computed - n) // bs:  # a block filled (earlier ones, e.g. a prefix hit's, come along)
+                filled.append(req)
+            ids = req.output_token_ids
+            num_tokens = len(req.prompt_token_ids) + len(ids)
+            if computed == num_tokens:  # the chunk reached the end: a token is sampled
+                sampled.append(req)
+                slots.append(len(ids))
+                if len(ids) + 1 >= req.params.max_tokens or num_tokens + 1 >= limit:
+                    last.append(req)
+                ids.append(PLACEHOLDER)
+        return flight
+
+    def _settle(self, flight: _Flight) -> None:
+        """Before the next schedule, as if the step's tokens were in: publish the blocks it
+        filled (their tokens are all known by now), and end the requests whose token on the way
+        is their last for certain (length), so their seats and blocks free up in time."""
+        if flight.settled:
+            return
+        flight.settled = True
+        running = RequestStatus.RUNNING
+        for req in flight.filled:
+            if req.status is running:
+                self.kv.cache_computed_blocks(req)
+        for req in flight.last:
+            if req.status is running:
+                self.scheduler.finish(req, "length")
+                self.runner.remove_request(req.request_id)
+                flight.finals[req.request_id] = req
+
+    def _complete(self, flight: _Flight) -> list[EngineOutput]:
+        """Read the step's tokens back (the step's one sync), put them in place of the
+        placeholders, detokenize, stop, and report."""
+        pending = flight.pending
+        tokens = pending if isinstance(pending, list) else pending.tokens()
+        now = self.clock.now()
+        outputs: list[EngineOutput] = []
+        finals, finished, detokenizers = flight.finals, RequestStatus.FINISHED, self.detokenizers
+        for req, j, token in zip(flight.sampled, flight.slots, [t for t in tokens if t is not None]):
+            final = finals.get(req.request_id) if finals else None
+            if req.status is finished and final is not req:
+                continue  # aborted or ended meanwhile: its token is dropped with it
+            req.output_token_ids[j] = token
+            if req.first_token_time is None:
+                req.first_token_time = now
+            req.last_token_time = now
+            params = req.params
+            detok = detokenizers.get(req.request_id) if detokenizers else None
+            new_text = detok.add(token) if detok is not None else ""
+            # Length stops were found before the token came (`_settle`): they are the finals.
+            stop = ((token in req.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids
+                    or (detok is not None and detok.stopped))
+            if not stop and final is None:
+                cached = req.num_cached_tokens
+                outputs.append(EngineOutput(req.request_id, [token], j + 1, None, new_text, cached if cached > 0 else 0,
+                                            req.arrival_time, req.first_token_time))
+                continue
+            if stop:
+                req.finish_reason = "stop"  # a stop token comes before the length or deadline it also met
+            outputs.append(self._finish(req, "stop" if stop else req.finish_reason or "abort", [token], new_text))
+        return outputs
+
+    def _drain(self) -> None:
+        """Finish the step in flight now (its outputs go out with the next `step()`), so that no
+        request has a token on its way (export needs them all)."""
+        flight, self._flight = self._flight, None
+        if flight is not None:
+            self._settle(flight)
+            self._drained += self._complete(flight)
 
     def _finish(self, request: Request, reason: str, new_tokens: list[int], new_text: str = "") -> EngineOutput:
+        """End the request (if the scheduler has not) and report it; tokens still on their way
+        (placeholders) are dropped with it."""
+        ids = request.output_token_ids
         if not request.is_finished:
+            if request.status is RequestStatus.RUNNING:
+                _drop_placeholders(ids)  # first: the policy learns the request's length as it finishes
             self.scheduler.finish(request, reason)
+        _drop_placeholders(ids)  # a queued request's count in its queue's blocks, only after it left
+        self.runner.remove_request(request.request_id)
         detok = self.detokenizers.pop(request.request_id, None)
         if detok is not None:
             new_text += detok.flush()
@@ -148,7 +265,7 @@ class Engine(Migration):
                             request.first_token_time)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._flight is not None or bool(self._drained)
 
     # ---- what the router sees --------------------------------------------------------------
     def stats(self) -> EngineStats:

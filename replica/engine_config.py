@@ -26,6 +26,12 @@ class EngineConfig:
     kv_memory_fraction: float = 0.05  # of free host memory for the KV pool when num_kv_blocks is None (CPU)
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool = False  # CUDA: run decode steps eagerly instead of replaying CUDA graphs
+    # Schedule step N+1 and prepare its inputs while the device runs step N (runners that can take
+    # an input token from the device; the simulator's runner steps synchronously).
+    async_scheduling: bool = True
+    # Step inputs from the persistent batch, changed only where requests joined, left or grew;
+    # False packs every step from scratch (the path before it: a baseline, without async scheduling).
+    persistent_batch: bool = True
     num_threads: int | None = None  # torch's CPU threads; None: the CPUs this process is given (replica/threads.py)
     seed: int = 0
     check_invariants: bool = False
@@ -45,5 +51,7 @@ class EngineConfig:
             raise ValueError(f"admission_watermark must be in (0, 1] or None, got {self.admission_watermark}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
+        if self.async_scheduling and not self.persistent_batch:
+            raise ValueError("async_scheduling needs persistent_batch (packed inputs take no token from the device)")
         if self.dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")

@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=-1, help="keep the k likeliest tokens (-1: all)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    parser.add_argument("--no-async-scheduling", action="store_true",
+                        help="step synchronously: schedule the next step only once this one's tokens are back")
     parser.add_argument("--num-threads", type=int_at_least(1), default=None,
                         help=f"torch CPU threads (default: the CPUs this process may use, here {available_cpus()})")
 
@@ -53,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from shunter.replica.engine_config import EngineConfig
 
     try:
-        engine = Engine(EngineConfig(model=args.model, num_threads=args.num_threads))
+        engine = Engine(EngineConfig(model=args.model, num_threads=args.num_threads,
+                                     async_scheduling=not args.no_async_scheduling))
         if engine.tokenizer is None:
             raise ValueError(f"--model: {args.model} has no tokenizer, so it cannot take a text prompt")
         if args.chat:

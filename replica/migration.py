@@ -37,14 +37,20 @@ class Migration:
     eos_token_ids: tuple[int, ...]
     detokenizers: dict[str, IncrementalDetokenizer]
 
+    _drained: list
+
     def _track(self, request: Request) -> None: ...
+    def _drain(self) -> None: ...
 
     # ---- source ------------------------------------------------------------------------------
     def export_request(self, request_id: str, from_block: int = 0,
                        epoch: int | None = None) -> MigrationState | None:
+        self._drain()  # a step in flight lands first: the state never carries a token still on the device
         request = self.scheduler.requests.get(request_id)
         if request is None:
             return None
+        # Its tokens drained just now go with the state, not in a step's outputs.
+        self._drained = [o for o in self._drained if o.request_id != request_id]
         kv, first = None, 0
         if request.status is RequestStatus.RUNNING and request.num_computed_tokens > 0:
             if epoch is None or epoch == request.num_preemptions:
@@ -66,6 +72,7 @@ class Migration:
             kv_first_block=first,
         )
         self.scheduler.remove(request)
+        self.runner.remove_request(request_id)
         self.detokenizers.pop(request_id, None)
         self.runner.drop_generator(request_id)
         return state

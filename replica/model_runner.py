@@ -1,27 +1,39 @@
-"""Runs one scheduled step on the model: move swapped blocks, pack, forward, sample."""
+"""Runs one scheduled step on the model: move swapped blocks, prepare inputs, forward, sample.
+
+`execute` launches a step and returns at once with its tokens still on their way back
+(`readback.PendingTokens`): on a GPU nothing in it waits for the device, so the engine can
+schedule the next step while this one runs. The step's inputs come from the persistent batch
+(`input_batch.py`, `step_inputs.py`); a decode whose input token is the previous step's sample,
+not yet read back (async scheduling), takes it from the device.
+"""
 from __future__ import annotations
 
 import logging
 import math
 import time
 
+import numpy as np
 import torch
 
 from shunter.kernels import ops as kernels
 from shunter.mathutil import cdiv
 from shunter.replica.decode_graphs import DecodeGraphs
+from shunter.replica.device_timeline import DeviceTimeline
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica import kv_staging
 from shunter.replica.host_fence import HostFence
 from shunter.replica.kv_staging import StagedKV
+from shunter.replica.input_batch import InputBatch
 from shunter.replica.memory import CudaMemory, activation_peak, num_cpu_blocks, num_device_blocks
 from shunter.replica.models.kv_layout import allocate_kv_caches, kv_bytes_per_block
 from shunter.replica.models.loader import LoadedModel, load_model
 from shunter.replica.packing import Chunk, pack
 from shunter.replica.preemption import PreemptionCosts
 from shunter.replica.profile_run import run_dummy_step
-from shunter.replica.sampler import sample
+from shunter.replica.readback import PendingTokens, Readback
+from shunter.replica.sampler import RequestRng, sample
 from shunter.replica.scheduler import SchedulerOutput
+from shunter.replica.step_inputs import SamplingInputs, Sizes, Staging, StepInputs
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +44,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class ModelRunner:
     """Owns the model, the device KV pool and the CPU swap pool; knows nothing of scheduling."""
 
+    supports_async_scheduling = True  # fills a placeholder input token from the device
+
     def __init__(
-        self, loaded: LoadedModel, num_blocks: int, block_size: int, num_cpu_blocks: int, max_model_len: int
+        self, loaded: LoadedModel, num_blocks: int, block_size: int, num_cpu_blocks: int, max_model_len: int,
+        max_num_seqs: int = 64, max_num_batched_tokens: int = 512, persistent_batch: bool = True,
     ) -> None:
         self.model = loaded.model
         self.config = loaded.config
@@ -52,8 +67,16 @@ class ModelRunner:
             else []
         )
         self.swap_out_fence = HostFence(self.device)  # swap-outs land in the CPU pool asynchronously
-        self.generators: dict[str, torch.Generator] = {}
+        self.generators: dict[str, RequestRng] = {}  # the random (non-greedy) requests' streams
         self.decode_graphs: DecodeGraphs | None = None  # CUDA graphs of decode steps (`use_decode_graphs`)
+        max_blocks = cdiv(max_model_len, block_size)
+        # None: every step packed again from lists (`EngineConfig.persistent_batch` off).
+        vocab = self.config.vocab_size
+        self.batch = InputBatch(max_num_seqs, max_model_len, block_size, vocab) if persistent_batch else None
+        self.staging = Staging(max(max_num_batched_tokens, max_num_seqs), max_num_seqs, max_blocks, self.device)
+        self.readback = Readback(max_num_seqs, self.device)
+        self._last_tokens: torch.Tensor | None = None  # the last step's samples, on the device
+        self.timeline: DeviceTimeline | None = None  # set by a benchmark to see the device's idle time
 
     @classmethod
     def create(cls, config: EngineConfig) -> "ModelRunner":
@@ -73,24 +96,33 @@ class ModelRunner:
         num_blocks = num_device_blocks(config, device, block_bytes, max_model_len, memory, activation_bytes)
         cpu_blocks = num_cpu_blocks(config, block_bytes)
         log.info("model %s on %s: %d KV blocks, %d CPU blocks", config.model, device, num_blocks, cpu_blocks)
-        runner = cls(loaded, num_blocks, config.block_size, cpu_blocks, max_model_len)
+        runner = cls(loaded, num_blocks, config.block_size, cpu_blocks, max_model_len, config.max_num_seqs,
+                     config.max_num_batched_tokens, config.persistent_batch)
         if device.type == "cuda" and not config.enforce_eager:
             runner.use_decode_graphs(config.max_num_seqs, capture=True)
         return runner
 
     def use_decode_graphs(self, max_num_seqs: int, capture: bool) -> None:
-        """Replay decode steps from graphs captured per batch size (`capture=False`: the same
-        padded static buffers, run eagerly, as on the CPU)."""
-        start = time.perf_counter()
+        """Replay decode steps from graphs captured per batch size, each when first used
+        (`capture=False`: the same padded static buffers, run eagerly, as on the CPU)."""
         max_blocks = cdiv(self.max_model_len, self.block_size)
         self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, max_num_seqs, max_blocks, self.device, capture)
-        log.info("decode graphs for batch sizes %s in %.1f s", self.decode_graphs.sizes, time.perf_counter() - start)
+        log.info("decode graphs for batch sizes up to %d, captured when first used", self.decode_graphs.sizes[-1])
 
     def add_generator(self, request_id: str, seed: int) -> None:
-        self.generators[request_id] = torch.Generator().manual_seed(seed)
+        self.generators[request_id] = RequestRng(seed)
 
     def drop_generator(self, request_id: str) -> None:
         self.generators.pop(request_id, None)
+
+    def _seed_of(self, request_id: str) -> int:
+        rng = self.generators.get(request_id)
+        return rng.seed if rng is not None else 0
+
+    def remove_request(self, request_id: str) -> None:
+        """The request left the device (finished, aborted, preempted, exported): free its row."""
+        if self.batch is not None:
+            self.batch.remove(request_id)
 
     def swap(self, pairs: list[tuple[int, int]], to_cpu: bool) -> None:
         """Copy blocks between the device pool and the CPU pool: one batched copy per layer and direction."""
@@ -153,30 +185,52 @@ class ModelRunner:
             torch.cuda.synchronize(self.device)
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> list[int | None]:
-        """The sampled token of each scheduled request (None for a prefill chunk that isn't the last)."""
+    def execute(self, out: SchedulerOutput) -> PendingTokens:
+        """Launch the step; its tokens (one per scheduled request, None for a prefill chunk that
+        isn't the last) come with `PendingTokens.tokens()`."""
         self.swap(out.blocks_to_swap_out, to_cpu=True)
         self.swap(out.blocks_to_swap_in, to_cpu=False)
         if not out.scheduled:
-            return []
-        chunks = [
-            Chunk(s.request.token_slice(s.start, s.start + s.num_new_tokens), s.start, s.block_ids, s.samples)
-            for s in out.scheduled
-        ]
-        batch = pack(chunks, self.block_size, self.device)
+            return PendingTokens(torch.zeros(0, dtype=torch.int64), None, None)
+        inputs, samples = self._prepare(out)
+        batch = inputs.batch
+        if inputs.sizes.fills:  # async scheduling: inputs the host has not seen yet
+            assert self._last_tokens is not None, "a placeholder input without a step before it"
+            batch.input_ids.index_copy_(0, inputs.fill_dst, self._last_tokens.index_select(0, inputs.fill_src))
         if self.decode_graphs is not None and self.decode_graphs.fits(batch):
             hidden = self.decode_graphs.run(batch)
         else:
             hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn)
-        sampling = [s for s in out.scheduled if s.samples]
-        tokens: list[int | None] = [None] * len(out.scheduled)
-        if not sampling:
-            return tokens
         logits = self.model.compute_logits(hidden[batch.logits_indices])
-        params = [s.request.params for s in sampling]
-        generators = [self.generators.get(s.request.request_id) for s in sampling]
-        sampled = iter(sample(logits, params, generators))
-        for i, s in enumerate(out.scheduled):
-            if s.samples:
-                tokens[i] = next(sampled)
-        return tokens
+        self._last_tokens = tokens = sample(logits, inputs.sampling)
+        pending = self.readback.start(tokens, samples)
+        if self.timeline is not None:
+            self.timeline.end()
+        return pending
+
+    def _prepare(self, out: SchedulerOutput) -> tuple[StepInputs, np.ndarray | None]:
+        """The step's inputs on the device, and which scheduled requests sample (None: all)."""
+        if self.batch is None:
+            return self._pack_from_scratch(out)
+        step = self.batch.update(out.scheduled, self._seed_of)
+        if self.timeline is not None:
+            self.timeline.begin()
+        inputs = self.staging.stage(self.batch, step)
+        return inputs, (None if inputs.sizes.sampled == inputs.sizes.seqs else step.samples)
+
+    def _pack_from_scratch(self, out: SchedulerOutput) -> tuple[StepInputs, np.ndarray | None]:
+        """Every step's inputs packed from Python lists (`packing.pack`), as before the
+        persistent batch: the baseline `bench step` compares with, and an oracle for tests."""
+        chunks = [Chunk(s.request.token_slice(s.start, s.start + s.num_new_tokens), s.start, s.block_ids, s.samples)
+                  for s in out.scheduled]
+        if self.timeline is not None:
+            self.timeline.begin()
+        batch = pack(chunks, self.block_size, self.device)
+        sampled = [s.request for s, c in zip(out.scheduled, chunks) if c.sample]
+        sampling = SamplingInputs.of([r.params for r in sampled], [self._seed_of(r.request_id) for r in sampled],
+                                     [r.num_output_tokens for r in sampled], self.config.vocab_size, self.device)
+        samples = np.array([c.sample for c in chunks])
+        sizes = Sizes(batch.input_ids.numel(), len(chunks), len(sampled), batch.attn.block_tables.shape[1], 0,
+                      batch.attn.max_query_len, sampling.all_greedy, sampling.filtered)
+        empty = torch.zeros(0, dtype=torch.int64, device=self.device)
+        return StepInputs(batch, sampling, empty, empty, sizes), (None if samples.all() else samples)

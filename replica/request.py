@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 
 from shunter.sampling_params import SamplingParams
 
+# An output token a step has sampled on the device but the host has not read back yet. Under
+# async scheduling the next step is scheduled before that: the placeholder keeps `num_tokens`
+# what it will be, and the model runner takes the real token from the device.
+PLACEHOLDER = -1
+
 
 class RequestStatus(enum.Enum):
     WAITING = "waiting"

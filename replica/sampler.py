@@ -1,40 +1,83 @@
-"""Turn logits into tokens: greedy, temperature, top-k, top-p, with per-request seeds.
+"""Turn logits into tokens on the device, all rows at once: greedy, temperature, top-k, top-p.
 
-A request with a seed draws from its own generator, so its tokens do not depend on what else
-shares the batch.
+Nothing here reads a value back to the host, so a step syncs once, when its tokens are copied
+back. Randomness is counter-based: a request's k-th drawn token uses a uniform number that is a
+pure function of (its seed, k) (splitmix64), so its tokens do not depend on what else shares
+the batch, survive preemption (a recompute draws the same k again) and migrate with the seed
+alone. The token is the inverse CDF of the filtered distribution at that number.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from shunter.sampling_params import SamplingParams
+from shunter.replica.step_inputs import SamplingInputs
+
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)  # splitmix64's constants as signed int64
+_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_MIX2 = 0x94D049BB133111EB - (1 << 64)
 
 
-def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Set to -inf every logit outside the top-k and outside the smallest set with mass >= top_p."""
-    if top_k > 0 and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = sorted_logits.softmax(-1)
-        # Drop a token when the mass before it already reaches top_p (the top token always stays).
-        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+@dataclass
+class RequestRng:
+    """A random request's stream: its seed; the draw counter is the index of the output token
+    drawn, so there is no other state. Keeps torch.Generator's get/set_state for migration."""
+
+    seed: int  # in [0, 2**63): any int seed is taken modulo that
+
+    def __post_init__(self) -> None:
+        self.seed %= 1 << 63
+
+    def get_state(self) -> torch.Tensor:
+        return torch.tensor([self.seed], dtype=torch.int64)
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.seed = int(state[0])
 
 
-def sample(
-    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
-) -> list[int]:
-    """One token per row of `logits` `[N, vocab]`."""
+def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical shift of int64 (torch's >> is arithmetic)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def uniform(seeds: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """float64 in [0, 1): draw `draws[i]` of the stream seeded `seeds[i]` (int64 arithmetic wraps)."""
+    z = seeds + (draws + 1) * _GOLDEN
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    z = z ^ _shift_right(z, 31)
+    return _shift_right(z, 11).double() * 2.0**-53
+
+
+def _draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Index of the first cumulative probability above `u` times the row's total mass: never a
+    zero-probability entry (its cumulative value equals the one before it)."""
+    cdf = probs.cumsum(-1)
+    total = cdf[:, -1:]
+    target = torch.minimum((u[:, None] * total.double()).float(), torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(1)
+
+
+def sample(logits: torch.Tensor, s: SamplingInputs) -> torch.Tensor:
+    """One token per row of `logits` `[N, vocab]`, int64 on the logits' device."""
     logits = logits.float()
-    tokens = logits.argmax(dim=-1).tolist()
-    for i, p in enumerate(params):
-        if p.greedy:
-            continue
-        row = _filter_top_k_top_p(logits[i] / p.temperature, p.top_k, p.top_p)
-        probs = row.softmax(-1).cpu()
-        tokens[i] = int(torch.multinomial(probs, 1, generator=generators[i]).item())
-    return tokens
+    greedy = logits.argmax(dim=-1)
+    if s.all_greedy:
+        return greedy
+    random = s.temperature > 0
+    scaled = logits / torch.where(random, s.temperature, 1.0)[:, None]
+    u = uniform(s.seeds, s.draws)
+    if not s.filtered:
+        drawn = _draw(scaled.softmax(-1), u)
+    else:
+        ordered, order = scaled.sort(dim=-1, descending=True)
+        vocab = logits.shape[-1]
+        kth = ordered.gather(1, (s.top_k.clamp(1, vocab) - 1)[:, None])
+        ordered = ordered.masked_fill(ordered < kth, float("-inf"))  # ties with the k-th stay, as topk's would
+        probs = ordered.softmax(-1)
+        # Drop a token when the mass before it already reaches top_p (the top token always stays).
+        top_p = torch.where(s.top_p < 1.0, s.top_p, torch.inf)[:, None]
+        probs = probs.masked_fill((probs.cumsum(-1) - probs) >= top_p, 0.0)
+        drawn = order.gather(1, _draw(probs, u)[:, None]).squeeze(1)
+    return torch.where(random, drawn, greedy)

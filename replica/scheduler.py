@@ -49,8 +49,11 @@ class SchedulerConfig:
             raise ValueError(f"admission_watermark must be in (0, 1] or None, got {self.admission_watermark}")
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledRequest:
+    """The engine counts the tokens as computed when it launches the step (`Engine._launch`), and
+    publishes the blocks they fill before the next `schedule()`."""
+
     request: Request
     start: int  # first token position computed this step (= num_computed_tokens when scheduled)
     num_new_tokens: int
@@ -401,13 +404,7 @@ class Scheduler:
             max_num_batched_tokens=self.config.max_num_batched_tokens,
         )
 
-    # ---- after the model ran ---------------------------------------------------------------
-    def advance(self, scheduled: ScheduledRequest) -> None:
-        """Count the step's tokens as computed and publish blocks that became full."""
-        req = scheduled.request
-        req.num_computed_tokens += scheduled.num_new_tokens
-        self.kv.cache_computed_blocks(req)
-
+    # ---- checks ----------------------------------------------------------------------------
     def check_invariants(self, out: SchedulerOutput | None = None) -> None:
         live = set(self.requests)
         assert len(self.running) <= self.config.max_num_seqs

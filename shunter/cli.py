@@ -21,6 +21,7 @@ COMMANDS: list[tuple[str, str, str]] = [
 ]
 BENCHES: list[tuple[str, str, str]] = [
     ("offline", "shunter.loadtest.bench_offline", "offline throughput: Shunter vs Hugging Face static generate"),
+    ("step", "shunter.loadtest.bench_step", "host time per engine step, model costing nothing: before/after the persistent batch"),
     ("engine", "shunter.loadtest.bench_engine", "GPU offline throughput on ShareGPT-like lengths vs HF static, HF continuous batching, roofline"),
     ("policies", "shunter.loadtest.bench_policies", "latency of short and long requests under each scheduling policy"),
     ("kernels", "shunter.loadtest.bench_kernels", "paged-attention kernel bandwidth vs copy bandwidth and padded SDPA (GPU)"),

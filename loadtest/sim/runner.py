@@ -61,6 +61,9 @@ class SimRunner:
     def drop_generator(self, request_id: str) -> None:
         self.generators.pop(request_id, None)
 
+    def remove_request(self, request_id: str) -> None:
+        """Nothing is kept per request on a simulated device."""
+
     def measure_preemption_costs(self) -> PreemptionCosts:
         return self.cost.preemption_costs(self.block_size)
 

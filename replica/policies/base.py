@@ -71,9 +71,10 @@ class SchedulingPolicy:
     def plan(self, running: list[Request], swapped: list[Request], waiting: list[Request]) -> list[Request]:
         """Who is offered budget this step, in order. Decode-first (stall-free): running decodes,
         then running prefills (chunked into what is left), then queued requests."""
-        ordered = self.order(running)
-        decodes = [r for r in ordered if not r.is_prefilling]
-        prefills = [r for r in ordered if r.is_prefilling]
+        decodes: list[Request] = []
+        prefills: list[Request] = []
+        for r in self.order(running):  # one pass: this runs every step over every running request
+            (prefills if r.is_prefilling else decodes).append(r)
         return decodes + prefills + sorted(swapped + waiting, key=self.queue_key)
 
     # ---- step size (SLAI adapts these; None means the engine's configured limits) ------------

@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-kv-blocks", type=int_at_least(1), default=None,
                         help="KV blocks per replica (default: sized from free memory)")
     parser.add_argument("--max-num-seqs", type=int_at_least(1), default=64, help="requests a replica runs at once")
+    parser.add_argument("--no-async-scheduling", action="store_true",
+                        help="replicas step synchronously: the next step is scheduled only once this one's tokens "
+                             "are back (default: scheduled while the device runs this one)")
     parser.add_argument("--max-in-flight", type=int_at_least(1), default=1024,
                         help="requests placed on replicas at once; more wait in the admission queue")
     parser.add_argument("--max-queued", type=int_at_least(0), default=0,
@@ -147,7 +150,8 @@ def _engine_config(args: argparse.Namespace):
     device = args.device or ("cuda" if args.num_gpus_per_replica > 0 else "cpu")
     threads = args.num_threads or max(1, int(args.num_cpus_per_replica))
     return EngineConfig(model=args.model, policy=args.policy, preemption_mode=args.preemption_mode, device=device,
-                        num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs, num_threads=threads)
+                        num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs, num_threads=threads,
+                        async_scheduling=not args.no_async_scheduling)
 
 
 def _router_config(args: argparse.Namespace, threshold: int | None):

@@ -51,8 +51,11 @@ def test_bench_engine_runs_end_to_end_at_toy_size(tmp_path):
     assert (result["hf_static_requests"], result["hf_continuous_requests"]) == (4, 5)
     per_step = result["measured"]["per_step"]
     assert per_step["steps"] == result["measured"]["steps"]
-    assert per_step["step_ms"] > per_step["execute_ms"] > per_step["pack_ms"] > 0
+    assert per_step["step_ms"] > per_step["launch_ms"] > 0 and per_step["prepare_ms"] > 0
+    assert per_step["step_ms"] > per_step["prepare_ms"] + per_step["launch_ms"] + per_step["outputs_ms"]
     assert per_step["decode_graph_steps"] == 0  # no CUDA graphs on the CPU
+    assert per_step["syncs_per_step"] <= 1 and per_step["implicit_syncs"] == 0
+    assert "device_idle_share" not in per_step  # the device's timeline is CUDA's alone
     rates = result["output_tokens_per_s"]
     assert all(rates[k] > 0 for k in ("shunter", "roofline", "hf_static", "hf_continuous"))
     assert rates["shunter"] < rates["roofline"]  # nothing beats the bound of its own schedule

@@ -193,7 +193,7 @@ def run_sim_replica(requests: dict[str, list[int]], max_tokens: int, **settings)
 
 
 def run_fake_engine(requests: dict[str, list[int]], max_tokens: int, **settings):
-    engine = make_engine(num_blocks=64, **settings)
+    engine = make_engine(num_blocks=64, async_scheduling=False, **settings)  # the simulator steps synchronously
     engine.runner.step_time = STEP_S
     for rid, p in requests.items():
         engine.add_request(rid, p, SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True))

@@ -15,6 +15,7 @@ from shunter.outputs import RequestOutput
 from shunter.replica.engine import Engine
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.output_collector import OutputCollector
+from shunter.replica.request import PLACEHOLDER
 from shunter.replica.scheduler import SchedulerOutput
 from shunter.testing.fake_engine import EOS, next_token, reference_output  # noqa: F401 (one fake model)
 
@@ -27,7 +28,11 @@ class FakeModelConfig:
 
 
 class FakeRunner:
+    """Synchronous, but it speaks async scheduling: a placeholder input token is the token it
+    sampled for that request in the step before, as the real runner takes it from the device."""
+
     tokenizer = None
+    supports_async_scheduling = True
 
     def __init__(
         self, num_blocks: int, block_size: int = 16, num_cpu_blocks: int = 0, max_model_len: int = 4096,
@@ -41,12 +46,17 @@ class FakeRunner:
         self.cpu_slots: dict[int, list[int | None]] = {b: [None] * block_size for b in range(num_cpu_blocks)}
         self.generators: dict = {}
         self.steps: list[SchedulerOutput] = []
+        self.sampled: dict[str, int] = {}  # the last token each request sampled
+        self.removed: list[str] = []  # remove_request calls, in order
 
     def add_generator(self, request_id: str, seed: int) -> None:
         self.generators[request_id] = None
 
     def drop_generator(self, request_id: str) -> None:
         self.generators.pop(request_id, None)
+
+    def remove_request(self, request_id: str) -> None:
+        self.removed.append(request_id)
 
     def read_blocks(self, block_ids: list[int]) -> list[list[int | None]]:
         return [list(self.device_slots[b]) for b in block_ids]
@@ -65,13 +75,19 @@ class FakeRunner:
         bs = self.block_size
         for s in out.scheduled:
             all_tokens = s.request.all_token_ids
+            if all_tokens[-1] == PLACEHOLDER:
+                assert PLACEHOLDER not in all_tokens[:-1], f"{s.request.request_id}: more than one token on its way"
+                all_tokens[-1] = self.sampled[s.request.request_id]
             for pos in range(s.start):  # the context must already be in the cache
                 got = self.device_slots[s.block_ids[pos // bs]][pos % bs]
                 assert got == all_tokens[pos], f"{s.request.request_id}: KV at {pos} holds {got}, want {all_tokens[pos]}"
             for pos in range(s.start, s.start + s.num_new_tokens):
                 self.device_slots[s.block_ids[pos // bs]][pos % bs] = all_tokens[pos]
             end = s.start + s.num_new_tokens
-            tokens.append(next_token(all_tokens[:end], self.config.vocab_size) if s.samples else None)
+            token = next_token(all_tokens[:end], self.config.vocab_size) if s.samples else None
+            if token is not None:
+                self.sampled[s.request.request_id] = token
+            tokens.append(token)
         if self.clock is not None:
             self.clock.advance(self.step_time)
         return tokens

@@ -69,3 +69,31 @@ def test_padded_rows_write_no_kv_and_leave_real_rows_exact():
 def test_cuda_graph_decode_equals_eager_on_cuda():
     kwargs = dict(model="random:tiny", device="cuda", dtype="float32", max_num_seqs=8, num_kv_blocks=64)
     assert _greedy(LLM(enforce_eager=True, **kwargs)) == _greedy(LLM(**kwargs))
+
+
+@pytest.mark.gpu
+def test_a_run_captures_only_the_batch_sizes_it_replays():
+    llm = LLM(model="random:tiny", device="cuda", dtype="float32", max_num_seqs=64, num_kv_blocks=256)
+    graphs = llm.engine.runner.decode_graphs
+    assert graphs is not None and graphs.graphs == {}  # nothing captured at start-up
+    replayed, run = [], graphs.run
+
+    def recording(batch):
+        replayed.append(next(n for n in graphs.sizes if n >= batch.input_ids.numel()))
+        return run(batch)
+
+    graphs.run = recording
+    _greedy(llm)
+    assert set(graphs.graphs) == set(replayed) and len(graphs.graphs) < len(graphs.sizes)
+
+
+@pytest.mark.gpu
+def test_capturing_every_size_up_front_keeps_the_tokens():
+    """What `bench engine` does before its timed run: every size captured on rows that store nothing."""
+    kwargs = dict(model="random:tiny", device="cuda", dtype="float32", max_num_seqs=8, num_kv_blocks=64)
+    eager = _greedy(LLM(enforce_eager=True, **kwargs))
+    llm = LLM(**kwargs)
+    graphs = llm.engine.runner.decode_graphs
+    graphs.capture_all()
+    assert set(graphs.graphs) == set(graphs.sizes)
+    assert _greedy(llm) == eager

@@ -2,7 +2,8 @@
 model, token for token, however the engine schedules, chunks, caches and preempts (tier 3).
 
 Both sides run in float32 on the CPU, also on a machine with a GPU (where `LLM` would otherwise
-pick CUDA and bfloat16); the GPU path has its own near-tie test (test_gpu_engine.py)."""
+pick CUDA and bfloat16); the GPU path has its own near-tie test (test_gpu_engine.py). Every test
+runs twice: with async scheduling (the default) and without."""
 from __future__ import annotations
 
 import pytest
@@ -59,9 +60,17 @@ def reference(smollm2_folder, prompts, shared_prompts):
     return hf_greedy(smollm2_folder, prompts + shared_prompts, MAX_TOKENS)
 
 
+ASYNC_SCHEDULING = {"value": True}
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["async", "sync"])
+def scheduling(request):
+    ASYNC_SCHEDULING["value"] = request.param
+
+
 def oracle_llm(**settings) -> LLM:
     """The engine under test, pinned to the CPU like the reference."""
-    return LLM(model="smollm2-135m-instruct", device="cpu", **settings)
+    return LLM(model="smollm2-135m-instruct", device="cpu", async_scheduling=ASYNC_SCHEDULING["value"], **settings)
 
 
 def test_oracle_engine_stays_on_the_cpu_where_cuda_is_available(monkeypatch):

@@ -37,9 +37,10 @@ def costed_engine(num_blocks: int, num_cpu_blocks: int, **settings) -> Engine:
     return Engine(config, clock=clock, runner=runner)
 
 
+@pytest.mark.parametrize("async_scheduling", [True, False], ids=["async", "sync"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("policy", sorted(POLICIES))
-def test_oracle_under_every_policy_and_preemption_mode(policy, mode):
+def test_oracle_under_every_policy_and_preemption_mode(policy, mode, async_scheduling):
     """Mixed workloads under memory and seat pressure: same tokens as the reference. Trial 0
     is sure to run out of blocks (six requests of 5 blocks each in a pool of 14); the others
     are random."""
@@ -52,6 +53,7 @@ def test_oracle_under_every_policy_and_preemption_mode(policy, mode):
             num_cpu_blocks=0 if mode == "recompute" else (64 if pressure else rng.choice([4, 64])),
             policy=policy, preemption_mode=mode, max_num_batched_tokens=64 if pressure else rng.choice([16, 64, 256]),
             max_num_seqs=8 if pressure else rng.choice([2, 4, 8]), enable_prefix_caching=rng.random() < 0.7,
+            async_scheduling=async_scheduling,
         )
         shared = prompt(rng.choice([0, 16]), trial)
         expected, done, collector = {}, {}, OutputCollector()

@@ -13,10 +13,8 @@ from tests.replica.fakes import finished_outputs, make_engine, prompt, reference
 def test_chunked_prefill_respects_the_token_budget():
     engine = make_engine(max_num_batched_tokens=32)
     engine.add_request("a", prompt(100, 1), SamplingParams(max_tokens=3, temperature=0))
-    sizes = []
-    while engine.has_unfinished_requests():
-        engine.step()
-        sizes.append([s.num_new_tokens for s in engine.runner.steps[-1].scheduled])
+    run_to_completion(engine)
+    sizes = [[s.num_new_tokens for s in step.scheduled] for step in engine.runner.steps]
     assert sizes == [[32], [32], [32], [4], [1], [1]]
 
 

@@ -1,0 +1,166 @@
+"""`shunter bench step`: the host's time per engine step, with a model that costs nothing.
+
+The real `Engine` (scheduler, KV cache manager, policy) over the real `ModelRunner` (persistent
+batch, staging copy, sampler, readback) whose model returns at once (`testing/null_model.py`),
+at 8, 64 and 256 running sequences with short and long contexts, in steady decode. A step's
+time is split into scheduling, preparing the inputs, launching the model and sampler
+(`launch`: a null forward, the logits, the sampler, the readback's start), reading the tokens
+back and making the outputs (`outputs`), and the rest (counting computed tokens, publishing
+full blocks, the step's bookkeeping). Each case runs every path in the same process:
+`before` packs each step's inputs from scratch and steps synchronously (the engine before the
+persistent batch), `persistent` uses the persistent batch synchronously, `after` adds async
+scheduling (the default). `total_ms` is timed without the instruments (`cpu_ms`: the process's
+CPU time over the same steps, which a busy machine inflates less), the split with them, on the
+wall clock or (`--split-clock cpu`) the process's CPU time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from shunter.loadtest.bench_cli import run_bench
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PATHS = {
+    "before": dict(persistent_batch=False, async_scheduling=False),
+    "persistent": dict(persistent_batch=True, async_scheduling=False),
+    "after": dict(persistent_batch=True, async_scheduling=True),
+}
+PARTS = ("schedule", "prepare", "launch", "outputs")
+
+
+def build(seqs: int, context: int, steps: int, path: str, device: str):
+    """A null engine with `seqs` requests of `context` prompt tokens, stepped until all decode."""
+    from shunter import SamplingParams
+    from shunter.mathutil import cdiv
+    from shunter.replica.engine_config import EngineConfig
+    from shunter.testing.null_model import VOCAB, null_engine
+
+    max_tokens = steps + 64
+    max_model_len = context + max_tokens + 16
+    blocks = seqs * cdiv(context + max_tokens, 16) + 16
+    config = EngineConfig(model="null", device=device, num_kv_blocks=blocks, max_num_seqs=seqs,
+                          max_num_batched_tokens=max(2048, seqs), **PATHS[path])
+    engine = null_engine(config, max_model_len=max_model_len)
+    for i in range(seqs):
+        prompt = [1 + (i * 7 + j) % (VOCAB - 1) for j in range(context)]
+        engine.add_request(f"r{i}", prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True))
+    while engine.scheduler.waiting or any(r.is_prefilling for r in engine.scheduler.running):
+        engine.step()
+    return engine
+
+
+class Split:
+    """Wraps the step's parts (instance attributes) and sums their time on `clock`."""
+
+    def __init__(self, engine, clock=time.perf_counter) -> None:
+        self.seconds = dict.fromkeys(PARTS, 0.0)
+        self.clock = clock
+        runner = engine.runner
+        self._wrap(engine.scheduler, "schedule", "schedule")
+        self._wrap(runner, "_prepare", "prepare")
+        self._wrap(runner, "execute", "launch", minus="prepare")
+        self._wrap(engine, "_complete", "outputs")
+
+    def _wrap(self, owner, attr: str, part: str, minus: str | None = None) -> None:
+        inner = getattr(owner, attr)
+        seconds, clock = self.seconds, self.clock
+
+        def timed(*args, **kwargs):
+            before = seconds[minus] if minus else 0.0
+            started = clock()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent = clock() - started
+                seconds[part] += spent - ((seconds[minus] - before) if minus else 0.0)
+
+        setattr(owner, attr, timed)
+
+
+def measure(seqs: int, context: int, steps: int, path: str, device: str, cpu_clock: bool = False) -> dict[str, float]:
+    from shunter.loadtest.roofline import sync
+
+    engine = build(seqs, context, 2 * steps + 20, path, device)
+    for _ in range(10):  # warm-up
+        engine.step()
+    sync(device)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        engine.step()
+    sync(device)
+    total = (time.perf_counter() - started) / steps
+    cpu = (time.process_time() - cpu_started) / steps
+    clock = time.process_time if cpu_clock else time.perf_counter
+    split = Split(engine, clock)
+    started = clock()
+    for _ in range(steps):
+        engine.step()
+    sync(device)
+    instrumented = (clock() - started) / steps
+    parts = {k: 1e3 * v / steps for k, v in split.seconds.items()}
+    parts["rest"] = 1e3 * instrumented - sum(parts.values())
+    return {"total_ms": 1e3 * total, "cpu_ms": 1e3 * cpu, **{f"{k}_ms": v for k, v in parts.items()},
+            "instrumented_ms": 1e3 * instrumented}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seqs", type=int, nargs="+", default=[8, 64, 256], help="running sequences")
+    parser.add_argument("--contexts", type=int, nargs="+", default=[128, 2048], help="prompt tokens per sequence")
+    parser.add_argument("--steps", type=int, default=200, help="timed decode steps per case (twice: plain, split)")
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
+    parser.add_argument("--device", default="cpu", help="where the null model's tensors live (cpu or cuda)")
+    parser.add_argument("--split-clock", choices=["wall", "cpu"], default="wall",
+                        help="what the split is timed on: wall time (a GPU: the wait for the device counts), or "
+                             "the process's CPU time (a busy CPU-only machine)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON result path (default: loadtest/results/)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    torch.set_num_threads(1)  # the host's own work; torch ops here are tiny
+    cases = []
+    for seqs in args.seqs:
+        for context in args.contexts:
+            case = {"seqs": seqs, "context": context}
+            for path in args.paths:
+                case[path] = measure(seqs, context, args.steps, path, args.device, args.split_clock == "cpu")
+            if "before" in case and "after" in case:
+                case["before_over_after"] = case["before"]["total_ms"] / case["after"]["total_ms"]
+            cases.append(case)
+            Console(stderr=True).print(f"{seqs} seqs, {context} tokens: " + ", ".join(
+                f"{p} {case[p]['total_ms']:.3f} ms" for p in args.paths))
+    result = {"command": args._invocation, "device": args.device, "split_clock": args.split_clock,
+              "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+              "load_average": os.getloadavg(), "steps": args.steps, "cases": cases}
+    table = Table(title=f"host time per decode step (ms), null model on {args.device}")
+    for col in ("seqs", "context", "path", "total", "cpu", *PARTS, "rest"):
+        table.add_column(col)
+    for case in cases:
+        for path in args.paths:
+            m = case[path]
+            table.add_row(str(case["seqs"]), str(case["context"]), path, f"{m['total_ms']:.3f}", f"{m['cpu_ms']:.3f}",
+                          *(f"{m[f'{k}_ms']:.3f}" for k in (*PARTS, "rest")))
+    Console().print(table)
+    out = args.out or RESULTS / f"bench_step_{args.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    Console(stderr=True).print(f"wrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_bench("step", __doc__.splitlines()[0], add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The persistent batch: one row per request on the device, kept from step to step.
+
+A row holds what the model runner needs of a request: its tokens, its block table and its
+sampling parameters. It is written whole once, when the request joins (admitted, resumed,
+swapped in, migrated in), and after that only where the request grew: its newest token and,
+every `block_size` tokens, a block id. A request that leaves the device (finished, aborted,
+preempted, exported) gives its row back through `remove`. A step's inputs are then gathered
+from the rows of the requests it schedules (`step_inputs.py`) instead of being packed again from
+Python lists every step, as `packing.pack` does (vLLM v1's `InputBatch`, in our size).
+
+Rows are numpy arrays on the host; no torch here, so the diffs are tested without a model.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shunter.mathutil import cdiv
+from shunter.replica.request import PLACEHOLDER, Request
+from shunter.replica.scheduler import ScheduledRequest
+
+
+@dataclass
+class BatchWrites:
+    """Cells written since the batch was made: a step that rebuilds its inputs shows here."""
+
+    rows: int = 0  # whole rows (a request joined)
+    tokens: int = 0  # tokens appended to a row (a request grew)
+    blocks: int = 0  # block ids appended to a row
+
+
+@dataclass(eq=False)
+class Row:
+    index: int
+    request: Request  # the object, not the id: an id that leaves and comes back is a new request
+    num_tokens: int  # the request's first tokens written into the row (real ones: never a placeholder)
+    num_blocks: int
+
+
+@dataclass
+class StepRows:
+    """One step's sequences in the scheduler's order, as rows of the batch."""
+
+    rows: np.ndarray  # int64 [S]
+    starts: np.ndarray  # int64 [S]: first position computed
+    num_new: np.ndarray  # int64 [S]
+    samples: np.ndarray  # bool [S]: the chunk reaches the end of the tokens, so a token is sampled
+    # Async scheduling: sequences whose last input token is still on the device (a placeholder),
+    # and for each, its index among the previous step's sampled rows.
+    fill_seqs: list[int] = field(default_factory=list)
+    fill_from: list[int] = field(default_factory=list)
+
+
+class InputBatch:
+    def __init__(self, max_rows: int, max_model_len: int, block_size: int, vocab_size: int) -> None:
+        self.block_size = block_size
+        self.vocab_size = vocab_size
+        max_blocks = cdiv(max_model_len, block_size)
+        # np.zeros maps untouched pages lazily: a row costs memory only as far as its tokens go.
+        self.token_ids = np.zeros((max_rows, max_model_len), dtype=np.int64)
+        self.block_table = np.zeros((max_rows, max_blocks), dtype=np.int32)
+        self.num_blocks = np.zeros(max_rows, dtype=np.int64)
+        self.num_prompt = np.zeros(max_rows, dtype=np.int64)
+        self.temperature = np.zeros(max_rows, dtype=np.float32)  # 0: greedy
+        self.top_k = np.zeros(max_rows, dtype=np.int64)  # vocab_size: off
+        self.top_p = np.ones(max_rows, dtype=np.float32)
+        self.seed = np.zeros(max_rows, dtype=np.int64)
+        self.last_sample = np.full(max_rows, -1, dtype=np.int64)  # a row's index among its last step's samples
+        self.rows: dict[str, Row] = {}
+        self._free = list(range(max_rows - 1, -1, -1))
+        self.writes = BatchWrites()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def remove(self, request_id: str) -> None:
+        """The request left the device; its row is free (a no-op for one without a row)."""
+        row = self.rows.pop(request_id, None)
+        if row is not None:
+            self._free.append(row.index)
+
+    def _join(self, req: Request, seed: int) -> Row:
+        self.remove(req.request_id)  # a stale row of an earlier request of the same id
+        if not self._free:
+            raise RuntimeError(f"no free row for {req.request_id}: {len(self.rows)} rows in use")
+        i = self._free.pop()
+        tokens = req.prompt_token_ids + req.output_token_ids
+        n = len(tokens) - (1 if tokens[-1] == PLACEHOLDER else 0)
+        self.token_ids[i, :n] = tokens[:n]
+        p = req.params
+        self.num_prompt[i] = len(req.prompt_token_ids)
+        self.temperature[i] = p.temperature
+        self.top_k[i] = p.top_k if 0 < p.top_k < self.vocab_size else self.vocab_size
+        self.top_p[i] = p.top_p
+        self.seed[i] = seed
+        self.last_sample[i] = -1
+        row = self.rows[req.request_id] = Row(i, req, n, 0)
+        self.writes.rows += 1
+        return row
+
+    def update(self, scheduled: list[ScheduledRequest], seed_of: Callable[[str], int]) -> StepRows:
+        """Bring the rows of this step's requests up to date and return the step's layout.
+
+        `seed_of`: a joining request's sampling seed (read once, when its row is written)."""
+        rows_get = self.rows.get
+        seqs: list[int] = []  # per sequence: row, start, end, the request's tokens (flat, one array after)
+        cells: list[int] = []  # tokens to write: row, position, token (flat, one assignment after)
+        fill_seqs: list[int] = []
+        for i, s in enumerate(scheduled):
+            req = s.request
+            row = rows_get(req.request_id)
+            if row is None or row.request is not req:
+                row = self._join(req, seed_of(req.request_id))
+            blocks = s.block_ids
+            if len(blocks) > row.num_blocks:
+                self._grow_blocks(row, blocks)
+            start = s.start
+            end = start + s.num_new_tokens
+            outputs = req.output_token_ids
+            num_prompt = len(req.prompt_token_ids)
+            have = row.num_tokens
+            if end > have:  # tokens made since the row was written: outputs (the prompt came whole)
+                new = outputs[have - num_prompt : end - num_prompt]
+                if new[-1] == PLACEHOLDER:  # its value is on the device; the row learns it next time
+                    new.pop()
+                    fill_seqs.append(i)
+                for k, token in enumerate(new, have):
+                    cells += (row.index, k, token)
+                row.num_tokens = have + len(new)
+            seqs += (row.index, start, end, num_prompt + len(outputs))
+        rows, starts, ends, totals = np.array(seqs, dtype=np.int64).reshape(-1, 4).T.copy()
+        samples = ends == totals
+        if cells:
+            r, c, v = np.array(cells, dtype=np.int64).reshape(-1, 3).T
+            self.token_ids[r, c] = v
+            self.writes.tokens += len(v)
+        fill_from = self.last_sample[rows[fill_seqs]].tolist() if fill_seqs else []
+        sampled_rows = rows[samples]
+        self.last_sample[sampled_rows] = np.arange(len(sampled_rows))
+        return StepRows(rows, starts, ends - starts, samples, fill_seqs, fill_from)
+
+    def _grow_blocks(self, row: Row, blocks: list[int]) -> None:
+        have, need = row.num_blocks, len(blocks)
+        self.block_table[row.index, have:need] = blocks[have:]
+        self.num_blocks[row.index] = row.num_blocks = need
+        self.writes.blocks += need - have
+
+    def check(self, running: list[Request]) -> None:
+        """Every row belongs to a running request (tests: a missed `remove` shows here)."""
+        live = {id(r) for r in running}
+        for rid, row in self.rows.items():
+            assert id(row.request) in live, f"row {row.index} holds {rid}, which is not running"
+        assert len(self.rows) + len(self._free) == len(self.num_blocks)

@@ -1,0 +1,165 @@
+"""The persistent batch and the step inputs gathered from it, without a model: the same inputs
+as packing every step from lists (`packing.pack`, the oracle), written only where requests
+joined, left or grew."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from shunter import SamplingParams
+from shunter.mathutil import cdiv
+from shunter.replica.input_batch import InputBatch
+from shunter.replica.packing import Chunk, pack
+from shunter.replica.request import PLACEHOLDER, Request
+from shunter.replica.scheduler import ScheduledRequest
+from shunter.replica.step_inputs import SEGMENTS, Staging, gather
+
+BS = 4
+VOCAB = 100
+
+
+def _request(rid: str, prompt_len: int, out_len: int, rng: random.Random, **params) -> Request:
+    req = Request(rid, [rng.randrange(1, VOCAB) for _ in range(prompt_len)], SamplingParams(**params), 0.0)
+    req.output_token_ids = [rng.randrange(1, VOCAB) for _ in range(out_len)]
+    return req
+
+
+def _schedule(req: Request, start: int, n: int, blocks: list[int]) -> ScheduledRequest:
+    req.num_computed_tokens = start
+    return ScheduledRequest(req, start, n, blocks[: cdiv(start + n, BS)])
+
+
+def _buffers(max_tokens: int = 256, max_seqs: int = 16) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    caps = {"t": max_tokens, "s": max_seqs, "s1": max_seqs + 1}
+    arrays = {name: np.zeros(caps[cap], dtype) for name, (dtype, cap) in SEGMENTS.items()}
+    return arrays, np.zeros(max_seqs * 64, np.int32)
+
+
+def _assert_same_as_pack(batch: InputBatch, scheduled: list[ScheduledRequest]) -> None:
+    step = batch.update(scheduled, lambda rid: 0)
+    out, table = _buffers()
+    z = gather(batch, step, out, table)
+    chunks = [Chunk(s.request.token_slice(s.start, s.start + s.num_new_tokens), s.start, s.block_ids, s.samples)
+              for s in scheduled]
+    want = pack(chunks, BS)
+    T, S = z.tokens, z.seqs
+    assert out["input_ids"][:T].tolist() == want.input_ids.tolist()
+    assert out["positions"][:T].tolist() == want.positions.tolist()
+    assert out["slot_mapping"][:T].tolist() == want.attn.slot_mapping.tolist()
+    assert out["cu_seqlens"][: S + 1].tolist() == want.attn.cu_seqlens_q.tolist()
+    assert out["context_lens"][:S].tolist() == want.attn.context_lens.tolist()
+    assert out["logits_indices"][: z.sampled].tolist() == want.logits_indices.tolist()
+    assert z.max_query_len == want.attn.max_query_len
+    got_table = table[: S * z.width].reshape(S, z.width)
+    for i, s in enumerate(scheduled):  # past a row's own blocks the kernels read nothing: only those must agree
+        assert got_table[i, : len(s.block_ids)].tolist() == s.block_ids
+
+
+def test_gathered_inputs_equal_packed_inputs_over_random_steps():
+    rng = random.Random(0)
+    batch = InputBatch(max_rows=16, max_model_len=64, block_size=BS, vocab_size=VOCAB)
+    free_blocks = list(range(400))
+    rng.shuffle(free_blocks)
+    live: dict[str, tuple[Request, list[int]]] = {}
+    for step in range(60):
+        while len(live) < 10:  # requests join: fresh prompts and ones resumed with outputs
+            rid = f"r{step}-{len(live)}"
+            req = _request(rid, rng.randint(1, 30), rng.choice([0, 0, 3]), rng)
+            live[rid] = (req, [free_blocks.pop() for _ in range(cdiv(64, BS))])
+        scheduled = []
+        for req, blocks in rng.sample(list(live.values()), rng.randint(1, len(live))):
+            behind = req.num_tokens - req.num_computed_tokens
+            n = rng.randint(1, behind)
+            scheduled.append(_schedule(req, req.num_computed_tokens, n, blocks))
+        _assert_same_as_pack(batch, scheduled)
+        for s in scheduled:  # the step ran: tokens computed, a token sampled where the chunk ended
+            req = s.request
+            req.num_computed_tokens = s.start + s.num_new_tokens
+            if req.num_computed_tokens == req.num_tokens:
+                req.output_token_ids.append(rng.randrange(1, VOCAB))
+        for rid in [rid for rid, (r, _) in live.items() if r.num_tokens >= 40 or rng.random() < 0.05]:
+            req, blocks = live.pop(rid)  # finished or preempted: the row goes
+            batch.remove(rid)
+            free_blocks += blocks
+
+
+def test_a_decode_step_writes_what_grew_and_nothing_else():
+    rng = random.Random(1)
+    batch = InputBatch(max_rows=8, max_model_len=256, block_size=BS, vocab_size=VOCAB)
+    reqs = [(_request(f"d{i}", 10 + i, 0, rng), list(range(64 * i, 64 * i + 64))) for i in range(8)]
+    batch.update([_schedule(r, 0, r.num_tokens, b) for r, b in reqs], lambda rid: 0)
+    assert (batch.writes.rows, batch.writes.tokens) == (8, 0)
+    blocks_before = batch.writes.blocks
+    for _ in range(12):
+        for r, _ in reqs:
+            r.output_token_ids.append(rng.randrange(1, VOCAB))
+        grew = sum(cdiv(r.num_tokens, BS) > cdiv(r.num_tokens - 1, BS) for r, _ in reqs)
+        tokens, blocks = batch.writes.tokens, batch.writes.blocks
+        batch.update([_schedule(r, r.num_tokens - 1, 1, b) for r, b in reqs], lambda rid: 0)
+        assert batch.writes.rows == 8  # nobody joined: no row rewritten
+        assert batch.writes.tokens - tokens == 8  # each request's newest token
+        assert batch.writes.blocks - blocks == grew  # a block id where a request crossed into a new block
+    assert batch.writes.blocks > blocks_before
+
+
+def test_a_request_that_leaves_and_comes_back_gets_its_row_again():
+    rng = random.Random(2)
+    batch = InputBatch(max_rows=2, max_model_len=64, block_size=BS, vocab_size=VOCAB)
+    a, b = _request("a", 5, 0, rng), _request("b", 5, 0, rng)
+    batch.update([_schedule(a, 0, 5, [1, 2]), _schedule(b, 0, 5, [3, 4])], lambda rid: 0)
+    batch.remove("a")
+    again = _request("a", 7, 2, rng)  # same id, a new request (migrated back, or re-submitted)
+    step = batch.update([_schedule(again, 0, 9, [5, 6, 7])], lambda rid: 0)
+    assert batch.writes.rows == 3 and batch.token_ids[step.rows[0], :9].tolist() == again.all_token_ids
+    with pytest.raises(RuntimeError, match="no free row"):
+        batch.update([_schedule(_request("c", 3, 0, rng), 0, 3, [8])], lambda rid: 0)
+
+
+def test_a_placeholder_input_is_taken_from_the_last_step_samples():
+    """Async scheduling: the token sampled in the step before is still on the device. Its input
+    row is filled from that step's sampled rows, and the row learns the token next time."""
+    rng = random.Random(3)
+    batch = InputBatch(max_rows=4, max_model_len=64, block_size=BS, vocab_size=VOCAB)
+    a, b = _request("a", 6, 0, rng), _request("b", 3, 0, rng)
+    first = batch.update([_schedule(a, 0, 6, [0, 1]), _schedule(b, 0, 3, [2])], lambda rid: 0)
+    assert first.samples.tolist() == [True, True]
+    a.output_token_ids.append(PLACEHOLDER)
+    b.output_token_ids.append(PLACEHOLDER)
+    step = batch.update([_schedule(b, 3, 1, [2]), _schedule(a, 6, 1, [0, 1])], lambda rid: 0)
+    assert (step.fill_seqs, step.fill_from) == ([0, 1], [1, 0])  # b was sampled second, a first
+    out, table = _buffers()
+    z = gather(batch, step, out, table)
+    assert z.fills == 2 and out["fill_dst"][:2].tolist() == [0, 1] and out["fill_src"][:2].tolist() == [1, 0]
+    a.output_token_ids[-1] = 42  # read back; then a decodes again with a placeholder after it
+    a.output_token_ids.append(PLACEHOLDER)
+    step = batch.update([_schedule(a, 7, 1, [0, 1])], lambda rid: 0)
+    assert batch.token_ids[step.rows[0], 6] == 42 and step.fill_seqs == [0]
+
+
+def test_sampling_rows_and_flags():
+    rng = random.Random(4)
+    batch = InputBatch(max_rows=4, max_model_len=64, block_size=BS, vocab_size=VOCAB)
+    greedy = _request("g", 4, 0, rng, temperature=0.0)
+    hot = _request("h", 4, 2, rng, temperature=0.7, top_k=5)
+    step = batch.update([_schedule(greedy, 0, 4, [0]), _schedule(hot, 0, 6, [1, 2])], lambda rid: {"h": 99}.get(rid, 0))
+    out, table = _buffers()
+    z = gather(batch, step, out, table)
+    assert not z.all_greedy and z.filtered
+    assert out["temperature"][:2].tolist() == pytest.approx([0.0, 0.7])
+    assert out["top_k"][:2].tolist() == [VOCAB, 5] and out["seeds"][:2].tolist() == [0, 99]
+    assert out["draws"][:2].tolist() == [0, 2]  # the output index each one draws
+
+
+def test_staging_on_the_cpu_hands_the_model_views_of_one_buffer():
+    rng = random.Random(5)
+    batch = InputBatch(max_rows=4, max_model_len=64, block_size=BS, vocab_size=VOCAB)
+    staging = Staging(max_tokens=32, max_seqs=4, max_blocks=16, device=torch.device("cpu"))
+    a = _request("a", 9, 0, rng)
+    inputs = staging.stage(batch, batch.update([_schedule(a, 0, 9, [3, 4, 5])], lambda rid: 0))
+    assert inputs.batch.input_ids.tolist() == a.prompt_token_ids
+    assert inputs.batch.attn.block_tables.tolist() == [[3, 4, 5]]
+    storage = inputs.batch.input_ids.untyped_storage().data_ptr()
+    assert inputs.batch.attn.block_tables.untyped_storage().data_ptr() == storage  # no copy on the CPU
