@@ -239,6 +239,11 @@ def run(args: argparse.Namespace) -> int:
     stopped = asyncio.run(_sweep(args, sweep))
     done = [(p, p.result, summarize(p.result.records, p.result.duration_s)) for p in sweep if p.result is not None]
     print(_table([(p.label + (f" (cut: {r.cut})" if r.cut else ""), s) for p, r, s in done]))
+    for p, _, s in done:
+        if s.moved:
+            print(f"{p.label}: {s.moved} requests served by more than one replica; their largest gap between tokens "
+                  f"(median) {s.worst_gap_moved_ms:.0f} ms, {s.worst_gap_moved_ms / max(s.worst_gap_stayed_ms, 1e-9):.2f}x "
+                  f"the others' {s.worst_gap_stayed_ms:.0f} ms")
     out = args.out or RESULTS / f"bench_serve_{args.workload}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {

@@ -98,6 +98,9 @@ class Summary:
     cached_token_share: float  # prompt tokens the server found cached / prompt tokens (finished requests)
     replicas: dict[str, int]  # finished requests by the replica that finished them
     max_send_lag_ms: float  # how late the client sent against the schedule (its own overload)
+    moved: int  # finished requests that more than one replica served (migrated or failed over)
+    worst_gap_moved_ms: float  # median over those of each one's largest gap between tokens (0: none moved)
+    worst_gap_stayed_ms: float  # the same over the finished requests one replica served
 
 
 def summarize(records: list[RequestRecord], duration_s: float) -> Summary:
@@ -108,6 +111,8 @@ def summarize(records: list[RequestRecord], duration_s: float) -> Summary:
     prompt = sum(r.prompt_len for r in done)
     lags = [r.sent_s - r.due_s for r in sent if r.due_s is not None]
     good = sum(r.good for r in sent)
+    moved = [r for r in done if len(set(r.replicas)) > 1]
+    stayed = [r for r in done if len(set(r.replicas)) == 1]
     return Summary(
         requests=len(records), sent=len(sent), finished=len(done), not_sent=len(records) - len(sent),
         errors=dict(Counter(r.error or f"finish:{r.finish_reason or 'none'}" for r in sent if not r.finished)),
@@ -120,4 +125,11 @@ def summarize(records: list[RequestRecord], duration_s: float) -> Summary:
         cached_token_share=sum(r.cached_tokens for r in done) / prompt if prompt else 0.0,
         replicas=dict(Counter(r.replicas[-1] for r in done if r.replicas)),
         max_send_lag_ms=max(lags, default=0.0) * 1e3,
+        moved=len(moved), worst_gap_moved_ms=_median_worst_gap(moved), worst_gap_stayed_ms=_median_worst_gap(stayed),
     )
+
+
+def _median_worst_gap(records: list[RequestRecord]) -> float:
+    """The median over `records` of each one's largest gap between two tokens, in ms."""
+    worst = [max(r.itl_s) * 1e3 for r in records if r.itl_s]
+    return percentile(worst, 0.5) if worst else 0.0

@@ -130,6 +130,18 @@ def test_goodput_counts_exactly_the_requests_meeting_both_slos():
     assert (s.ttft_attainment, s.tbt_attainment) == (pytest.approx(3 / 6), pytest.approx(3 / 6))
 
 
+def test_the_summary_compares_the_largest_gaps_of_moved_and_unmoved_requests():
+    moved = [_record(itl_s=(0.01, g)) for g in (0.3, 0.5, 0.9)]
+    for r in moved:
+        r.replicas = ["r0", "r0", "r1"]
+    stayed = [_record(itl_s=(0.01, g)) for g in (0.1, 0.2)]
+    for r in stayed:
+        r.replicas = ["r1", "r1"]
+    s = summarize(moved + stayed + [_record(finish="abort")], duration_s=1.0)
+    assert s.moved == 3 and s.worst_gap_moved_ms == pytest.approx(500)
+    assert s.worst_gap_stayed_ms == pytest.approx(150)
+
+
 def test_trace_replay_honours_its_arrival_times_and_targets(server, tmp_path):
     trace = tmp_path / "trace.jsonl"
     arrivals = [0.0, 0.3, 0.35, 0.8]
