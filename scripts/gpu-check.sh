@@ -4,9 +4,10 @@
 # On a machine with one NVIDIA GPU and PyTorch, Triton and transformers already installed (no
 # network, no Ray needed), in under 8 minutes: install Shunter without dependencies, run
 # `pytest -m gpu`, a quick `shunter bench kernels`, a quick `shunter bench step` (host time per
-# step over a null model, before and after issue 25) and a `shunter bench engine` sized to fit, and
+# step over a null model, before and after issue 25), a quick `shunter bench migration` (downtime of
+# a live move against stop-and-copy at 1k-16k tokens, issue 23) and a `shunter bench engine` sized to fit, and
 # write into OUTDIR: gpu-check.log (every step's output), pytest-gpu.xml, bench_kernels.json/.png,
-# bench_step.json, bench_engine.json, summary.json and summary.md (each step's status and time, headline numbers
+# bench_step.json, bench_migration.json, bench_engine.json, summary.json and summary.md (each step's status and time, headline numbers
 # against the GPU goals). Every step has its own timeout inside an overall budget, and the summary
 # is rewritten after each step, so a hang or a cut-off still leaves what finished.
 #
@@ -64,7 +65,7 @@ step() {
   summarize
 }
 
-IMPORTS='import shunter.replica.llm, shunter.kernels.ops, shunter.loadtest.bench_engine, shunter.loadtest.bench_kernels, shunter.loadtest.bench_step'
+IMPORTS='import shunter.replica.llm, shunter.kernels.ops, shunter.loadtest.bench_engine, shunter.loadtest.bench_kernels, shunter.loadtest.bench_step, shunter.loadtest.bench_migration'
 importable() {
   (cd "$SCRATCH" && "$PY" -c "$IMPORTS" && "$PY" -m shunter.cli --help > /dev/null) >> "$LOG" 2>&1
 }
@@ -107,6 +108,8 @@ if [ "$SMOKE" = 1 ]; then
     --out "$OUT/bench_kernels.json"
   step bench-step 60 "$PY" -m shunter.cli bench step --device cpu --seqs 4 --contexts 16 --steps 5 \
     --out "$OUT/bench_step.json"
+  step bench-migration 60 "$PY" -m shunter.cli bench migration --model random:tiny --device cpu --contexts 64 \
+    --samples 1 --others 1 --move-after 2 --out "$OUT/bench_migration.json"
   step bench-engine 90 "$PY" -m shunter.cli bench engine --model random:tiny --device cpu --num-requests 8 \
     --input-median 12 --output-median 6 --cap 40 --static-requests 4 --hf-batch-size 2 --max-num-seqs 4 --max-num-batched-tokens 64 \
     --out "$OUT/bench_engine.json"
@@ -114,6 +117,9 @@ else
   step bench-kernels 80 "$PY" -m shunter.cli bench kernels --num-seqs 1 8 64 --contexts 2048 8192 \
     --samples 10 --calls 20 --out "$OUT/bench_kernels.json"
   step bench-step 60 "$PY" -m shunter.cli bench step --device cuda --steps 50 --out "$OUT/bench_step.json"
+  # In-process (no Ray here): the staging copy and the commit's downtime, live against stop-and-copy.
+  step bench-migration 60 "$PY" -m shunter.cli bench migration --model random:llama-3.2-1b --device cuda \
+    --contexts 1024 4096 16384 --samples 3 --out "$OUT/bench_migration.json"
   # On the first H100 run (2026-11-27) Shunter took 6 s, HF static generate 85 s on 64 requests,
   # and HF continuous batching did not finish all 256 in the 125 s left: it gets the first 64.
   step bench-engine 300 "$PY" -m shunter.cli bench engine --model random:llama-3.2-1b --num-requests 256 \
