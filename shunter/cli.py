@@ -27,7 +27,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("kernels", "shunter.loadtest.bench_kernels", "paged-attention kernel bandwidth vs copy bandwidth and padded SDPA (GPU)"),
     ("hop", "shunter.loadtest.bench_hop", "time the router and gRPC hop adds to time to first token"),
     ("http", "shunter.loadtest.bench_http", "what the OpenAI HTTP gateway adds over gRPC: TTFT, chunk gaps, CPU per chunk"),
-    ("routing", "shunter.loadtest.bench_routing", "routing decision time per policy at 8, 64 and 1,024 fake replicas"),
+    ("routing", "shunter.loadtest.bench_routing", "routing decisions per second per policy, index against scan, at 64 to 4,096 fake replicas"),
     ("serve", "shunter.loadtest.bench_serve", "load a running server (loopback) open or closed loop: TTFT, inter-token gaps, throughput, goodput"),
     ("chaos", "shunter.loadtest.bench_chaos", "mixed load while replica processes are SIGKILLed: tokens equal offline, none lost or duplicated"),
     ("migration", "shunter.loadtest.bench_migration", "migration downtime, total time and source slowdown at growing contexts: live vs stop-and-copy"),

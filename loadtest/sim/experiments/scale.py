@@ -15,7 +15,7 @@ from shunter.loadtest.sim.experiments.routing import COST, RATE_PER_REPLICA, _co
 from shunter.loadtest.sim.report import RESULTS_DIR
 from shunter.loadtest.workloads import shared_prefix
 
-TARGET_S = 600.0  # issue 12: one 1,000 x 100,000 run in under 10 minutes on this 2-core machine
+TARGET_S = 360.0  # issue 24: each 1,000 x 100,000 run in under 6 minutes on this 2-core machine (issue 12: 10)
 # Measured once, on the simulator as it was before it was made faster (commit 93fa626), with today's cost models.
 BEFORE = ("Before the simulator was made faster (commit 93fa626, same cost models, same results to the last digit: "
           "1,212,249 steps, the same TTFT and hit rate): the shared-prefix least_load run at 1,000 x 100,000 took "
@@ -91,18 +91,20 @@ def scale(scale: Scale) -> Result:
                      "TTFT p90 s": None, "TTFT p99 s": r["TTFT p99 s"], "e2e p99 s": r["e2e p99 s"],
                      "preemptions": r["preemptions"], "migrations": r["migrations"], "output tokens": None})
     ll, pa = routed["least_load"], routed["prefix_aware"]
-    slowest = max(rows, key=lambda r: r["wall s"])
+    slowest = max(rows, key=lambda r: r["cpu s"])
     off, on = moved.rows
-    within = slowest["wall s"] < TARGET_S
+    within = slowest["cpu s"] < TARGET_S  # the machine is shared: its other users' load is in the wall time
     p99_change = pct_change(on["TTFT p99 s"], off["TTFT p99 s"])
     keeps = pa.prefix_hit_rate > ll.prefix_hit_rate and pa.ttft_p90 <= ll.ttft_p90
     verdict = [
         (f"Scale target {'met' if within else 'missed'}: the slowest of the four {replicas:,} x {n:,} runs "
-         f"({slowest['run']}) took {slowest['wall s'] / 60:.1f} min wall, {slowest['cpu s'] / 60:.1f} min of CPU."),
+         f"({slowest['run']}) took {slowest['cpu s'] / 60:.1f} min of CPU, {slowest['wall s'] / 60:.1f} min wall "
+         f"(the target is judged on CPU time: the machine's other users are in the wall time)."),
         (f"Routing at {replicas:,} replicas {'keeps' if keeps else 'loses'} its ordering: prefix-aware's hit rate "
          f"{pa.prefix_hit_rate:.0%} against least load's {ll.prefix_hit_rate:.0%}, P90 TTFT {pa.ttft_p90:.3f} s "
-         f"against {ll.ttft_p90:.3f} s. Both policies read every replica's report per decision (O(replicas)); "
-         "prefix-aware also walks the prompt's block chain in the index, and the router hashes the prompt first."),
+         f"against {ll.ttft_p90:.3f} s. Both policies decide from the load index (a heap told "
+         "of each report's change, no scan of every report); prefix-aware reads only the deepest holders of the "
+         "prompt's block chain, and the router hashes the prompt first."),
         (f"Rebalancing at {replicas:,} replicas: P99 TTFT {p99_change:+.0f}%, preemptions {off['preemptions']} -> "
          f"{on['preemptions']}, {on['migrations']} migrations. " +
          _pressure(replicas, n, moved.settings["rate_per_replica"], off["preemptions"], small["rebalance"])),
@@ -110,8 +112,9 @@ def scale(scale: Scale) -> Result:
     ]
     return Result(
         "scale", f"{replicas:,} replicas, {n:,} requests: decision rate, and routing and rebalancing at scale",
-        anchor="issue 12's scale target: 1,000 replicas and 100,000 requests simulated in under 10 minutes on this "
-               "2-core machine; the quality of experiments routing and rebalance should hold at that size",
+        anchor="issue 24's scale target: each 1,000 x 100,000 run in under 6 minutes on this 2-core machine (issue "
+               "12's was 10; up to 8.9 before the load index); the quality of experiments routing and rebalance "
+               "should hold at that size",
         ours=f"slowest {replicas:,} x {n:,} run {slowest['wall s'] / 60:.1f} min wall ({slowest['cpu s'] / 60:.1f} min "
              f"CPU); decisions/s at {replicas:,} replicas: least load {1e6 / ll.extra['decision_us']:,.0f}, prefix-aware "
              f"{1e6 / pa.extra['decision_us']:,.0f} ({1e6 / (pa.extra['decision_us'] + pa.extra['describe_us']):,.0f} "
@@ -130,7 +133,7 @@ def scale(scale: Scale) -> Result:
 
 
 def _plot(path: Path, rows: list[dict[str, Any]], replicas: int, n: int) -> None:
-    """Each run's wall minutes against the 10-minute target; the routing policies' decisions/s."""
+    """Each run's wall and CPU minutes against the target; the routing policies' decisions/s."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,7 +155,7 @@ def _plot(path: Path, rows: list[dict[str, Any]], replicas: int, n: int) -> None
                 label="with prompt hashing")
     rate_ax.set_xticks(list(x), [r["run"].split(", ")[-1] for r in routed], fontsize=8)
     rate_ax.set_ylabel("routing decisions / s")
-    rate_ax.set_title(f"one decision over {replicas:,} reports", fontsize=9)
+    rate_ax.set_title(f"decisions at {replicas:,} replicas", fontsize=9)
     rate_ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
