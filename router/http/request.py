@@ -22,6 +22,7 @@ from shunter.replica.validation import validate_request
 from shunter.router.http.protocol import MAX_PROMPTS, ChatCompletionRequest, CompletionRequest, SamplingFields
 from shunter.sampling_params import SamplingParams
 
+
 @dataclass
 class Choice:
     """One router request: choice `index` of the answer, for prompt `prompt_index`."""

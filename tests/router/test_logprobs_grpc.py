@@ -1,10 +1,11 @@
 """Log-probabilities through the gRPC API over in-process fake replicas, whose log-probabilities
 are a pure function of the context (`fake_logprobs`): the chunks carry one per token and the
-prompt's in the first; a moved or failed-over stream keeps the same numbers; a count over 20
+prompt's in the first; a moved, failed-over or resumed stream keeps the same numbers; a count over 20
 is INVALID_ARGUMENT naming its field, and the server keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
@@ -114,3 +115,25 @@ def test_a_moved_or_failed_over_stream_keeps_its_logprobs(how):
     assert tokens == reference_output(PROMPT, 40, ignore_eos=True)
     assert logprobs == expected(PROMPT, tokens, 2)
     assert prompt == fake_prompt_logprobs(PROMPT, 1)
+
+
+def test_a_resumed_stream_sends_the_logprobs_of_the_tokens_past_resume_from(serve):
+    server = serve(clients(step_time=0.005))
+    req = pb.GenerateRequest(request_id="left", prompt_token_ids=pb.TokenIds(ids=PROMPT), sampling=pb.SamplingOptions(
+        max_tokens=40, ignore_eos=True, logprobs=1, prompt_logprobs=1))
+    call = server.stub.Generate(req)
+    got: list[int] = []
+    for chunk in call:
+        got += chunk.token_ids
+        if len(got) >= 10:
+            break
+    call.cancel()
+    deadline = time.time() + 10
+    while len(server.router.journal):  # the server saw it leave: aborted, journaled as ended
+        assert time.time() < deadline
+        time.sleep(0.01)
+    chunks = list(server.stub.Generate(pb.GenerateRequest(request_id="left", resume_from=len(got))))
+    out = got + [t for c in chunks for t in c.token_ids]
+    assert out == reference_output(PROMPT, 40, ignore_eos=True)
+    assert close([as_tuple(p) for c in chunks for p in c.logprobs], expected(PROMPT, out, 1)[len(got):])
+    assert all(not c.prompt_logprobs for c in chunks)  # they went out with the first token
