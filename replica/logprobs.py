@@ -89,13 +89,15 @@ class HostLogprobs:
 
 
 def store_prompt_logprobs(prompt: PromptLogprobs) -> None:
-    """Write a step's prompt log-probabilities into their requests (a request ended meanwhile
-    drops them; one preempted keeps them: they do not change)."""
+    """Write a step's prompt log-probabilities into their requests, also one that already counts
+    as finished: a request whose token on the way is its last (`max_tokens=1`, as an evaluation's
+    `echo` asks) ends before the step's readback, and its output still carries them. One
+    preempted keeps them: they do not change."""
     host = HostLogprobs(prompt.values)
     row = 0
     for span in prompt.spans:
         req = span.request
-        if not req.is_finished and req.prompt_logprobs is not None:
+        if req.prompt_logprobs is not None:
             ids, k = req.prompt_token_ids, req.params.prompt_logprobs or 0
             req.prompt_logprobs[span.start + 1: span.start + 1 + span.count] = [
                 host.at(row + i, ids[span.start + 1 + i], k) for i in range(span.count)]

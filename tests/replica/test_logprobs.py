@@ -244,3 +244,18 @@ def test_migration_carries_the_logprobs_and_the_prompt_is_finished_on_the_target
         take(a.step())
     assert stream["tokens"] == null_reference(prompt, 12)
     _check(prompt, stream["tokens"], stream["logprobs"], stream["prompt"], 2)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_request_that_ends_on_its_first_token_still_gets_its_prompts(path):
+    """max_tokens=1 ends before the step's readback (its token on the way is its last): the
+    prompt's log-probabilities, computed in that step's prefill (one chunk or the last of several),
+    still come with its token, as an evaluation's `echo` asks."""
+    engine = _engine(path, max_num_batched_tokens=16)
+    prompts = {"short": list(range(3, 12)), "chunked": list(range(5, 45))}
+    for rid, prompt in prompts.items():
+        engine.add_request(rid, prompt, SamplingParams(max_tokens=1, temperature=0, logprobs=1, prompt_logprobs=1))
+    got = _run(engine)
+    for rid, prompt in prompts.items():
+        assert len(got[rid]["tokens"]) == 1
+        _check(prompt, got[rid]["tokens"], got[rid]["logprobs"], got[rid]["prompt"], 1)
