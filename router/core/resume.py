@@ -111,6 +111,8 @@ async def _adopt(router: Router, record: JournalRecord, tokens: list[int], start
                          num_cached_tokens=record.num_cached_tokens,
                          logprobs=None if record.logprobs is None else list(record.logprobs),
                          prompt_logprobs=None if record.prompt_logprobs is None else list(record.prompt_logprobs))
+    if record.logprobs is None:  # a journal that keeps none (Redis's): its tokens have none, new ones do
+        entry.logprobs = None
     try:
         router.journal.add(entry)
     except BaseException:

@@ -277,9 +277,10 @@ class Router:
               logprobs: list | None = None, prompt_logprobs: list | None = None) -> None:
         """Hand new tokens to the stream; `logprobs` ends with theirs (when asked), and the
         prompt's come with the request's first token."""
-        if entry.logprobs is not None:  # the last len(new) of what came: the others were sent before
-            logprobs = logprobs[len(logprobs) - len(new):] if logprobs and new else []
-            entry.logprobs += logprobs
+        if logprobs is not None:  # the last len(new) of what came: the others were sent before
+            logprobs = logprobs[len(logprobs) - len(new):] if new else []
+            if entry.logprobs is not None:
+                entry.logprobs += logprobs
         if prompt_logprobs is not None and not entry.sent and new:
             entry.prompt_logprobs = prompt_logprobs
         else:

@@ -5,6 +5,7 @@ is INVALID_ARGUMENT naming its field, and the server keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import grpc
@@ -137,3 +138,46 @@ def test_a_resumed_stream_sends_the_logprobs_of_the_tokens_past_resume_from(serv
     assert out == reference_output(PROMPT, 40, ignore_eos=True)
     assert close([as_tuple(p) for c in chunks for p in c.logprobs], expected(PROMPT, out, 1)[len(got):])
     assert all(not c.prompt_logprobs for c in chunks)  # they went out with the first token
+
+
+def leave_after(server, request: pb.GenerateRequest, n: int) -> list[int]:
+    """Read a stream's first `n` tokens or more, leave, and wait until the server journaled its end."""
+    call = server.stub.Generate(request)
+    got: list[int] = []
+    for chunk in call:
+        got += chunk.token_ids
+        if len(got) >= n:
+            break
+    call.cancel()
+    deadline = time.time() + 10
+    while len(server.router.journal):
+        assert time.time() < deadline
+        time.sleep(0.01)
+    return got
+
+
+def test_a_record_without_logprobs_resumes_with_them_for_the_new_tokens_only(serve):
+    """Redis journals tokens, not their log-probabilities: a stream adopted from such a record
+    sends none for the journaled tokens and the right ones for every token made after, however
+    often it is resumed again."""
+    server = serve(clients(step_time=0.005))
+    want = reference_output(PROMPT, 60, ignore_eos=True)
+    right = expected(PROMPT, want, 1)
+    got = leave_after(server, pb.GenerateRequest(request_id="r", prompt_token_ids=pb.TokenIds(ids=PROMPT),
+                                                 sampling=pb.SamplingOptions(max_tokens=60, ignore_eos=True,
+                                                                             logprobs=1)), 10)
+    journal = server.router.journal
+    expires, record = journal._retired["r"]
+    journal._retired["r"] = (expires, dataclasses.replace(record, logprobs=None))  # as Redis gives it back
+    again = pb.GenerateRequest(request_id="r", resume_from=len(got))
+    got += leave_after(server, again, 20)
+    position = len(record.tokens) + 1  # inside what the second stream made
+    chunks = list(server.stub.Generate(pb.GenerateRequest(request_id="r", resume_from=position)))
+    start = position
+    with_logprobs = 0
+    for c in chunks:
+        assert len(c.logprobs) in (0, len(c.token_ids))
+        assert close([as_tuple(p) for p in c.logprobs], right[position: position + len(c.logprobs)])
+        with_logprobs += len(c.logprobs)
+        position += len(c.token_ids)
+    assert got[:start] + [t for c in chunks for t in c.token_ids] == want and with_logprobs > 0
