@@ -85,7 +85,8 @@ def logprobs_cost(model: str, work: Workload, args: argparse.Namespace) -> dict:
             (off if k is None else on).append(timed_generate(llm, work, k)[0])
     off_s, on_s = sum(off), sum(on)
     return {"k": args.logprobs, "rounds": args.rounds, "off_seconds": off, "on_seconds": on,
-            "off_tokens_per_s": work.useful_tokens * len(off) / off_s, "on_tokens_per_s": work.useful_tokens * len(on) / on_s,
+            "off_tokens_per_s": work.useful_tokens * len(off) / off_s,
+            "on_tokens_per_s": work.useful_tokens * len(on) / on_s,
             "throughput_cost": 1 - off_s / on_s}
 
 
@@ -165,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
         "load_average": os.getloadavg(),
     }
     if hf_s is not None:
-        result["hf_static"] = {"batch_size": args.hf_batch_size, "seconds": hf_s, "tokens_per_s": work.useful_tokens / hf_s}
+        result["hf_static"] = {"batch_size": args.hf_batch_size, "seconds": hf_s,
+                               "tokens_per_s": work.useful_tokens / hf_s}
         result["ratio"] = result["shunter"]["tokens_per_s"] / result["hf_static"]["tokens_per_s"]
     if cost is not None:
         result["logprobs"] = cost

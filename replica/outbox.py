@@ -132,7 +132,8 @@ class Outbox:
                 if prev is None:
                     ch.deltas[out.request_id] = TokenDelta(
                         out.request_id, list(out.new_token_ids), out.num_output_tokens, out.finish_reason,
-                        out.num_cached_tokens, new_logprobs=None if out.new_logprobs is None else list(out.new_logprobs),
+                        out.num_cached_tokens,
+                        new_logprobs=None if out.new_logprobs is None else list(out.new_logprobs),
                         prompt_logprobs=out.prompt_logprobs)
                 else:  # the poller is behind: merge steps
                     prev.new_token_ids.extend(out.new_token_ids)
