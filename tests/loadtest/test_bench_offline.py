@@ -17,4 +17,6 @@ def test_logprobs_on_and_off_are_timed_in_one_run(tmp_path):
     useful = result["workload"]["useful_output_tokens"]
     assert cost["on_tokens_per_s"] == useful * 2 / sum(cost["on_seconds"])
     assert cost["throughput_cost"] == 1 - sum(cost["off_seconds"]) / sum(cost["on_seconds"])
+    assert cost["cpu_throughput_cost"] == 1 - sum(cost["off_cpu_seconds"]) / sum(cost["on_cpu_seconds"])
+    assert len(cost["on_cpu_seconds"]) == 2 and min(cost["off_cpu_seconds"] + cost["on_cpu_seconds"]) > 0
     assert "hf_static" not in result and "ratio" not in result
