@@ -42,20 +42,57 @@ def make_workload(n: int, vocab_size: int, seed: int, min_prompt: int, max_promp
 
 def run_shunter(model: str, work: Workload, args: argparse.Namespace, **engine_settings) -> tuple[float, dict]:
     """Seconds for the workload, and where its steps' time went (`bench_engine.StepTimes`)."""
+    llm = make_llm(model, work, args, **engine_settings)
+    return timed_generate(llm, work)
+
+
+def make_llm(model: str, work: Workload, args: argparse.Namespace, **engine_settings):
+    """The engine, warmed up on two requests."""
     from shunter import LLM, SamplingParams
-    from shunter.loadtest.bench_engine import StepTimes, timed_steps
 
     llm = LLM(model=model, max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
               **engine_settings)
-    params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in work.output_lens]
-    llm.generate(work.prompts[:2], params[:2], use_tqdm=False)  # warm-up
+    llm.generate(work.prompts[:2], [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+                                    for n in work.output_lens[:2]], use_tqdm=False)
+    return llm
+
+
+def timed_generate(llm, work: Workload, logprobs: int | None = None) -> tuple[float, dict]:
+    """One timed run of the workload (every request asking for `logprobs` top log-probabilities)."""
+    from shunter import SamplingParams
+    from shunter.loadtest.bench_engine import StepTimes, timed_steps
+
+    params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, logprobs=logprobs)
+              for n in work.output_lens]
     times = StepTimes()
     with timed_steps(llm, times, []):
         start = time.perf_counter()
         outs = llm.generate(work.prompts, params, use_tqdm=sys.stderr.isatty())
         elapsed = time.perf_counter() - start
     assert [len(o.outputs[0].token_ids) for o in outs] == work.output_lens
+    assert all((o.outputs[0].logprobs is not None) == (logprobs is not None) for o in outs)
     return elapsed, times.as_dict()
+
+
+def logprobs_cost(model: str, work: Workload, args: argparse.Namespace) -> dict:
+    """The same workload with log-probabilities off and on (`args.logprobs` top tokens for every
+    output token), alternating on one engine for `args.rounds` rounds (off-on, then on-off, ...),
+    so that a machine that slows down or speeds up meanwhile weighs on both alike. Each run's
+    CPU time (this process's, every thread) is kept too: on a machine shared with other work it
+    is what the wall time would be alone, far closer than the wall time itself."""
+    llm = make_llm(model, work, args)
+    off, on, off_cpu, on_cpu = [], [], [], []
+    for r in range(args.rounds):
+        for k in ((None, args.logprobs) if r % 2 == 0 else (args.logprobs, None)):
+            cpu = time.process_time()
+            (off if k is None else on).append(timed_generate(llm, work, k)[0])
+            (off_cpu if k is None else on_cpu).append(time.process_time() - cpu)
+    off_s, on_s = sum(off), sum(on)
+    return {"k": args.logprobs, "rounds": args.rounds, "off_seconds": off, "on_seconds": on,
+            "off_cpu_seconds": off_cpu, "on_cpu_seconds": on_cpu,
+            "off_tokens_per_s": work.useful_tokens * len(off) / off_s,
+            "on_tokens_per_s": work.useful_tokens * len(on) / on_s,
+            "throughput_cost": 1 - off_s / on_s, "cpu_throughput_cost": 1 - sum(off_cpu) / sum(on_cpu)}
 
 
 def run_hf_static(model: str, work: Workload, batch_size: int, device: str = "cpu", dtype: str = "float32") -> float:
@@ -100,6 +137,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--before", action="store_true",
                         help="also run Shunter as before issue 25 (inputs packed every step, no async scheduling)")
+    parser.add_argument("--logprobs", type=int, default=None, metavar="K",
+                        help="also measure log-probabilities (K top tokens per output token) on vs off, in this run")
+    parser.add_argument("--rounds", type=int, default=2, help="with --logprobs: off/on rounds on one engine")
+    parser.add_argument("--skip-hf", action="store_true", help="leave out the HF static baseline")
     parser.add_argument("--out", type=Path, default=None, help="JSON result path (default: loadtest/results/)")
 
 
@@ -117,19 +158,24 @@ def run(args: argparse.Namespace) -> int:
     shunter_s, per_step = run_shunter(args.model, work, args)
     before_s, before_step = run_shunter(args.model, work, args, persistent_batch=False,
                                         async_scheduling=False) if args.before else (None, None)
-    hf_s = run_hf_static(args.model, work, args.hf_batch_size)
+    cost = logprobs_cost(args.model, work, args) if args.logprobs is not None else None
+    hf_s = None if args.skip_hf else run_hf_static(args.model, work, args.hf_batch_size)
     result = {
         "command": args._invocation,
         "model": args.model,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "workload": {"num_requests": len(work.prompts), "useful_output_tokens": work.useful_tokens,
                      "prompt_len": args.prompt_len, "output_len": args.output_len, "seed": args.seed},
-        "hf_static": {"batch_size": args.hf_batch_size, "seconds": hf_s, "tokens_per_s": work.useful_tokens / hf_s},
         "shunter": {"max_num_batched_tokens": args.max_num_batched_tokens, "max_num_seqs": args.max_num_seqs,
                     "seconds": shunter_s, "tokens_per_s": work.useful_tokens / shunter_s, "per_step": per_step},
         "load_average": os.getloadavg(),
     }
-    result["ratio"] = result["shunter"]["tokens_per_s"] / result["hf_static"]["tokens_per_s"]
+    if hf_s is not None:
+        result["hf_static"] = {"batch_size": args.hf_batch_size, "seconds": hf_s,
+                               "tokens_per_s": work.useful_tokens / hf_s}
+        result["ratio"] = result["shunter"]["tokens_per_s"] / result["hf_static"]["tokens_per_s"]
+    if cost is not None:
+        result["logprobs"] = cost
     if before_s is not None:
         result["shunter_before"] = {"seconds": before_s, "tokens_per_s": work.useful_tokens / before_s,
                                     "per_step": before_step}
@@ -137,13 +183,24 @@ def run(args: argparse.Namespace) -> int:
     table = Table(title=f"offline throughput, {args.model}")
     for col in ("system", "seconds", "output tokens/s"):
         table.add_column(col)
-    table.add_row(f"HF generate (static, batch {args.hf_batch_size})", f"{hf_s:.1f}", f"{work.useful_tokens / hf_s:.1f}")
+    if hf_s is not None:
+        table.add_row(f"HF generate (static, batch {args.hf_batch_size})", f"{hf_s:.1f}",
+                      f"{work.useful_tokens / hf_s:.1f}")
     if before_s is not None:
         table.add_row("Shunter before issue 25 (packed, synchronous)", f"{before_s:.1f}",
                       f"{work.useful_tokens / before_s:.1f}")
     table.add_row("Shunter (continuous batching)", f"{shunter_s:.1f}", f"{work.useful_tokens / shunter_s:.1f}")
+    if cost is not None:
+        table.add_row(f"Shunter, logprobs off ({args.rounds} runs)", f"{sum(cost['off_seconds']):.1f}",
+                      f"{cost['off_tokens_per_s']:.1f}")
+        table.add_row(f"Shunter, logprobs={args.logprobs} on ({args.rounds} runs)", f"{sum(cost['on_seconds']):.1f}",
+                      f"{cost['on_tokens_per_s']:.1f}")
     Console().print(table)
-    Console().print(f"ratio Shunter / HF static: {result['ratio']:.2f}x")
+    if hf_s is not None:
+        Console().print(f"ratio Shunter / HF static: {result['ratio']:.2f}x")
+    if cost is not None:
+        Console().print(f"log-probabilities on cost {cost['throughput_cost']:.1%} of throughput, "
+                        f"{cost['cpu_throughput_cost']:.1%} in CPU time (goal: <= 5%)")
     out = args.out or RESULTS / f"bench_offline_{args.model.replace(':', '_').replace('/', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -18,6 +18,7 @@ from shunter.replica.engine_config import EngineConfig
 from shunter.replica.engine_protocol import CacheEvent, EngineOutput, EngineStats, ModelLimits
 from shunter.replica.kv_cache_manager import KVCacheManager
 from shunter.replica.load_estimate import remaining_blocks
+from shunter.replica.logprobs import HostLogprobs, store_prompt_logprobs
 from shunter.replica.migration import Migration
 from shunter.replica.model_runner import ModelRunner
 from shunter.replica.policies import make_policy
@@ -44,6 +45,16 @@ class _Flight:
     last: list[Request] = field(default_factory=list)  # whose token on the way is their last (length)
     finals: dict[str, Request] = field(default_factory=dict)  # ended while their token was on its way
     settled: bool = False
+
+
+def _with_logprobs(out: EngineOutput, request: Request) -> None:
+    """Give an output the log-probabilities of its tokens (the request's last ones), and the
+    prompt's with output token 0."""
+    n = len(out.new_token_ids)
+    if request.output_logprobs is not None:
+        out.new_logprobs = request.output_logprobs[len(request.output_logprobs) - n:] if n else []
+    if request.prompt_logprobs is not None and n and out.num_output_tokens == n:
+        out.prompt_logprobs = request.prompt_logprobs
 
 
 def _drop_placeholders(ids: list[int]) -> None:
@@ -206,15 +217,24 @@ class Engine(Migration):
         """Read the step's tokens back (the step's one sync), put them in place of the
         placeholders, detokenize, stop, and report."""
         pending = flight.pending
-        tokens = pending if isinstance(pending, list) else pending.tokens()
+        host = None
+        if isinstance(pending, list):
+            tokens = pending
+        else:
+            tokens = pending.tokens()
+            if pending.prompt is not None:
+                store_prompt_logprobs(pending.prompt)
+            host = HostLogprobs(pending.logprobs) if pending.logprobs is not None else None
         now = self.clock.now()
         outputs: list[EngineOutput] = []
         finals, finished, detokenizers = flight.finals, RequestStatus.FINISHED, self.detokenizers
-        for req, j, token in zip(flight.sampled, flight.slots, [t for t in tokens if t is not None]):
+        for row, (req, j, token) in enumerate(zip(flight.sampled, flight.slots, [t for t in tokens if t is not None])):
             final = finals.get(req.request_id) if finals else None
             if req.status is finished and final is not req:
                 continue  # aborted or ended meanwhile: its token is dropped with it
             req.output_token_ids[j] = token
+            if host is not None and req.output_logprobs is not None:
+                req.output_logprobs.append(host.at(row, token, req.params.logprobs or 0))
             if req.first_token_time is None:
                 req.first_token_time = now
             req.last_token_time = now
@@ -226,8 +246,11 @@ class Engine(Migration):
                     or (detok is not None and detok.stopped))
             if not stop and final is None:
                 cached = req.num_cached_tokens
-                outputs.append(EngineOutput(req.request_id, [token], j + 1, None, new_text, cached if cached > 0 else 0,
-                                            req.arrival_time, req.first_token_time))
+                out = EngineOutput(req.request_id, [token], j + 1, None, new_text, cached if cached > 0 else 0,
+                                   req.arrival_time, req.first_token_time)
+                if req.output_logprobs is not None or req.prompt_logprobs is not None:
+                    _with_logprobs(out, req)
+                outputs.append(out)
                 continue
             if stop:
                 req.finish_reason = "stop"  # a stop token comes before the length or deadline it also met
@@ -260,9 +283,12 @@ class Engine(Migration):
 
     @staticmethod
     def _output(request: Request, new_tokens: list[int], new_text: str) -> EngineOutput:
-        return EngineOutput(request.request_id, new_tokens, request.num_output_tokens, request.finish_reason,  # type: ignore[arg-type]
-                            new_text, max(request.num_cached_tokens, 0), request.arrival_time,
-                            request.first_token_time)
+        out = EngineOutput(request.request_id, new_tokens, request.num_output_tokens, request.finish_reason,  # type: ignore[arg-type]
+                           new_text, max(request.num_cached_tokens, 0), request.arrival_time,
+                           request.first_token_time)
+        if request.output_logprobs is not None or request.prompt_logprobs is not None:
+            _with_logprobs(out, request)
+        return out
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished() or self._flight is not None or bool(self._drained)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
 
+from shunter.logprobs import TokenLogprobs
 from shunter.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -52,6 +53,10 @@ class EngineOutput:
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
     arrival_time: float = 0.0
     first_token_time: float | None = None
+    # When the request asks (`SamplingParams.logprobs`): one per new token. With output token 0
+    # come the prompt's (`prompt_logprobs`), one per prompt token, None for the first.
+    new_logprobs: list[TokenLogprobs] | None = None
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
     @property
     def finished(self) -> bool:
@@ -99,6 +104,10 @@ class MigrationState:
     block_size: int = 16
     rng_state: torch.Tensor | None = None  # the request's sampling generator, so seeded sampling continues
     kv_first_block: int = 0
+    # As the request keeps them (`Request.output_logprobs`, `.prompt_logprobs`): the router sends
+    # those of the tokens its client has not had yet, and the target goes on from them.
+    output_logprobs: list[TokenLogprobs] | None = None
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
     def without_kv(self) -> MigrationState:
         """The same request with no KV: the target recomputes its tokens."""

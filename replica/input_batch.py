@@ -68,6 +68,9 @@ class InputBatch:
         self.top_p = np.ones(max_rows, dtype=np.float32)
         self.seed = np.zeros(max_rows, dtype=np.int64)
         self.last_sample = np.full(max_rows, -1, dtype=np.int64)  # a row's index among its last step's samples
+        self.num_logprobs = np.full(max_rows, -1, dtype=np.int64)  # top log-probabilities per token; -1: none
+        self.logprob_rows = 0  # rows that ask for log-probabilities (0: the steps skip them unread)
+        self.prompt_logprob_rows = 0  # rows that ask for prompt log-probabilities
         self.rows: dict[str, Row] = {}
         self._free = list(range(max_rows - 1, -1, -1))
         self.writes = BatchWrites()
@@ -80,6 +83,8 @@ class InputBatch:
         row = self.rows.pop(request_id, None)
         if row is not None:
             self._free.append(row.index)
+            self.logprob_rows -= int(self.num_logprobs[row.index] >= 0)
+            self.prompt_logprob_rows -= row.request.params.prompt_logprobs is not None
 
     def _join(self, req: Request, seed: int) -> Row:
         self.remove(req.request_id)  # a stale row of an earlier request of the same id
@@ -96,6 +101,9 @@ class InputBatch:
         self.top_p[i] = p.top_p
         self.seed[i] = seed
         self.last_sample[i] = -1
+        self.num_logprobs[i] = -1 if p.logprobs is None else p.logprobs
+        self.logprob_rows += p.logprobs is not None
+        self.prompt_logprob_rows += p.prompt_logprobs is not None
         row = self.rows[req.request_id] = Row(i, req, n, 0)
         self.writes.rows += 1
         return row

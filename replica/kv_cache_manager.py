@@ -65,8 +65,9 @@ class KVCacheManager:
     def find_prefix(self, request: Request) -> PrefixHit:
         """Longest run of cached full blocks at the start of the request's tokens.
 
-        At least one token is always left to compute, since the step must produce logits."""
-        if not self.enable_prefix_caching:
+        At least one token is always left to compute, since the step must produce logits; none
+        is skipped while the prompt's log-probabilities are still to be computed."""
+        if not self.enable_prefix_caching or request.needs_prompt_logprobs:
             return PrefixHit([], 0)
         max_blocks = (request.num_tokens - 1) // self.block_size
         ids: list[int] = []

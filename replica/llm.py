@@ -1,5 +1,6 @@
 """The offline API, shaped like vLLM's: `LLM(model=...).generate(prompts, SamplingParams(...))`
-and `LLM.chat(messages)`, returning `RequestOutput`s with `outputs[i].text` / `.token_ids`."""
+and `LLM.chat(messages)`, returning `RequestOutput`s with `outputs[i].text` / `.token_ids`
+(and, when asked, `outputs[i].logprobs` and `prompt_logprobs`, in vLLM's shape)."""
 from __future__ import annotations
 
 import dataclasses
@@ -52,7 +53,8 @@ class LLM:
         token_lists = [self.encode(p) for p in prompts]
         for tokens, p in zip(token_lists, params_list):
             validate_request(tokens, _sample_params(p, 0), self.engine.limits)
-        collector = OutputCollector()
+        tokenizer = self.engine.tokenizer
+        collector = OutputCollector(decode=None if tokenizer is None else lambda t: tokenizer.decode([t]))
         held: dict[str, list[tuple[str, list[int], SamplingParams]]] = {}
         ids = []
         for prompt, tokens, p in zip(prompts, token_lists, params_list):
@@ -107,8 +109,9 @@ class LLM:
 
 
 def _sample_params(params: SamplingParams, index: int) -> SamplingParams:
-    """The engine runs one sequence per request: sample `index` of `n`, with its own seed."""
+    """The engine runs one sequence per request: sample `index` of `n`, with its own seed. The
+    first sample alone computes the prompt's log-probabilities (so the others share its blocks)."""
     if params.n == 1:
         return params
     seed = None if params.seed is None else params.seed + index
-    return dataclasses.replace(params, n=1, seed=seed)
+    return dataclasses.replace(params, n=1, seed=seed, prompt_logprobs=params.prompt_logprobs if index == 0 else None)

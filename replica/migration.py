@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from shunter.replica.scheduler import Scheduler
 
 
+def _copy(items: list | None) -> list | None:
+    return None if items is None else list(items)
+
+
 class Migration:
     """Mixed into `Engine`: the migration half of `EngineProtocol`, over the engine's parts."""
 
@@ -70,6 +74,8 @@ class Migration:
             block_size=self.block_size,
             rng_state=generator.get_state() if generator is not None else None,
             kv_first_block=first,
+            output_logprobs=request.output_logprobs,
+            prompt_logprobs=request.prompt_logprobs,
         )
         self.scheduler.remove(request)
         self.runner.remove_request(request_id)
@@ -122,7 +128,8 @@ class Migration:
         request = Request(
             state.request_id, list(state.prompt_token_ids), state.params, arrival_time=state.arrival_time,
             eos_token_ids=self.eos_token_ids, output_token_ids=list(state.output_token_ids),
-            num_cached_tokens=state.num_cached_tokens,
+            num_cached_tokens=state.num_cached_tokens, output_logprobs=_copy(state.output_logprobs),
+            prompt_logprobs=_copy(state.prompt_logprobs),
         )
         self._track(request)
         if state.rng_state is not None and request.request_id in self.runner.generators:

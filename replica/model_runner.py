@@ -24,6 +24,7 @@ from shunter.replica import kv_staging
 from shunter.replica.host_fence import HostFence
 from shunter.replica.kv_staging import StagedKV
 from shunter.replica.input_batch import InputBatch
+from shunter.replica.logprobs import PromptLogprobs, compute_prompt_logprobs, prompt_spans
 from shunter.replica.memory import CudaMemory, activation_peak, num_cpu_blocks, num_device_blocks
 from shunter.replica.models.kv_layout import allocate_kv_caches, kv_bytes_per_block
 from shunter.replica.models.loader import LoadedModel, load_model
@@ -74,7 +75,7 @@ class ModelRunner:
         vocab = self.config.vocab_size
         self.batch = InputBatch(max_num_seqs, max_model_len, block_size, vocab) if persistent_batch else None
         self.staging = Staging(max(max_num_batched_tokens, max_num_seqs), max_num_seqs, max_blocks, self.device)
-        self.readback = Readback(max_num_seqs, self.device)
+        self.readback = Readback(max_num_seqs, self.device, max(max_num_batched_tokens, max_num_seqs))
         self._last_tokens: torch.Tensor | None = None  # the last step's samples, on the device
         self.timeline: DeviceTimeline | None = None  # set by a benchmark to see the device's idle time
 
@@ -202,11 +203,21 @@ class ModelRunner:
         else:
             hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn)
         logits = self.model.compute_logits(hidden[batch.logits_indices])
-        self._last_tokens = tokens = sample(logits, inputs.sampling)
-        pending = self.readback.start(tokens, samples)
+        sampled = sample(logits, inputs.sampling)
+        self._last_tokens = sampled.tokens
+        prompt = self._prompt_logprobs(out, hidden)
+        pending = self.readback.start(sampled.tokens, samples, sampled.logprobs, prompt)
         if self.timeline is not None:
             self.timeline.end()
         return pending
+
+    def _prompt_logprobs(self, out: SchedulerOutput, hidden: torch.Tensor) -> PromptLogprobs | None:
+        """The prompt log-probabilities this step's prefill chunks owe, from their hidden states
+        (nothing to look at unless a row asks: the batch counts them)."""
+        if self.batch is not None and not self.batch.prompt_logprob_rows:
+            return None
+        spans = prompt_spans(out.scheduled)
+        return compute_prompt_logprobs(spans, hidden, self.model.compute_logits) if spans else None
 
     def _prepare(self, out: SchedulerOutput) -> tuple[StepInputs, np.ndarray | None]:
         """The step's inputs on the device, and which scheduled requests sample (None: all)."""
@@ -231,6 +242,6 @@ class ModelRunner:
                                      [r.num_output_tokens for r in sampled], self.config.vocab_size, self.device)
         samples = np.array([c.sample for c in chunks])
         sizes = Sizes(batch.input_ids.numel(), len(chunks), len(sampled), batch.attn.block_tables.shape[1], 0,
-                      batch.attn.max_query_len, sampling.all_greedy, sampling.filtered)
+                      batch.attn.max_query_len, sampling.all_greedy, sampling.filtered, sampling.num_logprobs)
         empty = torch.zeros(0, dtype=torch.int64, device=self.device)
         return StepInputs(batch, sampling, empty, empty, sizes), (None if samples.all() else samples)

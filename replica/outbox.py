@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from shunter.logprobs import TokenLogprobs
 from shunter.replica.engine_protocol import CacheEvent, EngineOutput, EngineStats
 
 DEFAULT = ""  # the consumer of a replica that one router serves from
@@ -43,6 +44,8 @@ class TokenDelta:
     num_cached_tokens: int = 0
     error: str | None = None  # the engine refused the request (finish_reason "error")
     invalid: bool = False  # ... because the request itself is wrong (ValueError: INVALID_ARGUMENT)
+    new_logprobs: list[TokenLogprobs] | None = None  # one per new token, when the request asks
+    prompt_logprobs: list[TokenLogprobs | None] | None = None  # with output token 0, when asked
 
 
 @dataclass
@@ -129,9 +132,14 @@ class Outbox:
                 if prev is None:
                     ch.deltas[out.request_id] = TokenDelta(
                         out.request_id, list(out.new_token_ids), out.num_output_tokens, out.finish_reason,
-                        out.num_cached_tokens)
+                        out.num_cached_tokens,
+                        new_logprobs=None if out.new_logprobs is None else list(out.new_logprobs),
+                        prompt_logprobs=out.prompt_logprobs)
                 else:  # the poller is behind: merge steps
                     prev.new_token_ids.extend(out.new_token_ids)
+                    if out.new_logprobs is not None:
+                        prev.new_logprobs = (prev.new_logprobs or []) + out.new_logprobs
+                    prev.prompt_logprobs = prev.prompt_logprobs or out.prompt_logprobs
                     prev.num_output_tokens = out.num_output_tokens
                     prev.finish_reason = out.finish_reason
                 if out.finish_reason is not None and owners:

@@ -2,13 +2,15 @@
 
 A prompt asked for with `n` samples runs as `n` engine requests (`{request_id}#{i}`) that share
 the prompt's KV blocks through the prefix cache; its `RequestOutput` is complete when all are.
+Log-probabilities become vLLM's dicts here, each token decoded once (`decode`, cached by id).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
-from shunter.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from shunter.logprobs import TokenLogprobs
+from shunter.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestMetrics, RequestOutput
 from shunter.replica.engine_protocol import EngineOutput
 
 
@@ -22,6 +24,8 @@ class _Pending:
 class OutputCollector:
     pending: dict[str, _Pending] = field(default_factory=dict)  # by the user's request id
     parent: dict[str, tuple[str, int]] = field(default_factory=dict)  # engine request id -> (request id, index)
+    decode: Callable[[int], str] | None = None  # one token's text, for `Logprob.decoded_token`
+    _decoded: dict[int, str] = field(default_factory=dict)
 
     def expect(self, request_id: str, prompt: str | None, prompt_token_ids: list[int], n: int = 1) -> list[str]:
         """Register a request; returns the engine request ids to add for its `n` samples."""
@@ -44,6 +48,13 @@ class OutputCollector:
             sample = result.outputs[index]
             sample.token_ids.extend(out.new_token_ids)
             sample.text += out.new_text
+            if out.new_logprobs is not None:
+                if sample.logprobs is None:
+                    sample.logprobs, sample.cumulative_logprob = [], 0.0
+                sample.logprobs += [self._position(p) for p in out.new_logprobs]
+                sample.cumulative_logprob += sum(p.logprob for p in out.new_logprobs)
+            if out.prompt_logprobs is not None and result.prompt_logprobs is None:
+                result.prompt_logprobs = [None if p is None else self._position(p) for p in out.prompt_logprobs]
             if result.metrics is None:
                 result.metrics = RequestMetrics(out.arrival_time)
             if result.metrics.first_token_time is None:
@@ -58,3 +69,19 @@ class OutputCollector:
                     del self.pending[request_id]
                     done.append(result)
         return done
+
+    def _position(self, p: TokenLogprobs) -> PositionLogprobs:
+        """vLLM's dict for one position: the token there first, then the top k."""
+        at = {p.token_id: Logprob(p.logprob, p.rank, self._text(p.token_id))}
+        for rank, (token, logprob) in enumerate(zip(p.top_ids, p.top_logprobs), 1):
+            if token not in at:
+                at[token] = Logprob(logprob, rank, self._text(token))
+        return at
+
+    def _text(self, token: int) -> str | None:
+        if self.decode is None:
+            return None
+        text = self._decoded.get(token)
+        if text is None:
+            text = self._decoded[token] = self.decode(token)
+        return text

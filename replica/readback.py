@@ -4,6 +4,8 @@ The copy goes into pinned memory without blocking, and an event marks its end; t
 on it only when it needs the tokens, which under async scheduling is after the next step has
 been launched. The pinned buffers alternate, so that step's copy never overwrites tokens not
 read yet. `waits` counts the waits (the benchmarks' syncs per step; a test holds it to one).
+Log-probabilities, when a row of the step asked, are copied back the same way before the one
+event is recorded, so they add copies but no wait.
 """
 from __future__ import annotations
 
@@ -12,6 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from shunter.logprobs import MAX_LOGPROBS
+from shunter.replica.logprobs import PromptLogprobs
+from shunter.replica.sampler import LogprobsTensors
+
 
 @dataclass
 class PendingTokens:
@@ -19,6 +25,8 @@ class PendingTokens:
     event: torch.cuda.Event | None  # None: already there (the CPU)
     samples: np.ndarray | None  # bool per scheduled request: whether it sampled (None: all did)
     readback: Readback | None = None
+    logprobs: LogprobsTensors | None = None  # of the sampled rows, on the host once `event` is reached
+    prompt: PromptLogprobs | None = None  # likewise
 
     def tokens(self) -> list[int | None]:
         """The sampled token of each scheduled request (None where none was sampled); waits."""
@@ -33,20 +41,46 @@ class PendingTokens:
         return [next(it) if s else None for s in self.samples.tolist()]
 
 
+class _PinnedLogprobs:
+    """Pinned room for the log-probabilities of `rows` rows, made the first time a step asks."""
+
+    def __init__(self, rows: int) -> None:
+        self.parts = [torch.empty(rows, dtype=torch.float32, pin_memory=True),
+                      torch.empty(rows, dtype=torch.int64, pin_memory=True),
+                      torch.empty(rows * MAX_LOGPROBS, dtype=torch.int64, pin_memory=True),
+                      torch.empty(rows * MAX_LOGPROBS, dtype=torch.float32, pin_memory=True)]
+
+    def copy(self, values: LogprobsTensors) -> LogprobsTensors:
+        views = [part[: t.numel()].view(t.shape) for part, t in zip(self.parts, values.tensors())]
+        for view, t in zip(views, values.tensors()):
+            view.copy_(t, non_blocking=True)
+        return LogprobsTensors(*views)
+
+
 class Readback:
-    def __init__(self, max_rows: int, device: torch.device) -> None:
+    def __init__(self, max_rows: int, device: torch.device, max_tokens: int = 0) -> None:
+        """`max_rows`: sampled rows a step; `max_tokens`: tokens a step (its prompt positions)."""
         self.cuda = device.type == "cuda"
         self._host = [torch.zeros(max_rows, dtype=torch.int64, pin_memory=True) for _ in range(2)] if self.cuda else []
+        self.max_rows, self.max_tokens = max_rows, max(max_tokens, max_rows)
+        self._logprobs: list[tuple[_PinnedLogprobs, _PinnedLogprobs]] = []  # per parity: sampled rows, prompt rows
         self._parity = 0
         self.waits = 0
 
-    def start(self, tokens: torch.Tensor, samples: np.ndarray | None) -> PendingTokens:
-        """Begin copying `tokens` (int64 [N], on the device) back."""
+    def start(self, tokens: torch.Tensor, samples: np.ndarray | None, logprobs: LogprobsTensors | None = None,
+              prompt: PromptLogprobs | None = None) -> PendingTokens:
+        """Begin copying `tokens` (int64 [N], on the device) back, with the step's log-probabilities."""
         if not self.cuda:
-            return PendingTokens(tokens, None, samples, self)
-        host = self._host[self._parity][: tokens.numel()]
-        self._parity ^= 1
+            return PendingTokens(tokens, None, samples, self, logprobs, prompt)
+        parity, self._parity = self._parity, self._parity ^ 1
+        host = self._host[parity][: tokens.numel()]
         host.copy_(tokens, non_blocking=True)
+        if logprobs is not None or prompt is not None:
+            if not self._logprobs:
+                self._logprobs = [(_PinnedLogprobs(self.max_rows), _PinnedLogprobs(self.max_tokens)) for _ in range(2)]
+            rows, positions = self._logprobs[parity]
+            logprobs = rows.copy(logprobs) if logprobs is not None else None
+            prompt = PromptLogprobs(prompt.spans, positions.copy(prompt.values)) if prompt is not None else None
         event = torch.cuda.Event()
         event.record()
-        return PendingTokens(host, event, samples, self)
+        return PendingTokens(host, event, samples, self, logprobs, prompt)

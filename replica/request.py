@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from shunter.logprobs import TokenLogprobs
 from shunter.sampling_params import SamplingParams
 
 # An output token a step has sampled on the device but the host has not read back yet. Under
@@ -43,6 +44,17 @@ class Request:
     last_token_time: float | None = None
     # Free-form per-request memory of the scheduling policy (quantum used, level, aging...).
     policy_state: dict = field(default_factory=dict)
+    # A request that asks for log-probabilities keeps them (`replica/logprobs.py`): one per output
+    # token, and one per prompt position (None at the first, which nothing predicts); the prompt's
+    # go out with output token 0.
+    output_logprobs: list[TokenLogprobs] | None = None
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.params.logprobs is not None and self.output_logprobs is None:
+            self.output_logprobs = []
+        if self.params.prompt_logprobs is not None and self.prompt_logprobs is None:
+            self.prompt_logprobs = [None] * len(self.prompt_token_ids)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -68,6 +80,12 @@ class Request:
         if start >= p:
             return self.output_token_ids[start - p : end - p]
         return self.prompt_token_ids[start:] + self.output_token_ids[: end - p]
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        """Its prompt's log-probabilities are asked for and not out yet: its prefill computes them
+        (and may not skip a position through the prefix cache)."""
+        return self.prompt_logprobs is not None and not self.output_token_ids
 
     @property
     def is_finished(self) -> bool:

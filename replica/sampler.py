@@ -1,10 +1,17 @@
-"""Turn logits into tokens on the device, all rows at once: greedy, temperature, top-k, top-p.
+"""Turn logits into tokens on the device, all rows at once: greedy, temperature, top-k, top-p;
+and, for the rows that ask, log-probabilities of the raw distribution.
 
 Nothing here reads a value back to the host, so a step syncs once, when its tokens are copied
 back. Randomness is counter-based: a request's k-th drawn token uses a uniform number that is a
 pure function of (its seed, k) (splitmix64), so its tokens do not depend on what else shares
 the batch, survive preemption (a recompute draws the same k again) and migrate with the seed
 alone. The token is the inverse CDF of the filtered distribution at that number.
+
+Log-probabilities are taken from the logits as the model gave them, before temperature and the
+filters (and, later, a grammar's mask or a speculative verifier, which act on what is sampled,
+not on what is reported): vLLM v1's default, so a greedy request sees the numbers a sampled one
+does. They are computed only when a row of the step asks (`SamplingInputs.num_logprobs`, known
+on the host), as a log-sum-exp, a top-k and a count per row: no `[N, vocab]` tensor is written.
 """
 from __future__ import annotations
 
@@ -59,9 +66,45 @@ def _draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, target, right=True).squeeze(1)
 
 
-def sample(logits: torch.Tensor, s: SamplingInputs) -> torch.Tensor:
-    """One token per row of `logits` `[N, vocab]`, int64 on the logits' device."""
+@dataclass
+class LogprobsTensors:
+    """Per row: the log-probability of one token and its rank, and the `k` most likely tokens."""
+
+    logprobs: torch.Tensor  # float32 [R]
+    ranks: torch.Tensor  # int64 [R]: 1 + the number of tokens more likely
+    top_ids: torch.Tensor  # int64 [R, k], most likely first
+    top_logprobs: torch.Tensor  # float32 [R, k]
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.logprobs, self.ranks, self.top_ids, self.top_logprobs
+
+
+def logprobs_of(logits: torch.Tensor, token_ids: torch.Tensor, k: int) -> LogprobsTensors:
+    """Log-probabilities under `logits` `[R, vocab]` (raw) of `token_ids` `[R]`, and the top `k`."""
     logits = logits.float()
+    norm = logits.logsumexp(-1, keepdim=True)
+    chosen = logits.gather(1, token_ids[:, None])
+    ranks = (logits > chosen).sum(-1) + 1
+    top, top_ids = logits.topk(k, dim=-1)
+    return LogprobsTensors((chosen - norm).squeeze(1), ranks, top_ids, top - norm)
+
+
+@dataclass
+class SamplerOutput:
+    tokens: torch.Tensor  # int64 [N]
+    logprobs: LogprobsTensors | None  # of every row, when a row asked (`num_logprobs` >= 0)
+
+
+def sample(logits: torch.Tensor, s: SamplingInputs) -> SamplerOutput:
+    """One token per row of `logits` `[N, vocab]`, int64 on the logits' device; with
+    `s.num_logprobs` >= 0 every row's token log-probability and that many top tokens too."""
+    logits = logits.float()
+    tokens = _tokens(logits, s)
+    lp = logprobs_of(logits, tokens, s.num_logprobs) if s.num_logprobs >= 0 else None
+    return SamplerOutput(tokens, lp)
+
+
+def _tokens(logits: torch.Tensor, s: SamplingInputs) -> torch.Tensor:
     greedy = logits.argmax(dim=-1)
     if s.all_greedy:
         return greedy

@@ -49,6 +49,7 @@ class Sizes:
     max_query_len: int
     all_greedy: bool  # no sampled row draws at random: the sampler only takes the argmax
     filtered: bool  # some random row has top-k or top-p on: the sampler sorts
+    logprobs: int = -1  # the most top log-probabilities a sampled row asks for; -1: no row asks
 
 
 def gather(batch: InputBatch, step: StepRows, out: dict[str, np.ndarray], block_table: np.ndarray) -> Sizes:
@@ -91,7 +92,8 @@ def gather(batch: InputBatch, step: StepRows, out: dict[str, np.ndarray], block_
     random = temperature > 0
     all_greedy = not random.any()
     filtered = not all_greedy and bool(((top_k < batch.vocab_size) | (top_p < 1.0))[random].any())
-    return Sizes(T, S, N, W, F, int(counts.max()), all_greedy, filtered)
+    logprobs = int(batch.num_logprobs[sampled].max()) if N and batch.logprob_rows else -1
+    return Sizes(T, S, N, W, F, int(counts.max()), all_greedy, filtered, logprobs)
 
 
 @dataclass
@@ -105,6 +107,7 @@ class SamplingInputs:
     draws: torch.Tensor  # int64 [N]: the output index of the token drawn (the request's draw counter)
     all_greedy: bool
     filtered: bool
+    num_logprobs: int = -1  # top log-probabilities to compute per row (the most any row asks); -1: none
 
     @classmethod
     def of(cls, params: list[SamplingParams], seeds: list[int], draws: list[int], vocab_size: int,
@@ -114,13 +117,15 @@ class SamplingInputs:
         top_k = [p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params]
         top_p = [p.top_p for p in params]
         random = [t > 0 for t in temperature]
+        asked = [p.logprobs for p in params if p.logprobs is not None]
 
         def tensor(values: list, dtype: torch.dtype) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype, device=device)
 
         return cls(tensor(temperature, torch.float32), tensor(top_k, torch.int64), tensor(top_p, torch.float32),
                    tensor(seeds, torch.int64), tensor(draws, torch.int64), all_greedy=not any(random),
-                   filtered=any(r and (k < vocab_size or p < 1.0) for r, k, p in zip(random, top_k, top_p)))
+                   filtered=any(r and (k < vocab_size or p < 1.0) for r, k, p in zip(random, top_k, top_p)),
+                   num_logprobs=max(asked, default=-1))
 
 
 @dataclass
@@ -184,6 +189,6 @@ class Staging:
         attn = AttentionMetadata(d["slot_mapping"][:T], table, d["cu_seqlens"][: S + 1], d["context_lens"][:S],
                                  z.max_query_len)
         sampling = SamplingInputs(d["temperature"][:N], d["top_k"][:N], d["top_p"][:N], d["seeds"][:N],
-                                  d["draws"][:N], z.all_greedy, z.filtered)
+                                  d["draws"][:N], z.all_greedy, z.filtered, z.logprobs)
         batch = Batch(d["input_ids"][:T], d["positions"][:T], attn, d["logits_indices"][:N])
         return StepInputs(batch, sampling, d["fill_dst"][:F], d["fill_src"][:F], z)

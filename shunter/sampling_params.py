@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shunter.logprobs import MAX_LOGPROBS
+
 # Priority classes, most important first: a class's level is what policies order by.
 CLASS_LEVEL = {"interactive": 0, "batch": 1}
 
@@ -14,6 +16,9 @@ class SamplingParams:
     `temperature=0` means greedy. `top_k=-1` (or 0) turns top-k off. `seed` makes a sampled
     request reproducible on its own, whatever else shares its batch. `n` samples per prompt
     (offline `LLM` only): sample i draws with seed `seed + i` when a seed is given.
+    `logprobs=k` returns each output token's log-probability and the k most likely tokens at its
+    position (0: the token's alone); `prompt_logprobs=k` the same for every prompt token after the
+    first. Both are of the raw distribution, before temperature and filters (`shunter/logprobs.py`).
     """
 
     max_tokens: int = 16
@@ -25,6 +30,8 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
     # Scheduling hints; policies may use them, tokens never depend on them.
     priority: str = "interactive"
     ttft_ms: float | None = None
@@ -51,6 +58,10 @@ class SamplingParams:
             raise ValueError("stop must be a list of non-empty strings")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             raise ValueError("stop_token_ids must be non-negative integers")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or not 0 <= value <= MAX_LOGPROBS):
+                raise ValueError(f"{name} must be an integer in [0, {MAX_LOGPROBS}] (or None), got {value!r}")
         if self.priority not in CLASS_LEVEL:
             raise ValueError(f"priority must be one of {', '.join(CLASS_LEVEL)}, got {self.priority!r}")
         for name in ("ttft_ms", "tbt_ms", "deadline_ms"):

@@ -7,16 +7,20 @@ costs `step_time` seconds of sleep (0: free), which makes it the zero-cost repli
 benchmarks need: everything measured around it is the serving path, not the model. With
 `stamp=True` it records, per request, when it was added and when its first token was made, so
 the engine's own TTFT is known exactly. `ByteTokenizer` maps a token to a byte, so multi-byte
-characters span several tokens and incremental detokenization is really exercised.
+characters span several tokens and incremental detokenization is really exercised. Its
+log-probabilities are a pure function of the context too (`fake_logprobs`: half the mass on the
+token `next_token` picks), so a moved, failed-over or resumed stream must carry the same ones.
 
 Users reach it as a model name: `shunter serve --model fake:ids` (token ids only) or
 `fake:bytes` (byte tokenizer), with an optional step time in milliseconds (`fake:bytes:10`).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
+from shunter.logprobs import TokenLogprobs
 from shunter.mathutil import cdiv
 from shunter.replica.block_hash import block_hashes
 from shunter.replica.detokenizer import IncrementalDetokenizer
@@ -44,6 +48,22 @@ def next_token(tokens: list[int], vocab_size: int = VOCAB) -> int:
     if tokens[-1] == vocab_size - 1:
         return EOS
     return (sum((i + 1) * t for i, t in enumerate(tokens)) * 31 + len(tokens)) % (vocab_size - 2) + 1
+
+
+def fake_logprobs(context: list[int], token: int, k: int, vocab_size: int = VOCAB) -> TokenLogprobs:
+    """The fake model's log-probabilities of `token` after `context`: half the mass on
+    `next_token(context)`, the rest spread evenly; the top k are it, then the smallest other ids."""
+    top = next_token(context, vocab_size)
+    high, low = math.log(0.5), math.log(0.5 / (vocab_size - 1))
+    others = [t for t in range(k) if t != top][: max(k - 1, 0)]
+    top_ids = ((top, *others) if k else ())
+    return TokenLogprobs(token, high if token == top else low, 1 if token == top else 2, top_ids,
+                         tuple(high if t == top else low for t in top_ids))
+
+
+def fake_prompt_logprobs(prompt: list[int], k: int, vocab_size: int = VOCAB) -> list[TokenLogprobs | None]:
+    """The prompt's, as the engine gives them: None for the first token, which nothing predicts."""
+    return [None] + [fake_logprobs(prompt[:q], prompt[q], k, vocab_size) for q in range(1, len(prompt))]
 
 
 def reference_output(prompt: list[int], max_tokens: int, ignore_eos: bool = False) -> list[int]:
@@ -184,9 +204,19 @@ class FakeEngine:
             if reason:
                 del self.requests[rid]
                 text += req.detok.flush() if req.detok is not None else ""
-            outs.append(EngineOutput(rid, [token], len(req.output), reason, text, req.cached_tokens,  # type: ignore[arg-type]
-                                     req.arrival_time, req.first_token_time))
+            out = EngineOutput(rid, [token], len(req.output), reason, text, req.cached_tokens,  # type: ignore[arg-type]
+                               req.arrival_time, req.first_token_time)
+            if req.params.logprobs is not None or req.params.prompt_logprobs is not None:
+                self._with_logprobs(out, req)
+            outs.append(out)
         return outs
+
+    def _with_logprobs(self, out: EngineOutput, req: _Req) -> None:
+        p, vocab = req.params, self.limits.vocab_size
+        if p.logprobs is not None:
+            out.new_logprobs = [fake_logprobs(req.prompt + req.output[:-1], req.output[-1], p.logprobs, vocab)]
+        if p.prompt_logprobs is not None and len(req.output) == 1:
+            out.prompt_logprobs = fake_prompt_logprobs(req.prompt, p.prompt_logprobs, vocab)
 
     def stats(self) -> EngineStats:
         held = sum(cdiv(len(r.prompt) + len(r.output), self.block_size) for r in self.requests.values())
@@ -209,8 +239,14 @@ class FakeEngine:
         if req is None:
             return None
         n = len(req.prompt) + len(req.output) - 1
+        k, vocab = req.params.logprobs, self.limits.vocab_size
+        logprobs = None if k is None else [fake_logprobs(req.prompt + req.output[:j], t, k, vocab)
+                                           for j, t in enumerate(req.output)]
+        pk = req.params.prompt_logprobs
+        prompt_logprobs = None if pk is None else fake_prompt_logprobs(req.prompt, pk, vocab)
         return MigrationState(request_id, req.prompt, list(req.output), req.params, req.arrival_time, n,
-                              req.cached_tokens, kv=[], block_size=self.block_size, kv_first_block=from_block)
+                              req.cached_tokens, kv=[], block_size=self.block_size, kv_first_block=from_block,
+                              output_logprobs=logprobs, prompt_logprobs=prompt_logprobs)
 
     def export_blocks(self, request_id: str, first_block: int, min_blocks: int = 1) -> KVStage | None:
         req = self.requests.get(request_id)

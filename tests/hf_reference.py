@@ -19,3 +19,13 @@ def hf_greedy(folder: Path, prompts: list[list[int]], max_tokens: int) -> list[l
             gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False)
             outs.append(gen[0, len(p):].tolist())
     return outs
+
+
+def hf_log_softmax(folder: Path, sequences: list[list[int]]) -> list[torch.Tensor]:
+    """HF's log-softmax over the vocabulary at every position of each sequence, float32 on the
+    CPU: row `q` is the distribution of token `q + 1`."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        return [model(torch.tensor([s])).logits[0].float().log_softmax(-1) for s in sequences]

@@ -28,6 +28,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
+from shunter.logprobs import TokenLogprobs
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.engine_protocol import KVStage, MigrationState
 from shunter.replica.outbox import DEFAULT
@@ -57,6 +58,8 @@ class RayExport:
     in the source's object store, fetched by the target itself."""
 
     output_token_ids: list[int]
+    output_logprobs: list[TokenLogprobs] | None
+    prompt_logprobs: list[TokenLogprobs | None] | None
     state_ref: ray.ObjectRef
     kv_ref: ray.ObjectRef
 
@@ -98,12 +101,13 @@ class ReplicaActor:
 
     @ray.method(num_returns=3)
     def export(self, request_id: str, with_kv: bool = True, from_block: int = 0,
-               epoch: int | None = None) -> tuple[list[int] | None, MigrationState | None, object]:
+               epoch: int | None = None) -> tuple[tuple | None, MigrationState | None, object]:
+        """(what the router reads: tokens and their log-probabilities), the state, its KV."""
         state = self.core.export(request_id, with_kv, from_block, epoch).result()
         if state is None:
             return None, None, None
         kv, state.kv = state.kv, None
-        return list(state.output_token_ids), state, kv
+        return (list(state.output_token_ids), state.output_logprobs, state.prompt_logprobs), state, kv
 
     def import_(self, state: MigrationState, kv_box: list[ray.ObjectRef] | None = None, consumer: str = DEFAULT) -> int:
         """`kv_box` = [ref to the KV blocks] (boxed, so Ray leaves the fetch, and its failure, to us)."""
@@ -226,8 +230,8 @@ class RayReplicaClient:
     async def export(self, request_id: str, with_kv: bool = True, from_block: int = 0,
                      epoch: int | None = None) -> RayExport | None:
         tokens_ref, state_ref, kv_ref = self.handle.export.remote(request_id, with_kv, from_block, epoch)
-        tokens = await self._await(tokens_ref)
-        return None if tokens is None else RayExport(tokens, state_ref, kv_ref)
+        seen = await self._await(tokens_ref)
+        return None if seen is None else RayExport(*seen, state_ref, kv_ref)
 
     async def export_blocks(self, request_id: str, first_block: int, min_blocks: int) -> RayStage | None:
         return await self._await(self.handle.export_blocks.remote(request_id, first_block, min_blocks))

@@ -195,7 +195,8 @@ async def _commit(router: Router, entry: JournalEntry, src: ReplicaSlot, dst: Re
     # From here the source's late deltas for it are ignored; the state has all its tokens.
     entry.epoch += 1
     entry.replica_id, epoch_now = target, entry.epoch
-    router._emit(entry, tokens[len(entry.sent) - entry.offset:], None, src.client.replica_id)
+    router._emit(entry, tokens[len(entry.sent) - entry.offset:], None, src.client.replica_id, exported.output_logprobs,
+                 exported.prompt_logprobs)
     try:
         resumed = await dst.client.import_(exported)
     except Exception:

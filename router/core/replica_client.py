@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol, TypeVar
 
 from shunter.errors import ReplicaUnavailable
+from shunter.logprobs import TokenLogprobs
 from shunter.replica.engine_protocol import EngineProtocol, KVStage, MigrationState
 from shunter.replica.outbox import DEFAULT
 from shunter.replica.replica_core import PollResult, ReplicaCore, ReplicaInfo
@@ -28,10 +29,15 @@ class ReplicaDead(ReplicaUnavailable):
 
 class ExportedRequest(Protocol):
     """A request taken out of one replica, as its transport carries it to another: the router
-    reads only the tokens; the state (and KV) stay wherever the transport keeps them."""
+    reads only the tokens (and their log-probabilities, when asked); the state (and KV) stay
+    wherever the transport keeps them."""
 
     @property
     def output_token_ids(self) -> list[int]: ...
+    @property
+    def output_logprobs(self) -> list[TokenLogprobs] | None: ...
+    @property
+    def prompt_logprobs(self) -> list[TokenLogprobs | None] | None: ...
 
 
 class StagedBlocks(Protocol):

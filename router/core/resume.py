@@ -20,12 +20,11 @@ the regenerated tokens the client already has. They are the same tokens when dec
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, AsyncGenerator, AsyncIterator, Sequence
 
 from shunter.errors import InvalidArgument, ReplicaUnavailable, RequestNotFound, Superseded
-from shunter.router.core.state_store import FINISHED, Delta, JournalEntry, JournalRecord
+from shunter.router.core.state_store import FINISHED, Delta, JournalEntry, JournalRecord, resubmitted
 from shunter.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -88,7 +87,8 @@ async def _take_over(router: Router, entry: JournalEntry, start: int) -> AsyncGe
     old.put_nowait(Superseded(f"request {entry.request_id!r} was resumed on another stream"))
     finish = entry.finish_reason if entry.finished else None
     if len(entry.sent) > start or finish is not None:
-        entry.queue.put_nowait(Delta(entry.sent[start:], finish, entry.num_cached_tokens, entry.replica_id or ""))
+        entry.queue.put_nowait(Delta(entry.sent[start:], finish, entry.num_cached_tokens, entry.replica_id or "",
+                                     *_logprobs_from(entry.logprobs, entry.prompt_logprobs, start)))
     deltas = router.stream(entry)
     try:
         async for delta in deltas:
@@ -99,7 +99,8 @@ async def _take_over(router: Router, entry: JournalEntry, start: int) -> AsyncGe
 
 async def _replay(record: JournalRecord, rest: list[int]) -> AsyncGenerator[Delta, None]:
     reason = record.finish_reason or "length"
-    yield Delta(rest, reason, record.num_cached_tokens, record.replica_id or "")
+    yield Delta(rest, reason, record.num_cached_tokens, record.replica_id or "",
+                *_logprobs_from(record.logprobs, record.prompt_logprobs, len(record.tokens) - len(rest)))
 
 
 async def _adopt(router: Router, record: JournalRecord, tokens: list[int], start: int) -> AsyncGenerator[Delta, None]:
@@ -107,21 +108,25 @@ async def _adopt(router: Router, record: JournalRecord, tokens: list[int], start
     taken_at = await router.admit()
     prompt = list(record.prompt_token_ids)
     entry = JournalEntry(record.request_id, prompt, record.params, sent=tokens, offset=len(tokens),
-                         num_cached_tokens=record.num_cached_tokens)
+                         num_cached_tokens=record.num_cached_tokens,
+                         logprobs=None if record.logprobs is None else list(record.logprobs),
+                         prompt_logprobs=None if record.prompt_logprobs is None else list(record.prompt_logprobs))
+    if record.logprobs is None:  # a journal that keeps none (Redis's): its tokens have none, new ones do
+        entry.logprobs = None
     try:
         router.journal.add(entry)
     except BaseException:
         router.admission.release(taken_at)
         raise
     if len(tokens) > start:
-        entry.queue.put_nowait(Delta(tokens[start:], None, entry.num_cached_tokens, record.replica_id or ""))
+        entry.queue.put_nowait(Delta(tokens[start:], None, entry.num_cached_tokens, record.replica_id or "",
+                                     *_logprobs_from(entry.logprobs, entry.prompt_logprobs, start)))
 
     async def place() -> None:
         old = router.slots.get(record.replica_id or "")
         if old is not None and old.healthy:  # a copy may still run there (its frontend died)
             await router._quiet_abort(old, record.request_id)
-        params = dataclasses.replace(record.params, max_tokens=record.params.max_tokens - len(tokens))
-        await router._place(entry, prompt + tokens, params)
+        await router._place(entry, prompt + tokens, resubmitted(record.params, len(tokens)))
 
     deltas = router.stream(entry, place)
     try:
@@ -130,6 +135,14 @@ async def _adopt(router: Router, record: JournalRecord, tokens: list[int], start
     finally:
         await deltas.aclose()
         router.admission.release(taken_at)
+
+
+def _logprobs_from(logprobs: Sequence | None, prompt_logprobs: Sequence | None,
+                   start: int) -> tuple[list | None, list | None]:
+    """What a replay from token `start` carries: the log-probabilities of its tokens, and the
+    prompt's when it starts at the first."""
+    return (None if logprobs is None else list(logprobs[start:]),
+            None if prompt_logprobs is None or start > 0 else list(prompt_logprobs))
 
 
 def release(router: Router, request_id: str) -> bool:
@@ -151,6 +164,8 @@ def stopped(router: Router, request_id: str, num_tokens: int) -> None:
     if entry is None or entry.finished:
         return
     del entry.sent[num_tokens:]
+    if entry.logprobs is not None:
+        del entry.logprobs[num_tokens:]
     entry.finish_reason = "stop"
     _end(router, entry)
 

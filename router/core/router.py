@@ -28,7 +28,7 @@ from shunter.router.routing import LoadIndex, apply_stats, request_load, reserve
 from shunter.router.routing import PrefixIndex
 from shunter.router.routing import Rebalancer
 from shunter.router.core.replica_client import ReplicaClient, ReplicaDead
-from shunter.router.core.state_store import Delta, JournalEntry, MemoryStateStore, StateStore
+from shunter.router.core.state_store import Delta, JournalEntry, MemoryStateStore, StateStore, resubmitted
 from shunter.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -271,16 +271,28 @@ class Router:
         if fresh > len(d.new_token_ids):
             log.error("request %s: %d tokens missing from replica %s", d.request_id, fresh - len(d.new_token_ids), replica_id)
         new = d.new_token_ids[len(d.new_token_ids) - fresh:] if fresh > 0 else []
-        self._emit(entry, new, d.finish_reason, replica_id)
+        self._emit(entry, new, d.finish_reason, replica_id, d.new_logprobs, d.prompt_logprobs)
 
-    def _emit(self, entry: JournalEntry, new: list[int], finish: str | None, replica_id: str) -> None:
+    def _emit(self, entry: JournalEntry, new: list[int], finish: str | None, replica_id: str,
+              logprobs: list | None = None, prompt_logprobs: list | None = None) -> None:
+        """Hand new tokens to the stream; `logprobs` ends with theirs (when asked), and the
+        prompt's come with the request's first token."""
+        if logprobs is not None:  # the last len(new) of what came: the others were sent before
+            logprobs = logprobs[len(logprobs) - len(new):] if new else []
+            if entry.logprobs is not None:
+                entry.logprobs += logprobs
+        if prompt_logprobs is not None and not entry.sent and new:
+            entry.prompt_logprobs = prompt_logprobs
+        else:
+            prompt_logprobs = None
         entry.sent.extend(new)
         if new:
             self.journal.sent(entry, new)
         if finish is not None:
             entry.finished, entry.finish_reason = True, finish
         if new or finish is not None:
-            entry.queue.put_nowait(Delta(list(new), finish, entry.num_cached_tokens, replica_id))
+            entry.queue.put_nowait(Delta(list(new), finish, entry.num_cached_tokens, replica_id, logprobs,
+                                         prompt_logprobs))
 
     # ---- failover ------------------------------------------------------------------------------
     def _mark_down(self, slot: ReplicaSlot) -> bool:
@@ -305,7 +317,7 @@ class Router:
             self._emit(entry, [], "length", entry.replica_id or "")
             return
         entry.replica_id, entry.offset = None, len(entry.sent)
-        params = dataclasses.replace(entry.params, max_tokens=remaining)
+        params = resubmitted(entry.params, len(entry.sent))
         try:
             await self._place(entry, entry.prompt_token_ids + entry.sent, params)
         except Exception as e:

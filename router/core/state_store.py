@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import array
 import asyncio
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
 
+from shunter.logprobs import TokenLogprobs
 from shunter.replica.outbox import DEFAULT, PollResult
 from shunter.router.routing import LoadReport
 from shunter.sampling_params import SamplingParams
@@ -39,6 +41,8 @@ class Delta:
     finish_reason: str | None = None
     num_cached_tokens: int = 0
     replica_id: str = ""
+    logprobs: list[TokenLogprobs] | None = None  # one per token, when the request asks
+    prompt_logprobs: list[TokenLogprobs | None] | None = None  # with the request's first token, when asked
 
 
 @dataclass
@@ -55,6 +59,13 @@ class JournalEntry:
     finished: bool = False
     finish_reason: str | None = None  # why it finished; None while running, or when the client left early
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    # When the request asks: one per token of `sent`, and the prompt's (they came with sent[0]).
+    logprobs: list[TokenLogprobs] | None = None
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.params.logprobs is not None and self.logprobs is None:
+            self.logprobs = []
 
 
 @dataclass
@@ -72,13 +83,23 @@ class JournalRecord:
     num_cached_tokens: int = 0
     owner: str = DEFAULT  # the frontend streaming it (while LIVE)
     replica_id: str | None = None  # where it ran last
+    logprobs: Sequence[TokenLogprobs] | None = None  # of `tokens`, when the request asks and they are known
+    prompt_logprobs: Sequence[TokenLogprobs | None] | None = None
 
 
 def record_of(entry: JournalEntry, owner: str = DEFAULT) -> JournalRecord:
     """The record of an entry whose stream just ended."""
     state = FINISHED if entry.finish_reason is not None else ENDED
     return JournalRecord(entry.request_id, packed(entry.prompt_token_ids), entry.params, packed(entry.sent), state,
-                         entry.finish_reason, entry.num_cached_tokens, owner, entry.replica_id)
+                         entry.finish_reason, entry.num_cached_tokens, owner, entry.replica_id, entry.logprobs,
+                         entry.prompt_logprobs)
+
+
+def resubmitted(params: SamplingParams, num_sent: int) -> SamplingParams:
+    """The parameters of a request placed again as prompt + the `num_sent` tokens streamed: the
+    tokens still owed, and no prompt log-probabilities once they went out (with the first token)."""
+    return dataclasses.replace(params, max_tokens=params.max_tokens - num_sent,
+                               prompt_logprobs=params.prompt_logprobs if num_sent == 0 else None)
 
 
 def packed(tokens: Iterable[int]) -> array.array:

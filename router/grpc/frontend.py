@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shunter.errors import InvalidArgument, Overloaded, ReplicaUnavailable, RequestNotFound, Superseded
+from shunter.logprobs import TokenLogprobs
 from shunter.proto import generation_pb2 as pb
 from shunter.proto import generation_pb2_grpc as pb_grpc
 from shunter.replica.detokenizer import IncrementalDetokenizer, detokenize
@@ -93,6 +94,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 for token in delta.token_ids[:skip] if detok is not None else ():
                     detok.add(token)
                 tokens, text, finish = detokenize(detok, delta.token_ids[skip:], delta.finish_reason)
+                logprobs = delta.logprobs[skip: skip + len(tokens)] if delta.logprobs is not None else ()
                 position += skip + len(tokens)
                 if finish is not None and position < s.resume_from:
                     raise InvalidArgument(f"resume_from: {s.resume_from} is beyond the {position} tokens "
@@ -100,7 +102,9 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 if not tokens and finish is None:
                     continue
                 chunk = pb.GenerateResponse(request_id=s.request_id, token_ids=tokens, text=text,
-                                            replica_id=delta.replica_id)
+                                            replica_id=delta.replica_id, logprobs=map(_token_logprob, logprobs))
+                if delta.prompt_logprobs is not None and not skip:
+                    chunk.prompt_logprobs.extend(_token_logprob(p) for p in delta.prompt_logprobs[1:])
                 if finish is not None:
                     if finish != delta.finish_reason:  # cut here at a stop string
                         stopped(self.router, s.request_id, position)
@@ -136,6 +140,11 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                                                 migrations_aborted=sum(c.migrations_aborted_by.values()),
                                                 migrations_refused=sum(c.migrations_refused_by.values())))
         return out
+
+
+def _token_logprob(p: TokenLogprobs) -> pb.TokenLogprob:
+    return pb.TokenLogprob(token_id=p.token_id, logprob=p.logprob, rank=p.rank,
+                           top=[pb.TopLogprob(token_id=t, logprob=lp) for t, lp in zip(p.top_ids, p.top_logprobs)])
 
 
 class Frontend:

@@ -98,13 +98,16 @@ def sampling_params(req: pb.GenerateRequest) -> SamplingParams:
         raise InvalidArgument(f"sampling.stop_token_ids: at most {MAX_STOP_TOKEN_IDS}, got {len(s.stop_token_ids)}")
     if req.priority not in PRIORITIES:
         raise InvalidArgument(f"priority: unknown value {req.priority}")
+    logprobs = s.logprobs if s.HasField("logprobs") else None
+    prompt_logprobs = s.prompt_logprobs if s.HasField("prompt_logprobs") else None
     ttft = _finite("slo.ttft_ms", req.slo.ttft_ms, 0.0, low_open=True) if req.slo.HasField("ttft_ms") else None
     tbt = _finite("slo.tbt_ms", req.slo.tbt_ms, 0.0, low_open=True) if req.slo.HasField("tbt_ms") else None
     try:
         return SamplingParams(
             max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=max(top_k, -1) if top_k else -1,
             seed=seed, stop=stop, stop_token_ids=list(s.stop_token_ids), ignore_eos=s.ignore_eos,
-            priority=PRIORITIES[req.priority], ttft_ms=ttft, tbt_ms=tbt)
+            logprobs=logprobs, prompt_logprobs=prompt_logprobs, priority=PRIORITIES[req.priority], ttft_ms=ttft,
+            tbt_ms=tbt)
     except ValueError as e:  # SamplingParams names the field; say where it sits in the request
         raise InvalidArgument(f"sampling.{e}") from e
 

@@ -217,7 +217,7 @@ class Gateway:
         token_ids = getattr(req, "return_token_ids", False)  # completions only
         if not req.stream:
             try:
-                return _json(await _unless_gone(complete(events, plan, meta, chat, token_ids), request))
+                return _json(await _unless_gone(complete(events, plan, meta, info.tokenizer, chat, token_ids), request))
             except Exception as e:
                 raise _api_error(e, plan.id) from e
         try:
@@ -225,7 +225,8 @@ class Gateway:
         except Exception as e:
             await events.aclose()
             raise _api_error(e, plan.id) from e
-        fmt = ChatChunkFormat(meta) if chat else ChunkFormat(meta, token_ids)
+        fmt = (ChatChunkFormat(meta, plan, info.tokenizer) if chat
+               else ChunkFormat(meta, plan, info.tokenizer, token_ids))
         options = req.stream_options or StreamOptions()
         body = sse_body(first, events, fmt, plan, options.include_usage, options.continuous_usage_stats)
         return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)

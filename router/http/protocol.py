@@ -5,8 +5,10 @@ take is an error naming it (the OpenAI API itself refuses unknown arguments), a 
 number, a number is not a boolean. Our extensions (`priority`, `slo`, `top_k`, `ignore_eos`,
 `return_token_ids`) are ordinary fields here, so the official client sends them with
 `extra_body`. A field that takes several shapes (`prompt`, `stop`, message `content`) is checked
-by one function that names the shapes, instead of one pydantic error per union member. Log-probabilities are fields so that a
-request asking for them gets a clear refusal (the engine does not compute them), not silence.
+by one function that names the shapes, instead of one pydantic error per union member.
+Log-probabilities come in OpenAI's two shapes: completions' (`tokens`, `token_logprobs`,
+`top_logprobs`, `text_offset`, the prompt's first with `echo`) and chat's (`content`, one entry
+a token with its `top_logprobs`).
 """
 from __future__ import annotations
 
@@ -103,15 +105,16 @@ class SamplingFields(Strict):
 
 class CompletionRequest(SamplingFields):
     prompt: Annotated[list[str] | list[list[int]], BeforeValidator(_prompt)]
-    logprobs: int | None = None  # refused when set: the engine does not compute log-probabilities
+    logprobs: int | None = Field(None, ge=0)  # the top k per token (at most MAX_LOGPROBS, checked with its message)
+    echo: bool = False  # the prompt ahead of the text (and its log-probabilities, with `logprobs`)
     return_token_ids: bool = False  # our extension (vLLM's name): each choice also carries its `token_ids`
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool = False  # refused when true, as `top_logprobs` when set
-    top_logprobs: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0)  # with `logprobs`: the top k per token (at most MAX_LOGPROBS)
 
 
 # ---- responses ---------------------------------------------------------------------------------
@@ -126,10 +129,20 @@ class Usage(BaseModel):
     prompt_tokens_details: PromptTokensDetails
 
 
+class CompletionLogprobs(BaseModel):
+    """Completions' log-probabilities: per token its text, log-probability (None for a prompt's
+    first token, which nothing predicts), top k as {text: logprob}, and where it starts in `text`."""
+
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top_logprobs: list[dict[str, float] | None] = []
+    text_offset: list[int] = []
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
 
 
@@ -153,10 +166,25 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]  # the token's text as UTF-8
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob]
+    refusal: None = None
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None
 
 
@@ -183,7 +211,7 @@ class ChatDelta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None
 
 

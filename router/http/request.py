@@ -6,6 +6,8 @@ Text is tokenized as the gRPC frontend does (a prompt with the tokenizer's speci
 messages through the model's chat template, `replica/chat.py`), and every router request passes
 the one validator (`replica/validation.py: validate_request`) before any is placed, so a bad
 request costs nothing on a replica. Messages start with the field's name in the OpenAI request.
+Log-probabilities are asked of the engine as `SamplingParams.logprobs` (completions' `logprobs`,
+chat's `top_logprobs`, 0 when only `logprobs: true`), and the prompt's too with `echo`.
 """
 from __future__ import annotations
 
@@ -13,13 +15,12 @@ import uuid
 from dataclasses import dataclass
 
 from shunter.errors import InvalidArgument
+from shunter.logprobs import MAX_LOGPROBS
 from shunter.replica.chat import chat_prompt_ids
 from shunter.replica.replica_core import ReplicaInfo
 from shunter.replica.validation import validate_request
 from shunter.router.http.protocol import MAX_PROMPTS, ChatCompletionRequest, CompletionRequest, SamplingFields
 from shunter.sampling_params import SamplingParams
-
-NO_LOGPROBS = "the engine does not compute log-probabilities; leave it out"
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Choice:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
+    echo: str | None = None  # the prompt's text, ahead of the choice's (completions' `echo`)
 
 
 @dataclass
@@ -40,29 +42,44 @@ class Plan:
     choices: list[Choice]
 
 
-def _params(req: SamplingFields, max_tokens: int, sample: int) -> SamplingParams:
+@dataclass
+class LogprobsAsked:
+    """The top k per output token (None: no log-probabilities) and per prompt token (None: not the prompt's)."""
+
+    output: int | None = None
+    prompt: int | None = None
+
+
+def _params(req: SamplingFields, max_tokens: int, sample: int, logprobs: LogprobsAsked) -> SamplingParams:
     slo = req.slo
     return SamplingParams(
         max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
         seed=None if req.seed is None else (req.seed + sample) % 2**63, stop=list(req.stop),
-        ignore_eos=req.ignore_eos, priority=req.priority,
-        ttft_ms=slo.ttft_ms if slo else None, tbt_ms=slo.tbt_ms if slo else None)
+        ignore_eos=req.ignore_eos, logprobs=logprobs.output, prompt_logprobs=logprobs.prompt,
+        priority=req.priority, ttft_ms=slo.ttft_ms if slo else None, tbt_ms=slo.tbt_ms if slo else None)
+
+
+def _top_k(value: int | None, field: str) -> int | None:
+    if value is not None and value > MAX_LOGPROBS:
+        raise InvalidArgument(f"{field}: at most {MAX_LOGPROBS} per token, got {value}")
+    return value
 
 
 def _plan(prefix: str, req: SamplingFields, prompts: list[list[int]], fields: list[str], max_tokens: list[int],
-          info: ReplicaInfo, max_tokens_field: str) -> Plan:
+          info: ReplicaInfo, max_tokens_field: str, logprobs: LogprobsAsked,
+          echoes: list[str | None] | None = None) -> Plan:
     plan_id = f"{prefix}-{uuid.uuid4().hex}"
     choices = []
     for p, (ids, field, limit) in enumerate(zip(prompts, fields, max_tokens)):
         for sample in range(req.n):
-            params = _params(req, limit, sample)
+            params = _params(req, limit, sample, logprobs)
             try:
                 validate_request(ids, params, info.limits, prompt_field=field)
             except ValueError as e:
                 raise InvalidArgument(_rename(str(e), "max_tokens", max_tokens_field)) from e
             index = p * req.n + sample
             rid = plan_id if len(prompts) * req.n == 1 else f"{plan_id}-{index}"
-            choices.append(Choice(index, p, rid, ids, params))
+            choices.append(Choice(index, p, rid, ids, params, echoes[p] if echoes else None))
     return Plan(plan_id, [len(ids) for ids in prompts], choices)
 
 
@@ -71,15 +88,23 @@ def _rename(message: str, field: str, sent_as: str) -> str:
 
 
 def completion_plan(req: CompletionRequest, info: ReplicaInfo) -> Plan:
-    if req.logprobs is not None:
-        raise InvalidArgument(f"logprobs: {NO_LOGPROBS}")
+    k = _top_k(req.logprobs, "logprobs")
     if len(req.prompt) > MAX_PROMPTS:
         raise InvalidArgument(f"prompt: at most {MAX_PROMPTS} prompts in one request, got {len(req.prompt)}")
     single = len(req.prompt) == 1
     fields = ["prompt" if single else f"prompt[{i}]" for i in range(len(req.prompt))]
     prompts = [_tokenize(p, field, info) for p, field in zip(req.prompt, fields)]
     max_tokens = req.max_tokens if req.max_tokens is not None else 16  # OpenAI's default for completions
-    return _plan("cmpl", req, prompts, fields, [max_tokens] * len(prompts), info, "max_tokens")
+    echoes = [_text(p, ids, info) for p, ids in zip(req.prompt, prompts)] if req.echo else None
+    return _plan("cmpl", req, prompts, fields, [max_tokens] * len(prompts), info, "max_tokens",
+                 LogprobsAsked(k, k if req.echo else None), echoes)
+
+
+def _text(prompt: str | list[int], ids: list[int], info: ReplicaInfo) -> str:
+    """The echoed prompt: as sent, or its tokens' text (none without a tokenizer)."""
+    if isinstance(prompt, str):
+        return prompt
+    return info.tokenizer.decode(ids) if info.tokenizer is not None else ""
 
 
 def _tokenize(prompt: str | list[int], field: str, info: ReplicaInfo) -> list[int]:
@@ -93,10 +118,9 @@ def _tokenize(prompt: str | list[int], field: str, info: ReplicaInfo) -> list[in
 
 
 def chat_plan(req: ChatCompletionRequest, info: ReplicaInfo) -> Plan:
-    if req.logprobs:
-        raise InvalidArgument(f"logprobs: {NO_LOGPROBS}")
-    if req.top_logprobs is not None:
-        raise InvalidArgument(f"top_logprobs: {NO_LOGPROBS}")
+    top = _top_k(req.top_logprobs, "top_logprobs")
+    if top is not None and not req.logprobs:
+        raise InvalidArgument("top_logprobs: needs logprobs: true")
     if None not in (req.max_tokens, req.max_completion_tokens) and req.max_tokens != req.max_completion_tokens:
         raise InvalidArgument("max_completion_tokens: differs from max_tokens; send one of them")
     try:
@@ -105,7 +129,8 @@ def chat_plan(req: ChatCompletionRequest, info: ReplicaInfo) -> Plan:
         raise InvalidArgument(str(e)) from e
     sent_as = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = req.max_completion_tokens or req.max_tokens or _room(len(ids), info)
-    return _plan("chatcmpl", req, [ids], ["messages"], [max_tokens], info, sent_as)
+    return _plan("chatcmpl", req, [ids], ["messages"], [max_tokens], info, sent_as,
+                 LogprobsAsked(top or 0 if req.logprobs else None))
 
 
 def _room(prompt_tokens: int, info: ReplicaInfo) -> int:

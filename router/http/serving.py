@@ -7,7 +7,9 @@ the request on its replica, which frees its KV blocks. A stream sends a chunk on
 new text or a finish: text the detokenizer holds back (half a character, a possible stop string)
 costs no chunk, except with `continuous_usage_stats`, whose clients count tokens by the usage on
 each chunk, or `return_token_ids` (completions), whose chunks carry the tokens: both get one for
-every step that made a token. Usage counts each prompt once, whatever `n`, as OpenAI does.
+every step that made a token, as do chunks whose tokens carry log-probabilities. Usage counts
+each prompt once, whatever `n`, as OpenAI does. `choice_shape` adds the echoed prompt and the
+log-probabilities to a choice's chunks.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Union
 
+from shunter.router.http.choice_shape import ChoiceShape, joined
 from shunter.router.http.errors import from_exception
 from shunter.router.http.protocol import (
     AssistantMessage,
@@ -115,25 +118,31 @@ class Meta:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-async def complete(events: AsyncIterator[Event], plan: Plan, meta: Meta,
+async def complete(events: AsyncIterator[Event], plan: Plan, meta: Meta, tokenizer: Any,
                    chat: bool, token_ids: bool = False) -> CompletionResponse | ChatCompletionResponse:
     """The whole answer as one body; `token_ids`: each completion choice also carries its tokens."""
     texts: dict[int, list[str]] = {c.index: [] for c in plan.choices}
     tokens: dict[int, list[int]] = {c.index: [] for c in plan.choices}
     finish: dict[int, str | None] = {c.index: None for c in plan.choices}
+    shapes = {c.index: ChoiceShape(c, tokenizer, chat) for c in plan.choices}
+    logprobs: dict[int, Any] = {c.index: None for c in plan.choices}
     tally = Tally(plan)
     async for choice, chunk in events:
-        texts[choice.index].append(chunk.text)
+        text, chunk_logprobs = shapes[choice.index].shape(chunk)
+        texts[choice.index].append(text)
+        logprobs[choice.index] = joined(logprobs[choice.index], chunk_logprobs)
         tokens[choice.index] += chunk.token_ids
         finish[choice.index] = chunk.finish_reason
         tally.add(choice, chunk)
     if chat:
-        choices = [ChatChoice(index=i, message=AssistantMessage(content="".join(t)), finish_reason=finish[i])
-                   for i, t in texts.items()]
+        choices = [ChatChoice(index=i, message=AssistantMessage(content="".join(t)), logprobs=logprobs[i],
+                              finish_reason=finish[i]) for i, t in texts.items()]
         return ChatCompletionResponse(id=meta.id, created=meta.created, model=meta.model, choices=choices,
                                       usage=tally.usage())
-    choices = [CompletionChoiceWithTokens(index=i, text="".join(t), finish_reason=finish[i], token_ids=tokens[i])
-               if token_ids else CompletionChoice(index=i, text="".join(t), finish_reason=finish[i])
+    choices = [CompletionChoiceWithTokens(index=i, text="".join(t), logprobs=logprobs[i], finish_reason=finish[i],
+                                          token_ids=tokens[i])
+               if token_ids else
+               CompletionChoice(index=i, text="".join(t), logprobs=logprobs[i], finish_reason=finish[i])
                for i, t in texts.items()]
     return CompletionResponse(id=meta.id, created=meta.created, model=meta.model, choices=choices, usage=tally.usage())
 
@@ -144,16 +153,24 @@ def _sse(body: bytes) -> bytes:
 
 class ChunkFormat:
     """Completions' chunks: {"object": "text_completion", "choices": [{"index", "text", ...}]};
-    `token_ids`: each choice also carries the chunk's tokens, and every token gets its chunk."""
+    `token_ids`: each choice also carries the chunk's tokens. With either, or log-probabilities
+    asked, every token gets its chunk (`every_token`)."""
 
-    def __init__(self, meta: Meta, token_ids: bool = False) -> None:
+    chat = False
+
+    def __init__(self, meta: Meta, plan: Plan, tokenizer: Any, token_ids: bool = False) -> None:
         self.meta, self.token_ids = meta, token_ids
+        self.shapes = {c.index: ChoiceShape(c, tokenizer, self.chat) for c in plan.choices}
+        self.every_token = token_ids or any(c.params.logprobs is not None for c in plan.choices)
 
-    def chunk(self, index: int, text: str, finish: str | None, usage: Usage | None = None,
-              token_ids: list[int] | None = None) -> bytes:
+    def chunk(self, index: int, chunk: TextChunk, usage: Usage | None = None) -> bytes:
         m = self.meta
-        choice = (CompletionChoiceWithTokens(index=index, text=text, finish_reason=finish, token_ids=token_ids or [])
-                  if self.token_ids else CompletionChoice(index=index, text=text, finish_reason=finish))
+        text, logprobs = self.shapes[index].shape(chunk)
+        finish = chunk.finish_reason
+        choice = (CompletionChoiceWithTokens(index=index, text=text, logprobs=logprobs, finish_reason=finish,
+                                             token_ids=chunk.token_ids)
+                  if self.token_ids else
+                  CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish))
         return _sse(CompletionResponse(id=m.id, created=m.created, model=m.model, choices=[choice], usage=usage)
                     .model_dump_json().encode())
 
@@ -166,18 +183,21 @@ class ChunkFormat:
 class ChatChunkFormat(ChunkFormat):
     """Chat's chunks: a `delta` per choice, with the assistant's role in each choice's first one."""
 
-    def __init__(self, meta: Meta) -> None:
-        super().__init__(meta)
+    chat = True
+
+    def __init__(self, meta: Meta, plan: Plan, tokenizer: Any) -> None:
+        super().__init__(meta, plan, tokenizer)
         self.started: set[int] = set()
 
-    def chunk(self, index: int, text: str, finish: str | None, usage: Usage | None = None,
-              token_ids: list[int] | None = None) -> bytes:
+    def chunk(self, index: int, chunk: TextChunk, usage: Usage | None = None) -> bytes:
         first = index not in self.started
         self.started.add(index)
+        text, logprobs = self.shapes[index].shape(chunk)
         delta = ChatDelta(role="assistant" if first else None, content=text if text or first else None)
         m = self.meta
         return _sse(ChatCompletionChunk(id=m.id, created=m.created, model=m.model, usage=usage, choices=[
-            ChatChunkChoice(index=index, delta=delta, finish_reason=finish)]).model_dump_json().encode())
+            ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=chunk.finish_reason)
+        ]).model_dump_json().encode())
 
     def usage(self, usage: Usage) -> bytes:
         m = self.meta
@@ -192,15 +212,14 @@ async def sse_body(first: Event, events: AsyncIterator[Event], fmt: ChunkFormat,
     `continuous_usage`), the usage chunk when asked, `[DONE]`. An error after the 200 is one
     `data: {"error": ...}` event, as OpenAI sends it."""
     tally = Tally(plan)
-    every_token = continuous_usage or fmt.token_ids  # these clients count tokens: a chunk per step that made one
+    every_token = continuous_usage or fmt.every_token  # these clients count tokens: a chunk per step that made one
     try:
         item: Event | None = first
         while item is not None:
             choice, chunk = item
             tally.add(choice, chunk)
             if chunk.text or chunk.finish_reason is not None or (every_token and chunk.num_tokens):
-                yield fmt.chunk(choice.index, chunk.text, chunk.finish_reason,
-                                tally.usage() if continuous_usage else None, chunk.token_ids)
+                yield fmt.chunk(choice.index, chunk, tally.usage() if continuous_usage else None)
             item = await anext(events, None)
     except Exception as e:
         error = from_exception(e)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
+from shunter.logprobs import TokenLogprobs
 from shunter.replica.detokenizer import IncrementalDetokenizer, detokenize
 from shunter.router.core import Router
 from shunter.sampling_params import SamplingParams
@@ -28,6 +29,8 @@ class TextChunk:
     finish_reason: str | None
     completion_tokens: int
     num_cached_tokens: int
+    logprobs: list[TokenLogprobs] | None = None  # of `token_ids`, when the request asks
+    prompt_logprobs: list[TokenLogprobs | None] | None = None  # in the first chunk, when asked
 
     @property
     def num_tokens(self) -> int:
@@ -49,7 +52,8 @@ async def text_stream(router: Router, tokenizer: Any, request_id: str, prompt_to
                     timing.sent(len(tokens))
                 if finish is not None:
                     timing.finished(finish)
-            yield TextChunk(text, tokens, finish, completion, delta.num_cached_tokens)
+            logprobs = None if delta.logprobs is None else delta.logprobs[:len(tokens)]
+            yield TextChunk(text, tokens, finish, completion, delta.num_cached_tokens, logprobs, delta.prompt_logprobs)
             if finish is not None:
                 return
     finally:

@@ -14,7 +14,7 @@ def _sample(logits: torch.Tensor, params: list[SamplingParams], seeds: list[int]
             draws: list[int] | None = None) -> list[int]:
     n = len(params)
     inputs = SamplingInputs.of(params, seeds or [0] * n, draws or [0] * n, logits.shape[-1])
-    return sample(logits, inputs).tolist()
+    return sample(logits, inputs).tokens.tolist()
 
 
 def test_greedy_takes_the_argmax():
