@@ -80,6 +80,16 @@ class KVCacheManager:
             ids.append(block_id)
         return PrefixHit(ids, len(ids) * self.block_size)
 
+    def cached_prefix_blocks(self, hashes: list[int]) -> int:
+        """How many of `hashes` (a prompt's block hashes, in order) are cached now, from the
+        first until one is not: a cheap look-ahead for ordering, not verified like a hit."""
+        cached, n = self.pool.cached, 0
+        for h in hashes:
+            if h not in cached:
+                break
+            n += 1
+        return n
+
     def blocks_needed(self, request: Request, num_new_tokens: int, hit: PrefixHit | None = None) -> int:
         have = len(self.blocks_of(request.request_id)) + (len(hit.block_ids) if hit else 0)
         computed = request.num_computed_tokens + (hit.num_tokens if hit else 0)
