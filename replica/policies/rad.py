@@ -28,7 +28,7 @@ from typing import Any
 
 from shunter.clock import Clock
 from shunter.replica.policies.base import SchedulingPolicy
-from shunter.replica.request import Request
+from shunter.replica.request import Request, RequestStatus
 from shunter.replica.step_staircase import STRIDE, StepStaircase
 from shunter.sampling_params import CLASS_LEVEL
 
@@ -65,6 +65,12 @@ class RADPolicy(SchedulingPolicy):
 
     def rank(self, request: Request) -> tuple:
         return (self.level(request), request.arrival_time, request.request_id)
+
+    def queue_key(self, request: Request) -> tuple:
+        """The base order (class, swapped first, arrival) with the class computed once: the
+        whole queue is sorted by it every step."""
+        return (self.level(request), request.status is not RequestStatus.SWAPPED, request.arrival_time,
+                request.request_id)
 
     def should_preempt(self, waiting: Request, running: Request) -> bool:
         return self.preemptive and self.level(waiting) < self.level(running)

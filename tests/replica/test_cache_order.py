@@ -55,15 +55,15 @@ def test_only_within_a_class():
     assert first_admitted(engine, ["hot-batch", "cold-interactive"]) == "cold-interactive"
 
 
-def test_a_queue_too_long_to_score_keeps_the_policy_order():
+def test_past_the_scored_head_the_queue_keeps_the_policy_order():
     clock = FakeClock()
     policy = make_policy("fcfs", clock)
-    waiting = [Request(f"r{i}", prompt(40, i), greedy(1), arrival_time=float(i)) for i in range(3)]
-    order = CacheAwareOrder(block_size=16, max_scored=2)
-    everything_cached = lambda hashes: len(hashes)  # noqa: E731
-    assert order.reorder(list(waiting), policy, everything_cached) == waiting
-    waiting[2].prompt_token_ids += prompt(40, 9)  # more blocks cached: first when scored
-    assert CacheAwareOrder(block_size=16).reorder(list(waiting), policy, everything_cached)[0] is waiting[2]
+    waiting = [Request(f"r{i}", prompt(40 + 20 * i, i), greedy(1), arrival_time=float(i)) for i in range(4)]
+    everything_cached = lambda hashes: len(hashes)  # noqa: E731  (more blocks, more cached)
+    head = CacheAwareOrder(block_size=16, max_scored=2).reorder(list(waiting), policy, everything_cached)
+    assert head == [waiting[1], waiting[0], waiting[2], waiting[3]]
+    whole = CacheAwareOrder(block_size=16).reorder(list(waiting), policy, everything_cached)
+    assert whole == waiting[::-1]
 
 
 def test_static_batching_refuses_cache_aware_order():
