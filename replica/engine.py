@@ -25,7 +25,7 @@ from shunter.replica.policies.rad import check_budget
 from shunter.replica.readback import PendingTokens
 from shunter.replica.request import PLACEHOLDER, Request, RequestStatus
 from shunter.replica.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
-from shunter.replica.step_staircase import MAX_TIMED_TOKENS, StepStaircase
+from shunter.replica.step_staircase import MAX_TIMED_TOKENS, MIN_TIMED_TOKENS, StepStaircase
 from shunter.replica.threads import set_torch_threads
 from shunter.replica.validation import validate_request
 from shunter.sampling_params import SamplingParams
@@ -95,7 +95,8 @@ class Engine(Migration):
         self._drained: list[EngineOutput] = []  # outputs of a step completed between two steps
 
     def _measure_staircase(self, config: EngineConfig) -> StepStaircase | None:
-        """Time steps of increasing size on the runner (`replica/step_staircase.py`), when asked
+        """Time steps of increasing size on the runner (`replica/step_staircase.py`; up to the budget,
+        at least `MIN_TIMED_TOKENS` so a tile above a small budget shows), when asked
         or, by default, on a GPU and for RAD (which sizes its steps on it)."""
         measure = getattr(self.runner, "measure_step_staircase", None)
         wanted = config.measure_step_staircase
@@ -104,7 +105,7 @@ class Engine(Migration):
             wanted = config.policy == "rad" or getattr(device, "type", None) == "cuda"
         if not wanted or measure is None:
             return None
-        staircase = measure(min(config.max_num_batched_tokens, MAX_TIMED_TOKENS))
+        staircase = measure(min(max(config.max_num_batched_tokens, MIN_TIMED_TOKENS), MAX_TIMED_TOKENS))
         if staircase is not None:
             log.info("step-time staircase: tile %s, boundaries %s", staircase.tile, list(staircase.boundaries))
         return staircase

@@ -182,7 +182,7 @@ class ModelRunner:
         return PreemptionCosts(per_token, per_block, self.block_size)
 
     @torch.inference_mode()
-    def measure_step_staircase(self, max_tokens: int, stride: int = STRIDE, repeats: int = 2) -> StepStaircase:
+    def measure_step_staircase(self, max_tokens: int, stride: int = STRIDE, repeats: int = 3) -> StepStaircase:
         """Time a one-sequence prefill step of `stride`, 2 x `stride`, ... up to `max_tokens`
         tokens (a warm-up run, then the fastest of `repeats`), and find the tile boundaries.
 

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 STRIDE = 16  # tokens between timed sizes: the finest tile the start-up timing can resolve
 MAX_TIMED_TOKENS = 1024  # beyond this the staircase is continued by its tile, not timed
+# Timed even when the budget is smaller: a tile larger than the budget must show for RAD to refuse
+# the budget (two of the 128-row tiles GPU GEMMs commonly run in).
+MIN_TIMED_TOKENS = 256
 REL_JUMP = 0.02  # a rise of this share of the step's time (and well above the ramp) is a jump
 
 
@@ -36,14 +39,21 @@ class StepStaircase:
 
     @classmethod
     def from_timings(cls, sizes: list[int], seconds: list[float], rel_jump: float = REL_JUMP) -> StepStaircase:
-        """Find the jumps. The ramp between them is the lower quartile of the rises from one size
-        to the next (a flat stair's rises are noise around 0, a linear ramp's all alike); a rise
-        is a jump when it is more than three ramps and more than `rel_jump` of the step's time.
-        Read so, a pure ramp (a CPU whose time grows with every row) has no boundaries."""
-        rises = [b - a for a, b in zip(seconds, seconds[1:])]
+        """Find the jumps. The times are first made non-decreasing from the right (each the
+        least of its own and every larger size's): a step of more tokens does at least the work
+        of a smaller one, so a time above a larger step's is a disturbance (another process, a
+        clock tick), not the device. The ramp between jumps is the lower quartile of the rises
+        from one size to the next (a flat stair's rises are noise around 0, a linear ramp's all
+        alike); a rise is a jump when it is more than three ramps and more than `rel_jump` of the
+        step's time. Read so, a pure ramp (a CPU whose time grows with every row) has no
+        boundaries."""
+        smooth = list(seconds)
+        for i in range(len(smooth) - 2, -1, -1):
+            smooth[i] = min(smooth[i], smooth[i + 1])
+        rises = [b - a for a, b in zip(smooth, smooth[1:])]
         ramp = max(_lower_quartile(rises), 0.0) if rises else 0.0
-        found = tuple(n for n, t, rise in zip(sizes, seconds, rises) if rise > max(3 * ramp, rel_jump * t))
-        return cls(tuple(sizes), tuple(seconds), found)
+        found = tuple(n for n, t, rise in zip(sizes, smooth, rises) if rise > max(3 * ramp, rel_jump * t))
+        return cls(tuple(sizes), tuple(smooth), found)
 
     @classmethod
     def uniform(cls, tile: int, seconds_per_tile: float, fixed_s: float = 0.0,
@@ -54,11 +64,7 @@ class StepStaircase:
 
     @property
     def tile(self) -> int | None:
-        """The most common distance between boundaries (from 0 to the first counts): the tile."""
-        if not self.boundaries:
-            return None
-        gaps = Counter(b - a for a, b in zip((0, *self.boundaries), self.boundaries))
-        return max(gaps.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        return tile_of(self.boundaries)
 
     def boundaries_upto(self, limit: int) -> list[int]:
         """The boundaries up to `limit`, past the timed sizes continued every `tile` tokens."""
@@ -113,6 +119,15 @@ class StepStaircase:
     def to_dict(self) -> dict:
         return {"sizes": list(self.sizes), "seconds": list(self.seconds), "boundaries": list(self.boundaries),
                 "tile": self.tile}
+
+
+def tile_of(boundaries: tuple[int, ...] | list[int]) -> int | None:
+    """The most common distance between boundaries (from 0 to the first counts): the tile;
+    None without boundaries."""
+    if not boundaries:
+        return None
+    gaps = Counter(b - a for a, b in zip((0, *boundaries), boundaries))
+    return max(gaps.items(), key=lambda kv: (kv[1], kv[0]))[0]
 
 
 def _lower_quartile(values: list[float]) -> float:

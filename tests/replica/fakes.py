@@ -52,7 +52,11 @@ class FakeRunner:
         self.staircase: StepStaircase | None = None  # what `measure_step_staircase` "finds"
 
     def measure_step_staircase(self, max_tokens: int) -> StepStaircase | None:
-        return self.staircase
+        """The scripted staircase as a timing up to `max_tokens` would find it."""
+        if self.staircase is None:
+            return None
+        timed = [(n, t) for n, t in zip(self.staircase.sizes, self.staircase.seconds) if n <= max_tokens]
+        return StepStaircase.from_timings([n for n, _ in timed], [t for _, t in timed])
 
     def add_generator(self, request_id: str, seed: int) -> None:
         self.generators[request_id] = None

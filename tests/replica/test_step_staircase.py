@@ -24,6 +24,15 @@ def test_boundaries_of_a_noisy_staircase_are_its_tiles(tile, seed):
     assert stairs.tile == tile
 
 
+def test_a_disturbed_timing_is_no_boundary():
+    """A size timed while something else ran (slower than larger sizes) is smoothed away."""
+    sizes = list(range(STRIDE, 513, STRIDE))
+    times = [1e-3 + -(-n // 128) * 1e-3 for n in sizes]
+    times[5] *= 3  # 96 tokens: disturbed in every repeat
+    stairs = StepStaircase.from_timings(sizes, times)
+    assert stairs.boundaries == (128, 256, 384) and stairs.seconds[5] == stairs.seconds[6]
+
+
 def test_a_ramp_has_no_boundaries():
     sizes = list(range(STRIDE, 1025, STRIDE))
     stairs = StepStaircase.from_timings(sizes, [1e-3 + 5e-6 * n for n in sizes])
