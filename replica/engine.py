@@ -21,11 +21,10 @@ from shunter.replica.load_estimate import remaining_blocks
 from shunter.replica.migration import Migration
 from shunter.replica.model_runner import ModelRunner
 from shunter.replica.policies import make_policy
-from shunter.replica.policies.rad import check_budget
 from shunter.replica.readback import PendingTokens
 from shunter.replica.request import PLACEHOLDER, Request, RequestStatus
 from shunter.replica.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
-from shunter.replica.step_staircase import MAX_TIMED_TOKENS, MIN_TIMED_TOKENS, StepStaircase
+from shunter.replica.step_staircase import MAX_TIMED_TOKENS, StepStaircase
 from shunter.replica.threads import set_torch_threads
 from shunter.replica.validation import validate_request
 from shunter.sampling_params import SamplingParams
@@ -82,8 +81,6 @@ class Engine(Migration):
         measure = getattr(self.runner, "measure_preemption_costs", None)
         costs = measure() if config.preemption_mode == "auto" and measure is not None else None
         staircase = self._measure_staircase(config)
-        if config.policy == "rad":
-            check_budget(config.max_num_batched_tokens, staircase)
         self.scheduler = Scheduler(sched_config, self.kv, policy, self.clock, costs, staircase)
         self._tile_boundaries = staircase.boundaries if staircase is not None else ()
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
@@ -95,8 +92,8 @@ class Engine(Migration):
         self._drained: list[EngineOutput] = []  # outputs of a step completed between two steps
 
     def _measure_staircase(self, config: EngineConfig) -> StepStaircase | None:
-        """Time steps of increasing size on the runner (`replica/step_staircase.py`; up to the budget,
-        at least `MIN_TIMED_TOKENS` so a tile above a small budget shows), when asked
+        """Time steps of increasing size on the runner (`replica/step_staircase.py`), up to the
+        budget (the only sizes a step can take), when asked
         or, by default, on a GPU and for RAD (which sizes its steps on it)."""
         measure = getattr(self.runner, "measure_step_staircase", None)
         wanted = config.measure_step_staircase
@@ -105,7 +102,7 @@ class Engine(Migration):
             wanted = config.policy == "rad" or getattr(device, "type", None) == "cuda"
         if not wanted or measure is None:
             return None
-        staircase = measure(min(max(config.max_num_batched_tokens, MIN_TIMED_TOKENS), MAX_TIMED_TOKENS))
+        staircase = measure(min(config.max_num_batched_tokens, MAX_TIMED_TOKENS))
         if staircase is not None:
             log.info("step-time staircase: tile %s, boundaries %s", staircase.tile, list(staircase.boundaries))
         return staircase

@@ -16,9 +16,6 @@ from dataclasses import dataclass
 
 STRIDE = 16  # tokens between timed sizes: the finest tile the start-up timing can resolve
 MAX_TIMED_TOKENS = 1024  # beyond this the staircase is continued by its tile, not timed
-# Timed even when the budget is smaller: a tile larger than the budget must show for RAD to refuse
-# the budget (two of the 128-row tiles GPU GEMMs commonly run in).
-MIN_TIMED_TOKENS = 256
 REL_JUMP = 0.02  # a rise of this share of the step's time (and well above the ramp) is a jump
 
 

@@ -8,7 +8,10 @@ The paper proves RAD throughput-optimal from two principles; this is our rule bu
   measured at start-up), so each step's size is chosen on it: all the runnable work when it fits
   in the budget, else the budget or the boundary below it, whichever gives more tokens per
   second. The step is then filled to that size with the next prefill chunks: no partial tile
-  while work waits. The budget (`max_num_batched_tokens`) must hold at least one tile.
+  while work waits. The budget (`max_num_batched_tokens`) must be at least 16 tokens, the finest
+  tile the start-up timing resolves (`EngineConfig` and `shunter serve` refuse less). The timing
+  covers only the budget, the only sizes a step can take, so a device tile larger than the budget
+  cannot show: RAD then finds no boundary and sizes its steps by the budget alone.
 * **Dynamic allocation.** When the step cannot hold everything, its tokens are split between
   the two queues by their state, not by a fixed decode-first rule: running decodes get a share
   proportional to their number among the requests that could use the step (running decodes,
@@ -29,16 +32,7 @@ from typing import Any
 from shunter.clock import Clock
 from shunter.replica.policies.base import SchedulingPolicy
 from shunter.replica.request import Request, RequestStatus
-from shunter.replica.step_staircase import STRIDE, StepStaircase
 from shunter.sampling_params import CLASS_LEVEL
-
-
-def check_budget(budget: int, staircase: StepStaircase | None) -> None:
-    """A one-line error naming the flag when the step budget holds less than one tile."""
-    tile = staircase.boundaries[0] if staircase is not None and staircase.boundaries else STRIDE
-    if budget < tile:
-        raise ValueError(f"--max-num-batched-tokens: {budget} is below one tile of the step-time staircase "
-                         f"({tile} tokens); --policy rad sizes steps in whole tiles")
 
 
 class RADPolicy(SchedulingPolicy):

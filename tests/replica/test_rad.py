@@ -122,9 +122,18 @@ def test_rad_tokens_equal_the_reference_with_tiles_and_a_split():
     assert run_to_completion(engine) == expected
 
 
-def test_a_budget_below_one_tile_is_a_start_up_error_naming_the_flag():
-    with pytest.raises(ValueError, match=r"^--max-num-batched-tokens: 24 is below one tile .*\(32 tokens\)"):
-        make_engine(staircase=TILES, policy="rad", max_num_batched_tokens=24)
-    with pytest.raises(ValueError, match="max_num_batched_tokens: 8 is below"):
+def test_a_budget_below_the_finest_tile_is_a_start_up_error_naming_the_flag():
+    """Below 16 tokens (the finest tile the timing resolves) RAD is refused before anything
+    loads; `shunter serve` says the same naming `--max-num-batched-tokens` (tests/router)."""
+    with pytest.raises(ValueError, match="^max_num_batched_tokens: 8 is below"):
         EngineConfig(policy="rad", max_num_batched_tokens=8)
-    make_engine(staircase=TILES, policy="fcfs", max_num_batched_tokens=24)  # only RAD sizes steps in tiles
+    EngineConfig(policy="fcfs", max_num_batched_tokens=8)  # only RAD sizes steps in tiles
+
+
+def test_a_tile_larger_than_the_budget_cannot_show_so_steps_take_the_budget():
+    """Budget 24 on tiles of 32: the timing (16 tokens only) finds no boundary, and RAD's
+    saturated steps take the whole budget."""
+    engine = make_engine(num_blocks=256, staircase=TILES, policy="rad", max_num_seqs=8, max_num_batched_tokens=24)
+    assert engine.stats().step_tile_boundaries == ()
+    engine.add_request("long", prompt(200, 7), SamplingParams(max_tokens=2, temperature=0))
+    assert last_split(engine) == (0, 24)
