@@ -1,7 +1,8 @@
 """The summary of `scripts/gpu-check.sh`: each step's status and time, and the headline numbers
 against the GPU goals (decode kernel >= 70% of copy bandwidth at contexts >= 2,048; issue 25's:
 host time per step <= 0.5 ms at 256 sequences over the null model, engine >= 60% of its
-roofline and >= 80x HF static `generate`, device idle < 10% of the step).
+roofline and >= 80x HF static `generate`, device idle < 10% of the step; issue 30's: tile-aligned
+saturated steps >= 5% more tokens/s than unaligned, from the timed staircase).
 
 Rewritten after every step from what exists so far, so a run cut short still leaves a summary.
 Standard library only, and run by path: it must work even when the install step failed.
@@ -15,6 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 KERNEL_GOAL, ROOFLINE_GOAL, STATIC_GOAL, IDLE_GOAL, STEP_GOAL_MS = 0.70, 0.60, 80.0, 0.10, 0.5
+TILING_GOAL = 1.05  # issue 30: tile-aligned saturated steps >= 5% more tokens/s than unaligned
 
 
 def read_steps(path: Path) -> list[dict]:
@@ -88,6 +90,14 @@ def step_headlines(result: dict) -> dict:
             "goal_256_seqs_under_0_5_ms": max(at_256) <= STEP_GOAL_MS if at_256 else None}
 
 
+def staircase_headlines(result: dict) -> dict:
+    """The tile the start-up timing finds, and what aligning saturated steps to it gains."""
+    gain = result["aligned_gain"]
+    return {"model": result["model"], "device": result["device"], "tile": result["tile"],
+            "boundaries": result["boundaries"], "aligned_gain": gain, "timing_s": result["wall_s"]["timing"],
+            "goal_aligned_5pct": gain >= TILING_GOAL}
+
+
 def summarize(steps_path: Path, out: Path, smoke: bool) -> dict:
     log = out / "gpu-check.log"
     text = log.read_text(errors="replace") if log.exists() else ""
@@ -97,8 +107,8 @@ def summarize(steps_path: Path, out: Path, smoke: bool) -> dict:
     summary["pytest_gpu"] = pytest_counts(out / "pytest-gpu.xml")
     summary["gpu_test_notes"] = re.findall(r"^(.*(?:diverged at a bfloat16 near-tie|in use after the largest prefill).*)$",
                                            text, re.M)
-    for name, fn in (("bench_kernels", kernel_headlines), ("bench_step", step_headlines),
-                     ("bench_engine", engine_headlines)):
+    for name, fn in (("bench_kernels", kernel_headlines), ("bench_staircase", staircase_headlines),
+                     ("bench_step", step_headlines), ("bench_engine", engine_headlines)):
         path = out / f"{name}.json"
         summary[name] = fn(json.loads(path.read_text())) if path.exists() else None
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -130,6 +140,12 @@ def markdown(s: dict) -> str:
             lines.append(f"| {n} | {_pct(row['triton_min_share_of_copy'])} | {_pct(row['graph_table_min_share_of_copy'])} "
                          f"| {_pct(row['sdpa_min_share_of_copy'])} | {', '.join(row['sdpa_backend'])} |")
         lines.append(f"\nGoal >= 70% of copy at the largest batch: {k['goal_kernel_70pct_of_copy']}")
+    sc = s.get("bench_staircase")
+    if sc:
+        lines += ["", f"## Step-time staircase ({sc['model']} on {sc['device']}, {sc['timing_s']:.1f} s of timing)", "",
+                  f"tile {sc['tile']} tokens; boundaries {sc['boundaries']}",
+                  f"- aligned saturated steps: {sc['aligned_gain'] - 1:+.1%} tokens/s on average over budgets of "
+                  f"16..1,024 (goal >= +5%: {sc['goal_aligned_5pct']})"]
     st = s.get("bench_step")
     if st:
         lines += ["", f"## Host time per step, null model on {st['device']} (ms)", "",
