@@ -2,7 +2,8 @@
 against the GPU goals (decode kernel >= 70% of copy bandwidth at contexts >= 2,048; issue 25's:
 host time per step <= 0.5 ms at 256 sequences over the null model, engine >= 60% of its
 roofline and >= 80x HF static `generate`, device idle < 10% of the step; issue 23's: a live
-migration's downtime p50 <= 30 ms at every context).
+migration's downtime p50 <= 30 ms at every context; issue 30's: tile-aligned saturated steps >= 5%
+more tokens/s than unaligned, from the timed staircase).
 
 Rewritten after every step from what exists so far, so a run cut short still leaves a summary.
 Standard library only, and run by path: it must work even when the install step failed.
@@ -17,6 +18,7 @@ from pathlib import Path
 
 KERNEL_GOAL, ROOFLINE_GOAL, STATIC_GOAL, IDLE_GOAL, STEP_GOAL_MS = 0.70, 0.60, 80.0, 0.10, 0.5
 MIGRATION_GOAL_MS = 30.0  # issue 23: live downtime p50 on a GPU (Llumnix: 20-30 ms, flat in context)
+TILING_GOAL = 1.05  # issue 30: tile-aligned saturated steps >= 5% more tokens/s than unaligned
 
 
 def read_steps(path: Path) -> list[dict]:
@@ -99,6 +101,14 @@ def migration_headlines(result: dict) -> dict:
             "goal_live_p50_under_30_ms": max(live) <= MIGRATION_GOAL_MS if live else None}
 
 
+def staircase_headlines(result: dict) -> dict:
+    """The tile the start-up timing finds, and what aligning saturated steps to it gains."""
+    gain = result["aligned_gain"]
+    return {"model": result["model"], "device": result["device"], "tile": result["tile"],
+            "boundaries": result["boundaries"], "aligned_gain": gain, "timing_s": result["wall_s"]["timing"],
+            "goal_aligned_5pct": gain >= TILING_GOAL}
+
+
 def summarize(steps_path: Path, out: Path, smoke: bool) -> dict:
     log = out / "gpu-check.log"
     text = log.read_text(errors="replace") if log.exists() else ""
@@ -108,8 +118,9 @@ def summarize(steps_path: Path, out: Path, smoke: bool) -> dict:
     summary["pytest_gpu"] = pytest_counts(out / "pytest-gpu.xml")
     summary["gpu_test_notes"] = re.findall(r"^(.*(?:diverged at a bfloat16 near-tie|in use after the largest prefill).*)$",
                                            text, re.M)
-    for name, fn in (("bench_kernels", kernel_headlines), ("bench_step", step_headlines),
-                     ("bench_migration", migration_headlines), ("bench_engine", engine_headlines)):
+    for name, fn in (("bench_kernels", kernel_headlines), ("bench_staircase", staircase_headlines),
+                     ("bench_step", step_headlines), ("bench_migration", migration_headlines),
+                     ("bench_engine", engine_headlines)):
         path = out / f"{name}.json"
         summary[name] = fn(json.loads(path.read_text())) if path.exists() else None
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -141,6 +152,12 @@ def markdown(s: dict) -> str:
             lines.append(f"| {n} | {_pct(row['triton_min_share_of_copy'])} | {_pct(row['graph_table_min_share_of_copy'])} "
                          f"| {_pct(row['sdpa_min_share_of_copy'])} | {', '.join(row['sdpa_backend'])} |")
         lines.append(f"\nGoal >= 70% of copy at the largest batch: {k['goal_kernel_70pct_of_copy']}")
+    sc = s.get("bench_staircase")
+    if sc:
+        lines += ["", f"## Step-time staircase ({sc['model']} on {sc['device']}, {sc['timing_s']:.1f} s of timing)", "",
+                  f"tile {sc['tile']} tokens; boundaries {sc['boundaries']}",
+                  f"- aligned saturated steps: {sc['aligned_gain'] - 1:+.1%} tokens/s on average over budgets of "
+                  f"16..1,024 (goal >= +5%: {sc['goal_aligned_5pct']})"]
     st = s.get("bench_step")
     if st:
         lines += ["", f"## Host time per step, null model on {st['device']} (ms)", "",

@@ -25,6 +25,7 @@ from shunter.replica.policies import make_policy
 from shunter.replica.readback import PendingTokens
 from shunter.replica.request import PLACEHOLDER, Request, RequestStatus
 from shunter.replica.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from shunter.replica.step_staircase import MAX_TIMED_TOKENS, StepStaircase
 from shunter.replica.threads import set_torch_threads
 from shunter.replica.validation import validate_request
 from shunter.sampling_params import SamplingParams
@@ -85,12 +86,14 @@ class Engine(Migration):
         policy = make_policy(config.policy, self.clock, **config.policy_settings)
         sched_config = SchedulerConfig(
             config.max_num_batched_tokens, config.max_num_seqs, config.preemption_mode, config.check_invariants,
-            admission_watermark=config.admission_watermark,
+            admission_watermark=config.admission_watermark, cache_aware_order=config.cache_aware_order,
         )
         # "auto" preemption compares recompute with swap, so it needs their measured prices.
         measure = getattr(self.runner, "measure_preemption_costs", None)
         costs = measure() if config.preemption_mode == "auto" and measure is not None else None
-        self.scheduler = Scheduler(sched_config, self.kv, policy, self.clock, costs)
+        staircase = self._measure_staircase(config)
+        self.scheduler = Scheduler(sched_config, self.kv, policy, self.clock, costs, staircase)
+        self._tile_boundaries = staircase.boundaries if staircase is not None else ()
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
         self._rng = random.Random(config.seed)
         self._step_time_ema = 0.0
@@ -98,6 +101,22 @@ class Engine(Migration):
         self.async_scheduling = config.async_scheduling and getattr(self.runner, "supports_async_scheduling", False)
         self._flight: _Flight | None = None  # the launched step whose tokens are not read yet
         self._drained: list[EngineOutput] = []  # outputs of a step completed between two steps
+
+    def _measure_staircase(self, config: EngineConfig) -> StepStaircase | None:
+        """Time steps of increasing size on the runner (`replica/step_staircase.py`), up to the
+        budget (the only sizes a step can take), when asked
+        or, by default, on a GPU and for RAD (which sizes its steps on it)."""
+        measure = getattr(self.runner, "measure_step_staircase", None)
+        wanted = config.measure_step_staircase
+        if wanted is None:
+            device = getattr(self.runner, "device", None)
+            wanted = config.policy == "rad" or getattr(device, "type", None) == "cuda"
+        if not wanted or measure is None:
+            return None
+        staircase = measure(min(config.max_num_batched_tokens, MAX_TIMED_TOKENS))
+        if staircase is not None:
+            log.info("step-time staircase: tile %s, boundaries %s", staircase.tile, list(staircase.boundaries))
+        return staircase
 
     # ---- requests in -----------------------------------------------------------------------
     def add_request(
@@ -318,6 +337,7 @@ class Engine(Migration):
             blocks_waiting=s.queued_blocks,
             num_steps=s.num_steps,
             mean_step_time=self._step_time_ema,
+            step_tile_boundaries=self._tile_boundaries,
         )
 
     def drain_cache_events(self) -> list[CacheEvent]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from shunter.replica.step_staircase import STRIDE as STAIRCASE_STRIDE
+
 PREEMPTION_MODES = ("recompute", "swap", "auto")
 
 
@@ -20,6 +22,12 @@ class EngineConfig:
     swap_space: float = 4.0  # GiB of CPU memory for swapped-out KV blocks
     policy: str = "fcfs"
     policy_settings: dict[str, Any] = field(default_factory=dict)
+    # Within a class, waiting requests with more cached prefix blocks first (`policies/cache_order.py`).
+    cache_aware_order: bool = False
+    # Time steps of 16, 32, ... tokens at start-up to find the step-time staircase's tiles
+    # (`replica/step_staircase.py`). None: on a GPU (about a second), and on the CPU only for
+    # `policy="rad"`, which needs them (there a prefill of a few hundred tokens takes ~1 s).
+    measure_step_staircase: bool | None = None
     device: str | None = None  # None: cuda if available, else cpu
     dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
     max_model_len: int | None = None  # None: the model's max_position_embeddings
@@ -53,5 +61,11 @@ class EngineConfig:
             raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
         if self.async_scheduling and not self.persistent_batch:
             raise ValueError("async_scheduling needs persistent_batch (packed inputs take no token from the device)")
+        if self.cache_aware_order and self.policy == "static":
+            raise ValueError("cache_aware_order: static batching admits whole batches in arrival order; "
+                             "there is no queue order to make cache-aware")
+        if self.policy == "rad" and self.max_num_batched_tokens < STAIRCASE_STRIDE:
+            raise ValueError(f"max_num_batched_tokens: {self.max_num_batched_tokens} is below the finest tile the "
+                             f"start-up timing resolves ({STAIRCASE_STRIDE} tokens); policy rad sizes steps in tiles")
         if self.dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")

@@ -84,6 +84,9 @@ class EngineStats:
     blocks_waiting: int  # blocks the queued prompts will take
     num_steps: int
     mean_step_time: float  # seconds, exponential moving average
+    # Token counts after which the step time jumps (tile boundaries), timed at start-up; () if not
+    # timed or if the time rises as a ramp (`replica/step_staircase.py`).
+    step_tile_boundaries: tuple[int, ...] = ()
 
 
 @dataclass

@@ -81,6 +81,21 @@ class KVCacheManager:
             ids.append(block_id)
         return PrefixHit(ids, len(ids) * self.block_size)
 
+    def cached_prefix_blocks(self, hashes: list[int]) -> int:
+        """About how many of `hashes` (a prompt's block hashes, in order) are cached now, from
+        the first on: a look-ahead for ordering, not verified like a hit. A chain is cached and
+        evicted mostly whole, tail first, so the cached part is taken to be a prefix of it and
+        its end found by bisection (a few lookups for a prompt of hundreds of blocks)."""
+        cached = self.pool.cached
+        lo, hi = 0, len(hashes)  # hashes[:lo] cached; hashes[hi:] not
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if hashes[mid] in cached:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
     def blocks_needed(self, request: Request, num_new_tokens: int, hit: PrefixHit | None = None) -> int:
         have = len(self.blocks_of(request.request_id)) + (len(hit.block_ids) if hit else 0)
         computed = request.num_computed_tokens + (hit.num_tokens if hit else 0)

@@ -35,6 +35,7 @@ from shunter.replica.readback import PendingTokens, Readback
 from shunter.replica.sampler import RequestRng, sample
 from shunter.replica.scheduler import SchedulerOutput
 from shunter.replica.step_inputs import SamplingInputs, Sizes, Staging, StepInputs
+from shunter.replica.step_staircase import STRIDE, StepStaircase
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,28 @@ class ModelRunner:
             per_block = min(swap_timings[1:]) / moved
         log.info("preemption costs: recompute %.3g s/token, swap %.3g s/block", per_token, per_block)
         return PreemptionCosts(per_token, per_block, self.block_size)
+
+    @torch.inference_mode()
+    def measure_step_staircase(self, max_tokens: int, stride: int = STRIDE, repeats: int = 3) -> StepStaircase:
+        """Time a one-sequence prefill step of `stride`, 2 x `stride`, ... up to `max_tokens`
+        tokens (a warm-up run, then the fastest of `repeats`), and find the tile boundaries.
+
+        Writes scratch KV into blocks that no request holds yet (start-up), publishes no hash."""
+        top = min(max_tokens, self.num_blocks * self.block_size)
+        sizes = list(range(stride, top + 1, stride)) or [top]
+        times = []
+        for n in sizes:
+            chunk = Chunk([1] * n, 0, list(range(cdiv(n, self.block_size))), True)
+            batch = pack([chunk], self.block_size, self.device)
+            best = math.inf
+            for i in range(repeats + 1):
+                started = time.perf_counter()
+                self.model.compute_logits(self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn)[-1:])
+                self._sync()
+                if i:  # the first run warms up
+                    best = min(best, time.perf_counter() - started)
+            times.append(best)
+        return StepStaircase.from_timings(sizes, times)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

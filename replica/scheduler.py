@@ -21,9 +21,11 @@ from shunter.clock import Clock
 from shunter.mathutil import cdiv
 from shunter.replica.kv_cache_manager import KVCacheManager, PrefixHit
 from shunter.replica.policies import PolicyContext, SchedulingPolicy
+from shunter.replica.policies.cache_order import CacheAwareOrder
 from shunter.replica.policies.step_time import StepTimeModel
 from shunter.replica.preemption import MODES, PreemptionCosts
 from shunter.replica.request import Request, RequestStatus
+from shunter.replica.step_staircase import StepStaircase
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ class SchedulerConfig:
     # Admit a request only if the KV that running requests and it are predicted to take in all
     # (prompt + predicted output) stays under this fraction of the pool; None: admit on need now.
     admission_watermark: float | None = None
+    # Within a class, waiting requests with more cached prefix blocks first (`policies/cache_order.py`).
+    cache_aware_order: bool = False
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < 1:
@@ -111,15 +115,18 @@ class _Step:
 class Scheduler:
     def __init__(
         self, config: SchedulerConfig, kv: KVCacheManager, policy: SchedulingPolicy, clock: Clock,
-        costs: PreemptionCosts | None = None,
+        costs: PreemptionCosts | None = None, staircase: StepStaircase | None = None,
     ) -> None:
-        """`costs` are the measured prices of recompute and swap (defaults when not measured)."""
+        """`costs` are the measured prices of recompute and swap (defaults when not measured);
+        `staircase` the measured step time by token count (None: not measured)."""
         self.config = config
         self.kv = kv
         self.policy = policy
         self.clock = clock
         self.costs = costs or PreemptionCosts(block_size=kv.block_size)
         self.step_model = StepTimeModel()
+        self.staircase = staircase
+        self.cache_order = CacheAwareOrder(kv.block_size) if config.cache_aware_order else None
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.swapped: list[Request] = []
@@ -215,6 +222,8 @@ class Scheduler:
         seats_left = len(self.running) < self.config.max_num_seqs
         plan = self.policy.plan(list(self.running), list(self.swapped) if seats_left else [],
                                 list(self.waiting) if seats_left else [])
+        if self.cache_order is not None and seats_left:
+            plan = self.cache_order.reorder(plan, self.policy, self.kv.cached_prefix_blocks)
         step.budget = min(self.policy.token_budget() or step.budget, step.budget)
         step.chunk = min(self.policy.prefill_chunk() or step.budget, step.budget)
         for req in plan:
@@ -402,6 +411,7 @@ class Scheduler:
             step_model=self.step_model,
             max_num_seqs=self.config.max_num_seqs,
             max_num_batched_tokens=self.config.max_num_batched_tokens,
+            staircase=self.staircase,
         )
 
     # ---- checks ----------------------------------------------------------------------------

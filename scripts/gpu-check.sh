@@ -3,11 +3,13 @@
 #
 # On a machine with one NVIDIA GPU and PyTorch, Triton and transformers already installed (no
 # network, no Ray needed), in under 8 minutes: install Shunter without dependencies, run
-# `pytest -m gpu`, a quick `shunter bench kernels`, a quick `shunter bench step` (host time per
+# `pytest -m gpu`, a quick `shunter bench kernels`, `shunter bench staircase` (step time at 16..1,024
+# tokens in steps of 16: the tile boundaries, issue 30), a quick `shunter bench step` (host time per
 # step over a null model, before and after issue 25), a quick `shunter bench migration` (downtime of
-# a live move against stop-and-copy at 1k-16k tokens, issue 23) and a `shunter bench engine` sized to fit, and
-# write into OUTDIR: gpu-check.log (every step's output), pytest-gpu.xml, bench_kernels.json/.png,
-# bench_step.json, bench_migration.json, bench_engine.json, summary.json and summary.md (each step's status and time, headline numbers
+# a live move against stop-and-copy at 1k-16k tokens, issue 23) and a `shunter bench engine` sized to
+# fit, and write into OUTDIR: gpu-check.log (every step's output), pytest-gpu.xml,
+# bench_kernels.json/.png, bench_staircase.json/.png, bench_step.json, bench_migration.json,
+# bench_engine.json, summary.json and summary.md (each step's status and time, headline numbers
 # against the GPU goals). Every step has its own timeout inside an overall budget, and the summary
 # is rewritten after each step, so a hang or a cut-off still leaves what finished.
 #
@@ -65,7 +67,7 @@ step() {
   summarize
 }
 
-IMPORTS='import shunter.replica.llm, shunter.kernels.ops, shunter.loadtest.bench_engine, shunter.loadtest.bench_kernels, shunter.loadtest.bench_step, shunter.loadtest.bench_migration'
+IMPORTS='import shunter.replica.llm, shunter.kernels.ops, shunter.loadtest.bench_engine, shunter.loadtest.bench_kernels, shunter.loadtest.bench_step, shunter.loadtest.bench_staircase, shunter.loadtest.bench_migration'
 importable() {
   (cd "$SCRATCH" && "$PY" -c "$IMPORTS" && "$PY" -m shunter.cli --help > /dev/null) >> "$LOG" 2>&1
 }
@@ -106,26 +108,32 @@ if [ "$SMOKE" = 1 ]; then
   step bench-kernels 60 env TRITON_INTERPRET=1 "$PY" -m shunter.cli bench kernels --device cpu --num-seqs 1 2 --contexts 48 \
     --num-q-heads 4 --num-kv-heads 2 --head-dim 32 --graph-table-tokens 512 --samples 1 --calls 2 \
     --out "$OUT/bench_kernels.json"
+  step bench-staircase 60 "$PY" -m shunter.cli bench staircase --model random:tiny --device cpu --max-tokens 64 \
+    --repeats 1 --out "$OUT/bench_staircase.json"
   step bench-step 60 "$PY" -m shunter.cli bench step --device cpu --seqs 4 --contexts 16 --steps 5 \
     --out "$OUT/bench_step.json"
-  step bench-migration 60 "$PY" -m shunter.cli bench migration --model random:tiny --device cpu --contexts 64 \
-    --samples 1 --others 1 --move-after 2 --out "$OUT/bench_migration.json"
   step bench-engine 90 "$PY" -m shunter.cli bench engine --model random:tiny --device cpu --num-requests 8 \
     --input-median 12 --output-median 6 --cap 40 --static-requests 4 --hf-batch-size 2 --max-num-seqs 4 --max-num-batched-tokens 64 \
     --out "$OUT/bench_engine.json"
+  step bench-migration 60 "$PY" -m shunter.cli bench migration --model random:tiny --device cpu --contexts 64 \
+    --samples 1 --others 1 --move-after 2 --out "$OUT/bench_migration.json"
 else
   step bench-kernels 80 "$PY" -m shunter.cli bench kernels --num-seqs 1 8 64 --contexts 2048 8192 \
     --samples 10 --calls 20 --out "$OUT/bench_kernels.json"
+  # Mistral-7B's GEMM shapes (hidden 4,096, MLP 14,336): the staircase the simulator's H100 model assumes.
+  step bench-staircase 60 "$PY" -m shunter.cli bench staircase --model random:llama-3-8b --device cuda \
+    --max-tokens 1024 --stride 16 --out "$OUT/bench_staircase.json"
   step bench-step 60 "$PY" -m shunter.cli bench step --device cuda --steps 50 --out "$OUT/bench_step.json"
-  # In-process (no Ray here): the staging copy and the commit's downtime, live against stop-and-copy.
-  step bench-migration 60 "$PY" -m shunter.cli bench migration --model random:llama-3.2-1b --device cuda \
-    --contexts 1024 4096 16384 --samples 3 --out "$OUT/bench_migration.json"
   # On the first H100 run (2026-11-27) Shunter took 6 s, HF static generate 85 s on 64 requests,
   # and HF continuous batching did not finish all 256 in the 125 s left: it gets the first 64.
   step bench-engine 300 "$PY" -m shunter.cli bench engine --model random:llama-3.2-1b --num-requests 256 \
     --cap 1024 --static-requests 64 --hf-batch-size 64 --continuous-requests 64 \
     --max-num-seqs 256 --max-num-batched-tokens 2048 \
     --out "$OUT/bench_engine.json"
+  # Last: it gets what the budget has left after the engine (issue 25's goals come first).
+  # In-process (no Ray here): the staging copy and the commit's downtime, live against stop-and-copy.
+  step bench-migration 60 "$PY" -m shunter.cli bench migration --model random:llama-3.2-1b --device cuda \
+    --contexts 1024 4096 16384 --samples 3 --out "$OUT/bench_migration.json"
 fi
 rm -rf "$SCRATCH"
 cat "$OUT/summary.md"

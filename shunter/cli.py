@@ -25,6 +25,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("engine", "shunter.loadtest.bench_engine", "GPU offline throughput on ShareGPT-like lengths vs HF static, HF continuous batching, roofline"),
     ("policies", "shunter.loadtest.bench_policies", "latency of short and long requests under each scheduling policy"),
     ("kernels", "shunter.loadtest.bench_kernels", "paged-attention kernel bandwidth vs copy bandwidth and padded SDPA (GPU)"),
+    ("staircase", "shunter.loadtest.bench_staircase", "step time by token count, 16..1,024 in steps of 16: tile boundaries (the start-up timing, at full grid)"),
     ("hop", "shunter.loadtest.bench_hop", "time the router and gRPC hop adds to time to first token"),
     ("http", "shunter.loadtest.bench_http", "what the OpenAI HTTP gateway adds over gRPC: TTFT, chunk gaps, CPU per chunk"),
     ("routing", "shunter.loadtest.bench_routing", "routing decisions per second per policy, index against scan, at 64 to 4,096 fake replicas"),

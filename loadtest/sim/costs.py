@@ -10,7 +10,10 @@ attended (query, key) pairs, KV tokens swapped). Two kinds of model map a shape 
   on this CPU 4 rows cost far more than 2 and 16 hardly more than 8;
 * `RooflineCost`: the larger of the step's FLOPs over the peak and its bytes over the memory
   bandwidth (`loadtest/roofline.py`'s arithmetic), each derated by an efficiency factor, plus a
-  fixed per-step overhead: an analytic model from published peak numbers.
+  fixed per-step overhead: an analytic model from published peak numbers. A model that names a
+  `staircase.tile_tokens` prices the weights' FLOPs for the step's tokens rounded up to a whole
+  tile, as GEMMs run them: the step-time staircase (`replica/step_staircase.py`), flat where the
+  step is memory-bound and in stairs where it is compute-bound.
 
 Each model is a JSON file under `costs/` whose `source` says how it was obtained. A `CostModel`
 also knows the model's shape the engine needs (vocabulary, context, KV bytes per token) and how
@@ -28,6 +31,7 @@ from shunter.loadtest.roofline import ModelCost
 from shunter.replica.models.config import ModelConfig
 from shunter.replica.preemption import PreemptionCosts
 from shunter.replica.scheduler import SchedulerOutput
+from shunter.replica.step_staircase import STRIDE, StepStaircase
 
 COSTS_DIR = Path(__file__).resolve().parent / "costs"
 # Segments of the step's token count: `tokens_A_B` counts the step's tokens between A and B.
@@ -99,6 +103,7 @@ class RooflineCost:
     bandwidth_efficiency: float
     overhead_s: float
     swap_bytes_per_s: float
+    tile_tokens: int = 1  # GEMM rows run in tiles of this many tokens (1: no staircase)
     # Once per simulated step: the products computed once (the same floats), the model's methods inlined.
     _flops_s: float = field(init=False, repr=False, compare=False)
     _bytes_s: float = field(init=False, repr=False, compare=False)
@@ -108,8 +113,9 @@ class RooflineCost:
         object.__setattr__(self, "_bytes_s", self.bandwidth * self.bandwidth_efficiency)
 
     def step_seconds(self, shape: StepShape) -> float:
-        m = self.model
-        compute = (2 * m.layer_params * shape.num_tokens + 2 * m.head_params * shape.num_rows
+        m, tile = self.model, self.tile_tokens
+        tiled = -(-shape.num_tokens // tile) * tile
+        compute = (2 * m.layer_params * tiled + 2 * m.head_params * shape.num_rows
                    + m.attn_flops_per_key * shape.attn_keys) / self._flops_s  # m.flops(...)
         memory = (m.weight_bytes + m.kv_bytes_per_token * shape.kv_tokens) / self._bytes_s  # m.bytes(...)
         swap = shape.swap_tokens * m.kv_bytes_per_token / self.swap_bytes_per_s
@@ -151,6 +157,13 @@ class CostModel:
             return 0.0
         return max(self.step_seconds(StepShape(swap_tokens=num_tokens)) - self.step_seconds(StepShape()), 0.0)
 
+    def staircase(self, max_tokens: int) -> StepStaircase:
+        """What the runner's start-up timing finds, priced by the model: one-sequence prefill
+        steps of 16, 32, ... tokens."""
+        sizes = list(range(STRIDE, max(max_tokens, STRIDE) + 1, STRIDE))
+        return StepStaircase.from_timings(
+            sizes, [self.step_seconds(StepShape(n, 1, 1, n, n * (n + 1) // 2)) for n in sizes])
+
     def preemption_costs(self, block_size: int, probe_tokens: int = 256) -> PreemptionCosts:
         """What the real runner measures at start-up, priced by the model: a prefill of
         `probe_tokens` per token, and one block's swap one way."""
@@ -171,8 +184,11 @@ def _roofline(raw: dict[str, Any]) -> tuple[RooflineCost, ModelConfig, float]:
     cost = ModelCost.of(config, dtype_bytes)
     embedding = 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size * dtype_bytes
     kv_capacity = hw["memory_bytes"] * raw["memory_utilization"] - cost.weight_bytes - embedding - raw["reserved_bytes"]
+    tile = raw.get("staircase", {}).get("tile_tokens", 1)
+    if not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"staircase.tile_tokens must be an integer >= 1, got {tile!r}")
     step = RooflineCost(cost, hw["peak_flops"], hw["bandwidth"], eff["flops"], eff["bandwidth"], eff["overhead_s"],
-                        hw["swap_bytes_per_s"])
+                        hw["swap_bytes_per_s"], tile)
     return step, config, kv_capacity
 
 

@@ -1,7 +1,7 @@
 """The model runner a simulated engine runs over: tokens from a cheap function, time from a cost model.
 
 It has the interface `Engine` needs of `ModelRunner` (shapes, pools' sizes, generators, block
-reads and writes for migration, the measured preemption prices) and nothing else: every
+reads and writes for migration, the measured preemption prices and step-time staircase) and nothing else: every
 scheduling decision is still the real engine's. `execute` prices the step with the cost model
 and moves the replica's clock that far ahead, so the engine stamps the step's tokens, and its
 step-time model learns the step's duration, exactly as on a real device.
@@ -16,6 +16,7 @@ from shunter.loadtest.sim.events import ReplicaClock
 from shunter.replica.preemption import PreemptionCosts
 from shunter.replica.request import Request
 from shunter.replica.scheduler import SchedulerOutput
+from shunter.replica.step_staircase import StepStaircase
 
 MIN_STEP_S = 1e-6  # a step always takes some time, so a replica never loops at one instant
 
@@ -66,6 +67,9 @@ class SimRunner:
 
     def measure_preemption_costs(self) -> PreemptionCosts:
         return self.cost.preemption_costs(self.block_size)
+
+    def measure_step_staircase(self, max_tokens: int) -> StepStaircase:
+        return self.cost.staircase(max_tokens)
 
     def read_blocks(self, block_ids: list[int]) -> list[int]:
         """Stands for the blocks' KV in a migration: what moves is priced by the cluster."""

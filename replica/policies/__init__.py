@@ -8,12 +8,13 @@ from shunter.replica.policies.base import PolicyContext, SchedulingPolicy
 from shunter.replica.policies.fcfs import FCFSPolicy
 from shunter.replica.policies.mlq import MLQPolicy
 from shunter.replica.policies.priority import PriorityPolicy
+from shunter.replica.policies.rad import RADPolicy
 from shunter.replica.policies.sjf import SJFPolicy
 from shunter.replica.policies.slo import SLAIPolicy
 from shunter.replica.policies.static import StaticBatchPolicy
 
 POLICIES: dict[str, type[SchedulingPolicy]] = {
-    cls.name: cls for cls in (FCFSPolicy, SJFPolicy, MLQPolicy, PriorityPolicy, SLAIPolicy, StaticBatchPolicy)
+    cls.name: cls for cls in (FCFSPolicy, SJFPolicy, MLQPolicy, PriorityPolicy, SLAIPolicy, StaticBatchPolicy, RADPolicy)
 }
 
 __all__ = ["POLICIES", "PolicyContext", "SchedulingPolicy", "make_policy"]

@@ -15,6 +15,9 @@ from shunter.replica.policies.estimator import OutputLengthEstimator
 from shunter.replica.policies.step_time import StepTimeModel
 from shunter.replica.preemption import PreemptionCosts
 from shunter.replica.request import Request, RequestStatus
+from shunter.replica.step_staircase import StepStaircase
+
+DEFAULT_STARVATION_S = 30.0  # the batch class's TTFT target (see SchedulingPolicy)
 
 
 @dataclass
@@ -29,6 +32,7 @@ class PolicyContext:
     step_model: StepTimeModel = field(default_factory=StepTimeModel)
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
+    staircase: StepStaircase | None = None  # step time by token count, measured at start-up (None: not)
 
 
 class SchedulingPolicy:
@@ -55,6 +59,12 @@ class SchedulingPolicy:
         self.context = PolicyContext()
 
     # ---- order -----------------------------------------------------------------------------
+    @property
+    def starvation_bound_s(self) -> float:
+        """Seconds of waiting after which a request is served by its age, not by what the
+        policy prefers (aging, max wait): cache-aware ordering honours the same bound."""
+        return DEFAULT_STARVATION_S
+
     def rank(self, request: Request) -> tuple:
         raise NotImplementedError
 

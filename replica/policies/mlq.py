@@ -42,6 +42,10 @@ class MLQPolicy(SchedulingPolicy):
         exceeded = sum(1 for t in self.level_prompt_tokens if request.num_prompt_tokens > t)
         return min(exceeded, self.num_levels - 1)
 
+    @property
+    def starvation_bound_s(self) -> float:
+        return self.aging_s
+
     def level(self, request: Request) -> float:
         stored = request.policy_state.get("level")
         base = self.start_level(request) if stored is None else stored

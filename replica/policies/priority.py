@@ -28,6 +28,10 @@ class PriorityPolicy(SchedulingPolicy):
         self.aging_s = aging_s
         self.preemptive = preemptive
 
+    @property
+    def starvation_bound_s(self) -> float:
+        return self.aging_s
+
     def level(self, request: Request) -> float:
         state = request.policy_state
         base = state.get("level", CLASS_LEVEL[request.params.priority])

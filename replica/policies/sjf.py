@@ -35,6 +35,10 @@ class SJFPolicy(SchedulingPolicy):
             state["starved"] = True
         return bool(state.get("starved"))
 
+    @property
+    def starvation_bound_s(self) -> float:
+        return self.max_wait_s
+
     def level(self, request: Request) -> float:
         return 0.0 if self.starved(request) else 1.0
 

@@ -62,6 +62,10 @@ class SLAIPolicy(SchedulingPolicy):
         self._budget: int | None = None
         self._chunk: int | None = None
 
+    @property
+    def starvation_bound_s(self) -> float:
+        return self.starvation_s
+
     # ---- time targets ------------------------------------------------------------------------
     def current_theta(self) -> float:
         return self.theta_high if self.context.kv_usage >= self.memory_threshold else self.theta

@@ -132,7 +132,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 num_swapped=r.num_swapped, kv_blocks_total=r.kv_blocks_total, kv_blocks_in_use=r.kv_blocks_in_use,
                 kv_blocks_cached=r.kv_blocks_cached, prefix_hit_rate=r.prefix_hit_rate, load_blocks=r.load,
                 large_cache=r.large_cache, metrics_port=slot.info.metrics_port if slot.info else 0,
-                migrating_out=sum(src == rid for src, _ in moving), migrating_in=sum(dst == rid for _, dst in moving)))
+                migrating_out=sum(src == rid for src, _ in moving), migrating_in=sum(dst == rid for _, dst in moving),
+                step_tile_boundaries=r.step_tile_boundaries))
         c = self.router.counters
         out.counters.CopyFrom(pb.RouterCounters(routed=c.routed, migrated=c.migrated, failed_over=c.failed_over,
                                                 rejected=c.rejected, in_flight=len(self.router.journal),

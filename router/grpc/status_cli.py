@@ -9,11 +9,13 @@ import argparse
 import sys
 
 from shunter.replica.engine_config import EngineConfig
+from shunter.replica.step_staircase import tile_of
 from shunter.router.security import options as security_options
 
 BLOCK_TOKENS = EngineConfig.block_size  # the default; serve has no option to change it
 HEAD = ("replica", "node", "healthy", "running", "waiting", "swapped",
-        "kv blocks", "kv in use", "kv cached", "prefix hits", "load (blocks)", "moving out/in", "cache", "metrics")
+        "kv blocks", "kv in use", "kv cached", "prefix hits", "load (blocks)", "moving out/in", "cache", "step tiles",
+        "metrics")
 LEGEND = (
     f"running/waiting/swapped: requests. kv: KV-cache blocks of {BLOCK_TOKENS} tokens; in use = held by requests, "
     "cached = free but holding a reusable prefix.\n"
@@ -21,8 +23,9 @@ LEGEND = (
     "still take + blocks of queued prompts (what routing balances). moving out/in: requests migrating off and onto "
     "it now (\na live migration holds blocks on the target, counted in kv in use, and keeps running on the source "
     "until its commit). cache: large = holds the larger KV pool "
-    "(--large-cache-replicas).\nmetrics: the port of the replica's own Prometheus page, on its node "
-    "(--replica-metrics-port-base)."
+    "(--large-cache-replicas).\nstep tiles: the tile of the step-time staircase timed at start-up, in tokens, and its "
+    "first and last boundaries (- : not timed, or no stairs).\nmetrics: the port of the replica's own Prometheus page, "
+    "on its node (--replica-metrics-port-base)."
 )
 
 
@@ -38,7 +41,7 @@ def format_table(status) -> str:
         rows.append((r.replica_id, r.node, "yes" if r.healthy else "NO", r.num_running, r.num_waiting, r.num_swapped,
                      r.kv_blocks_total, r.kv_blocks_in_use, r.kv_blocks_cached, f"{r.prefix_hit_rate:.0%}",
                      r.load_blocks, f"{r.migrating_out}/{r.migrating_in}", "large" if r.large_cache else "-",
-                     r.metrics_port or "-"))
+                     tiles(list(r.step_tile_boundaries)), r.metrics_port or "-"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(HEAD))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
     c = status.counters
@@ -51,6 +54,12 @@ def format_table(status) -> str:
                  f"in flight {c.in_flight}  queued {c.queued}")
     lines.append(LEGEND)
     return "\n".join(lines)
+
+
+def tiles(boundaries: list[int]) -> str:
+    """'128 (128..896)': the tile and the boundaries' span; '-' without boundaries."""
+    tile = tile_of(boundaries)
+    return "-" if tile is None else f"{tile} ({boundaries[0]}..{boundaries[-1]})"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from shunter.replica.engine_protocol import EngineStats
+from shunter.replica.step_staircase import tile_of
 from shunter.router.core import ENGINE_COUNTS
 from shunter.router.core import MIGRATION_ABORTS, MIGRATION_REFUSALS, REJECT_REASONS, Router
 
@@ -37,6 +38,7 @@ class EngineGauges(Protocol):
     num_swapped: int
     kv_blocks_total: int
     kv_blocks_in_use: int
+    step_tile_boundaries: tuple[int, ...]
 
 
 def engine_families(model: str, replicas: Iterable[tuple[str, EngineGauges | None, Mapping[str, int]]],
@@ -50,6 +52,12 @@ def engine_families(model: str, replicas: Iterable[tuple[str, EngineGauges | Non
     swapped = GaugeMetricFamily("shunter:num_requests_swapped", "Requests swapped out to CPU memory.", labels=labels)
     usage = GaugeMetricFamily("shunter:kv_cache_usage_perc",
                               "KV-cache usage: blocks held by requests / all blocks (1 = 100 percent).", labels=labels)
+    tile = GaugeMetricFamily("shunter:step_tile_tokens",
+                             "Tokens per tile of the step-time staircase timed at start-up (0: not timed, or no stairs).",
+                             labels=labels)
+    boundaries = GaugeMetricFamily("shunter:step_tile_boundaries_info",
+                                   "1, labelled with the token counts after which the step time jumps, in order.",
+                                   labels=[*labels, "boundaries"])
     counters = {field: CounterMetricFamily(name, doc, labels=labels) for field, (name, doc) in COUNTERS.items()}
     for replica_id, g, counts in replicas:
         values = [model, replica_id]
@@ -58,9 +66,11 @@ def engine_families(model: str, replicas: Iterable[tuple[str, EngineGauges | Non
             waiting.add_metric(values, g.num_waiting)
             swapped.add_metric(values, g.num_swapped)
             usage.add_metric(values, g.kv_blocks_in_use / g.kv_blocks_total if g.kv_blocks_total else 0.0)
+            tile.add_metric(values, tile_of(g.step_tile_boundaries) or 0)
+            boundaries.add_metric([*values, ",".join(map(str, g.step_tile_boundaries))], 1.0)
         for field, family in counters.items():
             family.add_metric(values, counts[field])
-    return [running, waiting, swapped, usage, *counters.values()]
+    return [running, waiting, swapped, usage, tile, boundaries, *counters.values()]
 
 
 class ReplicaCollector(Collector):

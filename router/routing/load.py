@@ -39,6 +39,7 @@ class LoadReport:
     large_cache: bool = False  # for cache-size specialization
     node: str = ""
     requests: list[RequestLoad] = field(default_factory=list)
+    step_tile_boundaries: tuple[int, ...] = ()  # its step-time staircase (EngineStats), for status and metrics
 
     @property
     def load(self) -> int:

@@ -20,7 +20,7 @@ from shunter.sampling_params import SamplingParams
 
 # What a replica's `EngineStats` contribute to its `LoadReport`.
 STAT_FIELDS = ("kv_blocks_total", "kv_blocks_in_use", "kv_blocks_cached", "blocks_expected_growth", "blocks_waiting",
-               "num_running", "num_waiting", "num_swapped", "prefix_hit_rate")
+               "num_running", "num_waiting", "num_swapped", "prefix_hit_rate", "step_tile_boundaries")
 
 
 def routing_policy(name: str, index: PrefixIndex, size_threshold_blocks: int | None = None,
@@ -57,6 +57,7 @@ def apply_stats(report: LoadReport, stats: EngineStats) -> None:
     report.num_waiting = stats.num_waiting
     report.num_swapped = stats.num_swapped
     report.prefix_hit_rate = stats.prefix_hit_rate
+    report.step_tile_boundaries = stats.step_tile_boundaries
     report.pending_blocks = 0
 
 

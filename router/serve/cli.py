@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also serve the OpenAI-compatible HTTP API on this port (on --host); default: off")
     parser.add_argument("--policy", default="fcfs", choices=sorted(POLICIES),
                         help="scheduling policy inside each replica")
+    parser.add_argument("--cache-aware-order", action="store_true",
+                        help="within a priority class, run waiting requests with more cached prefix blocks first "
+                             "(bounded by the policy's aging; not with --policy static)")
+    parser.add_argument("--max-num-batched-tokens", type=int_at_least(1), default=512,
+                        help="most tokens one engine step computes (--policy rad: at least one tile of the measured "
+                             "step-time staircase)")
     parser.add_argument("--preemption-mode", default="recompute", choices=PREEMPTION_MODES,
                         help="how a replica makes room when its KV cache is full (auto: the cheaper, as measured)")
     parser.add_argument("--routing", default=DEFAULT_ROUTING, choices=sorted(ROUTINGS),
@@ -115,6 +121,7 @@ def check(args: argparse.Namespace) -> None:
             model_source(args.model)
     except ValueError as e:
         raise ValueError(f"--model: {str(e).removeprefix('model: ')}") from None
+    check_scheduling(args)
     cache_size_options.validate(args)
     metrics_options.validate(args)
     security_options.from_args(args)
@@ -127,6 +134,18 @@ def check(args: argparse.Namespace) -> None:
         if args.http_port == args.port != 0:
             raise ValueError(f"--http-port: {args.http_port} is the gRPC --port too")
         check_port_free(args.host, args.http_port, "--host", "--http-port")
+
+
+def check_scheduling(args: argparse.Namespace) -> None:
+    """The scheduling flags that cannot go together (each error names its flag)."""
+    from shunter.replica.step_staircase import STRIDE
+
+    if args.cache_aware_order and args.policy == "static":
+        raise ValueError("--cache-aware-order: --policy static admits whole batches in arrival order; there is no "
+                         "queue order to make cache-aware")
+    if args.policy == "rad" and args.max_num_batched_tokens < STRIDE:
+        raise ValueError(f"--max-num-batched-tokens: {args.max_num_batched_tokens} is below one tile (the start-up "
+                         f"timing resolves tiles of {STRIDE} tokens or more); --policy rad sizes steps in whole tiles")
 
 
 def check_port_free(host: str, port: int, host_option: str = "--host", port_option: str = "--port") -> None:
@@ -151,7 +170,8 @@ def _engine_config(args: argparse.Namespace):
     threads = args.num_threads or max(1, int(args.num_cpus_per_replica))
     return EngineConfig(model=args.model, policy=args.policy, preemption_mode=args.preemption_mode, device=device,
                         num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs, num_threads=threads,
-                        async_scheduling=not args.no_async_scheduling)
+                        async_scheduling=not args.no_async_scheduling, cache_aware_order=args.cache_aware_order,
+                        max_num_batched_tokens=args.max_num_batched_tokens)
 
 
 def _router_config(args: argparse.Namespace, threshold: int | None):

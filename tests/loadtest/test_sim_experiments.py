@@ -12,7 +12,7 @@ from shunter.loadtest.sim.experiments.common import SCALES, Result
 from shunter.loadtest.sim.experiments.makespan import greedy_makespan, lower_bound
 
 TOY = SCALES["toy"]
-HEAVY = {"scale", "slai", "routing", "crosscheck", "gpu-crosscheck"}  # several clusters, or a real model: tested apart or not here
+HEAVY = {"scale", "slai", "routing", "crosscheck", "gpu-crosscheck", "rad"}  # several clusters, or a real model: tested apart or not here
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in HEAVY])

@@ -17,6 +17,7 @@ from shunter.replica.engine_config import EngineConfig
 from shunter.replica.output_collector import OutputCollector
 from shunter.replica.request import PLACEHOLDER
 from shunter.replica.scheduler import SchedulerOutput
+from shunter.replica.step_staircase import StepStaircase
 from shunter.testing.fake_engine import EOS, next_token, reference_output  # noqa: F401 (one fake model)
 
 
@@ -48,6 +49,14 @@ class FakeRunner:
         self.steps: list[SchedulerOutput] = []
         self.sampled: dict[str, int] = {}  # the last token each request sampled
         self.removed: list[str] = []  # remove_request calls, in order
+        self.staircase: StepStaircase | None = None  # what `measure_step_staircase` "finds"
+
+    def measure_step_staircase(self, max_tokens: int) -> StepStaircase | None:
+        """The scripted staircase as a timing up to `max_tokens` would find it."""
+        if self.staircase is None:
+            return None
+        timed = [(n, t) for n, t in zip(self.staircase.sizes, self.staircase.seconds) if n <= max_tokens]
+        return StepStaircase.from_timings([n for n, _ in timed], [t for _, t in timed])
 
     def add_generator(self, request_id: str, seed: int) -> None:
         self.generators[request_id] = None
@@ -99,10 +108,13 @@ def prompt(n: int, seed: int) -> list[int]:
     return [rng.randrange(1, 998) for _ in range(n)]
 
 
-def make_engine(num_blocks: int = 64, num_cpu_blocks: int = 0, clock: FakeClock | None = None, **settings) -> Engine:
+def make_engine(num_blocks: int = 64, num_cpu_blocks: int = 0, clock: FakeClock | None = None,
+                staircase: StepStaircase | None = None, **settings) -> Engine:
+    """The real engine over a `FakeRunner`; `staircase`: what its start-up timing finds."""
     clock = clock or FakeClock()
     config = EngineConfig(model="fake", num_kv_blocks=num_blocks, check_invariants=True, **settings)
     runner = FakeRunner(num_blocks, config.block_size, num_cpu_blocks, clock=clock)
+    runner.staircase = staircase
     return Engine(config, clock=clock, runner=runner)
 
 

@@ -102,7 +102,7 @@ def test_small_kv_pool_forces_preemption(prompts, reference, mode):
 
 
 @pytest.mark.parametrize("mode", ["recompute", "swap", "auto"])
-@pytest.mark.parametrize("policy", ["fcfs", "sjf", "mlq", "priority", "slo", "static"])
+@pytest.mark.parametrize("policy", ["fcfs", "sjf", "mlq", "priority", "slo", "static", "rad"])
 def test_every_policy_and_preemption_mode_keeps_the_tokens(prompts, reference, policy, mode):
     """Policies reorder work and pick victims; under memory and seat pressure, with mixed
     classes and output hints, the tokens stay HF's."""
@@ -132,6 +132,21 @@ def test_shared_prefixes_hit_the_cache(prompts, shared_prompts, reference):
     assert [o.outputs[0].token_ids for o in first + rest] == reference[len(prompts):]
     assert all(o.num_cached_tokens >= 16 for o in rest)
     assert llm.engine.stats().prefix_hit_rate > 0
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "rad", "priority"])
+def test_cache_aware_order_keeps_the_tokens(prompts, shared_prompts, reference, policy):
+    """Waiting requests reordered by their cached prefix blocks, under KV pressure with shared
+    and unshared prompts mixed: the tokens stay HF's, and the shared prefix is hit."""
+    llm = oracle_llm(check_invariants=True, policy=policy, cache_aware_order=True, num_kv_blocks=20,
+                     max_num_batched_tokens=64, max_num_seqs=3)
+    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
+    llm.generate(shared_prompts[:1], params)  # the system prompt's blocks cached
+    mixed = [p for pair in zip(prompts[:6], shared_prompts[1:]) for p in pair]
+    want = [r for pair in zip(reference[:6], reference[len(prompts) + 1:]) for r in pair]
+    outs = llm.generate(mixed, params)
+    assert [o.outputs[0].token_ids for o in outs] == want
+    assert llm.engine.stats().prefix_hits > 0 and llm.engine.stats().kv_blocks_in_use == 0
 
 
 def test_text_and_stop_strings(prompts, reference, tokenizer):

@@ -36,7 +36,7 @@ def ids(requests: list[Request]) -> list[str]:
 
 
 def test_registry_has_every_policy_and_refuses_unknown_names_and_settings():
-    assert set(POLICIES) == {"fcfs", "sjf", "mlq", "priority", "slo", "static"}
+    assert set(POLICIES) == {"fcfs", "sjf", "mlq", "priority", "slo", "static", "rad"}
     clock = FakeClock()
     for name in POLICIES:
         assert make_policy(name, clock).name == name

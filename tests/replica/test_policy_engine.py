@@ -16,6 +16,7 @@ from shunter.replica.engine_config import EngineConfig
 from shunter.replica.output_collector import OutputCollector
 from shunter.replica.policies import POLICIES
 from shunter.replica.preemption import PreemptionCosts
+from shunter.replica.step_staircase import StepStaircase
 from tests.replica.fakes import FakeRunner, finished_outputs, make_engine, prompt, reference_output, run_to_completion
 
 MODES = ["recompute", "swap", "auto"]
@@ -30,10 +31,14 @@ class CostedFakeRunner(FakeRunner):
         return PreemptionCosts(recompute_s_per_token=1e-4, swap_s_per_block=7e-4, block_size=self.block_size)
 
 
+TILES = StepStaircase.uniform(32, 1e-3, fixed_s=1e-3)  # what RAD's runner "measures": tiles of 32 tokens
+
+
 def costed_engine(num_blocks: int, num_cpu_blocks: int, **settings) -> Engine:
     clock = FakeClock()
     config = EngineConfig(model="fake", num_kv_blocks=num_blocks, check_invariants=True, **settings)
     runner = CostedFakeRunner(num_blocks, config.block_size, num_cpu_blocks, clock=clock)
+    runner.staircase = TILES
     return Engine(config, clock=clock, runner=runner)
 
 
@@ -43,17 +48,20 @@ def costed_engine(num_blocks: int, num_cpu_blocks: int, **settings) -> Engine:
 def test_oracle_under_every_policy_and_preemption_mode(policy, mode, async_scheduling):
     """Mixed workloads under memory and seat pressure: same tokens as the reference. Trial 0
     is sure to run out of blocks (six requests of 5 blocks each in a pool of 14); the others
-    are random."""
+    are random, trial 1 with cache-aware ordering (every policy but static has it). RAD's runner
+    finds tiles of 32 tokens; its budgets include one off the tiles (40)."""
     rng = random.Random(f"{policy}-{mode}")
     preemptions = swaps = 0
+    budgets = [40, 64, 256] if policy == "rad" else [16, 64, 256]
     for trial in range(4):
         pressure = trial == 0
         engine = costed_engine(
             num_blocks=14 if pressure else rng.randint(14, 30),
             num_cpu_blocks=0 if mode == "recompute" else (64 if pressure else rng.choice([4, 64])),
-            policy=policy, preemption_mode=mode, max_num_batched_tokens=64 if pressure else rng.choice([16, 64, 256]),
+            policy=policy, preemption_mode=mode, max_num_batched_tokens=64 if pressure else rng.choice(budgets),
             max_num_seqs=8 if pressure else rng.choice([2, 4, 8]), enable_prefix_caching=rng.random() < 0.7,
             async_scheduling=async_scheduling,
+            cache_aware_order=policy != "static" and (trial == 1 or rng.random() < 0.3),
         )
         shared = prompt(rng.choice([0, 16]), trial)
         expected, done, collector = {}, {}, OutputCollector()

@@ -2,6 +2,8 @@
 parser, against what the client saw; the collectors' mapping of router and engine state."""
 from __future__ import annotations
 
+import dataclasses
+
 import types
 
 import grpc
@@ -119,3 +121,13 @@ def test_a_replica_page_shows_its_engines_last_stats():
     assert page.per_replica("shunter:num_requests_running") == {"replica-3": 1}
     assert page.get("shunter:prefix_cache_queries_total", replica="replica-3", model_name="m") == 40
     assert page.get("shunter:kv_cache_usage_perc") == stats.kv_blocks_in_use / stats.kv_blocks_total > 0
+    assert page.get("shunter:step_tile_tokens") == 0  # the fake engine times no staircase
+
+
+def test_a_replica_page_shows_its_step_time_staircase():
+    stats = dataclasses.replace(FakeEngine(step_time=0).stats(), step_tile_boundaries=(128, 256, 384))
+    registry = CollectorRegistry()
+    registry.register(ReplicaCollector("replica-0", "m", lambda: stats))
+    page = Page(generate_latest(registry).decode())
+    assert page.get("shunter:step_tile_tokens") == 128
+    assert page.get("shunter:step_tile_boundaries_info", boundaries="128,256,384") == 1

@@ -59,6 +59,9 @@ def serve(capsys, *argv: str) -> tuple[int, str]:
     (["--port", "9100", "--metrics-port", "9100"], "error: --metrics-port: 9100 is the gRPC --port"),
     (["--replicas", "3", "--replica-metrics-port-base", "65534"],
      "error: --replica-metrics-port-base: 3 replicas from 65534 go past port 65535"),
+    (["--policy", "static", "--cache-aware-order"], "error: --cache-aware-order: --policy static admits whole"),
+    (["--policy", "rad", "--max-num-batched-tokens", "8"], "error: --max-num-batched-tokens: 8 is below one tile"),
+    (["--max-num-batched-tokens", "0"], "error: --max-num-batched-tokens: must be an integer >= 1"),
 ])
 def test_a_wrong_option_is_one_line_and_exit_2(capsys, argv, says):
     code, err = serve(capsys, *argv)
@@ -95,9 +98,11 @@ def test_good_options_reach_ray_with_the_replica_threads(monkeypatch):
     monkeypatch.setattr(serve_cli, "_start_ray", start_ray)
     with pytest.raises(RuntimeError, match="stop here"):
         cli.main(["serve", "--model", "random:tiny", "--port", "0", "--num-cpus-per-replica", "0.5",
-                  "--preemption-mode", "swap", "--policy", "sjf"])
+                  "--preemption-mode", "swap", "--policy", "rad", "--max-num-batched-tokens", "1024",
+                  "--cache-aware-order"])
     config = seen["config"]
-    assert (config.num_threads, config.preemption_mode, config.policy) == (1, "swap", "sjf")
+    assert (config.num_threads, config.preemption_mode, config.policy) == (1, "swap", "rad")
+    assert (config.max_num_batched_tokens, config.cache_aware_order) == (1024, True)
 
 
 @pytest.mark.parametrize(("cpus", "threads", "expected"), [("0.5", None, 1), ("3", None, 3), ("1", "2", 2)])
@@ -138,7 +143,7 @@ def test_bad_rebalancing_options_are_refused_by_the_parser(argv, capsys):
 
 def test_help_shows_defaults_and_choices():
     out = subprocess.run([sys.executable, "-m", "shunter.cli", "serve", "--help"], capture_output=True, text=True)
-    assert "{fcfs,mlq,priority,sjf,slo,static}" in out.stdout
+    assert "{fcfs,mlq,priority,rad,sjf,slo,static}" in out.stdout
     assert "(default: fcfs)" in out.stdout and "(default: 50051)" in out.stdout
     assert "--num-threads" in out.stdout and "--num-cpus-per-replica" in out.stdout
 

@@ -11,17 +11,19 @@ if TYPE_CHECKING:
     from shunter.loadtest.sim.experiments.common import Result, Scale
 
 NAMES = ("static", "chunked", "slai", "routing", "hot-prefix", "rebalance", "specialization", "makespan", "scale",
-         "slo-preemptions", "crosscheck", "gpu-crosscheck")
+         "slo-preemptions", "crosscheck", "gpu-crosscheck", "rad", "tiling", "cache-order")
 SCALE_NAMES = ("full", "toy")
 
 
 def registry() -> dict[str, Callable[[Scale], Result]]:
     from shunter.loadtest.sim.experiments import (
         batching,
+        cache_order,
         crosscheck,
         gpu_crosscheck,
         makespan,
         policies,
+        rad,
         rebalancing,
         routing,
         scale,
@@ -40,6 +42,9 @@ def registry() -> dict[str, Callable[[Scale], Result]]:
         "slo-preemptions": policies.slo_preemptions,
         "crosscheck": crosscheck.crosscheck,  # runs real SmolLM2 replicas: minutes, and Ray
         "gpu-crosscheck": gpu_crosscheck.gpu_crosscheck,  # replays the committed H100 run: seconds, no GPU
+        "rad": rad.rad,
+        "tiling": rad.tiling,
+        "cache-order": cache_order.cache_order,
     }
     assert tuple(experiments) == NAMES
     return experiments
