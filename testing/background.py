@@ -20,6 +20,10 @@ from shunter.router.core import StateStore
 if TYPE_CHECKING:
     from shunter.router.metrics import FrontendMetrics
 
+# The router's start waits for every replica's model: Ray actors importing torch and loading a
+# checkpoint on a busy 2-core machine have taken over a minute.
+START_TIMEOUT_S = 180.0
+
 
 class BackgroundServer:
     """Start with the replica clients (and a state store: in memory by default); `stub` is a
@@ -37,7 +41,14 @@ class BackgroundServer:
         self.thread = threading.Thread(target=self.loop.run_forever, name="shunter-server", daemon=True)
         self.thread.start()
         self.metrics: FrontendMetrics | None = None
-        self.frontend: Frontend = self.call(self._start(model, metrics, security))
+        try:
+            self.frontend: Frontend = self.call(self._start(model, metrics, security), START_TIMEOUT_S)
+        except BaseException:
+            # Nothing will call close(): free the replicas (a Ray actor keeps its CPUs, and every
+            # later placement on the cluster would wait for them) and the loop, then say why.
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._kill_clients()
+            raise
         self.gateway = self.call(self._start_http(model, security)) if http else None
         self.port = self.frontend.port
         self.http_url = f"{self.gateway.scheme}://127.0.0.1:{self.gateway.port}/v1" if self.gateway else None
@@ -82,6 +93,9 @@ class BackgroundServer:
         self.thread.join(timeout=5)
         if self.metrics is not None:
             self.metrics.page.close()
+        self._kill_clients()
+
+    def _kill_clients(self) -> None:
         for c in self.clients:
             if hasattr(c, "kill"):
                 c.kill()
