@@ -41,8 +41,14 @@ def test_serve_status_metrics_and_sigterm_drain(ray_cluster):
         status = subprocess.run([sys.executable, "-m", "shunter.cli", "status", "--address", f"127.0.0.1:{port}"],
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 0 and "replica-0" in status.stdout and "replica-1" in status.stdout
-        rows = {line.split()[0]: line.split() for line in status.stdout.splitlines()}
-        assert rows["replica-0"][-2] == "large" and rows["replica-1"][-2] == "-"  # the role the flags gave
+        lines = status.stdout.splitlines()
+        head = next(line for line in lines if line.startswith("replica "))
+        rows = {line.split()[0]: line for line in lines}
+
+        def cell(replica: str, column: str) -> str:  # the table pads each column to its header's start
+            return rows[replica][head.index(f"  {column}") + 2:].split("  ")[0].strip()
+
+        assert cell("replica-0", "cache") == "large" and cell("replica-1", "cache") == "-"  # the role the flags gave
         assert "size threshold 4 blocks" in status.stdout and f"metrics port {metrics_port}" in status.stdout
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = pb_grpc.GenerationStub(channel)
@@ -50,7 +56,7 @@ def test_serve_status_metrics_and_sigterm_drain(ray_cluster):
                                               sampling=pb.SamplingOptions(max_tokens=5)), timeout=60))
         # Each replica actor serves its own page (on a free port, as --replica-metrics-port-base 0 asks):
         # together they looked up the one prompt; the frontend's page has the same count and the request.
-        replica_pages = [Page.scrape(f"http://127.0.0.1:{rows[r][-1]}/metrics") for r in ("replica-0", "replica-1")]
+        replica_pages = [Page.scrape(f"http://127.0.0.1:{cell(r, 'metrics')}/metrics") for r in ("replica-0", "replica-1")]
         assert sum(p.get("shunter:prefix_cache_queries_total") for p in replica_pages) == 10
         assert [list(p.per_replica("shunter:num_requests_running")) for p in replica_pages] == [["replica-0"],
                                                                                                   ["replica-1"]]

@@ -116,7 +116,7 @@ def test_a_live_migration_that_aborts_leaves_the_stream_on_its_replica_with_hfs_
     """The target refuses the reservation (a real engine out of blocks), or its process is
     SIGKILLed while a stage is on its way: the stream runs on where it was."""
     router = cluster.router
-    aborted = dict(router.counters.migrations_aborted_by)
+    aborted, rejoined = dict(router.counters.migrations_aborted_by), router.counters.rejoined
     moved: list[bool] = []
 
     def on_chunk(chunk, n):
@@ -144,9 +144,12 @@ def test_a_live_migration_that_aborts_leaves_the_stream_on_its_replica_with_hfs_
     assert tokens == reference[1] and moved == [False] and len(set(replicas)) == 1
     assert router.counters.migrations_aborted_by.get(failure, 0) == aborted.get(failure, 0) + 1
     if failure == "target_died":  # let Ray bring it back before the next test
+        # Until the router has seen the death and the rejoin, every slot may still read healthy.
         deadline = time.monotonic() + 180
-        while not all(s.healthy for s in router.slots.values()) and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (
+                router.counters.rejoined > rejoined and all(s.healthy for s in router.slots.values())):
             time.sleep(0.5)
+        assert router.counters.rejoined > rejoined, "the killed target never rejoined"
 
 
 def test_sigkill_of_a_replica_under_four_streams_every_stream_gets_hfs_tokens_and_it_rejoins(
