@@ -69,13 +69,20 @@ def reference(smollm2_folder, prompts):
     return tokens, hf_log_softmax(smollm2_folder, [p + t for p, t in zip(prompts, tokens)])
 
 
-@pytest.mark.parametrize("async_scheduling", [True, False], ids=["async", "sync"])
-@pytest.mark.parametrize("setting", [
-    {},
-    {"max_num_batched_tokens": 16},
-    {"num_kv_blocks": 6, "max_num_batched_tokens": 32, "preemption_mode": "recompute"},
-    {"num_kv_blocks": 6, "max_num_batched_tokens": 32, "preemption_mode": "swap", "swap_space": 0.05},
-], ids=["plain", "chunked", "recompute", "swap"])
+SETTINGS = {
+    "plain": {},
+    "chunked": {"max_num_batched_tokens": 16},
+    "recompute": {"num_kv_blocks": 6, "max_num_batched_tokens": 32, "preemption_mode": "recompute"},
+    "swap": {"num_kv_blocks": 6, "max_num_batched_tokens": 32, "preemption_mode": "swap", "swap_space": 0.05},
+}
+
+
+# Every setting async (the default); synchronously, the plain one and a preempting one (the
+# log-probabilities come from the same sampler row either way; the suite must stay short).
+@pytest.mark.parametrize("setting,async_scheduling",
+                         [(SETTINGS[name], True) for name in SETTINGS] + [(SETTINGS["plain"], False),
+                                                                          (SETTINGS["swap"], False)],
+                         ids=[f"{name}-async" for name in SETTINGS] + ["plain-sync", "swap-sync"])
 def test_chosen_top_k_and_prompt_logprobs_equal_hf(smollm2_folder, prompts, reference, setting, async_scheduling):
     tokens, rows = reference
     llm = _llm(async_scheduling=async_scheduling, **setting)

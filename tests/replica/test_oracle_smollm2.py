@@ -3,8 +3,8 @@ model, token for token, however the engine schedules, chunks, caches and preempt
 
 Both sides run in float32 on the CPU, also on a machine with a GPU (where `LLM` would otherwise
 pick CUDA and bfloat16); the GPU path has its own near-tie test (test_gpu_engine.py). Every test
-runs twice: with async scheduling (the default) and without (the policy x preemption matrix: under
-fcfs only)."""
+runs twice: with async scheduling (the default) and without (a test that takes a policy: under fcfs
+only)."""
 from __future__ import annotations
 
 import pytest
@@ -65,17 +65,16 @@ ASYNC_SCHEDULING = {"value": True}
 
 
 # The synchronous path differs from the async one in the pipeline, not in what a policy decides:
-# it runs every preemption mode under fcfs; the other policies' rows of the matrix run async only
-# (each row is ~5-10 s on the CI's 2 cores, and the suite must stay under 15 minutes).
-SYNC_MATRIX_POLICIES = {"fcfs"}
+# a test that takes a policy runs synchronously under fcfs only, the other policies async only
+# (each case is ~5-10 s on the CI's 2 cores, and the suite must stay well under 15 minutes).
+SYNC_POLICIES = {"fcfs"}
 
 
 @pytest.fixture(autouse=True, params=[True, False], ids=["async", "sync"])
 def scheduling(request):
     policy = getattr(request.node, "callspec", None) and request.node.callspec.params.get("policy")
-    if not request.param and request.node.originalname == "test_every_policy_and_preemption_mode_keeps_the_tokens" \
-            and policy not in SYNC_MATRIX_POLICIES:
-        pytest.skip("the policy x preemption matrix runs synchronously under fcfs only (the async rows cover the policies)")
+    if not request.param and policy and policy not in SYNC_POLICIES:
+        pytest.skip("a test that takes a policy runs synchronously under fcfs only (the async cases cover the policies)")
     ASYNC_SCHEDULING["value"] = request.param
 
 
@@ -112,8 +111,11 @@ def test_small_kv_pool_forces_preemption(prompts, reference, mode):
         assert stats.num_swaps > 0
 
 
-@pytest.mark.parametrize("mode", ["recompute", "swap", "auto"])
-@pytest.mark.parametrize("policy", ["fcfs", "sjf", "mlq", "priority", "slo", "static", "rad"])
+# auto picks recompute or swap by their measured costs, whatever the policy: it runs under fcfs and rad.
+@pytest.mark.parametrize("policy,mode", [(policy, mode) for policy in ("fcfs", "sjf", "mlq", "priority", "slo", "static", "rad")
+                                         for mode in ("recompute", "swap", "auto")
+                                         if mode != "auto" or policy in ("fcfs", "rad")],
+                         ids=lambda v: v)
 def test_every_policy_and_preemption_mode_keeps_the_tokens(prompts, reference, policy, mode):
     """Policies reorder work and pick victims; under memory and seat pressure, with mixed
     classes and output hints, the tokens stay HF's."""
