@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import random
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 
 from shunter.clock import Clock, MonotonicClock
 from shunter.replica.detokenizer import IncrementalDetokenizer
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.engine_protocol import CacheEvent, EngineOutput, EngineStats, ModelLimits
+from shunter.replica.grammar import Grammar, GrammarCompiler
 from shunter.replica.kv_cache_manager import KVCacheManager
 from shunter.replica.load_estimate import remaining_blocks
 from shunter.replica.logprobs import HostLogprobs, store_prompt_logprobs
@@ -46,6 +48,7 @@ class _Flight:
     last: list[Request] = field(default_factory=list)  # whose token on the way is their last (length)
     finals: dict[str, Request] = field(default_factory=dict)  # ended while their token was on its way
     settled: bool = False
+    constrained: bool = False  # a request in it follows a grammar: its next mask needs this step's token
 
 
 def _with_logprobs(out: EngineOutput, request: Request) -> None:
@@ -101,6 +104,13 @@ class Engine(Migration):
         self.async_scheduling = config.async_scheduling and getattr(self.runner, "supports_async_scheduling", False)
         self._flight: _Flight | None = None  # the launched step whose tokens are not read yet
         self._drained: list[EngineOutput] = []  # outputs of a step completed between two steps
+        # Structured output (`replica/grammar.py`): requests whose grammar is being compiled wait
+        # here, outside the scheduler; `_constrained` names those admitted with one (a superset:
+        # it only saves looking for grammars in a step that has none).
+        self.grammars = (GrammarCompiler(self.tokenizer, self.limits.vocab_size, self.eos_token_ids)
+                         if self.tokenizer is not None else None)
+        self._compiling: dict[str, tuple[Request, Future[Grammar]]] = {}
+        self._constrained: set[str] = set()
 
     def _measure_staircase(self, config: EngineConfig) -> StepStaircase | None:
         """Time steps of increasing size on the runner (`replica/step_staircase.py`), up to the
@@ -124,7 +134,7 @@ class Engine(Migration):
     ) -> None:
         prompt_token_ids = list(prompt_token_ids)
         validate_request(prompt_token_ids, params, self.limits)
-        if request_id in self.scheduler.requests:
+        if request_id in self.scheduler.requests or request_id in self._compiling:
             raise ValueError(f"request_id {request_id!r} is already in use")
         request = Request(
             request_id,
@@ -133,8 +143,53 @@ class Engine(Migration):
             arrival_time=self.clock.now() if arrival_time is None else arrival_time,
             eos_token_ids=self.eos_token_ids,
         )
+        if params.structured_output is not None:
+            self._compiling[request_id] = (request, self._grammar_compiler().compile(params.structured_output))
+            self._track(request)
+            return
         self._track(request)
         self.scheduler.add(request)
+
+    def _grammar_compiler(self) -> GrammarCompiler:
+        if self.grammars is None:
+            raise ValueError("structured_output: this model has no tokenizer to build a grammar's token mask from")
+        return self.grammars
+
+    def _grammar_of(self, request_id: str, params: SamplingParams, output_token_ids: list[int]) -> Grammar | None:
+        """A migrated request's grammar, compiled here and now and advanced over its output so far."""
+        if params.structured_output is None:
+            return None
+        grammar = self._grammar_compiler().compile_now(params.structured_output)
+        grammar.replay(output_token_ids)
+        self._constrained.add(request_id)
+        return grammar
+
+    def _admit_compiled(self) -> list[EngineOutput]:
+        """Hand the requests whose grammar is ready to the scheduler; with nothing else to run,
+        wait a little for one first (no spinning)."""
+        if not self.scheduler.has_unfinished() and self._flight is None:
+            wait([f for _, f in self._compiling.values()], timeout=0.005, return_when=FIRST_COMPLETED)
+        outputs = []
+        for request_id, (request, future) in list(self._compiling.items()):
+            if not future.done():
+                continue
+            del self._compiling[request_id]
+            try:
+                request.grammar = future.result()
+            except Exception:
+                log.exception("grammar of %s did not compile", request_id)
+                outputs.append(self._drop_uncompiled(request))
+                continue
+            self._constrained.add(request_id)
+            self.scheduler.add(request)
+        return outputs
+
+    def _drop_uncompiled(self, request: Request) -> EngineOutput:
+        """End a request that never reached the scheduler (aborted, or its grammar failed)."""
+        request.status, request.finish_reason = RequestStatus.FINISHED, "abort"
+        self.detokenizers.pop(request.request_id, None)
+        self.runner.drop_generator(request.request_id)
+        return self._output(request, [], "")
 
     def _track(self, request: Request) -> None:
         params = request.params
@@ -147,7 +202,11 @@ class Engine(Migration):
     def abort_request(self, request_id: str) -> EngineOutput | None:
         request = self.scheduler.requests.get(request_id)
         if request is None:
-            return None
+            compiling = self._compiling.pop(request_id, None)
+            if compiling is None:
+                return None
+            compiling[1].cancel()
+            return self._drop_uncompiled(compiling[0])
         return self._finish(request, "abort", [])
 
     # ---- one step --------------------------------------------------------------------------
@@ -156,9 +215,14 @@ class Engine(Migration):
         that is this step; with async scheduling the step before, whose tokens are read back
         only now, after this one was launched on the device."""
         outputs, self._drained = self._drained, []
+        if self._compiling:
+            outputs += self._admit_compiled()
         flight, self._flight = self._flight, None
         if flight is not None:
             self._settle(flight)
+            if flight.constrained:  # a grammar's next mask needs this step's token: read it back now
+                outputs += self._complete(flight)
+                flight = None
         if not self.scheduler.has_unfinished():
             return outputs + (self._complete(flight) if flight is not None else [])
         started, clock_started = time.perf_counter(), self.clock.now()
@@ -194,9 +258,11 @@ class Engine(Migration):
     def _launch(self, out: SchedulerOutput) -> _Flight:
         """Start the step on the runner; count its tokens as computed and give every request that
         samples a placeholder for its token, so the next schedule sees the tokens it will have."""
+        if self._constrained:
+            out.token_bitmask = self._token_mask(out)
         pending = self.runner.execute(out)
         self.kv.swaps_done()
-        flight = _Flight(pending, [], [], [])
+        flight = _Flight(pending, [], [], [], constrained=out.token_bitmask is not None)
         sampled, slots, filled, last = flight.sampled, flight.slots, flight.filled, flight.last
         limit, bs = self.max_model_len, self.block_size
         for s in out.scheduled:
@@ -214,6 +280,18 @@ class Engine(Migration):
                     last.append(req)
                 ids.append(PLACEHOLDER)
         return flight
+
+    def _token_mask(self, out: SchedulerOutput):
+        """The step's token bitmask, one row per request that samples; None if none follows a
+        grammar. Their tokens are all known: a step with one completes before the next launches."""
+        rows, row = [], 0
+        for s in out.scheduled:
+            req = s.request
+            if req.num_computed_tokens + s.num_new_tokens == len(req.prompt_token_ids) + len(req.output_token_ids):
+                if req.grammar is not None:
+                    rows.append((row, req.grammar))
+                row += 1
+        return self.grammars.masks(rows, row) if rows else None  # type: ignore[union-attr]
 
     def _settle(self, flight: _Flight) -> None:
         """Before the next schedule, as if the step's tokens were in: publish the blocks it
@@ -263,6 +341,8 @@ class Engine(Migration):
             # Length stops were found before the token came (`_settle`): they are the finals.
             stop = ((token in req.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids
                     or (detok is not None and detok.stopped))
+            if req.grammar is not None and req.grammar.accept(token):
+                stop = True  # the grammar is complete and allows nothing more
             if not stop and final is None:
                 cached = req.num_cached_tokens
                 out = EngineOutput(req.request_id, [token], j + 1, None, new_text, cached if cached > 0 else 0,
@@ -288,6 +368,7 @@ class Engine(Migration):
         """End the request (if the scheduler has not) and report it; tokens still on their way
         (placeholders) are dropped with it."""
         ids = request.output_token_ids
+        self._constrained.discard(request.request_id)
         if not request.is_finished:
             if request.status is RequestStatus.RUNNING:
                 _drop_placeholders(ids)  # first: the policy learns the request's length as it finishes
@@ -310,7 +391,8 @@ class Engine(Migration):
         return out
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished() or self._flight is not None or bool(self._drained)
+        return (self.scheduler.has_unfinished() or self._flight is not None or bool(self._drained)
+                or bool(self._compiling))
 
     # ---- what the router sees --------------------------------------------------------------
     def stats(self) -> EngineStats:
@@ -322,7 +404,7 @@ class Engine(Migration):
         queries = self.kv.prefix_queries
         return EngineStats(
             num_running=len(s.running),
-            num_waiting=len(s.waiting),
+            num_waiting=len(s.waiting) + len(self._compiling),
             num_swapped=len(s.swapped),
             kv_blocks_total=self.kv.num_blocks,
             kv_blocks_in_use=self.kv.num_blocks_in_use(),

@@ -20,10 +20,12 @@ from shunter.replica.request import Request, RequestStatus
 
 if TYPE_CHECKING:
     from shunter.clock import Clock
+    from shunter.replica.grammar import Grammar
     from shunter.replica.detokenizer import IncrementalDetokenizer
     from shunter.replica.kv_cache_manager import KVCacheManager
     from shunter.replica.model_runner import ModelRunner
     from shunter.replica.scheduler import Scheduler
+    from shunter.sampling_params import SamplingParams
 
 
 def _copy(items: list | None) -> list | None:
@@ -42,9 +44,11 @@ class Migration:
     detokenizers: dict[str, IncrementalDetokenizer]
 
     _drained: list
+    _constrained: set[str]
 
     def _track(self, request: Request) -> None: ...
     def _drain(self) -> None: ...
+    def _grammar_of(self, request_id: str, params: SamplingParams, output_token_ids: list[int]) -> Grammar | None: ...
 
     # ---- source ------------------------------------------------------------------------------
     def export_request(self, request_id: str, from_block: int = 0,
@@ -78,6 +82,7 @@ class Migration:
             prompt_logprobs=request.prompt_logprobs,
         )
         self.scheduler.remove(request)
+        self._constrained.discard(request_id)
         self.runner.remove_request(request_id)
         self.detokenizers.pop(request_id, None)
         self.runner.drop_generator(request_id)
@@ -130,6 +135,7 @@ class Migration:
             eos_token_ids=self.eos_token_ids, output_token_ids=list(state.output_token_ids),
             num_cached_tokens=state.num_cached_tokens, output_logprobs=_copy(state.output_logprobs),
             prompt_logprobs=_copy(state.prompt_logprobs),
+            grammar=self._grammar_of(state.request_id, state.params, state.output_token_ids),
         )
         self._track(request)
         if state.rng_state is not None and request.request_id in self.runner.generators:

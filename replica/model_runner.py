@@ -226,7 +226,7 @@ class ModelRunner:
         else:
             hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn)
         logits = self.model.compute_logits(hidden[batch.logits_indices])
-        sampled = sample(logits, inputs.sampling)
+        sampled = sample(logits, inputs.sampling, out.token_bitmask)
         self._last_tokens = sampled.tokens
         prompt = self._prompt_logprobs(out, hidden)
         pending = self.readback.start(sampled.tokens, samples, sampled.logprobs, prompt)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from shunter.logprobs import TokenLogprobs
 from shunter.sampling_params import SamplingParams
@@ -49,6 +50,9 @@ class Request:
     # go out with output token 0.
     output_logprobs: list[TokenLogprobs] | None = None
     prompt_logprobs: list[TokenLogprobs | None] | None = None
+    # A request with `params.structured_output`: its matcher (`replica/grammar.py`), which has
+    # consumed every output token so far.
+    grammar: Any = None
 
     def __post_init__(self) -> None:
         if self.params.logprobs is not None and self.output_logprobs is None:

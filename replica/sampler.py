@@ -7,9 +7,11 @@ pure function of (its seed, k) (splitmix64), so its tokens do not depend on what
 the batch, survive preemption (a recompute draws the same k again) and migrate with the seed
 alone. The token is the inverse CDF of the filtered distribution at that number.
 
-Log-probabilities are taken from the logits as the model gave them, before temperature and the
-filters (and, later, a grammar's mask or a speculative verifier, which act on what is sampled,
-not on what is reported): vLLM v1's default, so a greedy request sees the numbers a sampled one
+A grammar's token mask (structured output: a bitmask from `grammar.py`) sets the disallowed
+tokens' logits to -inf before the token is chosen, greedy or drawn.
+
+Log-probabilities are taken from the logits as the model gave them, before temperature, the
+filters and a grammar's mask (which act on what is sampled, not on what is reported): vLLM v1's default, so a greedy request sees the numbers a sampled one
 does. They are computed only when a row of the step asks (`SamplingInputs.num_logprobs`, known
 on the host), as a log-sum-exp, a top-k and a count per row: no `[N, vocab]` tensor is written.
 """
@@ -95,11 +97,23 @@ class SamplerOutput:
     logprobs: LogprobsTensors | None  # of every row, when a row asked (`num_logprobs` >= 0)
 
 
-def sample(logits: torch.Tensor, s: SamplingInputs) -> SamplerOutput:
-    """One token per row of `logits` `[N, vocab]`, int64 on the logits' device; with
-    `s.num_logprobs` >= 0 every row's token log-probability and that many top tokens too."""
+def allowed_tokens(bitmask: torch.Tensor, vocab: int, device: torch.device) -> torch.Tensor:
+    """bool `[N, vocab]` from an int32 bitmask `[N, ceil(vocab / 32)]` (bit j of word i: token 32i + j)."""
+    words = bitmask.to(device, non_blocking=True)
+    bits = torch.arange(32, dtype=torch.int32, device=device)
+    return ((words.unsqueeze(-1) >> bits) & 1).bool().flatten(1)[:, :vocab]
+
+
+def sample(logits: torch.Tensor, s: SamplingInputs, token_bitmask: torch.Tensor | None = None) -> SamplerOutput:
+    """One token per row of `logits` `[N, vocab]`, int64 on the logits' device, among the tokens
+    `token_bitmask` allows (all without one); with `s.num_logprobs` >= 0 every row's token
+    log-probability and that many top tokens too, from the unmasked logits."""
     logits = logits.float()
-    tokens = _tokens(logits, s)
+    chosen_from = logits
+    if token_bitmask is not None:
+        allowed = allowed_tokens(token_bitmask, logits.shape[-1], logits.device)
+        chosen_from = logits.masked_fill(~allowed, float("-inf"))
+    tokens = _tokens(chosen_from, s)
     lp = logprobs_of(logits, tokens, s.num_logprobs) if s.num_logprobs >= 0 else None
     return SamplerOutput(tokens, lp)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from shunter.clock import Clock
 from shunter.mathutil import cdiv
@@ -78,6 +79,9 @@ class SchedulerOutput:
     # Requests the scheduler ended before running them (e.g. a deadline that can no longer be
     # met), already removed from every queue; the engine reports them with their finish_reason.
     finished: list[Request] = field(default_factory=list)
+    # Set by the engine when a request in the step follows a grammar: int32 [rows that sample,
+    # ceil(vocab / 32)], a bit per allowed token (`replica/grammar.py`); the runner's sampler applies it.
+    token_bitmask: Any = None
 
     @property
     def num_tokens(self) -> int:

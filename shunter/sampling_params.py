@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shunter.logprobs import MAX_LOGPROBS
+from shunter.structured_output import KINDS, StructuredOutput
 
 # Priority classes, most important first: a class's level is what policies order by.
 CLASS_LEVEL = {"interactive": 0, "batch": 1}
@@ -19,6 +20,8 @@ class SamplingParams:
     `logprobs=k` returns each output token's log-probability and the k most likely tokens at its
     position (0: the token's alone); `prompt_logprobs=k` the same for every prompt token after the
     first. Both are of the raw distribution, before temperature and filters (`shunter/logprobs.py`).
+    `structured_output` constrains the output to a JSON schema, a regex, a choice or a grammar
+    (`shunter/structured_output.py`; a dict is taken as its fields).
     """
 
     max_tokens: int = 16
@@ -32,6 +35,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    structured_output: StructuredOutput | None = None
     # Scheduling hints; policies may use them, tokens never depend on them.
     priority: str = "interactive"
     ttft_ms: float | None = None
@@ -62,6 +66,13 @@ class SamplingParams:
             value = getattr(self, name)
             if value is not None and (type(value) is not int or not 0 <= value <= MAX_LOGPROBS):
                 raise ValueError(f"{name} must be an integer in [0, {MAX_LOGPROBS}] (or None), got {value!r}")
+        if isinstance(self.structured_output, dict):
+            unknown = sorted(set(self.structured_output) - set(KINDS))
+            if unknown:
+                raise ValueError(f"structured_output: unknown field {unknown[0]!r}; the fields are {', '.join(KINDS)}")
+            self.structured_output = StructuredOutput(**self.structured_output)
+        if self.structured_output is not None and not isinstance(self.structured_output, StructuredOutput):
+            raise ValueError(f"structured_output must be a StructuredOutput, got {type(self.structured_output).__name__}")
         if self.priority not in CLASS_LEVEL:
             raise ValueError(f"priority must be one of {', '.join(CLASS_LEVEL)}, got {self.priority!r}")
         for name in ("ttft_ms", "tbt_ms", "deadline_ms"):
