@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bshunter/v1/generation.proto\x12\nshunter.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"5\n\x08Messages\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.shunter.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xcb\x02\n\x0fSamplingOptions\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x15\n\x08logprobs\x18\t \x01(\rH\x05\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\n \x01(\rH\x06\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"G\n\x03Slo\x12\x14\n\x07ttft_ms\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x13\n\x06tbt_ms\x18\x02 \x01(\x02H\x01\x88\x01\x01\x42\n\n\x08_ttft_msB\t\n\x07_tbt_ms\"\xbb\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\x30\n\x10prompt_token_ids\x18\x03 \x01(\x0b\x32\x14.shunter.v1.TokenIdsH\x00\x12(\n\x08messages\x18\x04 \x01(\x0b\x32\x14.shunter.v1.MessagesH\x00\x12-\n\x08sampling\x18\x05 \x01(\x0b\x32\x1b.shunter.v1.SamplingOptions\x12&\n\x08priority\x18\x06 \x01(\x0e\x32\x14.shunter.v1.Priority\x12\x1c\n\x03slo\x18\x07 \x01(\x0b\x32\x0f.shunter.v1.Slo\x12\x18\n\x0bresume_from\x18\x08 \x01(\rH\x01\x88\x01\x01\x42\x07\n\x05inputB\x0e\n\x0c_resume_from\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"d\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12#\n\x03top\x18\x04 \x03(\x0b\x32\x16.shunter.v1.TopLogprob\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\xf3\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.shunter.v1.Usage\x12\x12\n\nreplica_id\x18\x06 \x01(\t\x12*\n\x08logprobs\x18\x07 \x03(\x0b\x32\x18.shunter.v1.TokenLogprob\x12\x31\n\x0fprompt_logprobs\x18\x08 \x03(\x0b\x32\x18.shunter.v1.TokenLogprob\"\x16\n\x14\x43lusterStatusRequest\"\xf2\x02\n\rReplicaStatus\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12\x13\n\x0bnum_running\x18\x04 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x05 \x01(\r\x12\x13\n\x0bnum_swapped\x18\x06 \x01(\r\x12\x17\n\x0fkv_blocks_total\x18\x07 \x01(\r\x12\x18\n\x10kv_blocks_in_use\x18\x08 \x01(\r\x12\x18\n\x10kv_blocks_cached\x18\t \x01(\r\x12\x17\n\x0fprefix_hit_rate\x18\n \x01(\x02\x12\x13\n\x0bload_blocks\x18\x0b \x01(\r\x12\x13\n\x0blarge_cache\x18\x0c \x01(\x08\x12\x14\n\x0cmetrics_port\x18\r \x01(\r\x12\x15\n\rmigrating_out\x18\x0e \x01(\r\x12\x14\n\x0cmigrating_in\x18\x0f \x01(\r\x12\x1c\n\x14step_tile_boundaries\x18\x10 \x03(\r\"\xc7\x01\n\x0eRouterCounters\x12\x0e\n\x06routed\x18\x01 \x01(\x04\x12\x10\n\x08migrated\x18\x02 \x01(\x04\x12\x13\n\x0b\x66\x61iled_over\x18\x03 \x01(\x04\x12\x10\n\x08rejected\x18\x04 \x01(\x04\x12\x11\n\tin_flight\x18\x05 \x01(\x04\x12\x0e\n\x06queued\x18\x06 \x01(\x04\x12\x11\n\tmigrating\x18\x07 \x01(\x04\x12\x1a\n\x12migrations_aborted\x18\x08 \x01(\x04\x12\x1a\n\x12migrations_refused\x18\t \x01(\x04\"\xc7\x01\n\x15\x43lusterStatusResponse\x12+\n\x08replicas\x18\x01 \x03(\x0b\x32\x19.shunter.v1.ReplicaStatus\x12,\n\x08\x63ounters\x18\x02 \x01(\x0b\x32\x1a.shunter.v1.RouterCounters\x12\x0f\n\x07routing\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x1d\n\x15size_threshold_blocks\x18\x05 \x01(\r\x12\x14\n\x0cmetrics_port\x18\x06 \x01(\r*R\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x12\n\x0ePRIORITY_BATCH\x10\x02\x32\xab\x01\n\nGeneration\x12G\n\x08Generate\x12\x1b.shunter.v1.GenerateRequest\x1a\x1c.shunter.v1.GenerateResponse0\x01\x12T\n\rClusterStatus\x12 .shunter.v1.ClusterStatusRequest\x1a!.shunter.v1.ClusterStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bshunter/v1/generation.proto\x12\nshunter.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"5\n\x08Messages\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.shunter.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\x84\x03\n\x0fSamplingOptions\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x15\n\x08logprobs\x18\t \x01(\rH\x05\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\n \x01(\rH\x06\x88\x01\x01\x12\x37\n\x11structured_output\x18\x0b \x01(\x0b\x32\x1c.shunter.v1.StructuredOutputB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"\x8c\x01\n\x10StructuredOutput\x12\x0e\n\x04json\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12%\n\x06\x63hoice\x18\x04 \x01(\x0b\x32\x13.shunter.v1.ChoicesH\x00\x12\x11\n\x07grammar\x18\x05 \x01(\tH\x00\x42\x06\n\x04kind\"\x1a\n\x07\x43hoices\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\t\"G\n\x03Slo\x12\x14\n\x07ttft_ms\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x13\n\x06tbt_ms\x18\x02 \x01(\x02H\x01\x88\x01\x01\x42\n\n\x08_ttft_msB\t\n\x07_tbt_ms\"\xbb\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\x30\n\x10prompt_token_ids\x18\x03 \x01(\x0b\x32\x14.shunter.v1.TokenIdsH\x00\x12(\n\x08messages\x18\x04 \x01(\x0b\x32\x14.shunter.v1.MessagesH\x00\x12-\n\x08sampling\x18\x05 \x01(\x0b\x32\x1b.shunter.v1.SamplingOptions\x12&\n\x08priority\x18\x06 \x01(\x0e\x32\x14.shunter.v1.Priority\x12\x1c\n\x03slo\x18\x07 \x01(\x0b\x32\x0f.shunter.v1.Slo\x12\x18\n\x0bresume_from\x18\x08 \x01(\rH\x01\x88\x01\x01\x42\x07\n\x05inputB\x0e\n\x0c_resume_from\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"d\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12#\n\x03top\x18\x04 \x03(\x0b\x32\x16.shunter.v1.TopLogprob\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\xf3\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.shunter.v1.Usage\x12\x12\n\nreplica_id\x18\x06 \x01(\t\x12*\n\x08logprobs\x18\x07 \x03(\x0b\x32\x18.shunter.v1.TokenLogprob\x12\x31\n\x0fprompt_logprobs\x18\x08 \x03(\x0b\x32\x18.shunter.v1.TokenLogprob\"\x16\n\x14\x43lusterStatusRequest\"\xf2\x02\n\rReplicaStatus\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12\x13\n\x0bnum_running\x18\x04 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x05 \x01(\r\x12\x13\n\x0bnum_swapped\x18\x06 \x01(\r\x12\x17\n\x0fkv_blocks_total\x18\x07 \x01(\r\x12\x18\n\x10kv_blocks_in_use\x18\x08 \x01(\r\x12\x18\n\x10kv_blocks_cached\x18\t \x01(\r\x12\x17\n\x0fprefix_hit_rate\x18\n \x01(\x02\x12\x13\n\x0bload_blocks\x18\x0b \x01(\r\x12\x13\n\x0blarge_cache\x18\x0c \x01(\x08\x12\x14\n\x0cmetrics_port\x18\r \x01(\r\x12\x15\n\rmigrating_out\x18\x0e \x01(\r\x12\x14\n\x0cmigrating_in\x18\x0f \x01(\r\x12\x1c\n\x14step_tile_boundaries\x18\x10 \x03(\r\"\xc7\x01\n\x0eRouterCounters\x12\x0e\n\x06routed\x18\x01 \x01(\x04\x12\x10\n\x08migrated\x18\x02 \x01(\x04\x12\x13\n\x0b\x66\x61iled_over\x18\x03 \x01(\x04\x12\x10\n\x08rejected\x18\x04 \x01(\x04\x12\x11\n\tin_flight\x18\x05 \x01(\x04\x12\x0e\n\x06queued\x18\x06 \x01(\x04\x12\x11\n\tmigrating\x18\x07 \x01(\x04\x12\x1a\n\x12migrations_aborted\x18\x08 \x01(\x04\x12\x1a\n\x12migrations_refused\x18\t \x01(\x04\"\xc7\x01\n\x15\x43lusterStatusResponse\x12+\n\x08replicas\x18\x01 \x03(\x0b\x32\x19.shunter.v1.ReplicaStatus\x12,\n\x08\x63ounters\x18\x02 \x01(\x0b\x32\x1a.shunter.v1.RouterCounters\x12\x0f\n\x07routing\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x1d\n\x15size_threshold_blocks\x18\x05 \x01(\r\x12\x14\n\x0cmetrics_port\x18\x06 \x01(\r*R\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x12\n\x0ePRIORITY_BATCH\x10\x02\x32\xab\x01\n\nGeneration\x12G\n\x08Generate\x12\x1b.shunter.v1.GenerateRequest\x1a\x1c.shunter.v1.GenerateResponse0\x01\x12T\n\rClusterStatus\x12 .shunter.v1.ClusterStatusRequest\x1a!.shunter.v1.ClusterStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shunter.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRIORITY']._serialized_start=2174
-  _globals['_PRIORITY']._serialized_end=2256
+  _globals['_PRIORITY']._serialized_start=2402
+  _globals['_PRIORITY']._serialized_end=2484
   _globals['_CHATMESSAGE']._serialized_start=43
   _globals['_CHATMESSAGE']._serialized_end=87
   _globals['_MESSAGES']._serialized_start=89
@@ -40,27 +40,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENIDS']._serialized_start=144
   _globals['_TOKENIDS']._serialized_end=167
   _globals['_SAMPLINGOPTIONS']._serialized_start=170
-  _globals['_SAMPLINGOPTIONS']._serialized_end=501
-  _globals['_SLO']._serialized_start=503
-  _globals['_SLO']._serialized_end=574
-  _globals['_GENERATEREQUEST']._serialized_start=577
-  _globals['_GENERATEREQUEST']._serialized_end=892
-  _globals['_TOPLOGPROB']._serialized_start=894
-  _globals['_TOPLOGPROB']._serialized_end=941
-  _globals['_TOKENLOGPROB']._serialized_start=943
-  _globals['_TOKENLOGPROB']._serialized_end=1043
-  _globals['_USAGE']._serialized_start=1045
-  _globals['_USAGE']._serialized_end=1125
-  _globals['_GENERATERESPONSE']._serialized_start=1128
-  _globals['_GENERATERESPONSE']._serialized_end=1371
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=1373
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=1395
-  _globals['_REPLICASTATUS']._serialized_start=1398
-  _globals['_REPLICASTATUS']._serialized_end=1768
-  _globals['_ROUTERCOUNTERS']._serialized_start=1771
-  _globals['_ROUTERCOUNTERS']._serialized_end=1970
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=1973
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=2172
-  _globals['_GENERATION']._serialized_start=2259
-  _globals['_GENERATION']._serialized_end=2430
+  _globals['_SAMPLINGOPTIONS']._serialized_end=558
+  _globals['_STRUCTUREDOUTPUT']._serialized_start=561
+  _globals['_STRUCTUREDOUTPUT']._serialized_end=701
+  _globals['_CHOICES']._serialized_start=703
+  _globals['_CHOICES']._serialized_end=729
+  _globals['_SLO']._serialized_start=731
+  _globals['_SLO']._serialized_end=802
+  _globals['_GENERATEREQUEST']._serialized_start=805
+  _globals['_GENERATEREQUEST']._serialized_end=1120
+  _globals['_TOPLOGPROB']._serialized_start=1122
+  _globals['_TOPLOGPROB']._serialized_end=1169
+  _globals['_TOKENLOGPROB']._serialized_start=1171
+  _globals['_TOKENLOGPROB']._serialized_end=1271
+  _globals['_USAGE']._serialized_start=1273
+  _globals['_USAGE']._serialized_end=1353
+  _globals['_GENERATERESPONSE']._serialized_start=1356
+  _globals['_GENERATERESPONSE']._serialized_end=1599
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=1601
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=1623
+  _globals['_REPLICASTATUS']._serialized_start=1626
+  _globals['_REPLICASTATUS']._serialized_end=1996
+  _globals['_ROUTERCOUNTERS']._serialized_start=1999
+  _globals['_ROUTERCOUNTERS']._serialized_end=2198
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=2201
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=2400
+  _globals['_GENERATION']._serialized_start=2487
+  _globals['_GENERATION']._serialized_end=2658
 # @@protoc_insertion_point(module_scope)

@@ -82,6 +82,13 @@ class SamplingParams:
         if self.expected_output_tokens is not None and self.expected_output_tokens < 0:
             raise ValueError(f"expected_output_tokens must be >= 0, got {self.expected_output_tokens}")
 
+    def as_dict(self) -> dict:
+        """Every field, JSON-ready; `SamplingParams(**d)` builds it again."""
+        d = dict(vars(self))
+        if self.structured_output is not None:
+            d["structured_output"] = self.structured_output.fields()
+        return d
+
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0

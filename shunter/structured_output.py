@@ -45,6 +45,10 @@ class StructuredOutput:
     def kind(self) -> str:
         return next(k for k in KINDS if getattr(self, k) not in (None, False))
 
+    def fields(self) -> dict[str, Any]:
+        """The one field set, as `SamplingParams(structured_output=...)` takes it (JSON-ready)."""
+        return {self.kind: getattr(self, self.kind)}
+
 
 def _compile(kind: str, value: Any) -> str:
     """The llguidance grammar text for one field; ValueError naming it when it is malformed."""

@@ -23,6 +23,7 @@ MAX_STOP = 16
 MAX_STOP_CHARS = 256  # per stop string: each is searched for in the text of every chunk
 MAX_STOP_TOKEN_IDS = 64
 MAX_MESSAGES = 256
+MAX_STRUCTURED_CHARS = 1 << 16  # a schema, regex, grammar or the choices together
 MAX_REQUEST_BYTES = 1 << 20  # the server's gRPC max receive size: a larger request is RESOURCE_EXHAUSTED
 PRIORITIES = {0: "interactive", 1: "interactive", 2: "batch"}
 
@@ -100,6 +101,7 @@ def sampling_params(req: pb.GenerateRequest) -> SamplingParams:
         raise InvalidArgument(f"priority: unknown value {req.priority}")
     logprobs = s.logprobs if s.HasField("logprobs") else None
     prompt_logprobs = s.prompt_logprobs if s.HasField("prompt_logprobs") else None
+    structured = _structured_output(s.structured_output) if s.HasField("structured_output") else None
     ttft = _finite("slo.ttft_ms", req.slo.ttft_ms, 0.0, low_open=True) if req.slo.HasField("ttft_ms") else None
     tbt = _finite("slo.tbt_ms", req.slo.tbt_ms, 0.0, low_open=True) if req.slo.HasField("tbt_ms") else None
     try:
@@ -107,9 +109,21 @@ def sampling_params(req: pb.GenerateRequest) -> SamplingParams:
             max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=max(top_k, -1) if top_k else -1,
             seed=seed, stop=stop, stop_token_ids=list(s.stop_token_ids), ignore_eos=s.ignore_eos,
             logprobs=logprobs, prompt_logprobs=prompt_logprobs, priority=PRIORITIES[req.priority], ttft_ms=ttft,
-            tbt_ms=tbt)
+            tbt_ms=tbt, structured_output=structured)
     except ValueError as e:  # SamplingParams names the field; say where it sits in the request
         raise InvalidArgument(f"sampling.{e}") from e
+
+
+def _structured_output(so: pb.StructuredOutput) -> dict:
+    """The spec's one field as `SamplingParams` takes it (which checks that it compiles)."""
+    which = so.WhichOneof("kind")
+    if which is None:
+        raise InvalidArgument("sampling.structured_output: set one of json, json_object, regex, choice, grammar")
+    value = list(so.choice.choices) if which == "choice" else getattr(so, which)
+    size = sum(map(len, value)) if which == "choice" else len(str(value))
+    if size > MAX_STRUCTURED_CHARS:
+        raise InvalidArgument(f"sampling.structured_output.{which}: at most {MAX_STRUCTURED_CHARS} characters")
+    return {which: value}
 
 
 def prepare(req: pb.GenerateRequest, info: ReplicaInfo) -> Prepared:

@@ -6,7 +6,9 @@ number, a number is not a boolean. Our extensions (`priority`, `slo`, `top_k`, `
 `return_token_ids`) are ordinary fields here, so the official client sends them with
 `extra_body`. A field that takes several shapes (`prompt`, `stop`, message `content`) is checked
 by one function that names the shapes, instead of one pydantic error per union member.
-Log-probabilities come in OpenAI's two shapes: completions' (`tokens`, `token_logprobs`,
+Structured output comes as OpenAI's `response_format` (`json_object`, or `json_schema` with its
+`schema`) or as vLLM's `structured_outputs` (`json`, `regex`, `choice`, `grammar`), on both
+endpoints. Log-probabilities come in OpenAI's two shapes: completions' (`tokens`, `token_logprobs`,
 `top_logprobs`, `text_offset`, the prompt's first with `echo`) and chat's (`content`, one entry
 a token with its `top_logprobs`).
 """
@@ -83,6 +85,28 @@ class ChatMessage(Strict):
     content: Annotated[str, BeforeValidator(_content)]
 
 
+class JsonSchemaFormat(Strict):
+    name: str
+    schema_: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None  # accepted: every schema is enforced
+
+
+class ResponseFormat(Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(Strict):
+    """vLLM's extension: the output follows exactly one of these."""
+
+    json_: dict[str, Any] | str | None = Field(None, alias="json")
+    json_object: bool | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+
+
 class SamplingFields(Strict):
     """What completions and chat requests share."""
 
@@ -101,6 +125,8 @@ class SamplingFields(Strict):
     slo: Slo | None = None
     top_k: int = Field(-1, ge=-1, le=INT32_MAX)
     ignore_eos: bool = False
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None  # vLLM's extension
 
 
 class CompletionRequest(SamplingFields):

@@ -21,6 +21,7 @@ from shunter.replica.replica_core import ReplicaInfo
 from shunter.replica.validation import validate_request
 from shunter.router.http.protocol import MAX_PROMPTS, ChatCompletionRequest, CompletionRequest, SamplingFields
 from shunter.sampling_params import SamplingParams
+from shunter.structured_output import StructuredOutput
 
 
 @dataclass
@@ -50,13 +51,39 @@ class LogprobsAsked:
     prompt: int | None = None
 
 
-def _params(req: SamplingFields, max_tokens: int, sample: int, logprobs: LogprobsAsked) -> SamplingParams:
+def _params(req: SamplingFields, max_tokens: int, sample: int, logprobs: LogprobsAsked,
+            structured: StructuredOutput | None) -> SamplingParams:
     slo = req.slo
     return SamplingParams(
         max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
         seed=None if req.seed is None else (req.seed + sample) % 2**63, stop=list(req.stop),
         ignore_eos=req.ignore_eos, logprobs=logprobs.output, prompt_logprobs=logprobs.prompt,
-        priority=req.priority, ttft_ms=slo.ttft_ms if slo else None, tbt_ms=slo.tbt_ms if slo else None)
+        priority=req.priority, ttft_ms=slo.ttft_ms if slo else None, tbt_ms=slo.tbt_ms if slo else None,
+        structured_output=structured)
+
+
+def _structured(req: SamplingFields) -> StructuredOutput | None:
+    """The output's shape from `response_format` or `structured_outputs` (checked once for all choices)."""
+    fmt, asked = req.response_format, req.structured_outputs
+    if fmt is not None and fmt.type != "text" and asked is not None:
+        raise InvalidArgument("response_format: send response_format or structured_outputs, not both")
+    if asked is not None:
+        fields, field_of = asked.model_dump(by_alias=True, exclude_none=True), None
+    elif fmt is None or fmt.type == "text":
+        return None
+    elif fmt.type == "json_object":
+        fields, field_of = {"json_object": True}, "response_format"
+    elif fmt.json_schema is None:
+        raise InvalidArgument("response_format.json_schema: required when type is json_schema")
+    else:
+        fields, field_of = {"json": fmt.json_schema.schema_}, "response_format.json_schema.schema"
+    try:
+        return StructuredOutput(**fields)
+    except ValueError as e:
+        message = str(e).removeprefix("structured_output")
+        if field_of is None:
+            raise InvalidArgument("structured_outputs" + message) from e
+        raise InvalidArgument(field_of + message[message.index(":"):]) from e
 
 
 def _top_k(value: int | None, field: str) -> int | None:
@@ -70,9 +97,10 @@ def _plan(prefix: str, req: SamplingFields, prompts: list[list[int]], fields: li
           echoes: list[str | None] | None = None) -> Plan:
     plan_id = f"{prefix}-{uuid.uuid4().hex}"
     choices = []
+    structured = _structured(req)
     for p, (ids, field, limit) in enumerate(zip(prompts, fields, max_tokens)):
         for sample in range(req.n):
-            params = _params(req, limit, sample, logprobs)
+            params = _params(req, limit, sample, logprobs, structured)
             try:
                 validate_request(ids, params, info.limits, prompt_field=field)
             except ValueError as e:

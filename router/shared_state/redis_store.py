@@ -152,7 +152,7 @@ class RedisStateStore(MemoryStateStore):
         """Write a whole record: a new request or an adopted one (and publish `message`, its
         placement), or after an outage (`if_absent`, for ended ones: another frontend may have
         adopted the request since, and its record wins)."""
-        fields = ("prompt", packed(record.prompt_token_ids).tobytes(), "params", json.dumps(vars(record.params)),
+        fields = ("prompt", packed(record.prompt_token_ids).tobytes(), "params", json.dumps(record.params.as_dict()),
                   "owner", record.owner, "state", state, "finish", record.finish_reason or "", "n", len(record.tokens),
                   "cached", record.num_cached_tokens, "replica", record.replica_id or "")
         return [("EVAL", _WRITE_IF_ABSENT if if_absent else _WRITE, 3, keys.request(record.request_id),

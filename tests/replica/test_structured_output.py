@@ -189,3 +189,9 @@ def test_a_model_without_a_tokenizer_refuses_structured_output():
     with pytest.raises(ValueError, match="structured_output: this model has no tokenizer"):
         engine.add_request("r", [1, 2, 3], SamplingParams(structured_output={"regex": "a"}))
     assert not engine.has_unfinished_requests()
+
+
+def test_params_with_a_spec_survive_the_journals_json():
+    params = SamplingParams(max_tokens=5, structured_output={"choice": ["a", "b"]})
+    again = SamplingParams(**json.loads(json.dumps(params.as_dict())))
+    assert again == params and again.structured_output.compiled == params.structured_output.compiled
