@@ -57,11 +57,24 @@ class GrammarCompiler:
         self._hf_tokenizer = tokenizer
         self.vocab_size = vocab_size
         self._eos = list(eos_token_ids)
-        self._ll_tokenizer: Any = None  # built on first use (about half a second)
+        self._ll_tokenizer: Any = None  # built on first use or by `warm` (about half a second)
         self._templates: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="grammar")
         self._mask_executor: Any = None
+
+    def warm(self) -> None:
+        """Wrap the tokenizer now, on the worker (a server's start-up), not at the first request."""
+        self._worker.submit(self._tokenizer)
+
+    def _tokenizer(self) -> Any:
+        with self._lock:
+            if self._ll_tokenizer is None:
+                import llguidance.hf
+
+                self._ll_tokenizer = llguidance.hf.from_tokenizer(self._hf_tokenizer, n_vocab=self.vocab_size,
+                                                                  eos_token=self._eos)
+            return self._ll_tokenizer
 
     def compile(self, spec: StructuredOutput) -> Future[Grammar]:
         """A matcher for `spec`, made on the worker thread."""
@@ -71,17 +84,13 @@ class GrammarCompiler:
         """A matcher for `spec`, made on this thread (imports: the request arrives mid-output)."""
         import llguidance
 
+        tokenizer = self._tokenizer()
         with self._lock:
-            if self._ll_tokenizer is None:
-                import llguidance.hf
-
-                self._ll_tokenizer = llguidance.hf.from_tokenizer(self._hf_tokenizer, n_vocab=self.vocab_size,
-                                                                  eos_token=self._eos)
             template = self._templates.get(spec.compiled)
             if template is not None:
                 self._templates.move_to_end(spec.compiled)
         if template is None:
-            template = llguidance.LLMatcher(self._ll_tokenizer, spec.compiled)
+            template = llguidance.LLMatcher(tokenizer, spec.compiled)
             if template.is_error():
                 raise ValueError(f"structured_output.{spec.kind}: {template.get_error()}")
             with self._lock:
@@ -94,12 +103,14 @@ class GrammarCompiler:
         """The bitmask of a step with `num_rows` sampled rows: all tokens allowed, except in the
         rows `grammars` names, which get their grammar's next-token mask (filled in parallel)."""
         import llguidance
-        from llguidance.torch import fill_next_token_bitmask_par
 
         if self._mask_executor is None:
             self._mask_executor = llguidance.LLExecutor()
         bitmask = torch.full((num_rows, (self.vocab_size + 31) // 32), -1, dtype=torch.int32)
-        fill_next_token_bitmask_par(self._mask_executor, [(g.matcher, row) for row, g in grammars], bitmask)
+        # What `llguidance.torch.fill_next_token_bitmask_par` does; that module is not imported:
+        # it compiles a helper with torch.compile on import, which costs seconds.
+        self._mask_executor.unsafe_compute_mask_ptr([(g.matcher, row) for row, g in grammars], bitmask.data_ptr(),
+                                                    bitmask.shape[1] * 4, num_rows)
         return bitmask
 
     def close(self) -> None:

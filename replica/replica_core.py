@@ -62,6 +62,9 @@ class ReplicaCore:
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self.outbox = Outbox(engine.stats())
+        grammars = getattr(engine, "grammars", None)
+        if grammars is not None:
+            grammars.warm()  # structured output's tokenizer wrap, before the first request needs it
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name=f"engine-{replica_id}", daemon=True)
         self._thread.start()

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from shunter import LLM, SamplingParams
 from shunter.replica.engine import Engine
 from shunter.replica.engine_config import EngineConfig
-from shunter.replica.sampler import allowed_tokens, sample
+from shunter.replica.sampler import mask_bias, sample
 from shunter.replica.step_inputs import SamplingInputs
 from shunter.structured_output import StructuredOutput
 
@@ -62,7 +62,8 @@ def test_the_sampler_picks_only_allowed_tokens_and_reports_the_raw_log_probabili
     torch.manual_seed(0)
     logits = torch.randn(3, vocab)
     mask = _bitmask(allowed, vocab)
-    assert allowed_tokens(mask, vocab, torch.device("cpu")).sum(-1).tolist() == [3, 1, vocab]
+    bias = mask_bias(mask, vocab, torch.device("cpu"))
+    assert [bias[i].isfinite().nonzero().flatten().tolist() for i in range(3)] == allowed
     greedy = SamplingInputs.of([SamplingParams(temperature=0, logprobs=2)] * 3, [0] * 3, [0] * 3, vocab, "cpu")
     out = sample(logits, greedy, mask)
     assert out.tokens.tolist() == [max(a, key=lambda t: logits[i, t].item()) for i, a in enumerate(allowed)]
