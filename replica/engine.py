@@ -176,20 +176,22 @@ class Engine(Migration):
             del self._compiling[request_id]
             try:
                 request.grammar = future.result()
-            except Exception:
-                log.exception("grammar of %s did not compile", request_id)
-                outputs.append(self._drop_uncompiled(request))
+            except Exception as e:
+                outputs.append(self._drop_uncompiled(request, str(e) if isinstance(e, ValueError) else
+                                                     f"structured_output: the grammar did not compile: {e!r}"))
                 continue
             self._constrained.add(request_id)
             self.scheduler.add(request)
         return outputs
 
-    def _drop_uncompiled(self, request: Request) -> EngineOutput:
-        """End a request that never reached the scheduler (aborted, or its grammar failed)."""
+    def _drop_uncompiled(self, request: Request, error: str | None = None) -> EngineOutput:
+        """End a request that never reached the scheduler: aborted, or its grammar failed (`error`)."""
         request.status, request.finish_reason = RequestStatus.FINISHED, "abort"
         self.detokenizers.pop(request.request_id, None)
         self.runner.drop_generator(request.request_id)
-        return self._output(request, [], "")
+        out = self._output(request, [], "")
+        out.error = error
+        return out
 
     def _track(self, request: Request) -> None:
         params = request.params
@@ -389,6 +391,10 @@ class Engine(Migration):
         if request.output_logprobs is not None or request.prompt_logprobs is not None:
             _with_logprobs(out, request)
         return out
+
+    def request_ids(self) -> list[str]:
+        """Every request this engine holds, its grammar compiling or in the scheduler."""
+        return [*self._compiling, *self.scheduler.requests]
 
     def has_unfinished_requests(self) -> bool:
         return (self.scheduler.has_unfinished() or self._flight is not None or bool(self._drained)

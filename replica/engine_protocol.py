@@ -57,6 +57,9 @@ class EngineOutput:
     # come the prompt's (`prompt_logprobs`), one per prompt token, None for the first.
     new_logprobs: list[TokenLogprobs] | None = None
     prompt_logprobs: list[TokenLogprobs | None] | None = None
+    # Set when the engine took the request but then found it cannot be served (a grammar that no
+    # output satisfies): it ends with finish_reason "abort", and the caller sees this as a bad request.
+    error: str | None = None
 
     @property
     def finished(self) -> bool:

@@ -91,8 +91,13 @@ class GrammarCompiler:
                 self._templates.move_to_end(spec.compiled)
         if template is None:
             template = llguidance.LLMatcher(tokenizer, spec.compiled)
-            if template.is_error():
-                raise ValueError(f"structured_output.{spec.kind}: {template.get_error()}")
+            first = torch.zeros((1, (self.vocab_size + 31) // 32), dtype=torch.int32)
+            if not template.is_error():
+                template.unsafe_compute_mask_ptr(first.data_ptr(), first.shape[1] * 4)
+            if template.is_error() or not first.any():
+                error = template.get_error().strip().splitlines()
+                raise ValueError(f"structured_output.{spec.kind}: no token can start an output it accepts"
+                                 + (f" ({error[0]})" if error else ""))
             with self._lock:
                 self._templates[spec.compiled] = template
                 while len(self._templates) > MAX_CACHED_GRAMMARS:

@@ -96,6 +96,13 @@ class LLM:
             bar = tqdm(total=len(ids), desc="generate", unit="req", dynamic_ncols=True)
         while self.engine.has_unfinished_requests():
             outs = self.engine.step()
+            refused = next((o.error for o in outs if o.error is not None), None)
+            if refused is not None:  # found unservable after it was taken: refuse the whole call, leave nothing
+                for engine_id in self.engine.request_ids():
+                    self.engine.abort_request(engine_id)
+                while self.engine.has_unfinished_requests():
+                    self.engine.step()
+                raise ValueError(refused)
             for out in outs:
                 for engine_id, tokens, params in held.pop(out.request_id, ()):
                     self.engine.add_request(engine_id, tokens, params)

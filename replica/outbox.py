@@ -129,7 +129,10 @@ class Outbox:
                 if ch is None:
                     continue  # its consumer is gone
                 prev = ch.deltas.get(out.request_id)
-                if prev is None:
+                if out.error is not None:  # taken, then found unservable: refused as a bad request
+                    ch.deltas[out.request_id] = TokenDelta(out.request_id, [], 0, "error", error=out.error,
+                                                           invalid=True)
+                elif prev is None:
                     ch.deltas[out.request_id] = TokenDelta(
                         out.request_id, list(out.new_token_ids), out.num_output_tokens, out.finish_reason,
                         out.num_cached_tokens,

@@ -196,3 +196,13 @@ def test_params_with_a_spec_survive_the_journals_json():
     params = SamplingParams(max_tokens=5, structured_output={"choice": ["a", "b"]})
     again = SamplingParams(**json.loads(json.dumps(params.as_dict())))
     assert again == params and again.structured_output.compiled == params.structured_output.compiled
+
+
+@pytest.mark.slow
+def test_a_grammar_no_output_satisfies_is_refused_and_the_engine_keeps_serving(llm):
+    unsatisfiable = SamplingParams(max_tokens=5, structured_output={"regex": r"[^\x00-\U0010FFFF]"})
+    with pytest.raises(ValueError, match=r"structured_output.regex: no token can start an output it accepts"):
+        llm.generate(["hi", "there"], [unsatisfiable, SamplingParams(max_tokens=5)], use_tqdm=False)
+    assert not llm.engine.has_unfinished_requests() and llm.engine.kv.num_blocks_in_use() == 0
+    out = llm.generate(["hi"], SamplingParams(max_tokens=3, structured_output={"choice": ["ok"]}), use_tqdm=False)
+    assert out[0].outputs[0].text == "ok"

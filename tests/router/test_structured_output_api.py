@@ -67,6 +67,7 @@ def test_grpc_json_schema_and_choice(server):
     ({"regex": "(unclosed"}, "sampling.structured_output.regex: does not compile"),
     ({"json": "{not json"}, "sampling.structured_output.json:"),
     ({}, "sampling.structured_output: set one of"),
+    ({"regex": r"[^\x00-\U0010FFFF]"}, "structured_output.regex: no token can start an output it accepts"),
 ])
 def test_grpc_a_spec_that_does_not_compile_is_invalid_argument_and_the_server_keeps_serving(server, structured,
                                                                                               field):
