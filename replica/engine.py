@@ -27,6 +27,7 @@ from shunter.replica.policies import make_policy
 from shunter.replica.readback import PendingTokens
 from shunter.replica.request import PLACEHOLDER, Request, RequestStatus
 from shunter.replica.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from shunter.replica.speculative import NgramSpeculator
 from shunter.replica.step_staircase import MAX_TIMED_TOKENS, StepStaircase
 from shunter.replica.threads import set_torch_threads
 from shunter.replica.validation import validate_request
@@ -49,6 +50,7 @@ class _Flight:
     finals: dict[str, Request] = field(default_factory=dict)  # ended while their token was on its way
     settled: bool = False
     constrained: bool = False  # a request in it follows a grammar: its next mask needs this step's token
+    speculated: dict[str, int] = field(default_factory=dict)  # request id -> drafts it verifies
 
 
 def _with_logprobs(out: EngineOutput, request: Request) -> None:
@@ -111,6 +113,8 @@ class Engine(Migration):
                          if self.tokenizer is not None else None)
         self._compiling: dict[str, tuple[Request, Future[Grammar]]] = {}
         self._constrained: set[str] = set()
+        self.speculator = (NgramSpeculator(config.num_speculative_tokens, config.ngram_max, self.max_model_len)
+                           if config.speculative == "ngram" else None)
 
     def _measure_staircase(self, config: EngineConfig) -> StepStaircase | None:
         """Time steps of increasing size on the runner (`replica/step_staircase.py`), up to the
@@ -228,7 +232,11 @@ class Engine(Migration):
         if not self.scheduler.has_unfinished():
             return outputs + (self._complete(flight) if flight is not None else [])
         started, clock_started = time.perf_counter(), self.clock.now()
+        if self.speculator is not None:
+            self.speculator.propose(self.scheduler.running)
         out = self.scheduler.schedule()
+        if self.speculator is not None:
+            out.speculated = self.speculator.fit_to({s.request.request_id: s.num_new_tokens for s in out.scheduled})
         outputs += self._leave(out, flight)
         launched = self._launch(out)
         if self.async_scheduling:
@@ -264,15 +272,15 @@ class Engine(Migration):
             out.token_bitmask = self._token_mask(out)
         pending = self.runner.execute(out)
         self.kv.swaps_done()
-        flight = _Flight(pending, [], [], [], constrained=out.token_bitmask is not None)
+        flight = _Flight(pending, [], [], [], constrained=out.token_bitmask is not None, speculated=out.speculated)
         sampled, slots, filled, last = flight.sampled, flight.slots, flight.filled, flight.last
-        limit, bs = self.max_model_len, self.block_size
+        limit, bs, speculated = self.max_model_len, self.block_size, out.speculated
         for s in out.scheduled:
             req = s.request
             n = s.num_new_tokens
             computed = req.num_computed_tokens = req.num_computed_tokens + n
-            if computed // bs != (computed - n) // bs:  # a block filled (earlier ones, e.g. a prefix hit's, come along)
-                filled.append(req)
+            if computed // bs != (computed - n) // bs and not (speculated and req.request_id in speculated):
+                filled.append(req)  # a block filled (earlier ones, e.g. a prefix hit's, come along); drafts' wait
             ids = req.output_token_ids
             num_tokens = len(req.prompt_token_ids) + len(ids)
             if computed == num_tokens:  # the chunk reached the end: a token is sampled
@@ -324,6 +332,7 @@ class Engine(Migration):
             if pending.prompt is not None:
                 store_prompt_logprobs(pending.prompt)
             host = HostLogprobs(pending.logprobs) if pending.logprobs is not None else None
+        speculated = flight.speculated
         now = self.clock.now()
         outputs: list[EngineOutput] = []
         finals, finished, detokenizers = flight.finals, RequestStatus.FINISHED, self.detokenizers
@@ -331,6 +340,10 @@ class Engine(Migration):
             final = finals.get(req.request_id) if finals else None
             if req.status is finished and final is not req:
                 continue  # aborted or ended meanwhile: its token is dropped with it
+            if speculated and req.request_id in speculated:
+                targets = pending.draft_targets[req.request_id] + [token]  # type: ignore[union-attr]
+                outputs.append(self._complete_speculated(req, j, speculated[req.request_id], targets, now))
+                continue
             req.output_token_ids[j] = token
             if host is not None and req.output_logprobs is not None:
                 req.output_logprobs.append(host.at(row, token, req.params.logprobs or 0))
@@ -357,6 +370,34 @@ class Engine(Migration):
                 req.finish_reason = "stop"  # a stop token comes before the length or deadline it also met
             outputs.append(self._finish(req, "stop" if stop else req.finish_reason or "abort", [token], new_text))
         return outputs
+
+    def _complete_speculated(self, req: Request, slot: int, num_drafts: int, targets: list[int],
+                             now: float) -> EngineOutput:
+        """A request that verified `num_drafts` drafts (its output's last tokens before `slot`):
+        keep those the model agrees with and its own next token, stop where a stop comes, count
+        as computed only the KV of kept tokens, and publish the blocks they filled."""
+        ids, base = req.output_token_ids, slot - num_drafts
+        new = self.speculator.accept(ids[base:slot], targets)  # type: ignore[union-attr]
+        del ids[base:]
+        req.num_computed_tokens = len(req.prompt_token_ids) + base + len(new) - 1
+        req.last_token_time = now
+        params, detok = req.params, self.detokenizers.get(req.request_id)
+        emitted, text, stop = [], "", False
+        for token in new:
+            ids.append(token)
+            emitted.append(token)
+            text += detok.add(token) if detok is not None else ""
+            if ((token in req.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids
+                    or (detok is not None and detok.stopped)):
+                stop = True
+                break
+        if stop:
+            req.finish_reason = "stop"
+            return self._finish(req, "stop", emitted, text)
+        self.kv.cache_computed_blocks(req)
+        cached = req.num_cached_tokens
+        return EngineOutput(req.request_id, emitted, len(ids), None, text, cached if cached > 0 else 0,
+                            req.arrival_time, req.first_token_time)
 
     def _drain(self) -> None:
         """Finish the step in flight now (its outputs go out with the next `step()`), so that no
@@ -426,6 +467,8 @@ class Engine(Migration):
             num_steps=s.num_steps,
             mean_step_time=self._step_time_ema,
             step_tile_boundaries=self._tile_boundaries,
+            spec_draft_tokens=self.speculator.stats.drafted if self.speculator is not None else 0,
+            spec_accepted_tokens=self.speculator.stats.accepted if self.speculator is not None else 0,
         )
 
     def drain_cache_events(self) -> list[CacheEvent]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from shunter.replica.speculative import SPECULATIVE_METHODS
 from shunter.replica.step_staircase import STRIDE as STAIRCASE_STRIDE
 
 PREEMPTION_MODES = ("recompute", "swap", "auto")
@@ -41,6 +42,12 @@ class EngineConfig:
     # False packs every step from scratch (the path before it: a baseline, without async scheduling).
     persistent_batch: bool = True
     num_threads: int | None = None  # torch's CPU threads; None: the CPUs this process is given (replica/threads.py)
+    # Speculative decoding (`replica/speculative.py`): "ngram" proposes up to
+    # `num_speculative_tokens` drafts a step from the context itself (n-grams of up to
+    # `ngram_max` tokens). It steps synchronously on packed inputs (both set so when it is on).
+    speculative: str | None = None
+    num_speculative_tokens: int = 4
+    ngram_max: int = 3
     seed: int = 0
     check_invariants: bool = False
 
@@ -59,6 +66,14 @@ class EngineConfig:
             raise ValueError(f"admission_watermark must be in (0, 1] or None, got {self.admission_watermark}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
+        if self.speculative is not None:
+            if self.speculative not in SPECULATIVE_METHODS:
+                raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE_METHODS)} or None, "
+                                 f"got {self.speculative!r}")
+            if self.num_speculative_tokens < 1 or self.ngram_max < 1:
+                raise ValueError("num_speculative_tokens and ngram_max must be >= 1, got "
+                                 f"{self.num_speculative_tokens} and {self.ngram_max}")
+            self.async_scheduling = self.persistent_batch = False  # the next drafts need this step's tokens
         if self.async_scheduling and not self.persistent_batch:
             raise ValueError("async_scheduling needs persistent_batch (packed inputs take no token from the device)")
         if self.cache_aware_order and self.policy == "static":

@@ -90,6 +90,9 @@ class EngineStats:
     # Token counts after which the step time jumps (tile boundaries), timed at start-up; () if not
     # timed or if the time rises as a ramp (`replica/step_staircase.py`).
     step_tile_boundaries: tuple[int, ...] = ()
+    # Speculative decoding: draft tokens verified, and of those accepted, since the engine started.
+    spec_draft_tokens: int = 0
+    spec_accepted_tokens: int = 0
 
 
 @dataclass

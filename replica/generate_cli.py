@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from shunter.cli_args import int_at_least
+from shunter.replica import speculative as speculative_options
 from shunter.replica.threads import available_cpus
 
 STOPPED = {"length": "stopped at --max-tokens {max_tokens} or the model's context", "stop": "end of text or a stop string"}
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     parser.add_argument("--no-async-scheduling", action="store_true",
                         help="step synchronously: schedule the next step only once this one's tokens are back")
+    speculative_options.add_arguments(parser)
     parser.add_argument("--num-threads", type=int_at_least(1), default=None,
                         help=f"torch CPU threads (default: the CPUs this process may use, here {available_cpus()})")
 
@@ -56,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         engine = Engine(EngineConfig(model=args.model, num_threads=args.num_threads,
-                                     async_scheduling=not args.no_async_scheduling))
+                                     async_scheduling=not args.no_async_scheduling, speculative=args.speculative,
+                                     num_speculative_tokens=args.num_speculative_tokens))
         if engine.tokenizer is None:
             raise ValueError(f"--model: {args.model} has no tokenizer, so it cannot take a text prompt")
         if args.chat:

@@ -225,14 +225,36 @@ class ModelRunner:
             hidden = self.decode_graphs.run(batch)
         else:
             hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn)
-        logits = self.model.compute_logits(hidden[batch.logits_indices])
+        drafts = self._draft_rows(out, hidden.device) if out.speculated else None
+        if drafts is None:
+            logits = self.model.compute_logits(hidden[batch.logits_indices])
+        else:  # one pass over the lm-head's weights for the sampled rows and the drafts' rows
+            num_sampled = batch.logits_indices.numel()
+            both = self.model.compute_logits(hidden[torch.cat([batch.logits_indices, drafts[0]])])
+            logits, draft_greedy = both[:num_sampled], both[num_sampled:].argmax(-1).tolist()
         sampled = sample(logits, inputs.sampling, out.token_bitmask)
         self._last_tokens = sampled.tokens
         prompt = self._prompt_logprobs(out, hidden)
         pending = self.readback.start(sampled.tokens, samples, sampled.logprobs, prompt)
+        if drafts is not None:
+            pending.draft_targets = _split(draft_greedy, drafts[1])
         if self.timeline is not None:
             self.timeline.end()
         return pending
+
+    def _draft_rows(self, out: SchedulerOutput, device: torch.device) -> tuple[torch.Tensor, list[tuple[str, int]]]:
+        """The rows of each speculating request's chunk but its last (the sampler covers that one),
+        whose greedy tokens each draft must equal to be accepted, and (request id, drafts) in
+        order. Rows follow the scheduled order: speculation packs every step, nothing reorders them."""
+        assert self.batch is None, "speculation runs on packed inputs"
+        rows, counts, offset = [], [], 0
+        for s in out.scheduled:
+            m = out.speculated.get(s.request.request_id, 0)
+            if m:
+                rows.extend(range(offset, offset + m))
+                counts.append((s.request.request_id, m))
+            offset += s.num_new_tokens
+        return torch.tensor(rows, dtype=torch.long, device=device), counts
 
     def _prompt_logprobs(self, out: SchedulerOutput, hidden: torch.Tensor) -> PromptLogprobs | None:
         """The prompt log-probabilities this step's prefill chunks owe, from their hidden states
@@ -268,3 +290,11 @@ class ModelRunner:
                       batch.attn.max_query_len, sampling.all_greedy, sampling.filtered, sampling.num_logprobs)
         empty = torch.zeros(0, dtype=torch.int64, device=self.device)
         return StepInputs(batch, sampling, empty, empty, sizes), (None if samples.all() else samples)
+
+
+def _split(tokens: list[int], counts: list[tuple[str, int]]) -> dict[str, list[int]]:
+    """`tokens` cut into each request's run, in order."""
+    out, at = {}, 0
+    for request_id, m in counts:
+        out[request_id], at = tokens[at:at + m], at + m
+    return out

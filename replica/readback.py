@@ -27,6 +27,7 @@ class PendingTokens:
     readback: Readback | None = None
     logprobs: LogprobsTensors | None = None  # of the sampled rows, on the host once `event` is reached
     prompt: PromptLogprobs | None = None  # likewise
+    draft_targets: dict[str, list[int]] | None = None  # speculation: the greedy token at each draft's position
 
     def tokens(self) -> list[int | None]:
         """The sampled token of each scheduled request (None where none was sampled); waits."""

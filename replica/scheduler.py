@@ -82,6 +82,9 @@ class SchedulerOutput:
     # Set by the engine when a request in the step follows a grammar: int32 [rows that sample,
     # ceil(vocab / 32)], a bit per allowed token (`replica/grammar.py`); the runner's sampler applies it.
     token_bitmask: Any = None
+    # Set by the engine when requests verify speculative drafts: request id -> drafts in its chunk
+    # (the chunk's last tokens); the runner returns the model's greedy token at each of them.
+    speculated: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_tokens(self) -> int:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from shunter.replica.engine_protocol import EngineStats
 
 # The cumulative fields of `EngineStats` the metrics show as counters.
-ENGINE_COUNTS = ("num_preemptions", "num_swaps", "prefix_queries", "prefix_hits")
+ENGINE_COUNTS = ("num_preemptions", "num_swaps", "prefix_queries", "prefix_hits", "spec_draft_tokens",
+                 "spec_accepted_tokens")
 
 
 @dataclass

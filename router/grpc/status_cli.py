@@ -15,7 +15,7 @@ from shunter.router.security import options as security_options
 BLOCK_TOKENS = EngineConfig.block_size  # the default; serve has no option to change it
 HEAD = ("replica", "node", "healthy", "running", "waiting", "swapped",
         "kv blocks", "kv in use", "kv cached", "prefix hits", "load (blocks)", "moving out/in", "cache", "step tiles",
-        "metrics")
+        "spec accepted", "metrics")
 LEGEND = (
     f"running/waiting/swapped: requests. kv: KV-cache blocks of {BLOCK_TOKENS} tokens; in use = held by requests, "
     "cached = free but holding a reusable prefix.\n"
@@ -25,7 +25,8 @@ LEGEND = (
     "until its commit). cache: large = holds the larger KV pool "
     "(--large-cache-replicas).\nstep tiles: the tile of the step-time staircase timed at start-up, in tokens, and its "
     "first and last boundaries (- : not timed, or no stairs).\nmetrics: the port of the replica's own Prometheus page, "
-    "on its node (--replica-metrics-port-base)."
+    "on its node (--replica-metrics-port-base).\nspec accepted: speculative draft tokens accepted / verified "
+    "(--speculative; - : none verified)."
 )
 
 
@@ -41,7 +42,8 @@ def format_table(status) -> str:
         rows.append((r.replica_id, r.node, "yes" if r.healthy else "NO", r.num_running, r.num_waiting, r.num_swapped,
                      r.kv_blocks_total, r.kv_blocks_in_use, r.kv_blocks_cached, f"{r.prefix_hit_rate:.0%}",
                      r.load_blocks, f"{r.migrating_out}/{r.migrating_in}", "large" if r.large_cache else "-",
-                     tiles(list(r.step_tile_boundaries)), r.metrics_port or "-"))
+                     tiles(list(r.step_tile_boundaries)),
+                     f"{r.spec_acceptance_rate:.0%}" if r.spec_acceptance_rate else "-", r.metrics_port or "-"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(HEAD))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
     c = status.counters

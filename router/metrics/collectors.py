@@ -27,6 +27,8 @@ COUNTERS = {
     "num_swaps": ("shunter:num_swaps", "Preemptions that swapped a request's KV blocks out to CPU memory."),
     "prefix_queries": ("shunter:prefix_cache_queries", "Prefix cache queries, in prompt tokens looked up."),
     "prefix_hits": ("shunter:prefix_cache_hits", "Prefix cache hits, in prompt tokens found cached."),
+    "spec_draft_tokens": ("shunter:spec_decode_num_draft_tokens", "Speculative draft tokens verified."),
+    "spec_accepted_tokens": ("shunter:spec_decode_num_accepted_tokens", "Speculative draft tokens accepted."),
 }
 
 

@@ -40,6 +40,7 @@ class LoadReport:
     node: str = ""
     requests: list[RequestLoad] = field(default_factory=list)
     step_tile_boundaries: tuple[int, ...] = ()  # its step-time staircase (EngineStats), for status and metrics
+    spec_acceptance_rate: float = 0.0  # speculative drafts accepted / verified since its start (0: none)
 
     @property
     def load(self) -> int:

@@ -21,6 +21,7 @@ import sys
 
 from shunter.cli_args import float_above, int_at_least
 from shunter.replica.engine_config import PREEMPTION_MODES
+from shunter.replica import speculative as speculative_options
 from shunter.replica.policies import POLICIES
 from shunter.router.serve import cache_size_options, migration_options, rebalance_options
 from shunter.router.metrics import options as metrics_options
@@ -82,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-async-scheduling", action="store_true",
                         help="replicas step synchronously: the next step is scheduled only once this one's tokens "
                              "are back (default: scheduled while the device runs this one)")
+    speculative_options.add_arguments(parser)
     parser.add_argument("--max-in-flight", type=int_at_least(1), default=1024,
                         help="requests placed on replicas at once; more wait in the admission queue")
     parser.add_argument("--max-queued", type=int_at_least(0), default=0,
@@ -171,7 +173,8 @@ def _engine_config(args: argparse.Namespace):
     return EngineConfig(model=args.model, policy=args.policy, preemption_mode=args.preemption_mode, device=device,
                         num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs, num_threads=threads,
                         async_scheduling=not args.no_async_scheduling, cache_aware_order=args.cache_aware_order,
-                        max_num_batched_tokens=args.max_num_batched_tokens)
+                        max_num_batched_tokens=args.max_num_batched_tokens, speculative=args.speculative,
+                        num_speculative_tokens=args.num_speculative_tokens)
 
 
 def _router_config(args: argparse.Namespace, threshold: int | None):

@@ -16,5 +16,7 @@ def test_apply_stats_copies_every_stat_field_and_clears_what_was_pending():
     for name in STAT_FIELDS:
         assert getattr(report, name) == getattr(stats, name), name
     assert report.pending_blocks == 0
-    untouched = {f.name for f in dataclasses.fields(LoadReport)} - set(STAT_FIELDS) - {"pending_blocks"}
+    assert report.spec_acceptance_rate == stats.spec_accepted_tokens / stats.spec_draft_tokens
+    derived = {"pending_blocks", "spec_acceptance_rate"}
+    untouched = {f.name for f in dataclasses.fields(LoadReport)} - set(STAT_FIELDS) - derived
     assert all(getattr(report, n) == getattr(LoadReport("r0"), n) for n in untouched if n != "replica_id")

@@ -17,7 +17,7 @@ def test_the_table_names_its_units_and_what_rejected_counts():
     lines = text.splitlines()
     assert lines[0].split("  ")[0] == "replica" and "load (blocks)" in lines[0]
     assert lines[1].split() == ["replica-0", "vm", "yes", "2", "0", "0", "1551", "12", "3", "25%", "40", "0/0", "-",
-                                "-", "-"]
+                                "-", "-", "-"]
     assert "rejected 18 (invalid, over --max-in-flight, draining, or no healthy replica)" in text
     assert "KV-cache blocks of 16 tokens" in text and "load: blocks in use" in text
 
@@ -27,7 +27,13 @@ def test_a_large_cache_replica_and_the_threshold_show():
     response.replicas[0].large_cache = True
     response.size_threshold_blocks = 32
     text = format_table(response)
-    assert text.splitlines()[1].split()[-3] == "large" and "size threshold 32 blocks" in text
+    assert text.splitlines()[1].split()[-4] == "large" and "size threshold 32 blocks" in text
+
+
+def test_the_speculative_acceptance_rate_shows():
+    response = status()
+    response.replicas[0].spec_acceptance_rate = 0.625
+    assert format_table(response).splitlines()[1].split()[-2] == "62%"
 
 
 def test_the_metrics_pages_show_where_they_listen():
@@ -45,7 +51,7 @@ def test_migrations_moving_now_show_per_replica_and_in_the_counters():
     response.counters.migrated, response.counters.migrating = 5, 3
     response.counters.migrations_aborted, response.counters.migrations_refused = 1, 4
     text = format_table(response)
-    assert text.splitlines()[1].split()[-4] == "2/1" and "moving out/in" in text.splitlines()[0]
+    assert text.splitlines()[1].split()[-5] == "2/1" and "moving out/in" in text.splitlines()[0]
     assert "migrated 5 (moving now 3, aborted 1, refused 4)" in text
 
 
@@ -53,5 +59,5 @@ def test_the_step_time_staircase_shows_its_tile_and_span():
     response = status()
     response.replicas[0].step_tile_boundaries.extend([64, 128, 256, 384, 512])
     text = format_table(response)
-    assert text.splitlines()[1].split()[-3:-1] == ["128", "(64..512)"] and "step tiles" in text.splitlines()[0]
+    assert text.splitlines()[1].split()[-4:-2] == ["128", "(64..512)"] and "step tiles" in text.splitlines()[0]
     assert "step tiles: the tile of the step-time staircase" in text

@@ -1,0 +1,111 @@
+"""Speculative decoding by n-gram (prompt lookup): propose, verify in one forward pass, accept.
+
+Before a step, every greedy request that is decoding looks for the last n tokens of its context
+earlier in that context (n from `ngram_max` down to 1) and, where they occur, proposes the
+tokens that followed them there: an edit or a summary of a given text repeats long spans of it.
+The drafts are appended to the request's output for the scheduler's sake, so the step computes
+the request's last token and its k drafts as one chunk of k + 1 tokens (the KV slots, the token
+budget and the blocks come as for any chunk), and the model's logits at every position of the
+chunk say what greedy decoding would have produced there. Drafts are accepted while they equal
+those tokens; the first mismatch (or the chunk's end) adds the model's own token, so a step gains
+between 1 and k + 1 tokens and greedy output is the same token for token as without drafts.
+Rejected drafts leave KV in their slots that nobody reads: the request's computed count stops
+before them, and the next step writes over them.
+
+Only greedy requests without log-probabilities or a grammar speculate (sampled ones decode one
+token a step: rejection sampling is not built), and only while at least two tokens remain before
+`max_tokens` and the context's end, so a draft never decides a length stop. Speculation steps
+synchronously on packed inputs: the next drafts need the tokens just accepted.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from shunter.cli_args import int_at_least
+from shunter.replica.request import Request
+
+SPECULATIVE_METHODS = ("ngram",)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--speculative` and `--num-speculative-tokens`, as `shunter serve` and `shunter generate` take them."""
+    parser.add_argument("--speculative", choices=SPECULATIVE_METHODS, default=None,
+                        help="speculative decoding: ngram proposes drafts from the context itself (prompt lookup); "
+                             "greedy requests only, steps synchronously")
+    parser.add_argument("--num-speculative-tokens", type=int_at_least(1), default=4, metavar="K",
+                        help="with --speculative: drafts proposed per request per step")
+
+
+def propose_ngram(tokens: list[int], k: int, ngram_max: int) -> list[int]:
+    """Up to `k` tokens that followed the latest earlier occurrence of the context's last n tokens
+    (the longest n <= `ngram_max` that occurs); [] if none does."""
+    size = len(tokens)
+    for n in range(min(ngram_max, size - 1), 0, -1):
+        suffix = tokens[size - n:]
+        last = suffix[-1]
+        # Latest match first: scan start positions of a candidate suffix from the end.
+        for end in range(size - 2, n - 2, -1):
+            if tokens[end] == last and tokens[end - n + 1:end + 1] == suffix:
+                return tokens[end + 1:end + 1 + k]
+    return []
+
+
+@dataclass
+class SpeculationStats:
+    steps: int = 0  # request-steps that verified drafts
+    drafted: int = 0
+    accepted: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+@dataclass
+class NgramSpeculator:
+    num_tokens: int  # k: drafts proposed per request per step
+    ngram_max: int
+    max_model_len: int
+    stats: SpeculationStats = field(default_factory=SpeculationStats)
+    _drafted: dict[str, tuple[Request, int]] = field(default_factory=dict)  # drafts in a request's output now
+
+    def propose(self, running: list[Request]) -> None:
+        """Append drafts to every eligible decoding request (before the schedule)."""
+        for req in running:
+            params = req.params
+            if (params.temperature != 0.0 or params.logprobs is not None or req.grammar is not None
+                    or req.num_computed_tokens != req.num_tokens - 1):
+                continue
+            room = min(self.num_tokens, params.max_tokens - len(req.output_token_ids) - 2,
+                       self.max_model_len - req.num_tokens - 2)
+            if room < 1:
+                continue
+            drafts = propose_ngram(req.prompt_token_ids + req.output_token_ids, room, self.ngram_max)
+            if drafts:
+                req.output_token_ids.extend(drafts)
+                self._drafted[req.request_id] = (req, len(drafts))
+
+    def fit_to(self, scheduled: dict[str, int]) -> dict[str, int]:
+        """After the schedule: take back the drafts the step will not compute (a request not
+        scheduled, preempted or ended, or given fewer tokens than its chunk); `scheduled` maps
+        request ids to tokens scheduled. Returns the drafts each request verifies this step."""
+        verifying = {}
+        for request_id, (req, n) in self._drafted.items():
+            keep = min(n, scheduled.get(request_id, 1) - 1)
+            del req.output_token_ids[len(req.output_token_ids) - (n - keep):]
+            if keep:
+                verifying[request_id] = keep
+        self._drafted.clear()
+        return verifying
+
+    def accept(self, drafts: list[int], targets: list[int]) -> list[int]:
+        """The tokens a verified chunk yields: the drafts that match the model's tokens at their
+        positions (`targets`, one more than the drafts), then the model's token after them."""
+        j = 0
+        while j < len(drafts) and drafts[j] == targets[j]:
+            j += 1
+        self.stats.steps += 1
+        self.stats.drafted += len(drafts)
+        self.stats.accepted += j
+        return drafts[:j] + [targets[j]]

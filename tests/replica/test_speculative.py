@@ -1,0 +1,102 @@
+"""Speculative decoding by n-gram: the proposer finds the latest earlier occurrence of the context's
+end; accepting keeps the drafts the model agrees with plus its own token; drafts the step will
+not compute are taken back; and on the real model greedy output is the same token for token as
+without speculation under every policy, with chunks cut short by a small budget, and under
+preemption, while drafts are accepted (tier 3)."""
+from __future__ import annotations
+
+import pytest
+
+from shunter import LLM, SamplingParams
+from shunter.replica.engine_config import EngineConfig
+from shunter.replica.policies import POLICIES
+from shunter.replica.request import Request
+from shunter.replica.speculative import NgramSpeculator, propose_ngram
+
+
+def test_the_proposal_follows_the_latest_earlier_occurrence_of_the_longest_suffix():
+    assert propose_ngram([1, 2, 3, 9, 1, 2, 3, 7, 1, 2, 3], 2, 3) == [7, 1]  # the latest 1 2 3, not the first
+    assert propose_ngram([5, 1, 2, 8, 8, 2], 3, 3) == [8, 8, 2]  # only the 1-gram "2" occurs: what followed it
+    assert propose_ngram([4, 5, 6], 2, 3) == []
+    assert propose_ngram([7, 7, 7], 4, 2) == [7]  # 7 7 ends at index 1: one token follows it
+
+
+def _request(output: list[int], max_tokens: int = 50) -> Request:
+    req = Request("r", [1, 2, 3], SamplingParams(max_tokens=max_tokens, temperature=0), 0.0, output_token_ids=output)
+    req.num_computed_tokens = req.num_tokens - 1
+    return req
+
+
+def test_drafts_are_taken_back_where_the_step_does_not_compute_them():
+    spec = NgramSpeculator(num_tokens=3, ngram_max=2, max_model_len=100)
+    short, skipped = _request([1, 2, 3, 4, 5, 1, 2]), _request([9, 1, 2, 3, 9, 1])
+    short.request_id, skipped.request_id = "short", "skipped"
+    spec.propose([short, skipped])
+    assert short.output_token_ids[7:] == [3, 4, 5] and skipped.output_token_ids[6:] == [2, 3, 9]
+    assert spec.fit_to({"short": 3}) == {"short": 2}  # its last token and 2 drafts fit in the chunk
+    assert short.output_token_ids[7:] == [3, 4] and skipped.output_token_ids == [9, 1, 2, 3, 9, 1]
+
+
+def test_no_drafts_where_fewer_than_two_tokens_remain():
+    spec = NgramSpeculator(num_tokens=4, ngram_max=2, max_model_len=100)
+    near_end = _request([1, 2, 3, 1, 2], max_tokens=7)
+    spec.propose([near_end])
+    assert near_end.output_token_ids == [1, 2, 3, 1, 2]
+
+
+def test_accepting_keeps_the_agreeing_drafts_and_the_models_next_token():
+    spec = NgramSpeculator(num_tokens=3, ngram_max=2, max_model_len=100)
+    assert spec.accept([5, 6, 7], [5, 6, 8, 9]) == [5, 6, 8]
+    assert spec.accept([5, 6, 7], [5, 6, 7, 9]) == [5, 6, 7, 9]
+    assert spec.accept([5], [4, 1]) == [4]
+    assert (spec.stats.drafted, spec.stats.accepted) == (7, 5)
+
+
+def test_an_unknown_method_is_refused_naming_the_field():
+    with pytest.raises(ValueError, match="speculative must be one of ngram"):
+        EngineConfig(speculative="draft-model")
+    config = EngineConfig(speculative="ngram")
+    assert not config.async_scheduling and not config.persistent_batch
+
+
+# ---- the real model ---------------------------------------------------------------------------
+PASSAGE = ("A hump yard sorts freight cars by rolling them over a small hill. Each car runs down into the "
+           "track of its train, and retarders slow it so that it couples gently with the cars already there.")
+ASKS = [f"Repeat this text exactly:\n\n{PASSAGE}", f"Copy the first sentence of this text:\n\n{PASSAGE}",
+        "Count from one to twenty in words: one, two, three,"]
+PARAMS = SamplingParams(max_tokens=40, temperature=0)
+
+
+@pytest.fixture(scope="module")
+def prompts(smollm2_folder) -> list[list[int]]:
+    from shunter.replica.chat import chat_prompt_ids
+
+    llm = LLM(model="smollm2-135m-instruct", device="cpu")
+    return [chat_prompt_ids(llm.tokenizer, [{"role": "user", "content": a}]) for a in ASKS], llm
+
+
+@pytest.fixture(scope="module")
+def reference(prompts) -> list[list[int]]:
+    ids, llm = prompts
+    return [o.outputs[0].token_ids for o in llm.generate(ids, PARAMS, use_tqdm=False)]
+
+
+# rad times its step staircase at start-up up to the budget: a small one keeps that short on a CPU.
+SETTINGS = {**{p: {"policy": p} for p in sorted(POLICIES)}, "rad": {"policy": "rad", "max_num_batched_tokens": 48},
+            "chunks cut short": {"max_num_batched_tokens": 8},
+            "recompute": {"num_kv_blocks": 12, "max_num_batched_tokens": 32, "preemption_mode": "recompute"}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_greedy_output_is_the_same_with_speculation(prompts, reference, setting):
+    ids, _ = prompts
+    llm = LLM(model="smollm2-135m-instruct", device="cpu", check_invariants=True, speculative="ngram",
+              num_speculative_tokens=4, **SETTINGS[setting])
+    got = [o.outputs[0].token_ids for o in llm.generate(ids, PARAMS, use_tqdm=False)]
+    assert got == reference
+    stats = llm.engine.speculator.stats
+    assert stats.accepted > 10, stats  # the copying prompts take long drafts
+    if setting == "recompute":
+        assert llm.engine.scheduler.stats.num_preemptions > 0
+    assert llm.engine.kv.num_blocks_in_use() == 0
