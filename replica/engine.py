@@ -341,8 +341,8 @@ class Engine(Migration):
             if req.status is finished and final is not req:
                 continue  # aborted or ended meanwhile: its token is dropped with it
             if speculated and req.request_id in speculated:
-                targets = pending.draft_targets[req.request_id] + [token]  # type: ignore[union-attr]
-                outputs.append(self._complete_speculated(req, j, speculated[req.request_id], targets, now))
+                verdicts = pending.draft_verdicts[req.request_id]  # type: ignore[union-attr]
+                outputs.append(self._complete_speculated(req, j, speculated[req.request_id], verdicts, token, now))
                 continue
             req.output_token_ids[j] = token
             if host is not None and req.output_logprobs is not None:
@@ -371,13 +371,14 @@ class Engine(Migration):
             outputs.append(self._finish(req, "stop" if stop else req.finish_reason or "abort", [token], new_text))
         return outputs
 
-    def _complete_speculated(self, req: Request, slot: int, num_drafts: int, targets: list[int],
-                             now: float) -> EngineOutput:
+    def _complete_speculated(self, req: Request, slot: int, num_drafts: int, verdicts: list[tuple[bool, int]],
+                             bonus: int, now: float) -> EngineOutput:
         """A request that verified `num_drafts` drafts (its output's last tokens before `slot`):
-        keep those the model agrees with and its own next token, stop where a stop comes, count
-        as computed only the KV of kept tokens, and publish the blocks they filled."""
+        keep those accepted and the token after them (a rejected draft's replacement, or the
+        chunk's own sample, `bonus`), stop where a stop comes, count as computed only the KV of
+        kept tokens, and publish the blocks they filled."""
         ids, base = req.output_token_ids, slot - num_drafts
-        new = self.speculator.accept(ids[base:slot], targets)  # type: ignore[union-attr]
+        new = self.speculator.accept(ids[base:slot], verdicts, bonus)  # type: ignore[union-attr]
         del ids[base:]
         req.num_computed_tokens = len(req.prompt_token_ids) + base + len(new) - 1
         req.last_token_time = now

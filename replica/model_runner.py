@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from shunter.replica.packing import Chunk, pack
 from shunter.replica.preemption import PreemptionCosts
 from shunter.replica.profile_run import run_dummy_step
 from shunter.replica.readback import PendingTokens, Readback
-from shunter.replica.sampler import RequestRng, sample
+from shunter.replica.sampler import RequestRng, sample, verify_drafts
 from shunter.replica.scheduler import SchedulerOutput
 from shunter.replica.step_inputs import SamplingInputs, Sizes, Staging, StepInputs
 from shunter.replica.step_staircase import STRIDE, StepStaircase
@@ -225,36 +226,47 @@ class ModelRunner:
             hidden = self.decode_graphs.run(batch)
         else:
             hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn)
-        drafts = self._draft_rows(out, hidden.device) if out.speculated else None
+        drafts = self._drafts(out, hidden.device) if out.speculated else None
         if drafts is None:
             logits = self.model.compute_logits(hidden[batch.logits_indices])
         else:  # one pass over the lm-head's weights for the sampled rows and the drafts' rows
             num_sampled = batch.logits_indices.numel()
-            both = self.model.compute_logits(hidden[torch.cat([batch.logits_indices, drafts[0]])])
-            logits, draft_greedy = both[:num_sampled], both[num_sampled:].argmax(-1).tolist()
+            both = self.model.compute_logits(hidden[torch.cat([batch.logits_indices, drafts.rows])])
+            logits = both[:num_sampled]
+            accepted, replacement = verify_drafts(both[num_sampled:], drafts.sampling, drafts.tokens)
+            verdicts = list(zip(accepted.tolist(), replacement.tolist()))
         sampled = sample(logits, inputs.sampling, out.token_bitmask)
         self._last_tokens = sampled.tokens
         prompt = self._prompt_logprobs(out, hidden)
         pending = self.readback.start(sampled.tokens, samples, sampled.logprobs, prompt)
         if drafts is not None:
-            pending.draft_targets = _split(draft_greedy, drafts[1])
+            pending.draft_verdicts = _split(verdicts, drafts.counts)
         if self.timeline is not None:
             self.timeline.end()
         return pending
 
-    def _draft_rows(self, out: SchedulerOutput, device: torch.device) -> tuple[torch.Tensor, list[tuple[str, int]]]:
-        """The rows of each speculating request's chunk but its last (the sampler covers that one),
-        whose greedy tokens each draft must equal to be accepted, and (request id, drafts) in
-        order. Rows follow the scheduled order: speculation packs every step, nothing reorders them."""
+    def _drafts(self, out: SchedulerOutput, device: torch.device) -> Drafts:
+        """The drafts of the step's speculating requests (the last tokens of each one's chunk),
+        the rows whose logits judge them (each chunk's rows but its last, which the sampler
+        covers), and how each is sampled: its request's settings, drawing for the output index
+        the draft stands at. Rows follow the scheduled order: speculation packs every step."""
         assert self.batch is None, "speculation runs on packed inputs"
-        rows, counts, offset = [], [], 0
+        rows, tokens, params, seeds, draws, counts, offset = [], [], [], [], [], [], 0
         for s in out.scheduled:
-            m = out.speculated.get(s.request.request_id, 0)
+            req = s.request
+            m = out.speculated.get(req.request_id, 0)
             if m:
+                base = req.num_output_tokens - m  # its drafts are its output's last m tokens
                 rows.extend(range(offset, offset + m))
-                counts.append((s.request.request_id, m))
+                tokens.extend(req.output_token_ids[base:])
+                params.extend([req.params] * m)
+                seeds.extend([self._seed_of(req.request_id)] * m)
+                draws.extend(range(base, base + m))
+                counts.append((req.request_id, m))
             offset += s.num_new_tokens
-        return torch.tensor(rows, dtype=torch.long, device=device), counts
+        as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+        return Drafts(as_long(rows), as_long(tokens), SamplingInputs.of(params, seeds, draws, self.config.vocab_size,
+                                                                        device), counts)
 
     def _prompt_logprobs(self, out: SchedulerOutput, hidden: torch.Tensor) -> PromptLogprobs | None:
         """The prompt log-probabilities this step's prefill chunks owe, from their hidden states
@@ -292,7 +304,15 @@ class ModelRunner:
         return StepInputs(batch, sampling, empty, empty, sizes), (None if samples.all() else samples)
 
 
-def _split(tokens: list[int], counts: list[tuple[str, int]]) -> dict[str, list[int]]:
+@dataclass
+class Drafts:
+    rows: torch.Tensor  # int64 [D]: rows of the step's hidden states that judge the drafts
+    tokens: torch.Tensor  # int64 [D]
+    sampling: SamplingInputs  # per draft
+    counts: list[tuple[str, int]]  # (request id, its drafts), in order
+
+
+def _split(tokens: list, counts: list[tuple[str, int]]) -> dict[str, list]:
     """`tokens` cut into each request's run, in order."""
     out, at = {}, 0
     for request_id, m in counts:

@@ -27,7 +27,8 @@ class PendingTokens:
     readback: Readback | None = None
     logprobs: LogprobsTensors | None = None  # of the sampled rows, on the host once `event` is reached
     prompt: PromptLogprobs | None = None  # likewise
-    draft_targets: dict[str, list[int]] | None = None  # speculation: the greedy token at each draft's position
+    # Speculation: per request, per draft, (accepted, the token emitted instead where not).
+    draft_verdicts: dict[str, list[tuple[bool, int]]] | None = None
 
     def tokens(self) -> list[int | None]:
         """The sampled token of each scheduled request (None where none was sampled); waits."""

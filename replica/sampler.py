@@ -137,13 +137,50 @@ def _tokens(logits: torch.Tensor, s: SamplingInputs) -> torch.Tensor:
     if not s.filtered:
         drawn = _draw(scaled.softmax(-1), u)
     else:
-        ordered, order = scaled.sort(dim=-1, descending=True)
-        vocab = logits.shape[-1]
-        kth = ordered.gather(1, (s.top_k.clamp(1, vocab) - 1)[:, None])
-        ordered = ordered.masked_fill(ordered < kth, float("-inf"))  # ties with the k-th stay, as topk's would
-        probs = ordered.softmax(-1)
-        # Drop a token when the mass before it already reaches top_p (the top token always stays).
-        top_p = torch.where(s.top_p < 1.0, s.top_p, torch.inf)[:, None]
-        probs = probs.masked_fill((probs.cumsum(-1) - probs) >= top_p, 0.0)
+        probs, order = _filtered(scaled, s)
         drawn = order.gather(1, _draw(probs, u)[:, None]).squeeze(1)
     return torch.where(random, drawn, greedy)
+
+
+def _filtered(scaled: torch.Tensor, s: SamplingInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k then top-p of the scaled logits: the probabilities in descending order, and that order."""
+    ordered, order = scaled.sort(dim=-1, descending=True)
+    kth = ordered.gather(1, (s.top_k.clamp(1, scaled.shape[-1]) - 1)[:, None])
+    ordered = ordered.masked_fill(ordered < kth, float("-inf"))  # ties with the k-th stay, as topk's would
+    probs = ordered.softmax(-1)
+    # Drop a token when the mass before it already reaches top_p (the top token always stays).
+    top_p = torch.where(s.top_p < 1.0, s.top_p, torch.inf)[:, None]
+    return probs.masked_fill((probs.cumsum(-1) - probs) >= top_p, 0.0), order
+
+
+def target_probs(logits: torch.Tensor, s: SamplingInputs) -> torch.Tensor:
+    """`[N, vocab]`: the distribution each sampled row draws from (temperature, top-k, top-p)."""
+    random = s.temperature > 0
+    scaled = logits.float() / torch.where(random, s.temperature, 1.0)[:, None]
+    if not s.filtered:
+        return scaled.softmax(-1)
+    probs, order = _filtered(scaled, s)
+    probs = probs / probs.sum(-1, keepdim=True)  # top-p dropped some mass: what is left sums to 1
+    return torch.zeros_like(probs).scatter_(1, order, probs)
+
+
+_ACCEPT_STREAM = 0x2545F4914F6CDD1D  # xored into a seed: the acceptance tests' own stream of uniforms
+
+
+def verify_drafts(logits: torch.Tensor, s: SamplingInputs, drafts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speculative sampling of drafts from a proposal that puts all its mass on them (n-gram):
+    per row, whether `drafts[i]` is accepted, and the token to emit where it is not. A greedy
+    row accepts the argmax, which is also its replacement. A sampled row accepts the draft with
+    probability p(draft) under its distribution p (a uniform from a stream of its own) and
+    otherwise draws from p without the draft, renormalized (its usual uniform): the emitted token
+    is distributed as p exactly (speculative sampling, Leviathan et al. and Chen et al. 2023)."""
+    logits = logits.float()
+    greedy = logits.argmax(-1)
+    if s.all_greedy:
+        return drafts == greedy, greedy
+    probs = target_probs(logits, s)
+    accepted = uniform(s.seeds ^ _ACCEPT_STREAM, s.draws) < probs.gather(1, drafts[:, None]).squeeze(1).double()
+    residual = probs.scatter(1, drafts[:, None], 0.0)  # all zero only where p(draft) = 1: then always accepted
+    replacement = _draw(residual, uniform(s.seeds, s.draws)).clamp(max=logits.shape[-1] - 1)
+    random = s.temperature > 0
+    return torch.where(random, accepted, drafts == greedy), torch.where(random, replacement, greedy)

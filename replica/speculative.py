@@ -1,20 +1,23 @@
 """Speculative decoding by n-gram (prompt lookup): propose, verify in one forward pass, accept.
 
-Before a step, every greedy request that is decoding looks for the last n tokens of its context
+Before a step, every request that is decoding looks for the last n tokens of its context
 earlier in that context (n from `ngram_max` down to 1) and, where they occur, proposes the
 tokens that followed them there: an edit or a summary of a given text repeats long spans of it.
 The drafts are appended to the request's output for the scheduler's sake, so the step computes
 the request's last token and its k drafts as one chunk of k + 1 tokens (the KV slots, the token
 budget and the blocks come as for any chunk), and the model's logits at every position of the
-chunk say what greedy decoding would have produced there. Drafts are accepted while they equal
-those tokens; the first mismatch (or the chunk's end) adds the model's own token, so a step gains
-between 1 and k + 1 tokens and greedy output is the same token for token as without drafts.
+chunk judge the drafts (`sampler.verify_drafts`). A greedy request accepts a draft that is the
+argmax there; a sampled one accepts it with the probability its distribution gives it and
+otherwise draws from the rest (speculative sampling), so its tokens follow the same distribution
+as without drafts. The first rejected draft is replaced, or, all accepted, the chunk's last
+position adds a token: a step gains between 1 and k + 1 tokens, and greedy output is the same
+token for token as without drafts.
 Rejected drafts leave KV in their slots that nobody reads: the request's computed count stops
 before them, and the next step writes over them.
 
-Only greedy requests without log-probabilities or a grammar speculate (sampled ones decode one
-token a step: rejection sampling is not built), and only while at least two tokens remain before
-`max_tokens` and the context's end, so a draft never decides a length stop. Speculation steps
+Requests asking for log-probabilities or following a grammar decode one token a step; the others
+speculate while at least two tokens remain before `max_tokens` and the context's end, so a draft
+never decides a length stop. Speculation steps
 synchronously on packed inputs: the next drafts need the tokens just accepted.
 """
 from __future__ import annotations
@@ -31,8 +34,8 @@ SPECULATIVE_METHODS = ("ngram",)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`--speculative` and `--num-speculative-tokens`, as `shunter serve` and `shunter generate` take them."""
     parser.add_argument("--speculative", choices=SPECULATIVE_METHODS, default=None,
-                        help="speculative decoding: ngram proposes drafts from the context itself (prompt lookup); "
-                             "greedy requests only, steps synchronously")
+                        help="speculative decoding: ngram proposes drafts from the context itself (prompt lookup), "
+                             "verified in one pass (greedy: token for token the same output); steps synchronously")
     parser.add_argument("--num-speculative-tokens", type=int_at_least(1), default=4, metavar="K",
                         help="with --speculative: drafts proposed per request per step")
 
@@ -74,8 +77,7 @@ class NgramSpeculator:
         """Append drafts to every eligible decoding request (before the schedule)."""
         for req in running:
             params = req.params
-            if (params.temperature != 0.0 or params.logprobs is not None or req.grammar is not None
-                    or req.num_computed_tokens != req.num_tokens - 1):
+            if params.logprobs is not None or req.grammar is not None or req.num_computed_tokens != req.num_tokens - 1:
                 continue
             room = min(self.num_tokens, params.max_tokens - len(req.output_token_ids) - 2,
                        self.max_model_len - req.num_tokens - 2)
@@ -99,13 +101,14 @@ class NgramSpeculator:
         self._drafted.clear()
         return verifying
 
-    def accept(self, drafts: list[int], targets: list[int]) -> list[int]:
-        """The tokens a verified chunk yields: the drafts that match the model's tokens at their
-        positions (`targets`, one more than the drafts), then the model's token after them."""
+    def accept(self, drafts: list[int], verdicts: list[tuple[bool, int]], bonus: int) -> list[int]:
+        """The tokens a verified chunk yields: the drafts up to the first rejected one
+        (`verdicts`: per draft, accepted and the token to emit instead, `sampler.verify_drafts`),
+        then that one's replacement, or, all accepted, the token sampled after the last (`bonus`)."""
         j = 0
-        while j < len(drafts) and drafts[j] == targets[j]:
+        while j < len(drafts) and verdicts[j][0]:
             j += 1
         self.stats.steps += 1
         self.stats.drafted += len(drafts)
         self.stats.accepted += j
-        return drafts[:j] + [targets[j]]
+        return drafts[:j] + [verdicts[j][1] if j < len(drafts) else bonus]

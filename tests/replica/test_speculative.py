@@ -1,17 +1,21 @@
 """Speculative decoding by n-gram: the proposer finds the latest earlier occurrence of the context's
-end; accepting keeps the drafts the model agrees with plus its own token; drafts the step will
-not compute are taken back; and on the real model greedy output is the same token for token as
-without speculation under every policy, with chunks cut short by a small budget, and under
-preemption, while drafts are accepted (tier 3)."""
+end; accepting keeps the drafts before the first rejected one and its replacement; speculative
+sampling keeps the target's distribution (chi-square); drafts the step will not compute are taken
+back; and on the real model greedy output is the same token for token as without speculation
+under every policy, with chunks cut short by a small budget, and under preemption, while drafts
+are accepted, and a sampled request's tokens are fixed by its seed whatever shares its batch."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from shunter import LLM, SamplingParams
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.policies import POLICIES
 from shunter.replica.request import Request
+from shunter.replica.sampler import target_probs, verify_drafts
 from shunter.replica.speculative import NgramSpeculator, propose_ngram
+from shunter.replica.step_inputs import SamplingInputs
 
 
 def test_the_proposal_follows_the_latest_earlier_occurrence_of_the_longest_suffix():
@@ -44,12 +48,43 @@ def test_no_drafts_where_fewer_than_two_tokens_remain():
     assert near_end.output_token_ids == [1, 2, 3, 1, 2]
 
 
-def test_accepting_keeps_the_agreeing_drafts_and_the_models_next_token():
+def test_accepting_keeps_the_drafts_before_the_first_rejected_one_and_its_replacement():
     spec = NgramSpeculator(num_tokens=3, ngram_max=2, max_model_len=100)
-    assert spec.accept([5, 6, 7], [5, 6, 8, 9]) == [5, 6, 8]
-    assert spec.accept([5, 6, 7], [5, 6, 7, 9]) == [5, 6, 7, 9]
-    assert spec.accept([5], [4, 1]) == [4]
-    assert (spec.stats.drafted, spec.stats.accepted) == (7, 5)
+    assert spec.accept([5, 6, 7], [(True, 5), (True, 6), (False, 8)], bonus=9) == [5, 6, 8]
+    assert spec.accept([5, 6, 7], [(True, 5), (True, 6), (True, 7)], bonus=9) == [5, 6, 7, 9]
+    assert spec.accept([5, 6], [(False, 4), (True, 6)], bonus=1) == [4]  # nothing after a rejection counts
+    assert (spec.stats.drafted, spec.stats.accepted) == (8, 5)
+
+
+def _first_tokens(logits: torch.Tensor, params: SamplingParams, draft: int, n: int) -> list[int]:
+    """The first token of `n` speculating requests (seeds 0..n-1), each with `draft` as its draft."""
+    rows = logits.expand(n, -1)
+    s = SamplingInputs.of([params] * n, list(range(n)), [0] * n, logits.shape[-1], "cpu")
+    accepted, replacement = verify_drafts(rows, s, torch.full((n,), draft))
+    return torch.where(accepted, draft, replacement).tolist()
+
+
+@pytest.mark.parametrize("params", [SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, top_k=4),
+                                    SamplingParams(temperature=1.3, top_p=0.8)])
+@pytest.mark.parametrize("draft", [0, 3])  # the likeliest token, and a middling one
+def test_speculative_sampling_keeps_the_targets_distribution(params, draft):
+    logits = torch.tensor([[2.0, 1.5, 1.0, 0.5, 0.0, -1.0]])
+    s = SamplingInputs.of([params], [0], [0], 6, "cpu")
+    p = target_probs(logits, s)[0].double()
+    n = 40_000
+    counts = torch.bincount(torch.tensor(_first_tokens(logits, params, draft, n)), minlength=6).double()
+    support = p > 0
+    assert counts[~support].sum() == 0  # nothing outside top-k / top-p
+    expected = p[support] * n
+    chi2 = (((counts[support] - expected) ** 2) / expected).sum().item()
+    assert chi2 < 20.5, (chi2, counts.tolist(), expected.tolist())  # df <= 5: p = 0.001
+
+
+def test_a_greedy_draft_is_accepted_only_as_the_argmax():
+    logits = torch.tensor([[0.0, 3.0, 1.0], [0.0, 3.0, 1.0]])
+    s = SamplingInputs.of([SamplingParams(temperature=0)] * 2, [0, 0], [0, 0], 3, "cpu")
+    accepted, replacement = verify_drafts(logits, s, torch.tensor([1, 2]))
+    assert accepted.tolist() == [True, False] and replacement.tolist() == [1, 1]
 
 
 def test_an_unknown_method_is_refused_naming_the_field():
@@ -100,3 +135,14 @@ def test_greedy_output_is_the_same_with_speculation(prompts, reference, setting)
     if setting == "recompute":
         assert llm.engine.scheduler.stats.num_preemptions > 0
     assert llm.engine.kv.num_blocks_in_use() == 0
+
+
+@pytest.mark.slow
+def test_sampled_requests_speculate_and_a_seed_still_fixes_their_tokens(prompts):
+    ids, _ = prompts
+    llm = LLM(model="smollm2-135m-instruct", device="cpu", check_invariants=True, speculative="ngram")
+    params = SamplingParams(max_tokens=32, temperature=0.7, seed=7)
+    first = [o.outputs[0].token_ids for o in llm.generate(ids, params, use_tqdm=False)]
+    assert llm.engine.speculator.stats.accepted > 0
+    again = [o.outputs[0].token_ids for o in llm.generate(ids[::-1], params, use_tqdm=False)][::-1]
+    assert again == first and llm.engine.kv.num_blocks_in_use() == 0
