@@ -97,9 +97,8 @@ def test_an_unknown_method_is_refused_naming_the_field():
 # ---- the real model ---------------------------------------------------------------------------
 PASSAGE = ("A hump yard sorts freight cars by rolling them over a small hill. Each car runs down into the "
            "track of its train, and retarders slow it so that it couples gently with the cars already there.")
-ASKS = [f"Repeat this text exactly:\n\n{PASSAGE}", f"Copy the first sentence of this text:\n\n{PASSAGE}",
-        "Count from one to twenty in words: one, two, three,"]
-PARAMS = SamplingParams(max_tokens=40, temperature=0)
+ASKS = [f"Repeat this text exactly:\n\n{PASSAGE}", f"Copy the first sentence of this text:\n\n{PASSAGE}"]
+PARAMS = SamplingParams(max_tokens=24, temperature=0)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +118,7 @@ def reference(prompts) -> list[list[int]]:
 # rad times its step staircase at start-up up to the budget: a small one keeps that short on a CPU.
 SETTINGS = {**{p: {"policy": p} for p in sorted(POLICIES)}, "rad": {"policy": "rad", "max_num_batched_tokens": 48},
             "chunks cut short": {"max_num_batched_tokens": 8},
-            "recompute": {"num_kv_blocks": 12, "max_num_batched_tokens": 32, "preemption_mode": "recompute"}}
+            "recompute": {"num_kv_blocks": 10, "max_num_batched_tokens": 32, "preemption_mode": "recompute"}}
 
 
 @pytest.mark.slow
@@ -141,7 +140,7 @@ def test_greedy_output_is_the_same_with_speculation(prompts, reference, setting)
 def test_sampled_requests_speculate_and_a_seed_still_fixes_their_tokens(prompts):
     ids, _ = prompts
     llm = LLM(model="smollm2-135m-instruct", device="cpu", check_invariants=True, speculative="ngram")
-    params = SamplingParams(max_tokens=32, temperature=0.7, seed=7)
+    params = SamplingParams(max_tokens=20, temperature=0.7, seed=7)
     first = [o.outputs[0].token_ids for o in llm.generate(ids, params, use_tqdm=False)]
     assert llm.engine.speculator.stats.accepted > 0
     again = [o.outputs[0].token_ids for o in llm.generate(ids[::-1], params, use_tqdm=False)][::-1]

@@ -107,12 +107,12 @@ def _schema(depth: int = 1) -> st.SearchStrategy[dict]:
 
 
 @pytest.mark.slow
-@settings(max_examples=2, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
+@settings(max_examples=1, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(schemas=st.lists(_schema(), min_size=4, max_size=4))
+@given(schemas=st.lists(_schema(), min_size=6, max_size=6))
 def test_every_constrained_output_parses_and_validates(llm, schemas):
     params = [SamplingParams(max_tokens=120, temperature=t, seed=i, structured_output={"json": schema})
-              for i, (schema, t) in enumerate(zip(schemas, [0.0, 0.0, 0.8, 1.2]))]
+              for i, (schema, t) in enumerate(zip(schemas, [0.0, 0.0, 0.0, 0.8, 1.2, 1.2]))]
     outs = llm.generate([PROMPT] * len(schemas), params, use_tqdm=False)
     for schema, out in zip(schemas, outs):
         completion = out.outputs[0]
