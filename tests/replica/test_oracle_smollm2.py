@@ -101,19 +101,10 @@ def test_plain(prompts, reference):
     assert got == reference[: len(prompts)]
 
 
-@pytest.mark.parametrize("mode", ["recompute", "swap"])
-def test_small_kv_pool_forces_preemption(prompts, reference, mode):
-    got, llm = engine_greedy(prompts, num_kv_blocks=14, preemption_mode=mode, swap_space=0.05, max_num_batched_tokens=128)
-    assert got == reference[: len(prompts)]
-    stats = llm.engine.stats()
-    assert stats.num_preemptions > 0
-    if mode == "swap":
-        assert stats.num_swaps > 0
-
-
 # A preemption mode acts the same on whichever victim a policy picks: every policy runs under one
-# mode at least and every mode under three policies or more (fcfs under all three; the whole
-# 7 x 3 matrix took ~3 minutes of the CI's 15). auto picks recompute or swap by measured costs.
+# mode at least and every mode under three policies or more (fcfs under all three, synchronously
+# too; the whole 7 x 3 matrix took ~3 minutes of the CI's 15). auto picks recompute or swap by
+# measured costs. Each case runs out of KV blocks, so it preempts (asserted).
 POLICY_MODES = [("fcfs", "recompute"), ("fcfs", "swap"), ("fcfs", "auto"), ("sjf", "swap"), ("mlq", "recompute"),
                 ("priority", "swap"), ("slo", "recompute"), ("static", "swap"), ("rad", "recompute"), ("rad", "auto")]
 
@@ -150,7 +141,7 @@ def test_shared_prefixes_hit_the_cache(prompts, shared_prompts, reference):
     assert llm.engine.stats().prefix_hit_rate > 0
 
 
-@pytest.mark.parametrize("policy", ["fcfs", "rad", "priority"])
+@pytest.mark.parametrize("policy", ["fcfs", "rad"])
 def test_cache_aware_order_keeps_the_tokens(prompts, shared_prompts, reference, policy):
     """Waiting requests reordered by their cached prefix blocks, under KV pressure with shared
     and unshared prompts mixed: the tokens stay HF's, and the shared prefix is hit."""
