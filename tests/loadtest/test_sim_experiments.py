@@ -121,3 +121,14 @@ def test_rebalance_compares_none_the_policy_before_and_freeness_stop_and_copy_an
     assert "Issue 23's goal" in result.verdict and result.ours.count("freeness, live") == len(RATES)
     result.plot(tmp_path / "rebalance.png")
     assert (tmp_path / "rebalance.png").stat().st_size > 1000
+
+
+def test_speculation_pays_most_at_batch_1_and_less_as_the_batch_grows():
+    from shunter.loadtest.sim.experiments.speculative import tokens_per_step
+
+    assert tokens_per_step(0.0, 4) == 1.0 and tokens_per_step(1.0, 4) == 5.0
+    rows = {(r["proposer"], r["acceptance"]): r for r in registry()["speculative"](TOY).rows}
+    draft, as_steps = rows[("draft 1B, one launch", 0.8)], rows[("draft 1B, k engine steps", 0.8)]
+    assert draft["B=1"] > 1.5 > draft["B=512"] and draft["B=1"] >= draft["B=64"] >= draft["B=512"]
+    assert as_steps["B=1"] < draft["B=1"]  # each engine step pays the host overhead again
+    assert all(rows[("n-gram", a)]["B=1"] > rows[("draft 1B, one launch", a)]["B=1"] for a in (0.6, 0.8))

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from shunter.loadtest.sim.experiments.common import Result, Scale
 
 NAMES = ("static", "chunked", "slai", "routing", "hot-prefix", "rebalance", "specialization", "makespan", "scale",
-         "slo-preemptions", "crosscheck", "gpu-crosscheck", "rad", "tiling", "cache-order")
+         "slo-preemptions", "crosscheck", "gpu-crosscheck", "rad", "tiling", "cache-order", "speculative")
 SCALE_NAMES = ("full", "toy")
 
 
@@ -27,6 +27,7 @@ def registry() -> dict[str, Callable[[Scale], Result]]:
         rebalancing,
         routing,
         scale,
+        speculative,
     )
 
     experiments = {
@@ -45,6 +46,7 @@ def registry() -> dict[str, Callable[[Scale], Result]]:
         "rad": rad.rad,
         "tiling": rad.tiling,
         "cache-order": cache_order.cache_order,
+        "speculative": speculative.speculative,  # analytic: the H100 cost models, no simulation
     }
     assert tuple(experiments) == NAMES
     return experiments
