@@ -32,6 +32,31 @@ def smollm2_folder() -> Path:
     return ensure_hf_folder(smollm2.NAME)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def smollm2_weights_loaded_once():
+    """Every in-process engine on SmolLM2 of one device and dtype shares one copy of its weights
+    (nothing writes them: a forward pass reads the weights and the KV cache it is handed).
+    Loading them again for each of the suite's engines cost about a second each. Engines in
+    other processes (Ray replicas, `shunter serve`) load their own, as in production."""
+    from shunter.replica import model_runner
+    from shunter.replica.models import loader
+
+    original, loaded = loader.load_model, {}
+
+    def load_model(name_or_path, device="cpu", dtype=None):
+        if str(name_or_path) != loader.DEFAULT_MODEL:
+            return original(name_or_path, device, dtype)
+        key = (str(torch.device(device)), dtype)
+        if key not in loaded:
+            loaded[key] = original(name_or_path, device, dtype)
+        return loaded[key]
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(model_runner, "load_model", load_model)
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def smollm2_model(smollm2_folder):
     """Our model on the same weights (float32, CPU), loaded once per session."""
