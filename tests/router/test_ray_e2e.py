@@ -124,13 +124,12 @@ def test_kv_lost_in_transfer_the_target_recomputes(server, ray_cluster, monkeypa
 
 
 def test_killing_a_replica_mid_stream_every_stream_completes(server):
-    victim = server.router.slots["r0"]
-    pid = victim.info.pid
-    results, killed = {}, []
+    results, killed = {}, []  # (replica id, its pid): the one serving stream 0 when killed
 
     def on_chunk(chunk, n):
-        if n >= 8 and not killed:
-            killed.append(pid)
+        if n >= 8 and not killed:  # the replica this stream is on, whichever routing chose
+            pid = server.router.slots[chunk.replica_id].info.pid
+            killed.append((chunk.replica_id, pid))
             os.kill(pid, signal.SIGKILL)
 
     prompts = [[i + 20] * 25 for i in range(4)]
@@ -142,6 +141,8 @@ def test_killing_a_replica_mid_stream_every_stream_completes(server):
     for i, p in enumerate(prompts):
         assert results[i][0] == reference_output(p, 50, ignore_eos=True), i
     assert server.router.counters.failed_over >= 1
+    replica_id, pid = killed[0]
+    victim = server.router.slots[replica_id]
     deadline = time.time() + 60
     while not victim.healthy and time.time() < deadline:
         time.sleep(0.2)
