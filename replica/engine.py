@@ -147,12 +147,12 @@ class Engine(Migration):
             arrival_time=self.clock.now() if arrival_time is None else arrival_time,
             eos_token_ids=self.eos_token_ids,
         )
-        if params.structured_output is not None:
-            self._compiling[request_id] = (request, self._grammar_compiler().compile(params.structured_output))
-            self._track(request)
-            return
+        compiler = self._grammar_compiler() if params.structured_output is not None else None
         self._track(request)
-        self.scheduler.add(request)
+        if compiler is not None:
+            self._compiling[request_id] = (request, compiler.compile(params.structured_output))
+        else:
+            self.scheduler.add(request)
 
     def _grammar_compiler(self) -> GrammarCompiler:
         if self.grammars is None:
@@ -296,10 +296,9 @@ class Engine(Migration):
         grammar. Their tokens are all known: a step with one completes before the next launches."""
         rows, row = [], 0
         for s in out.scheduled:
-            req = s.request
-            if req.num_computed_tokens + s.num_new_tokens == len(req.prompt_token_ids) + len(req.output_token_ids):
-                if req.grammar is not None:
-                    rows.append((row, req.grammar))
+            if s.samples:
+                if s.request.grammar is not None:
+                    rows.append((row, s.request.grammar))
                 row += 1
         return self.grammars.masks(rows, row) if rows else None  # type: ignore[union-attr]
 
