@@ -1,9 +1,9 @@
-"""`shunter bench speculative`: n-gram speculative decoding against plain decoding, batch 1.
+"""`shunter bench speculative`: speculative decoding (n-gram or a draft model) against plain decoding, batch 1.
 
 An input-grounded workload (issue 27): each request gives a passage and asks to repeat it, fix
 its typos, or summarise it, so the answer repeats long spans of the prompt. The requests run one
 at a time (batch 1) on two engines of the same model, one plain and one with `--speculative
-ngram`, alternating request by request so that a machine that slows down weighs on both alike;
+ngram` (or `--speculative-model`: a draft model), alternating request by request so that a machine that slows down weighs on both alike;
 greedy, so both must produce the same tokens (checked). Reported: output tokens per second of
 each (wall and this process's CPU time), the speed-up (goal >= 1.5x on the CPU with SmolLM2), the
 acceptance rate and tokens gained per step.
@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--passages", type=int, default=2, help="passages; each is asked 3 ways")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--num-speculative-tokens", type=int, default=4)
+    parser.add_argument("--speculative-model", default=None, metavar="MODEL",
+                        help="speculate with this draft model instead of n-grams")
+    parser.add_argument("--speculative-draft-layers", type=int, default=None, metavar="N",
+                        help="with --speculative-model: its first N layers only")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default: loadtest/results/bench_speculative.json)")
@@ -63,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     plain = LLM(model=args.model)
-    spec = LLM(model=args.model, speculative="ngram", num_speculative_tokens=args.num_speculative_tokens)
+    method = ({"speculative_model": args.speculative_model, "speculative_draft_layers": args.speculative_draft_layers}
+              if args.speculative_model else {"speculative": "ngram"})
+    spec = LLM(model=args.model, num_speculative_tokens=args.num_speculative_tokens, **method)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0)
     asks = [[{"role": "user", "content": a}] for a in workload(args.passages)]
     for llm in (plain, spec):  # warm-up
@@ -90,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                    f"torch {torch.__version__}",
         "load_average": os.getloadavg(), "requests": len(asks), "max_tokens": args.max_tokens,
+        "method": {"speculative": spec.engine.config.speculative, "speculative_model": args.speculative_model,
+                   "speculative_draft_layers": args.speculative_draft_layers},
         "num_speculative_tokens": args.num_speculative_tokens, "output_tokens": tokens,
         "outputs_differing": mismatched,
         "seconds": {k: {"wall": v[0], "cpu": v[1]} for k, v in times.items()},
@@ -103,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     Console().print(
-        f"{len(asks)} requests at batch 1, {tokens} output tokens each way: plain "
+        f"{spec.engine.config.speculative}: {len(asks)} requests at batch 1, {tokens} output tokens each way: plain "
         f"{result['tokens_per_s']['plain']:.1f} tokens/s, speculative {result['tokens_per_s']['speculative']:.1f}: "
         f"speed-up {result['speedup']:.2f}x (CPU time {result['cpu_speedup']:.2f}x; goal >= 1.5x); acceptance "
         f"{result['acceptance_rate']:.0%} of {drafted} drafts, {result['tokens_per_step']:.2f} tokens a step; "

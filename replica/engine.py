@@ -27,7 +27,7 @@ from shunter.replica.policies import make_policy
 from shunter.replica.readback import PendingTokens
 from shunter.replica.request import PLACEHOLDER, Request, RequestStatus
 from shunter.replica.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
-from shunter.replica.speculative import NgramSpeculator
+from shunter.replica.speculative import NgramProposer, Speculator
 from shunter.replica.step_staircase import MAX_TIMED_TOKENS, StepStaircase
 from shunter.replica.threads import set_torch_threads
 from shunter.replica.validation import validate_request
@@ -113,8 +113,13 @@ class Engine(Migration):
                          if self.tokenizer is not None else None)
         self._compiling: dict[str, tuple[Request, Future[Grammar]]] = {}
         self._constrained: set[str] = set()
-        self.speculator = (NgramSpeculator(config.num_speculative_tokens, config.ngram_max, self.max_model_len)
-                           if config.speculative == "ngram" else None)
+        self.speculator = self._speculator(config)
+
+    def _speculator(self, config: EngineConfig) -> Speculator | None:
+        if config.speculative is None:
+            return None
+        proposer = NgramProposer(config.ngram_max) if config.speculative == "ngram" else self.runner.draft
+        return Speculator(config.num_speculative_tokens, self.max_model_len, proposer)
 
     def _measure_staircase(self, config: EngineConfig) -> StepStaircase | None:
         """Time steps of increasing size on the runner (`replica/step_staircase.py`), up to the

@@ -44,8 +44,12 @@ class EngineConfig:
     num_threads: int | None = None  # torch's CPU threads; None: the CPUs this process is given (replica/threads.py)
     # Speculative decoding (`replica/speculative.py`): "ngram" proposes up to
     # `num_speculative_tokens` drafts a step from the context itself (n-grams of up to
-    # `ngram_max` tokens). It steps synchronously on packed inputs (both set so when it is on).
-    speculative: str | None = None
+    # `ngram_max` tokens), "draft" from `speculative_model` (`replica/draft_model.py`; the
+    # model's own name shares its weights, cut to its first `speculative_draft_layers` layers).
+    # It steps synchronously on packed inputs (both set so when it is on).
+    speculative: str | None = None  # None with speculative_model set: "draft"
+    speculative_model: str | None = None
+    speculative_draft_layers: int | None = None  # None: all of the draft's layers
     num_speculative_tokens: int = 4
     ngram_max: int = 3
     seed: int = 0
@@ -66,14 +70,7 @@ class EngineConfig:
             raise ValueError(f"admission_watermark must be in (0, 1] or None, got {self.admission_watermark}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
-        if self.speculative is not None:
-            if self.speculative not in SPECULATIVE_METHODS:
-                raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE_METHODS)} or None, "
-                                 f"got {self.speculative!r}")
-            if self.num_speculative_tokens < 1 or self.ngram_max < 1:
-                raise ValueError("num_speculative_tokens and ngram_max must be >= 1, got "
-                                 f"{self.num_speculative_tokens} and {self.ngram_max}")
-            self.async_scheduling = self.persistent_batch = False  # the next drafts need this step's tokens
+        self._check_speculative()
         if self.async_scheduling and not self.persistent_batch:
             raise ValueError("async_scheduling needs persistent_batch (packed inputs take no token from the device)")
         if self.cache_aware_order and self.policy == "static":
@@ -84,3 +81,23 @@ class EngineConfig:
                              f"start-up timing resolves ({STAIRCASE_STRIDE} tokens); policy rad sizes steps in tiles")
         if self.dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+    def _check_speculative(self) -> None:
+        if self.speculative is None and self.speculative_model is not None:
+            self.speculative = "draft"
+        if self.speculative is None:
+            if self.speculative_draft_layers is not None:
+                raise ValueError("speculative_draft_layers: set without speculative_model")
+            return
+        if self.speculative not in SPECULATIVE_METHODS:
+            raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE_METHODS)} or None, "
+                             f"got {self.speculative!r}")
+        if (self.speculative == "draft") != (self.speculative_model is not None):
+            raise ValueError(f"speculative_model: speculative={self.speculative!r} "
+                             + ("takes no draft model" if self.speculative_model else "needs a draft model"))
+        if self.speculative_draft_layers is not None and self.speculative_draft_layers < 1:
+            raise ValueError(f"speculative_draft_layers must be >= 1 or None, got {self.speculative_draft_layers}")
+        if self.num_speculative_tokens < 1 or self.ngram_max < 1:
+            raise ValueError("num_speculative_tokens and ngram_max must be >= 1, got "
+                             f"{self.num_speculative_tokens} and {self.ngram_max}")
+        self.async_scheduling = self.persistent_batch = False  # the next drafts need this step's tokens

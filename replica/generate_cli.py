@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
             model_source(args.model)
         except ValueError as e:
             raise ValueError(f"--model: {e}") from None
+        speculative_options.check_draft_model(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -58,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         engine = Engine(EngineConfig(model=args.model, num_threads=args.num_threads,
-                                     async_scheduling=not args.no_async_scheduling, speculative=args.speculative,
-                                     num_speculative_tokens=args.num_speculative_tokens))
+                                     async_scheduling=not args.no_async_scheduling,
+                                     **speculative_options.engine_settings(args)))
         if engine.tokenizer is None:
             raise ValueError(f"--model: {args.model} has no tokenizer, so it cannot take a text prompt")
         if args.chat:

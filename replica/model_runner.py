@@ -20,6 +20,7 @@ from shunter.kernels import ops as kernels
 from shunter.mathutil import cdiv
 from shunter.replica.decode_graphs import DecodeGraphs
 from shunter.replica.device_timeline import DeviceTimeline
+from shunter.replica.draft_model import DraftModel, load_draft
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica import kv_staging
 from shunter.replica.host_fence import HostFence
@@ -80,6 +81,7 @@ class ModelRunner:
         self.readback = Readback(max_num_seqs, self.device, max(max_num_batched_tokens, max_num_seqs))
         self._last_tokens: torch.Tensor | None = None  # the last step's samples, on the device
         self.timeline: DeviceTimeline | None = None  # set by a benchmark to see the device's idle time
+        self.draft: DraftModel | None = None  # speculative decoding's draft model (`create`)
 
     @classmethod
     def create(cls, config: EngineConfig) -> "ModelRunner":
@@ -89,6 +91,12 @@ class ModelRunner:
         loaded = load_model(config.model, device=device, dtype=dtype)
         max_model_len = config.max_model_len or loaded.config.max_position_embeddings
         block_bytes = kv_bytes_per_block(loaded.config, config.block_size, dtype)
+        draft = None
+        if config.speculative == "draft":
+            assert config.speculative_model is not None  # EngineConfig's check
+            draft = load_draft(config.speculative_model, config.speculative_draft_layers, loaded)
+        # A draft's pool has as many blocks as the target's: a block costs both.
+        pool_block_bytes = block_bytes + (kv_bytes_per_block(draft.config, config.block_size, dtype) if draft else 0)
         memory, activation_bytes = None, 0
         if device.type == "cuda" and config.num_kv_blocks is None:
             memory = CudaMemory(device)
@@ -96,11 +104,12 @@ class ModelRunner:
             activation_bytes = activation_peak(memory, lambda: run_dummy_step(
                 loaded.model, loaded.config, config.block_size, num_tokens, config.max_num_seqs, dtype, device))
             log.info("profiling step of %d tokens: %.2f GiB of activations", num_tokens, activation_bytes / 2**30)
-        num_blocks = num_device_blocks(config, device, block_bytes, max_model_len, memory, activation_bytes)
+        num_blocks = num_device_blocks(config, device, pool_block_bytes, max_model_len, memory, activation_bytes)
         cpu_blocks = num_cpu_blocks(config, block_bytes)
         log.info("model %s on %s: %d KV blocks, %d CPU blocks", config.model, device, num_blocks, cpu_blocks)
         runner = cls(loaded, num_blocks, config.block_size, cpu_blocks, max_model_len, config.max_num_seqs,
                      config.max_num_batched_tokens, config.persistent_batch)
+        runner.draft = DraftModel(draft, num_blocks, config.block_size) if draft is not None else None
         if device.type == "cuda" and not config.enforce_eager:
             runner.use_decode_graphs(config.max_num_seqs, capture=True)
         return runner
@@ -126,6 +135,8 @@ class ModelRunner:
         """The request left the device (finished, aborted, preempted, exported): free its row."""
         if self.batch is not None:
             self.batch.remove(request_id)
+        if self.draft is not None:
+            self.draft.release(request_id)
 
     def swap(self, pairs: list[tuple[int, int]], to_cpu: bool) -> None:
         """Copy blocks between the device pool and the CPU pool: one batched copy per layer and direction."""

@@ -1,8 +1,10 @@
-"""Speculative decoding by n-gram (prompt lookup): propose, verify in one forward pass, accept.
+"""Speculative decoding: propose drafts, verify them in one forward pass, accept.
 
-Before a step, every request that is decoding looks for the last n tokens of its context
-earlier in that context (n from `ngram_max` down to 1) and, where they occur, proposes the
-tokens that followed them there: an edit or a summary of a given text repeats long spans of it.
+Two proposers. "ngram" (prompt lookup): every request that is decoding looks for the last n
+tokens of its context earlier in that context (n from `ngram_max` down to 1) and, where they
+occur, proposes the tokens that followed them there: an edit or a summary of a given text
+repeats long spans of it. "draft": a small model of the same vocabulary proposes its greedy
+continuation (`replica/draft_model.py`).
 The drafts are appended to the request's output for the scheduler's sake, so the step computes
 the request's last token and its k drafts as one chunk of k + 1 tokens (the KV slots, the token
 budget and the blocks come as for any chunk), and the model's logits at every position of the
@@ -24,20 +26,62 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from shunter.cli_args import int_at_least
 from shunter.replica.request import Request
 
-SPECULATIVE_METHODS = ("ngram",)
+SPECULATIVE_METHODS = ("ngram", "draft")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--speculative` and `--num-speculative-tokens`, as `shunter serve` and `shunter generate` take them."""
+    """The speculative decoding flags, as `shunter serve` and `shunter generate` take them."""
     parser.add_argument("--speculative", choices=SPECULATIVE_METHODS, default=None,
                         help="speculative decoding: ngram proposes drafts from the context itself (prompt lookup), "
-                             "verified in one pass (greedy: token for token the same output); steps synchronously")
+                             "draft from --speculative-model; verified in one pass (greedy: token for token the "
+                             "same output); steps synchronously")
+    parser.add_argument("--speculative-model", default=None, metavar="MODEL",
+                        help="the draft model (any --model source of the same vocabulary); implies --speculative "
+                             "draft. The served model's own name shares its weights")
+    parser.add_argument("--speculative-draft-layers", type=int_at_least(1), default=None, metavar="N",
+                        help="with --speculative-model: keep only its first N layers (with the served model's "
+                             "name: self-speculation, its early layers draft for it)")
     parser.add_argument("--num-speculative-tokens", type=int_at_least(1), default=4, metavar="K",
                         help="with --speculative: drafts proposed per request per step")
+
+
+def engine_settings(args: argparse.Namespace) -> dict:
+    """The EngineConfig fields of these flags."""
+    return {"speculative": args.speculative, "speculative_model": args.speculative_model,
+            "speculative_draft_layers": args.speculative_draft_layers,
+            "num_speculative_tokens": args.num_speculative_tokens}
+
+
+def check_draft_model(args: argparse.Namespace, convert: bool = True) -> None:
+    """`--speculative-model` before any replica loads it: a model source whose vocabulary is the
+    served model's (a GGUF converted now, as `--model` is; with `convert` False one not converted
+    yet is left for later). ValueError naming the flag."""
+    if args.speculative_model is None:
+        if args.speculative == "draft":
+            raise ValueError("--speculative: draft needs --speculative-model")
+        return
+    if args.speculative == "ngram":
+        raise ValueError("--speculative-model: --speculative ngram takes no draft model")
+    if args.speculative_model == args.model:
+        return
+    from shunter.replica.models.loader import model_vocab_size, prepare_model
+    from shunter.replica.models.sources import model_source
+
+    try:
+        model_source(args.speculative_model)
+        if convert:
+            prepare_model(args.speculative_model)
+        draft, target = model_vocab_size(args.speculative_model, convert), model_vocab_size(args.model, convert)
+    except ValueError as e:
+        raise ValueError(f"--speculative-model: {e}") from None
+    if draft is not None and target is not None and draft != target:
+        raise ValueError(f"--speculative-model: {args.speculative_model} has a vocabulary of {draft} tokens, "
+                         f"{args.model} one of {target}: a draft must share the model's vocabulary")
 
 
 def propose_ngram(tokens: list[int], k: int, ngram_max: int) -> list[int]:
@@ -65,25 +109,39 @@ class SpeculationStats:
         return self.accepted / self.drafted if self.drafted else 0.0
 
 
+class Proposer(Protocol):
+    def propose(self, wanted: list[tuple[Request, int]]) -> list[list[int]]:
+        """Up to k drafts for each (request, k)."""
+
+
 @dataclass
-class NgramSpeculator:
-    num_tokens: int  # k: drafts proposed per request per step
+class NgramProposer:
     ngram_max: int
+
+    def propose(self, wanted: list[tuple[Request, int]]) -> list[list[int]]:
+        return [propose_ngram(req.prompt_token_ids + req.output_token_ids, k, self.ngram_max) for req, k in wanted]
+
+
+@dataclass
+class Speculator:
+    num_tokens: int  # k: drafts proposed per request per step
     max_model_len: int
+    proposer: Proposer
     stats: SpeculationStats = field(default_factory=SpeculationStats)
     _drafted: dict[str, tuple[Request, int]] = field(default_factory=dict)  # drafts in a request's output now
 
     def propose(self, running: list[Request]) -> None:
         """Append drafts to every eligible decoding request (before the schedule)."""
+        wanted = []
         for req in running:
             params = req.params
             if params.logprobs is not None or req.grammar is not None or req.num_computed_tokens != req.num_tokens - 1:
                 continue
             room = min(self.num_tokens, params.max_tokens - len(req.output_token_ids) - 2,
                        self.max_model_len - req.num_tokens - 2)
-            if room < 1:
-                continue
-            drafts = propose_ngram(req.prompt_token_ids + req.output_token_ids, room, self.ngram_max)
+            if room >= 1:
+                wanted.append((req, room))
+        for (req, _), drafts in zip(wanted, self.proposer.propose(wanted) if wanted else []):
             if drafts:
                 req.output_token_ids.extend(drafts)
                 self._drafted[req.request_id] = (req, len(drafts))

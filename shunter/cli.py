@@ -32,7 +32,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("serve", "shunter.loadtest.bench_serve", "load a running server (loopback) open or closed loop: TTFT, inter-token gaps, throughput, goodput"),
     ("chaos", "shunter.loadtest.bench_chaos", "mixed load while replica processes are SIGKILLed: tokens equal offline, none lost or duplicated"),
     ("migration", "shunter.loadtest.bench_migration", "migration downtime, total time and source slowdown at growing contexts: live vs stop-and-copy"),
-    ("speculative", "shunter.loadtest.bench_speculative", "n-gram speculative decoding against plain decoding at batch 1 on an input-grounded workload: speed-up, acceptance"),
+    ("speculative", "shunter.loadtest.bench_speculative", "speculative decoding (n-gram or a draft model) against plain decoding at batch 1 on an input-grounded workload: speed-up, acceptance"),
     ("structured", "shunter.loadtest.bench_structured", "structured output's cost: time per token at batch 32 and a new schema's first token, against unconstrained"),
     ("sim", "shunter.loadtest.bench_sim", "discrete-event simulation of the real scheduler and router over cost models: the issue-12 experiments"),
 ]

@@ -60,6 +60,20 @@ def load_model(
     return load_hf_folder(ensure_hf_folder(name), device, dtype, name)
 
 
+def model_vocab_size(name_or_path: str, convert: bool = True) -> int | None:
+    """The vocabulary size of a model source, from its config alone (a GGUF's converted copy;
+    None for a GGUF not converted yet when `convert` is False)."""
+    name = str(name_or_path)
+    source = model_source(name)
+    if source is Source.RANDOM:
+        return random_config(name[len(RANDOM_PREFIX):]).vocab_size
+    if not convert and source in (Source.DEFAULT, Source.GGUF):
+        folder, source_id, _ = _cache_plan(name)
+        if not is_complete(folder, source_id):
+            return None
+    return int(read_hf_config(ensure_hf_folder(name))["vocab_size"])
+
+
 def load_hf_folder(folder: Path, device: torch.device, dtype: torch.dtype, name: str | None = None) -> LoadedModel:
     hf_config = read_hf_config(folder)
     tokenizer = read_tokenizer(folder)

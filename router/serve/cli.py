@@ -124,6 +124,8 @@ def check(args: argparse.Namespace) -> None:
     except ValueError as e:
         raise ValueError(f"--model: {str(e).removeprefix('model: ')}") from None
     check_scheduling(args)
+    if not args.model.startswith(FAKE_MODEL_PREFIX):
+        speculative_options.check_draft_model(args, convert=False)
     cache_size_options.validate(args)
     metrics_options.validate(args)
     security_options.from_args(args)
@@ -173,8 +175,8 @@ def _engine_config(args: argparse.Namespace):
     return EngineConfig(model=args.model, policy=args.policy, preemption_mode=args.preemption_mode, device=device,
                         num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs, num_threads=threads,
                         async_scheduling=not args.no_async_scheduling, cache_aware_order=args.cache_aware_order,
-                        max_num_batched_tokens=args.max_num_batched_tokens, speculative=args.speculative,
-                        num_speculative_tokens=args.num_speculative_tokens)
+                        max_num_batched_tokens=args.max_num_batched_tokens,
+                        **speculative_options.engine_settings(args))
 
 
 def _router_config(args: argparse.Namespace, threshold: int | None):
@@ -276,6 +278,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.frontend_only:
         _prepare_model(args)
+        try:
+            speculative_options.check_draft_model(args)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     _start_ray(args, getattr(args, "verbose", 0) > 0)
     state = serve_shared.store_for(args)
     consumer = state.frontend_id if state is not None else ""  # this frontend's channel on each replica

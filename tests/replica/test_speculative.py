@@ -3,18 +3,23 @@ end; accepting keeps the drafts before the first rejected one and its replacemen
 sampling keeps the target's distribution (chi-square); drafts the step will not compute are taken
 back; and on the real model greedy output is the same token for token as without speculation
 under every policy, with chunks cut short by a small budget, and under preemption, while drafts
-are accepted, and a sampled request's tokens are fixed by its seed whatever shares its batch."""
+are accepted, and a sampled request's tokens are fixed by its seed whatever shares its batch.
+A draft model proposes the same way: greedy output unchanged whether it agrees with the target
+or not, its KV caught up after rejections and given back, and one of another vocabulary refused."""
 from __future__ import annotations
+
+import argparse
 
 import pytest
 import torch
 
 from shunter import LLM, SamplingParams
+from shunter.replica.draft_model import _DraftKV
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.policies import POLICIES
 from shunter.replica.request import Request
 from shunter.replica.sampler import target_probs, verify_drafts
-from shunter.replica.speculative import NgramSpeculator, propose_ngram
+from shunter.replica.speculative import NgramProposer, Speculator, check_draft_model, propose_ngram
 from shunter.replica.step_inputs import SamplingInputs
 
 
@@ -32,7 +37,7 @@ def _request(output: list[int], max_tokens: int = 50) -> Request:
 
 
 def test_drafts_are_taken_back_where_the_step_does_not_compute_them():
-    spec = NgramSpeculator(num_tokens=3, ngram_max=2, max_model_len=100)
+    spec = Speculator(num_tokens=3, max_model_len=100, proposer=NgramProposer(ngram_max=2))
     short, skipped = _request([1, 2, 3, 4, 5, 1, 2]), _request([9, 1, 2, 3, 9, 1])
     short.request_id, skipped.request_id = "short", "skipped"
     spec.propose([short, skipped])
@@ -42,14 +47,14 @@ def test_drafts_are_taken_back_where_the_step_does_not_compute_them():
 
 
 def test_no_drafts_where_fewer_than_two_tokens_remain():
-    spec = NgramSpeculator(num_tokens=4, ngram_max=2, max_model_len=100)
+    spec = Speculator(num_tokens=4, max_model_len=100, proposer=NgramProposer(ngram_max=2))
     near_end = _request([1, 2, 3, 1, 2], max_tokens=7)
     spec.propose([near_end])
     assert near_end.output_token_ids == [1, 2, 3, 1, 2]
 
 
 def test_accepting_keeps_the_drafts_before_the_first_rejected_one_and_its_replacement():
-    spec = NgramSpeculator(num_tokens=3, ngram_max=2, max_model_len=100)
+    spec = Speculator(num_tokens=3, max_model_len=100, proposer=NgramProposer(ngram_max=2))
     assert spec.accept([5, 6, 7], [(True, 5), (True, 6), (False, 8)], bonus=9) == [5, 6, 8]
     assert spec.accept([5, 6, 7], [(True, 5), (True, 6), (True, 7)], bonus=9) == [5, 6, 7, 9]
     assert spec.accept([5, 6], [(False, 4), (True, 6)], bonus=1) == [4]  # nothing after a rejection counts
@@ -88,7 +93,7 @@ def test_a_greedy_draft_is_accepted_only_as_the_argmax():
 
 
 def test_an_unknown_method_is_refused_naming_the_field():
-    with pytest.raises(ValueError, match="speculative must be one of ngram"):
+    with pytest.raises(ValueError, match="speculative must be one of ngram, draft"):
         EngineConfig(speculative="draft-model")
     config = EngineConfig(speculative="ngram")
     assert not config.async_scheduling and not config.persistent_batch
@@ -145,3 +150,55 @@ def test_sampled_requests_speculate_and_a_seed_still_fixes_their_tokens(prompts)
     assert llm.engine.speculator.stats.accepted > 0
     again = [o.outputs[0].token_ids for o in llm.generate(ids[::-1], params, use_tqdm=False)][::-1]
     assert again == first and llm.engine.kv.num_blocks_in_use() == 0
+
+
+# ---- a draft model ----------------------------------------------------------------------------
+def test_the_draft_kv_holds_the_known_tokens_and_the_drafts_the_target_kept():
+    kv = _DraftKV(known=4, ahead=[7, 8, 9])
+    assert kv.valid([1, 2, 3, 4, 7, 8, 5]) == 6  # drafts 7 and 8 kept, 9 rejected (5 took its place)
+    assert kv.valid([1, 2, 3, 4, 6]) == 4  # the first draft rejected
+    assert kv.valid([1, 2, 3]) == 3  # fewer tokens than known (never in the engine; safe anyway)
+
+
+@pytest.mark.parametrize("settings, error", [
+    ({"speculative": "draft"}, "speculative_model: speculative='draft' needs a draft model"),
+    ({"speculative": "ngram", "speculative_model": "random:tiny"}, "speculative_model: .* takes no draft model"),
+    ({"speculative_draft_layers": 2}, "speculative_draft_layers: set without speculative_model"),
+])
+def test_draft_settings_that_do_not_fit_are_refused_naming_the_field(settings, error):
+    with pytest.raises(ValueError, match=error):
+        EngineConfig(**settings)
+    assert EngineConfig(speculative_model="random:tiny").speculative == "draft"
+
+
+def test_a_draft_of_another_vocabulary_is_refused_naming_the_flag(smollm2_folder):
+    with pytest.raises(ValueError, match="speculative_model: random:tiny has a vocabulary of 512 tokens"):
+        LLM(model="smollm2-135m-instruct", device="cpu", speculative_model="random:tiny")
+    args = argparse.Namespace(model="smollm2-135m-instruct", speculative=None, speculative_model="random:tiny")
+    with pytest.raises(ValueError, match="--speculative-model: random:tiny has a vocabulary of 512 tokens"):
+        check_draft_model(args)
+    with pytest.raises(ValueError, match="--speculative-model: 'nowhere' is no such file"):
+        check_draft_model(argparse.Namespace(model="smollm2-135m-instruct", speculative=None, speculative_model="nowhere"))
+    with pytest.raises(ValueError, match="speculative_draft_layers must be in 1..30"):
+        LLM(model="smollm2-135m-instruct", device="cpu", speculative_model="smollm2-135m-instruct",
+            speculative_draft_layers=31)
+
+
+# The model as its own draft agrees with itself (every draft kept); cut to 8 layers it disagrees
+# nearly always, so the draft KV is caught up after rejections.
+DRAFTS = {"itself": {"speculative_draft_layers": None}, "itself, recompute": SETTINGS["recompute"], "first 8 layers": {"speculative_draft_layers": 8}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", list(DRAFTS))
+def test_greedy_output_is_the_same_with_a_draft_model(prompts, reference, setting):
+    ids, _ = prompts
+    llm = LLM(model="smollm2-135m-instruct", device="cpu", check_invariants=True,
+              speculative_model="smollm2-135m-instruct", num_speculative_tokens=3, **DRAFTS[setting])
+    got = [o.outputs[0].token_ids for o in llm.generate(ids, PARAMS, use_tqdm=False)]
+    assert got == reference
+    stats = llm.engine.speculator.stats
+    assert stats.drafted > 20 and (setting == "first 8 layers" or stats.accepted > 0.8 * stats.drafted), stats
+    if setting == "itself, recompute":
+        assert llm.engine.scheduler.stats.num_preemptions > 0
+    assert llm.engine.kv.num_blocks_in_use() == 0 and llm.engine.runner.draft.num_blocks_in_use == 0

@@ -62,6 +62,12 @@ def serve(capsys, *argv: str) -> tuple[int, str]:
     (["--policy", "static", "--cache-aware-order"], "error: --cache-aware-order: --policy static admits whole"),
     (["--policy", "rad", "--max-num-batched-tokens", "8"], "error: --max-num-batched-tokens: 8 is below one tile"),
     (["--max-num-batched-tokens", "0"], "error: --max-num-batched-tokens: must be an integer >= 1"),
+    (["--speculative-model", "nowhere"], "error: --speculative-model: 'nowhere' is no such file or folder"),
+    (["--model", "random:llama-3.2-1b", "--speculative-model", "random:tiny"],
+     "error: --speculative-model: random:tiny has a vocabulary of 512 tokens, random:llama-3.2-1b one of 128256"),
+    (["--speculative", "ngram", "--speculative-model", "random:tiny"],
+     "error: --speculative-model: --speculative ngram takes no draft model"),
+    (["--speculative", "draft"], "error: --speculative: draft needs --speculative-model"),
 ])
 def test_a_wrong_option_is_one_line_and_exit_2(capsys, argv, says):
     code, err = serve(capsys, *argv)
