@@ -3,7 +3,8 @@
 An input-grounded workload (issue 27): each request gives a passage and asks to repeat it, fix
 its typos, or summarise it, so the answer repeats long spans of the prompt. The requests run one
 at a time (batch 1) on two engines of the same model, one plain and one with `--speculative
-ngram` (or `--speculative-model`: a draft model), alternating request by request so that a machine that slows down weighs on both alike;
+ngram` (or `--speculative-model`: a draft model), alternating request by request so that a
+machine that slows down weighs on both alike;
 greedy, so both must produce the same tokens (checked). Reported: output tokens per second of
 each (wall and this process's CPU time), the speed-up (goal >= 1.5x on the CPU with SmolLM2), the
 acceptance rate and tokens gained per step.
