@@ -165,7 +165,7 @@ class ClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("replica_id", "node", "healthy", "num_running", "num_waiting", "num_swapped", "kv_blocks_total", "kv_blocks_in_use", "kv_blocks_cached", "prefix_hit_rate", "load_blocks", "large_cache", "metrics_port", "migrating_out", "migrating_in", "step_tile_boundaries", "spec_acceptance_rate")
+    __slots__ = ("replica_id", "node", "healthy", "num_running", "num_waiting", "num_swapped", "kv_blocks_total", "kv_blocks_in_use", "kv_blocks_cached", "prefix_hit_rate", "load_blocks", "large_cache", "metrics_port", "migrating_out", "migrating_in", "step_tile_boundaries", "spec_acceptance_rate", "kv_cpu_blocks_total", "kv_cpu_blocks_cached", "prefix_hit_rate_cpu")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +183,9 @@ class ReplicaStatus(_message.Message):
     MIGRATING_IN_FIELD_NUMBER: _ClassVar[int]
     STEP_TILE_BOUNDARIES_FIELD_NUMBER: _ClassVar[int]
     SPEC_ACCEPTANCE_RATE_FIELD_NUMBER: _ClassVar[int]
+    KV_CPU_BLOCKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    KV_CPU_BLOCKS_CACHED_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_HIT_RATE_CPU_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     node: str
     healthy: bool
@@ -200,7 +203,10 @@ class ReplicaStatus(_message.Message):
     migrating_in: int
     step_tile_boundaries: _containers.RepeatedScalarFieldContainer[int]
     spec_acceptance_rate: float
-    def __init__(self, replica_id: _Optional[str] = ..., node: _Optional[str] = ..., healthy: _Optional[bool] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_swapped: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_in_use: _Optional[int] = ..., kv_blocks_cached: _Optional[int] = ..., prefix_hit_rate: _Optional[float] = ..., load_blocks: _Optional[int] = ..., large_cache: _Optional[bool] = ..., metrics_port: _Optional[int] = ..., migrating_out: _Optional[int] = ..., migrating_in: _Optional[int] = ..., step_tile_boundaries: _Optional[_Iterable[int]] = ..., spec_acceptance_rate: _Optional[float] = ...) -> None: ...
+    kv_cpu_blocks_total: int
+    kv_cpu_blocks_cached: int
+    prefix_hit_rate_cpu: float
+    def __init__(self, replica_id: _Optional[str] = ..., node: _Optional[str] = ..., healthy: _Optional[bool] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_swapped: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_in_use: _Optional[int] = ..., kv_blocks_cached: _Optional[int] = ..., prefix_hit_rate: _Optional[float] = ..., load_blocks: _Optional[int] = ..., large_cache: _Optional[bool] = ..., metrics_port: _Optional[int] = ..., migrating_out: _Optional[int] = ..., migrating_in: _Optional[int] = ..., step_tile_boundaries: _Optional[_Iterable[int]] = ..., spec_acceptance_rate: _Optional[float] = ..., kv_cpu_blocks_total: _Optional[int] = ..., kv_cpu_blocks_cached: _Optional[int] = ..., prefix_hit_rate_cpu: _Optional[float] = ...) -> None: ...
 
 class RouterCounters(_message.Message):
     __slots__ = ("routed", "migrated", "failed_over", "rejected", "in_flight", "queued", "migrating", "migrations_aborted", "migrations_refused")

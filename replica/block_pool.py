@@ -86,18 +86,19 @@ class BlockPool:
             return None
         return block_id
 
-    def cache(self, block_id: int, block_hash: int, token_ids: tuple[int, ...]) -> None:
-        """Name a full, computed block so later requests can share it."""
+    def cache(self, block_id: int, block_hash: int, token_ids: tuple[int, ...]) -> bool:
+        """Name a full, computed block so later requests can share it; whether it was published."""
         if not self.enable_caching:
-            return
+            return False
         block = self.blocks[block_id]
         if block.block_hash is not None:
-            return
+            return False
         if block_hash in self.cached:
-            return  # another block already holds these tokens; this one stays private
+            return False  # another block already holds these tokens; this one stays private
         block.block_hash, block.token_ids = block_hash, token_ids
         self.cached[block_hash] = block_id
         self.events.append(CacheEvent("stored", block_hash))
+        return True
 
     def _evict(self, block: KVBlock) -> None:
         del self.cached[block.block_hash]

@@ -83,7 +83,8 @@ class Engine(Migration):
         self.max_model_len = self.runner.max_model_len
         self.block_size = config.block_size
         self.kv = KVCacheManager(
-            self.runner.num_blocks, config.block_size, self.runner.num_cpu_blocks, config.enable_prefix_caching
+            self.runner.num_blocks, config.block_size, self.runner.num_cpu_blocks, config.enable_prefix_caching,
+            cpu_prefix_cache=config.cpu_kv_gib is not None,
         )
         self.eos_token_ids = tuple(self.runner.config.eos_token_ids)
         self.limits = ModelLimits(self.runner.config.vocab_size, self.max_model_len, self.block_size,
@@ -474,7 +475,17 @@ class Engine(Migration):
             step_tile_boundaries=self._tile_boundaries,
             spec_draft_tokens=self.speculator.stats.drafted if self.speculator is not None else 0,
             spec_accepted_tokens=self.speculator.stats.accepted if self.speculator is not None else 0,
+            **self._cpu_tier_stats(),
         )
+
+    def _cpu_tier_stats(self) -> dict[str, int]:
+        tier = self.kv.cpu_tier
+        if tier is None:
+            return {}
+        block_bytes, t = self.limits.kv_block_bytes, tier.stats
+        return {"kv_cpu_blocks_total": self.kv.num_cpu_blocks, "kv_cpu_blocks_cached": len(tier),
+                "prefix_hits_cpu": t.hit_tokens, "cpu_offload_bytes": t.offloaded_blocks * block_bytes,
+                "cpu_load_bytes": t.loaded_blocks * block_bytes, "cpu_evicted_blocks": t.evicted_blocks}
 
     def drain_cache_events(self) -> list[CacheEvent]:
         return self.kv.drain_events()

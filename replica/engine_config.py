@@ -21,6 +21,10 @@ class EngineConfig:
     preemption_mode: str = "recompute"  # "recompute" | "swap" | "auto" (per victim, the cheaper measured way)
     admission_watermark: float | None = None  # admit only while predicted KV use stays under this fraction
     swap_space: float = 4.0  # GiB of CPU memory for swapped-out KV blocks
+    # GiB of CPU memory for one KV pool serving both swap and a second tier of the prefix cache
+    # (`replica/cpu_prefix_cache.py`); None: no CPU tier, and a swap pool of `swap_space` when
+    # preemption may swap.
+    cpu_kv_gib: float | None = None
     policy: str = "fcfs"
     policy_settings: dict[str, Any] = field(default_factory=dict)
     # Within a class, waiting requests with more cached prefix blocks first (`policies/cache_order.py`).
@@ -62,6 +66,8 @@ class EngineConfig:
             raise ValueError(f"num_kv_blocks must be >= 1 or None, got {self.num_kv_blocks}")
         if self.swap_space < 0:
             raise ValueError(f"swap_space must be >= 0 GiB, got {self.swap_space}")
+        if self.cpu_kv_gib is not None and not self.cpu_kv_gib > 0:
+            raise ValueError(f"cpu_kv_gib must be > 0 GiB or None, got {self.cpu_kv_gib}")
         if not 0 < self.kv_memory_fraction <= 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1], got {self.kv_memory_fraction}")
         if self.preemption_mode not in PREEMPTION_MODES:

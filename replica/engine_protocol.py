@@ -23,10 +23,12 @@ MIGRATION_WATCHDOG_S = 10.0  # a reservation left this long without a stage or c
 
 @dataclass(frozen=True, slots=True)
 class CacheEvent:
-    """What the router's prefix index learns from: a block hash appeared or disappeared."""
+    """What the router's prefix index learns from: a block hash appeared or disappeared, in
+    device memory or in the prefix cache's CPU tier."""
 
     kind: Literal["stored", "evicted"]
     block_hash: int
+    tier: Literal["device", "cpu"] = "device"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,15 @@ class EngineStats:
     # Speculative decoding: draft tokens verified, and of those accepted, since the engine started.
     spec_draft_tokens: int = 0
     spec_accepted_tokens: int = 0
+    # The prefix cache's CPU tier (`--cpu-kv-gib`; all 0 without it): the CPU pool's blocks and
+    # those holding a prefix copy now; cumulative: prompt tokens found there (also counted in
+    # prefix_hits), bytes copied to it and loaded back, copies evicted.
+    kv_cpu_blocks_total: int = 0
+    kv_cpu_blocks_cached: int = 0
+    prefix_hits_cpu: int = 0
+    cpu_offload_bytes: int = 0
+    cpu_load_bytes: int = 0
+    cpu_evicted_blocks: int = 0
 
 
 @dataclass

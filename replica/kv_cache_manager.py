@@ -1,7 +1,8 @@
 """Which KV blocks each request holds, on the device and (when swapped out) on the CPU.
 
 The manager only does bookkeeping; moving bytes is the model runner's job, driven by the
-swap mappings the scheduler hands it.
+swap mappings the scheduler hands it. With `cpu_prefix_cache` the CPU pool also holds copies of
+published blocks, a second tier of the prefix cache (`replica/cpu_prefix_cache.py`).
 """
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ from dataclasses import dataclass, field
 from shunter.mathutil import cdiv
 from shunter.replica.block_hash import ROOT_HASH, hash_block
 from shunter.replica.block_pool import BlockPool, CacheEvent
+from shunter.replica.cpu_prefix_cache import MAX_OFFLOADS_PER_STEP, CpuPrefixCache
 from shunter.replica.request import Request
 
 
 @dataclass
 class PrefixHit:
-    block_ids: list[int]
-    num_tokens: int
+    block_ids: list[int]  # cached device blocks, from the first
+    num_tokens: int  # tokens of both tiers
+    cpu_block_ids: list[int] = field(default_factory=list)  # CPU copies of the blocks after them, to load
 
 
 @dataclass
@@ -32,6 +35,7 @@ class KVCacheManager:
     block_size: int = 16
     num_cpu_blocks: int = 0
     enable_prefix_caching: bool = True
+    cpu_prefix_cache: bool = False  # keep copies of published blocks in the CPU pool (a second tier)
     pool: BlockPool = field(init=False)
     block_tables: dict[str, list[int]] = field(init=False, default_factory=dict)
     # Hashes of each request's full blocks, grown as tokens are computed.
@@ -47,12 +51,18 @@ class KVCacheManager:
     reservations: dict[str, Reservation] = field(init=False, default_factory=dict)
     prefix_queries: int = 0  # prompt tokens looked up
     prefix_hits: int = 0  # of which found cached
+    # The CPU tier: None without `cpu_prefix_cache`. Loads of its copies into fresh device blocks
+    # wait in `cpu_loads` for the step (the scheduler takes them with `take_cpu_loads`).
+    cpu_tier: CpuPrefixCache | None = field(init=False, default=None)
+    cpu_loads: list[tuple[int, int]] = field(init=False, default_factory=list)  # (cpu, device)
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         self.pool = BlockPool(self.num_blocks, self.enable_prefix_caching)
         self.cpu_free = list(range(self.num_cpu_blocks - 1, -1, -1))
+        if self.cpu_prefix_cache and self.enable_prefix_caching and self.num_cpu_blocks:
+            self.cpu_tier = CpuPrefixCache()
 
     # ---- device blocks -------------------------------------------------------------------
     @property
@@ -71,15 +81,20 @@ class KVCacheManager:
             return PrefixHit([], 0)
         max_blocks = (request.num_tokens - 1) // self.block_size
         ids: list[int] = []
+        cpu_ids: list[int] = []
         parent = ROOT_HASH
         for i in range(max_blocks):
             tokens = tuple(request.token_slice(i * self.block_size, (i + 1) * self.block_size))
             parent = hash_block(parent, tokens)
-            block_id = self.pool.lookup(parent, tokens)
-            if block_id is None:
+            block_id = None if cpu_ids else self.pool.lookup(parent, tokens)
+            if block_id is not None:
+                ids.append(block_id)
+                continue
+            cpu_id = self.cpu_tier.lookup(parent, tokens) if self.cpu_tier is not None else None
+            if cpu_id is None:
                 break
-            ids.append(block_id)
-        return PrefixHit(ids, len(ids) * self.block_size)
+            cpu_ids.append(cpu_id)  # the device's part of the chain ended; the CPU tier holds more
+        return PrefixHit(ids, (len(ids) + len(cpu_ids)) * self.block_size, cpu_ids)
 
     def cached_prefix_blocks(self, hashes: list[int]) -> int:
         """About how many of `hashes` (a prompt's block hashes, in order) are cached now, from
@@ -116,12 +131,20 @@ class KVCacheManager:
         if not self.can_allocate(request, num_new_tokens, hit):
             return False
         table = self.block_tables.setdefault(request.request_id, [])
-        if hit is not None and hit.block_ids:
+        loads = hit.cpu_block_ids if hit is not None else []
+        if hit is not None and hit.num_tokens:
             assert not table, "a prefix hit only applies to a request that holds no blocks"
             self.pool.touch(hit.block_ids)
             table.extend(hit.block_ids)
             request.num_computed_tokens += hit.num_tokens
-        table.extend(self.pool.allocate(self.blocks_needed(request, num_new_tokens)))
+        new = self.pool.allocate(self.blocks_needed(request, num_new_tokens))
+        if loads:  # the first new blocks take the CPU tier's copies, loaded before the step runs
+            assert self.cpu_tier is not None
+            self.cpu_loads.extend(zip(loads, new))
+            self.cpu_tier.busy.update(loads)
+            self.cpu_tier.stats.loaded_blocks += len(loads)
+            self.cpu_tier.stats.hit_tokens += len(loads) * self.block_size
+        table.extend(new)
         return True
 
     def cache_computed_blocks(self, request: Request) -> None:
@@ -140,7 +163,8 @@ class KVCacheManager:
             tokens = tuple(request.token_slice(i * self.block_size, (i + 1) * self.block_size))
             parent = hash_block(parent, tokens)
             hashes.append(parent)
-            self.pool.cache(table[i], parent, tokens)
+            if self.pool.cache(table[i], parent, tokens) and self.cpu_tier is not None:
+                self.cpu_tier.backlog.append((table[i], parent, tokens))
 
     def free(self, request: Request) -> None:
         """Release the request's device blocks (tail first: the tail is least likely to be shared)."""
@@ -190,15 +214,22 @@ class KVCacheManager:
     # ---- CPU swap ------------------------------------------------------------------------
     @property
     def num_free_cpu_blocks(self) -> int:
-        return len(self.cpu_free)
+        """Free CPU blocks, counting cached copies a swap-out may evict."""
+        return len(self.cpu_free) + (self.cpu_tier.num_evictable if self.cpu_tier is not None else 0)
+
+    def _take_cpu_block(self) -> int | None:
+        if self.cpu_free:
+            return self.cpu_free.pop()
+        return self.cpu_tier.evict_one() if self.cpu_tier is not None else None
 
     def can_swap_out(self, request: Request) -> bool:
-        return len(self.blocks_of(request.request_id)) <= len(self.cpu_free)
+        return len(self.blocks_of(request.request_id)) <= self.num_free_cpu_blocks
 
     def swap_out(self, request: Request) -> list[tuple[int, int]]:
         """Move the request's blocks to the CPU pool; returns (device block, cpu block) pairs to copy."""
         table = self.block_tables.pop(request.request_id)
-        cpu_ids = [self.cpu_free.pop() for _ in table]
+        cpu_ids = [self._take_cpu_block() for _ in table]
+        assert None not in cpu_ids, "swap_out without can_swap_out"
         self.cpu_tables[request.request_id] = cpu_ids
         self.pool.release(table[::-1])
         self.block_hashes.pop(request.request_id, None)
@@ -216,9 +247,39 @@ class KVCacheManager:
         return list(zip(cpu_ids, table))
 
     def swaps_done(self) -> None:
-        """The runner has executed the step's copies: the CPU blocks swap-ins read are free."""
+        """The runner has executed the step's copies: the CPU blocks swap-ins read are free, and
+        the CPU tier's copies of this step may be evicted again."""
         self.cpu_free.extend(self.cpu_being_read)
         self.cpu_being_read.clear()
+        if self.cpu_tier is not None:
+            self.cpu_tier.busy.clear()
+
+    # ---- the CPU tier of the prefix cache ----------------------------------------------------
+    def take_cpu_offloads(self, limit: int = MAX_OFFLOADS_PER_STEP) -> list[tuple[int, int]]:
+        """(device block, CPU block) copies for up to `limit` published blocks not yet on the CPU,
+        oldest first; ones the device has evicted since are skipped (their KV is gone). Taken
+        before the step allocates anything, so each copy reads its block before it is reused."""
+        tier = self.cpu_tier
+        if tier is None:
+            return []
+        pairs: list[tuple[int, int]] = []
+        while tier.backlog and len(pairs) < limit:
+            block_id, block_hash, tokens = tier.backlog.popleft()
+            if self.pool.blocks[block_id].block_hash != block_hash or block_hash in tier.entries:
+                continue
+            cpu_block = self._take_cpu_block()
+            if cpu_block is None:  # the CPU pool is all swapped requests and this step's loads
+                break
+            tier.add(block_hash, cpu_block, tokens)
+            tier.busy.add(cpu_block)
+            pairs.append((block_id, cpu_block))
+        tier.stats.offloaded_blocks += len(pairs)
+        return pairs
+
+    def take_cpu_loads(self) -> list[tuple[int, int]]:
+        """(CPU block, device block) loads of this step's prefix hits in the CPU tier."""
+        loads, self.cpu_loads = self.cpu_loads, []
+        return loads
 
     def free_swapped(self, request: Request) -> None:
         self.cpu_free.extend(self.cpu_tables.pop(request.request_id, []))
@@ -231,7 +292,11 @@ class KVCacheManager:
         return self.pool.num_cached_free
 
     def drain_events(self) -> list[CacheEvent]:
-        return self.pool.drain_events()
+        events = self.pool.drain_events()
+        if self.cpu_tier is not None and self.cpu_tier.events:
+            events += self.cpu_tier.events
+            self.cpu_tier.events = []
+        return events
 
     def check_invariants(self, live_request_ids: set[str]) -> None:
         """Every block is free or held; ref counts equal the number of tables holding it."""
@@ -249,4 +314,5 @@ class KVCacheManager:
         cached_free = sum(1 for b in self.pool.free_queue if self.pool.blocks[b].block_hash is not None)
         assert cached_free == self.pool.num_cached_free
         held_cpu = sum(len(t) for t in self.cpu_tables.values())
-        assert held_cpu + len(self.cpu_free) + len(self.cpu_being_read) == self.num_cpu_blocks
+        cached_cpu = len(self.cpu_tier) if self.cpu_tier is not None else 0
+        assert held_cpu + len(self.cpu_free) + len(self.cpu_being_read) + cached_cpu == self.num_cpu_blocks

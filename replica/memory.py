@@ -1,4 +1,4 @@
-"""How many KV blocks fit: on the device from free memory, on the CPU from `swap_space`.
+"""How many KV blocks fit: on the device from free memory, on the CPU from `cpu_kv_gib` or `swap_space`.
 
 On a GPU the pool is sized after a profiling run (as vLLM does): free memory right after the
 weights load is not what the pool may take, because the largest step the scheduler may issue
@@ -96,7 +96,10 @@ def num_device_blocks(
 
 
 def num_cpu_blocks(config: EngineConfig, block_bytes: int) -> int:
-    """The swap pool is only allocated when preemption may swap."""
+    """`cpu_kv_gib` sizes a pool for swap and the prefix cache's CPU tier; without it the swap
+    pool is only allocated when preemption may swap."""
+    if config.cpu_kv_gib is not None:
+        return max(1, int(config.cpu_kv_gib * (1 << 30) // block_bytes))
     if config.preemption_mode == "recompute":
         return 0
     return int(config.swap_space * (1 << 30) // block_bytes)

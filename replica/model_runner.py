@@ -224,8 +224,9 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> PendingTokens:
         """Launch the step; its tokens (one per scheduled request, None for a prefill chunk that
         isn't the last) come with `PendingTokens.tokens()`."""
-        self.swap(out.blocks_to_swap_out, to_cpu=True)
-        self.swap(out.blocks_to_swap_in, to_cpu=False)
+        # Copies to the CPU first: a block they read may be handed to a request this step writes.
+        self.swap(out.blocks_to_swap_out + out.blocks_to_offload, to_cpu=True)
+        self.swap(out.blocks_to_swap_in + out.blocks_to_load, to_cpu=False)
         if not out.scheduled:
             return PendingTokens(torch.zeros(0, dtype=torch.int64), None, None)
         inputs, samples = self._prepare(out)

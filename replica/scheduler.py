@@ -75,6 +75,10 @@ class SchedulerOutput:
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)  # (device, cpu)
     blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)  # (cpu, device)
+    # The CPU tier of the prefix cache (`replica/cpu_prefix_cache.py`): copies of published blocks
+    # (run with the swap-outs) and loads of prefix hits found there (run with the swap-ins).
+    blocks_to_offload: list[tuple[int, int]] = field(default_factory=list)  # (device, cpu)
+    blocks_to_load: list[tuple[int, int]] = field(default_factory=list)  # (cpu, device)
     preempted: list[Request] = field(default_factory=list)
     # Requests the scheduler ended before running them (e.g. a deadline that can no longer be
     # met), already removed from every queue; the engine reports them with their finish_reason.
@@ -219,7 +223,7 @@ class Scheduler:
 
     # ---- one step ------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
-        out = SchedulerOutput()
+        out = SchedulerOutput(blocks_to_offload=self.kv.take_cpu_offloads())  # before any block is reused
         self.policy.on_step(self._context())
         self._expire_deadlines(out)
         step = _Step(budget=self.config.max_num_batched_tokens, chunk=self.config.max_num_batched_tokens)
@@ -244,6 +248,7 @@ class Scheduler:
                 self._swap_in(req, step, out)
             elif step.admitting and req.status is RequestStatus.WAITING:
                 self._admit(req, step, out)
+        out.blocks_to_load = self.kv.take_cpu_loads()
         self.num_steps += 1
         if self.config.check_invariants:
             self.check_invariants(out)

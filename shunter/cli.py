@@ -33,6 +33,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("chaos", "shunter.loadtest.bench_chaos", "mixed load while replica processes are SIGKILLed: tokens equal offline, none lost or duplicated"),
     ("migration", "shunter.loadtest.bench_migration", "migration downtime, total time and source slowdown at growing contexts: live vs stop-and-copy"),
     ("speculative", "shunter.loadtest.bench_speculative", "speculative decoding (n-gram or a draft model) against plain decoding at batch 1 on an input-grounded workload: speed-up, acceptance"),
+    ("kv-tiers", "shunter.loadtest.bench_kv_tiers", "time to first token of a prefix in the CPU tier of the prefix cache against recomputing it, and a miss's cost"),
     ("structured", "shunter.loadtest.bench_structured", "structured output's cost: time per token at batch 32 and a new schema's first token, against unconstrained"),
     ("sim", "shunter.loadtest.bench_sim", "discrete-event simulation of the real scheduler and router over cost models: the issue-12 experiments"),
 ]

@@ -133,7 +133,9 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 kv_blocks_cached=r.kv_blocks_cached, prefix_hit_rate=r.prefix_hit_rate, load_blocks=r.load,
                 large_cache=r.large_cache, metrics_port=slot.info.metrics_port if slot.info else 0,
                 migrating_out=sum(src == rid for src, _ in moving), migrating_in=sum(dst == rid for _, dst in moving),
-                step_tile_boundaries=r.step_tile_boundaries, spec_acceptance_rate=r.spec_acceptance_rate))
+                step_tile_boundaries=r.step_tile_boundaries, spec_acceptance_rate=r.spec_acceptance_rate,
+                kv_cpu_blocks_total=r.cpu_blocks_total, kv_cpu_blocks_cached=r.cpu_blocks_cached,
+                prefix_hit_rate_cpu=r.cpu_hit_rate))
         c = self.router.counters
         out.counters.CopyFrom(pb.RouterCounters(routed=c.routed, migrated=c.migrated, failed_over=c.failed_over,
                                                 rejected=c.rejected, in_flight=len(self.router.journal),

@@ -14,12 +14,15 @@ from shunter.router.security import options as security_options
 
 BLOCK_TOKENS = EngineConfig.block_size  # the default; serve has no option to change it
 HEAD = ("replica", "node", "healthy", "running", "waiting", "swapped",
-        "kv blocks", "kv in use", "kv cached", "prefix hits", "load (blocks)", "moving out/in", "cache", "step tiles",
+        "kv blocks", "kv in use", "kv cached", "prefix hits", "cpu tier", "load (blocks)", "moving out/in", "cache",
+        "step tiles",
         "spec accepted", "metrics")
 LEGEND = (
     f"running/waiting/swapped: requests. kv: KV-cache blocks of {BLOCK_TOKENS} tokens; in use = held by requests, "
     "cached = free but holding a reusable prefix.\n"
-    "prefix hits: share of prompt tokens found in the cache. load: blocks in use + blocks running requests will "
+    "prefix hits: share of prompt tokens found in the cache (both tiers). cpu tier: CPU blocks holding a prefix "
+    "copy / CPU pool, and the share of prompt tokens found there (--cpu-kv-gib; - : none).\n"
+    "load: blocks in use + blocks running requests will "
     "still take + blocks of queued prompts (what routing balances). moving out/in: requests migrating off and onto "
     "it now (\na live migration holds blocks on the target, counted in kv in use, and keeps running on the source "
     "until its commit). cache: large = holds the larger KV pool "
@@ -36,12 +39,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     security_options.add_client_arguments(parser)
 
 
+def _cpu_tier(r) -> str:
+    if not r.kv_cpu_blocks_total:
+        return "-"
+    return f"{r.kv_cpu_blocks_cached}/{r.kv_cpu_blocks_total} {r.prefix_hit_rate_cpu:.0%}"
+
+
 def format_table(status) -> str:
     rows = [HEAD]
     for r in status.replicas:
         rows.append((r.replica_id, r.node, "yes" if r.healthy else "NO", r.num_running, r.num_waiting, r.num_swapped,
                      r.kv_blocks_total, r.kv_blocks_in_use, r.kv_blocks_cached, f"{r.prefix_hit_rate:.0%}",
-                     r.load_blocks, f"{r.migrating_out}/{r.migrating_in}", "large" if r.large_cache else "-",
+                     _cpu_tier(r), r.load_blocks, f"{r.migrating_out}/{r.migrating_in}", "large" if r.large_cache else "-",
                      tiles(list(r.step_tile_boundaries)),
                      f"{r.spec_acceptance_rate:.0%}" if r.spec_acceptance_rate else "-", r.metrics_port or "-"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(HEAD))]

@@ -29,6 +29,11 @@ COUNTERS = {
     "prefix_hits": ("shunter:prefix_cache_hits", "Prefix cache hits, in prompt tokens found cached."),
     "spec_draft_tokens": ("shunter:spec_decode_num_draft_tokens", "Speculative draft tokens verified."),
     "spec_accepted_tokens": ("shunter:spec_decode_num_accepted_tokens", "Speculative draft tokens accepted."),
+    "prefix_hits_cpu": ("shunter:prefix_cache_hits_cpu", "Prefix cache hits found in the CPU tier, in prompt tokens "
+                        "(also in prefix_cache_hits)."),
+    "cpu_offload_bytes": ("shunter:kv_cpu_offload_bytes", "KV bytes copied to the CPU tier of the prefix cache."),
+    "cpu_load_bytes": ("shunter:kv_cpu_load_bytes", "KV bytes loaded back from the CPU tier for prefix hits."),
+    "cpu_evicted_blocks": ("shunter:kv_cpu_evicted_blocks", "Prefix copies evicted from the CPU tier for room."),
 }
 
 

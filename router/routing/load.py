@@ -41,6 +41,9 @@ class LoadReport:
     requests: list[RequestLoad] = field(default_factory=list)
     step_tile_boundaries: tuple[int, ...] = ()  # its step-time staircase (EngineStats), for status and metrics
     spec_acceptance_rate: float = 0.0  # speculative drafts accepted / verified since its start (0: none)
+    cpu_blocks_total: int = 0  # the prefix cache's CPU tier (0: none)
+    cpu_blocks_cached: int = 0
+    cpu_hit_rate: float = 0.0  # prompt tokens found in the CPU tier / prompt tokens looked up
 
     @property
     def load(self) -> int:

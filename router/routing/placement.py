@@ -60,6 +60,9 @@ def apply_stats(report: LoadReport, stats: EngineStats) -> None:
     report.step_tile_boundaries = stats.step_tile_boundaries
     drafted = stats.spec_draft_tokens
     report.spec_acceptance_rate = stats.spec_accepted_tokens / drafted if drafted else 0.0
+    if stats.kv_cpu_blocks_total:
+        report.cpu_blocks_total, report.cpu_blocks_cached = stats.kv_cpu_blocks_total, stats.kv_cpu_blocks_cached
+        report.cpu_hit_rate = stats.prefix_hits_cpu / stats.prefix_queries if stats.prefix_queries else 0.0
     report.pending_blocks = 0
 
 

@@ -129,7 +129,9 @@ class PrefixAware(RoutingPolicy):
     `abs_threshold` blocks and `rel_threshold` times), fall back to least load: a hot prefix
     must not pile every request onto one replica (the fallback then seeds the prefix elsewhere).
     `cost_weight` > 0 scores replicas by load + weight * uncached prompt blocks instead of
-    longest prefix first, trading cache reuse against load.
+    longest prefix first, trading cache reuse against load. Where replicas report a CPU tier, a
+    block only there counts `cpu_credit` of a device block (`PrefixIndex.credited`; Dynamo's KV
+    router credits 0.75): the prefix is weighed, not just its length.
     """
 
     name = "prefix_aware"
@@ -137,10 +139,19 @@ class PrefixAware(RoutingPolicy):
 
     def __init__(
         self, prefix_index: PrefixIndex | None = None, abs_threshold: int = 32, rel_threshold: float = 1.5,
-        cost_weight: float = 0.0,
+        cost_weight: float = 0.0, cpu_credit: float = 0.75,
     ) -> None:
+        if not 0 <= cpu_credit <= 1:
+            raise ValueError(f"cpu_credit must be in [0, 1], got {cpu_credit}")
         self.index = prefix_index if prefix_index is not None else PrefixIndex()
         self.abs_threshold, self.rel_threshold, self.cost_weight = abs_threshold, rel_threshold, cost_weight
+        self.cpu_credit = cpu_credit
+
+    def _matched(self, block_hashes: list[int]) -> dict[str, int] | dict[str, float]:
+        """Each holder's matched prefix in blocks: credited by tier once a CPU tier is reported."""
+        if self.index.num_cpu_entries:
+            return self.index.credited(block_hashes, self.cpu_credit)
+        return self.index.match(block_hashes)
 
     def choose(self, loads: LoadIndex, request: RoutingRequest) -> str:
         """`select`'s decision from the index: the least loaded is its top; the replicas holding
@@ -151,8 +162,10 @@ class PrefixAware(RoutingPolicy):
         if not request.block_hashes:
             return least.replica_id
         if self.cost_weight > 0:
-            matched = self.index.match(request.block_hashes)
+            matched = self._matched(request.block_hashes)
             return self._choose_by_cost(loads, request, matched, least) if matched else least.replica_id
+        if self.index.num_cpu_entries:  # tiers: the best credited prefix, which need not be the deepest
+            return self._choose_among_healthy(loads, request, least)
         depth, holders = self.index.deepest(request.block_hashes)
         if not depth:
             return least.replica_id
@@ -172,10 +185,10 @@ class PrefixAware(RoutingPolicy):
         return best.replica_id
 
     def _choose_among_healthy(self, loads: LoadIndex, request: RoutingRequest, least: LoadReport) -> str:
-        """Every deepest holder is down (its blocks not yet forgotten): the healthy holders at
-        every depth, as the scan weighs them."""
+        """The healthy holders at every depth, as the scan weighs them: where every deepest holder
+        is down (its blocks not yet forgotten), and where tiers make depth not the whole measure."""
         best, best_key = None, None
-        for rid, depth in self.index.match(request.block_hashes).items():
+        for rid, depth in self._matched(request.block_hashes).items():
             r = loads.report(rid)
             if r is not None and r.healthy:
                 key = (-depth, load_of(r), loads.position(rid))
@@ -187,7 +200,7 @@ class PrefixAware(RoutingPolicy):
             return least.replica_id
         return best.replica_id
 
-    def _choose_by_cost(self, loads: LoadIndex, request: RoutingRequest, matched: dict[str, int],
+    def _choose_by_cost(self, loads: LoadIndex, request: RoutingRequest, matched: dict[str, int] | dict[str, float],
                         least: LoadReport) -> str:
         """`_by_cost` from the index: a replica that holds none of the prefix costs its load plus
         the whole prompt, so none of them beats the least loaded one (a holder or not): the
@@ -207,7 +220,7 @@ class PrefixAware(RoutingPolicy):
         return best.replica_id
 
     def select(self, replicas: Sequence[LoadReport], request: RoutingRequest) -> str:
-        matched = self.index.match(request.block_hashes) if request.block_hashes else None
+        matched = self._matched(request.block_hashes) if request.block_hashes else None
         if self.cost_weight > 0 and matched:
             return self._by_cost(replicas, request, matched)
         # One pass: each replica's load read once; the least loaded (first of equals) and the
@@ -232,7 +245,8 @@ class PrefixAware(RoutingPolicy):
             return least.replica_id
         return best.replica_id
 
-    def _by_cost(self, replicas: Sequence[LoadReport], request: RoutingRequest, matched: dict[str, int]) -> str:
+    def _by_cost(self, replicas: Sequence[LoadReport], request: RoutingRequest,
+                 matched: dict[str, int] | dict[str, float]) -> str:
         """Lowest load + weight * uncached prompt blocks, unless that leaves loads imbalanced."""
         uncached, weight = request.num_prompt_blocks, self.cost_weight
         least = best = None

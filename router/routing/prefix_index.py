@@ -4,6 +4,11 @@ Block hashes are chained (a block's hash covers every token before it), so a rep
 block k of a prompt's chain and every block before it has the first k blocks of that prompt
 cached. The index is a hint: events arrive late and a replica may evict at any time, so a wrong
 guess only costs a recompute, never a wrong token.
+
+A replica with a CPU tier (`--cpu-kv-gib`) reports which blocks it holds there too. A block is
+held if it is in either tier; `credited` weighs the blocks only in the CPU tier less (they must be
+loaded back first), walking the chain as the replica's own lookup does: its device part, then
+the CPU part after it.
 """
 from __future__ import annotations
 
@@ -14,22 +19,32 @@ from typing import Iterable, Protocol
 class CacheEventLike(Protocol):
     kind: str
     block_hash: int
+    tier: str
 
 
 @dataclass
 class PrefixIndex:
-    holders: dict[int, set[str]] = field(default_factory=dict)  # block hash -> replica ids
-    by_replica: dict[str, set[int]] = field(default_factory=dict)  # replica id -> block hashes
+    holders: dict[int, set[str]] = field(default_factory=dict)  # block hash -> replica ids (either tier)
+    by_replica: dict[str, set[int]] = field(default_factory=dict)  # replica id -> block hashes on its device
+    cpu_by_replica: dict[str, set[int]] = field(default_factory=dict)  # replica id -> hashes in its CPU tier
+    num_cpu_entries: int = 0  # 0: no replica reported a CPU tier, and every block counts whole
 
     def apply(self, replica_id: str, events: Iterable[CacheEventLike]) -> None:
-        held = self.by_replica.setdefault(replica_id, set())
+        device = self.by_replica.setdefault(replica_id, set())
+        cpu = self.cpu_by_replica.setdefault(replica_id, set())
         for event in events:
+            h, on_cpu = event.block_hash, event.tier == "cpu"
+            held, other = (cpu, device) if on_cpu else (device, cpu)
             if event.kind == "stored":
-                self.holders.setdefault(event.block_hash, set()).add(replica_id)
-                held.add(event.block_hash)
-            elif event.kind == "evicted":
-                self._drop(replica_id, event.block_hash)
-                held.discard(event.block_hash)
+                self.holders.setdefault(h, set()).add(replica_id)
+                if on_cpu and h not in cpu:
+                    self.num_cpu_entries += 1
+                held.add(h)
+            elif event.kind == "evicted" and h in held:
+                held.discard(h)
+                self.num_cpu_entries -= on_cpu
+                if h not in other:
+                    self._drop(replica_id, h)
 
     def _drop(self, replica_id: str, block_hash: int) -> None:
         owners = self.holders.get(block_hash)
@@ -40,8 +55,29 @@ class PrefixIndex:
 
     def forget(self, replica_id: str) -> None:
         """A replica died or restarted: its cache is gone."""
-        for block_hash in self.by_replica.pop(replica_id, set()):
+        cpu = self.cpu_by_replica.pop(replica_id, set())
+        self.num_cpu_entries -= len(cpu)
+        for block_hash in self.by_replica.pop(replica_id, set()) | cpu:
             self._drop(replica_id, block_hash)
+
+    def credited(self, block_hashes: list[int], cpu_credit: float) -> dict[str, float]:
+        """Each holder's leading blocks of the chain, a block only in its CPU tier counting
+        `cpu_credit`: its device part, then the CPU part that continues it (replicas credited
+        nothing are absent). Linear in the matched blocks of each holder."""
+        out: dict[str, float] = {}
+        for replica_id, depth in self.match(block_hashes).items():
+            device = self.by_replica.get(replica_id, set())
+            cpu = self.cpu_by_replica.get(replica_id, set())
+            d = 0
+            while d < depth and block_hashes[d] in device:
+                d += 1
+            c = d
+            while c < depth and block_hashes[c] in cpu:
+                c += 1
+            credit = d + cpu_credit * (c - d)
+            if credit > 0:  # with cpu_credit 0 a replica holding the prefix only in its CPU tier is no holder
+                out[replica_id] = credit
+        return out
 
     def match(self, block_hashes: list[int]) -> dict[str, int]:
         """Number of leading blocks of the chain each replica holds (replicas with none are absent).

@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how a replica makes room when its KV cache is full (auto: the cheaper, as measured)")
     parser.add_argument("--routing", default=DEFAULT_ROUTING, choices=sorted(ROUTINGS),
                         help="how the router picks a replica for a new request")
+    parser.add_argument("--cpu-tier-credit", type=float_above(0, inclusive=True), default=0.75, metavar="F",
+                        help="with --routing prefix_aware: what a cached block in a replica's CPU tier (--cpu-kv-gib) "
+                             "counts against one in its device memory (0: only device blocks count)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster to join ('auto': the local one); default: start a local one")
     parser.add_argument("--state", default=MEMORY, type=_state, metavar="memory|redis://[:PASSWORD@]HOST:PORT/DB",
@@ -80,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-kv-blocks", type=int_at_least(1), default=None,
                         help="KV blocks per replica (default: sized from free memory)")
     parser.add_argument("--max-num-seqs", type=int_at_least(1), default=64, help="requests a replica runs at once")
+    parser.add_argument("--cpu-kv-gib", type=float_above(0), default=None, metavar="GIB",
+                        help="CPU memory per replica for one KV pool serving swap and a second tier of the prefix "
+                             "cache: published blocks are copied there, and a prefix evicted from the device is "
+                             "loaded back instead of recomputed (default: no CPU tier)")
     parser.add_argument("--no-async-scheduling", action="store_true",
                         help="replicas step synchronously: the next step is scheduled only once this one's tokens "
                              "are back (default: scheduled while the device runs this one)")
@@ -124,6 +131,10 @@ def check(args: argparse.Namespace) -> None:
     except ValueError as e:
         raise ValueError(f"--model: {str(e).removeprefix('model: ')}") from None
     check_scheduling(args)
+    check_cpu_kv(args)
+    if args.cpu_tier_credit > 1:
+        raise ValueError(f"--cpu-tier-credit: must be in [0, 1] (a block on the device counts 1), "
+                         f"got {args.cpu_tier_credit:g}")
     if not args.model.startswith(FAKE_MODEL_PREFIX):
         speculative_options.check_draft_model(args, convert=False)
     cache_size_options.validate(args)
@@ -152,6 +163,17 @@ def check_scheduling(args: argparse.Namespace) -> None:
                          f"timing resolves tiles of {STRIDE} tokens or more); --policy rad sizes steps in whole tiles")
 
 
+def check_cpu_kv(args: argparse.Namespace) -> None:
+    """`--cpu-kv-gib` must fit in this machine's memory, for every replica a local Ray places here."""
+    if args.cpu_kv_gib is None:
+        return
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    here = args.replicas if args.address is None else 1
+    if args.cpu_kv_gib * here >= total:
+        raise ValueError(f"--cpu-kv-gib: {here} x {args.cpu_kv_gib:g} GiB is more than this machine's "
+                         f"{total:.1f} GiB of memory")
+
+
 def check_port_free(host: str, port: int, host_option: str = "--host", port_option: str = "--port") -> None:
     """Bind host:port once, as the gRPC and HTTP servers will (SO_REUSEADDR), and let it go."""
     try:
@@ -174,6 +196,7 @@ def _engine_config(args: argparse.Namespace):
     threads = args.num_threads or max(1, int(args.num_cpus_per_replica))
     return EngineConfig(model=args.model, policy=args.policy, preemption_mode=args.preemption_mode, device=device,
                         num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs, num_threads=threads,
+                        cpu_kv_gib=args.cpu_kv_gib,
                         async_scheduling=not args.no_async_scheduling, cache_aware_order=args.cache_aware_order,
                         max_num_batched_tokens=args.max_num_batched_tokens,
                         **speculative_options.engine_settings(args))
@@ -183,6 +206,7 @@ def _router_config(args: argparse.Namespace, threshold: int | None):
     from shunter.router.core import RouterConfig
 
     return RouterConfig(routing=args.routing, rebalance=not args.no_rebalance,
+                        routing_settings={"cpu_credit": args.cpu_tier_credit} if args.routing == "prefix_aware" else {},
                         rebalancer_settings=rebalance_options.settings(args),
                         max_in_flight=args.max_in_flight, max_queued=args.max_queued, size_threshold_blocks=threshold,
                         migration=migration_options.settings(args))

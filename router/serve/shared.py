@@ -22,7 +22,7 @@ from shunter.router.shared_state import ReplicaEntry
 NAMESPACE = "shunter"
 # Options that configure replicas: a frontend-only serve attaches to replicas already configured.
 REPLICA_OPTIONS = ("model", "replicas", "policy", "preemption_mode", "num_cpus_per_replica", "num_gpus_per_replica",
-                   "num_threads", "device", "num_kv_blocks", "max_num_seqs", "large_cache_replicas",
+                   "num_threads", "device", "num_kv_blocks", "max_num_seqs", "cpu_kv_gib", "large_cache_replicas",
                    "large_cache_factor", "placement", "wait_for_resources")
 
 

@@ -7,6 +7,7 @@
 - `shunter:frontend:<id>` (string): a frontend's heartbeat; `FRONTEND_TTL_MS`, refreshed each second.
 - `shunter:prefix:<id>` (sorted set): block hashes the replica holds, scored by when they were
   stored (ms); past `PREFIX_CAP` the oldest go; dropped while the replica is down.
+- `shunter:prefix_cpu:<id>` (sorted set): the same for the blocks in its CPU tier (`--cpu-kv-gib`).
 - `shunter:req:<id>` (hash): a request's journal: prompt, params, owner frontend, replica,
   state, finish reason, cached tokens, n (tokens, once ended); the journal TTL, refreshed
   while it streams and counted again from its end.
@@ -37,8 +38,11 @@ def frontend(frontend_id: str) -> str:
     return f"{ROOT}frontend:{frontend_id}"
 
 
-def prefix(replica_id: str) -> str:
-    return f"{ROOT}prefix:{replica_id}"
+TIERS = ("device", "cpu")
+
+
+def prefix(replica_id: str, tier: str = "device") -> str:
+    return f"{ROOT}prefix:{replica_id}" if tier == "device" else f"{ROOT}prefix_{tier}:{replica_id}"
 
 
 def request(request_id: str) -> str:

@@ -99,8 +99,9 @@ class RedisStateStore(MemoryStateStore):
         self._router = router
         await self.connect()
         for replica_id in router.slots:  # begin with what the replicas hold, as other frontends learned it
-            hashes = await self.client.zrange(keys.prefix(replica_id), 0, -1)
-            router.index.apply(replica_id, [CacheEvent("stored", int(h)) for h in hashes])
+            for tier in keys.TIERS:
+                hashes = await self.client.zrange(keys.prefix(replica_id, tier), 0, -1)
+                router.index.apply(replica_id, [CacheEvent("stored", int(h), tier) for h in hashes])
         self.writer.start()
         self.writer.put_all(e.command() for e in self.registry)
         self._tasks = [asyncio.create_task(self._listen(), name="redis-listen"),
@@ -167,15 +168,16 @@ class RedisStateStore(MemoryStateStore):
 
     def _mirror(self, replica_id: str, events: list[CacheEvent]) -> None:
         """The prefix index, in order: runs of stores as one ZADD (scored by time: the oldest are
-        evicted first past `prefix_cap`), runs of evictions as one ZREM."""
-        key, now, stored = keys.prefix(replica_id), time.time() * 1000, False
+        evicted first past `prefix_cap`), runs of evictions as one ZREM; a set per tier."""
+        now, stored = time.time() * 1000, False
         run_kind, run = None, []
         for event in [*events, None]:
-            kind = event.kind if event is not None else None
+            kind = (event.kind, event.tier) if event is not None else None
             if kind != run_kind and run:
-                self.writer.put(*(("ZADD", key, *[x for h in run for x in (now, h)]) if run_kind == "stored"
+                key = keys.prefix(replica_id, run_kind[1])
+                self.writer.put(*(("ZADD", key, *[x for h in run for x in (now, h)]) if run_kind[0] == "stored"
                                   else ("ZREM", key, *run)))
-                stored |= run_kind == "stored"
+                stored |= run_kind[0] == "stored"
                 run = []
             if event is not None:
                 run_kind = kind
@@ -322,10 +324,11 @@ class RedisStateStore(MemoryStateStore):
                 put("SET", keys.replica(replica_id), json.dumps(report), "PX", keys.REPLICA_TTL_MS)
             elif replica_id not in self._down:  # its cache died with it
                 self._down.add(replica_id)
-                put("DEL", keys.prefix(replica_id))
+                put("DEL", *(keys.prefix(replica_id, tier) for tier in keys.TIERS))
         ttl = int(self.retain_s * 1000)
         for replica_id in self._trim:  # bounded once a second: between trims a set may pass the cap a little
-            put("ZREMRANGEBYRANK", keys.prefix(replica_id), 0, -self.prefix_cap - 1)
+            for tier in keys.TIERS:
+                put("ZREMRANGEBYRANK", keys.prefix(replica_id, tier), 0, -self.prefix_cap - 1)
         self._trim.clear()
         for request_id, since in list(self._ttl_set.items()):
             if now - since > self.retain_s / 3:
@@ -341,13 +344,15 @@ class RedisStateStore(MemoryStateStore):
             ops += self._record_commands(record_of(entry, self.frontend_id), LIVE)
         for record in self.retained():
             ops += self._record_commands(record, record.state, if_absent=True)
-        ops += [("DEL", keys.prefix(replica_id)) for replica_id in self._down]
-        for replica_id, hashes in self._router.index.by_replica.items():
-            key, now, members = keys.prefix(replica_id), time.time() * 1000, list(hashes)
-            ops.append(("DEL", key))
-            for i in range(0, len(members), 1000):
-                ops.append(("ZADD", key, *[x for h in members[i:i + 1000] for x in (now, h)]))
-            ops.append(("ZREMRANGEBYRANK", key, 0, -self.prefix_cap - 1))
+        ops += [("DEL", *(keys.prefix(replica_id, tier) for tier in keys.TIERS)) for replica_id in self._down]
+        index = self._router.index
+        for tier, by_replica in (("device", index.by_replica), ("cpu", index.cpu_by_replica)):
+            for replica_id, hashes in by_replica.items():
+                key, now, members = keys.prefix(replica_id, tier), time.time() * 1000, list(hashes)
+                ops.append(("DEL", key))
+                for i in range(0, len(members), 1000):
+                    ops.append(("ZADD", key, *[x for h in members[i:i + 1000] for x in (now, h)]))
+                ops.append(("ZREMRANGEBYRANK", key, 0, -self.prefix_cap - 1))
         return ops
 
 

@@ -44,7 +44,8 @@ def unregister(url: RedisURL, replica_ids: list[str]) -> None:
     with _client(url) as client:
         if replica_ids:
             client.hdel(keys.REPLICAS, *replica_ids)
-            client.delete(*(keys.prefix(r) for r in replica_ids), *(keys.replica(r) for r in replica_ids))
+            client.delete(*(keys.prefix(r, tier) for r in replica_ids for tier in keys.TIERS),
+                          *(keys.replica(r) for r in replica_ids))
 
 
 def registered(url: RedisURL) -> list[ReplicaEntry]:

@@ -12,6 +12,9 @@ from shunter.router.core import Router, RouterConfig
 from shunter.sampling_params import SamplingParams
 from tests.fakes import FakeEngine
 
+# Counts of the prefix cache's CPU tier: none in these engines.
+NO_CPU_TIER = {"prefix_hits_cpu": 0, "cpu_offload_bytes": 0, "cpu_load_bytes": 0, "cpu_evicted_blocks": 0}
+
 
 def stats(preemptions: int = 0, swaps: int = 0, queries: int = 0, hits: int = 0) -> EngineStats:
     return dataclasses.replace(FakeEngine().stats(), num_preemptions=preemptions, num_swaps=swaps,
@@ -24,7 +27,7 @@ def test_reports_of_one_life_add_their_differences():
     t.update(7, stats(2, 1, 100, 40))  # nothing new
     t.update(7, stats(5, 1, 180, 72))
     assert t.totals == {"num_preemptions": 5, "num_swaps": 1, "prefix_queries": 180, "prefix_hits": 72,
-                        "spec_draft_tokens": 0, "spec_accepted_tokens": 0}
+                        "spec_draft_tokens": 0, "spec_accepted_tokens": 0, **NO_CPU_TIER}
 
 
 def test_a_restart_adds_the_new_life_whole_even_when_it_already_counted_more():
@@ -32,10 +35,10 @@ def test_a_restart_adds_the_new_life_whole_even_when_it_already_counted_more():
     t.update(7, stats(3, 0, 100, 40))
     t.update(9, stats(5, 2, 30, 0))  # new epoch: counted from zero again, past the old life's 3 preemptions
     assert t.totals == {"num_preemptions": 8, "num_swaps": 2, "prefix_queries": 130, "prefix_hits": 40,
-                        "spec_draft_tokens": 0, "spec_accepted_tokens": 0}
+                        "spec_draft_tokens": 0, "spec_accepted_tokens": 0, **NO_CPU_TIER}
     t.update(9, stats(6, 2, 50, 16))
     assert t.totals == {"num_preemptions": 9, "num_swaps": 2, "prefix_queries": 150, "prefix_hits": 56,
-                        "spec_draft_tokens": 0, "spec_accepted_tokens": 0}
+                        "spec_draft_tokens": 0, "spec_accepted_tokens": 0, **NO_CPU_TIER}
 
 
 def test_a_count_that_drops_within_an_epoch_is_a_reset_not_a_negative_increment():
@@ -68,7 +71,7 @@ def test_the_router_keeps_a_replicas_totals_across_its_restart():
                 await one(rid)
             assert router.slots["r0"].totals.totals == {"num_preemptions": 0, "num_swaps": 0,
                                                         "prefix_queries": 200, "prefix_hits": 32 + 64,
-                                                        "spec_draft_tokens": 0, "spec_accepted_tokens": 0}
+                                                        "spec_draft_tokens": 0, "spec_accepted_tokens": 0, **NO_CPU_TIER}
         finally:
             await router.stop()
             client.kill()

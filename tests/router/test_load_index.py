@@ -17,6 +17,8 @@ SETTINGS = {
     "random": {"seed": 3}, "round_robin": {}, "least_load": {}, "power_of_two": {"seed": 5},
     "prefix_aware": {"abs_threshold": 6, "rel_threshold": 1.3},
     "prefix_aware_cost": {"abs_threshold": 6, "rel_threshold": 1.3, "cost_weight": 0.75},
+    # Replicas with a CPU tier: cache events of both tiers, blocks credited by tier.
+    "prefix_aware_tiers": {"abs_threshold": 6, "rel_threshold": 1.3, "cpu_credit": 0.75},
 }
 
 
@@ -71,7 +73,8 @@ def test_indexed_decisions_equal_the_scan(name, size_threshold):
             chain = rng.choice(chains)
             depth = rng.randrange(1, len(chain))
             kind = "stored" if rng.random() < 0.7 else "evicted"
-            index.apply(r.replica_id, [CacheEvent(kind, h) for h in chain[:depth]])
+            tier = rng.choice(("device", "cpu")) if name.endswith("tiers") else "device"
+            index.apply(r.replica_id, [CacheEvent(kind, h, tier) for h in chain[:depth]])
         else:  # a decision
             prompt = rng.choice(prefixes)[: 16 * rng.randrange(1, 8)] + [rng.randrange(1, 999) for _ in range(5)]
             hashes = block_hashes(prompt, 16)

@@ -112,6 +112,33 @@ def test_prefix_index_matches_only_contiguous_prefixes():
     assert index.match([99]) == {}
 
 
+def test_the_index_keeps_tiers_apart_and_credits_cpu_blocks_less():
+    index, chain = PrefixIndex(), [11, 22, 33, 44]
+    index.apply("a", [CacheEvent("stored", h) for h in chain[:2]] + [CacheEvent("stored", h, "cpu") for h in chain])
+    index.apply("b", [CacheEvent("stored", h) for h in chain[:3]])
+    assert index.credited(chain, 0.75) == {"a": 2 + 0.75 * 2, "b": 3} and index.num_cpu_entries == 4
+    index.apply("a", [CacheEvent("evicted", h) for h in chain[:2]])  # the device evicts; the CPU copies stay
+    assert index.match(chain) == {"a": 4, "b": 3} and index.credited(chain, 0.75) == {"a": 3.0, "b": 3}
+    assert index.credited(chain, 0.0) == {"b": 3}  # credit 0: a CPU-only holder is no holder
+    index.apply("a", [CacheEvent("evicted", 11, "cpu")])
+    assert index.match(chain) == {"b": 3} and index.num_cpu_entries == 3
+    index.forget("a")
+    assert index.num_cpu_entries == 0 and index.credited(chain, 0.75) == {"b": 3}
+
+
+def test_prefix_aware_weighs_a_cpu_tier_prefix_against_a_shorter_device_one():
+    index = PrefixIndex()
+    chain = block_hashes(list(range(16 * BS)), BS)
+    index.apply("cpu", [CacheEvent("stored", h, "cpu") for h in chain])  # 16 blocks, all in the CPU tier: 12
+    index.apply("device", [CacheEvent("stored", h) for h in chain[:10]])  # 10 on the device: 10
+    replicas = [LoadReport("cpu"), LoadReport("device"), LoadReport("idle")]
+    request = RoutingRequest("q", chain, 17, 18)
+    assert make_routing_policy("prefix_aware", index).select(replicas, request) == "cpu"
+    assert make_routing_policy("prefix_aware", index, cpu_credit=0.5).select(replicas, request) == "device"
+    with pytest.raises(ValueError, match="cpu_credit must be in"):
+        make_routing_policy("prefix_aware", index, cpu_credit=1.5)
+
+
 def test_prefix_aware_sends_a_shared_prefix_to_its_holder():
     replicas, index = cluster(4), PrefixIndex()
     policy = make_routing_policy("prefix_aware", index)

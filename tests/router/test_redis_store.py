@@ -11,6 +11,7 @@ import time
 import pytest
 
 from shunter.replica.block_hash import block_hashes
+from shunter.replica.engine_protocol import CacheEvent
 from shunter.router.shared_state import redis_keys as keys
 from shunter.router.shared_state import RedisStateStore
 from shunter.router.shared_state import RedisURL, StateStoreError, parse_state, probe
@@ -141,6 +142,27 @@ def test_the_prefix_index_is_mirrored_and_bounded_newest_first(redis_db):
         assert len(held) == 3 and set(held) <= router.index.by_replica["r0"]
         assert set(block_hashes([9] * 32, 16)) <= set(held)  # the last prompt's blocks are kept
         assert not set(block_hashes([7] * 32, 16)) & set(held)  # the first prompt's went
+        await router.stop()
+        replicas[0].kill()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_each_tier_of_the_prefix_index_has_its_own_set_and_a_new_frontend_reads_both(redis_db):
+    async def main():
+        router, replicas = frontend(redis_db, n_replicas=1)
+        await router.start()
+        router.journal._mirror("r0", [CacheEvent("stored", 5), CacheEvent("stored", 5, "cpu"),
+                                      CacheEvent("stored", 6, "cpu"), CacheEvent("evicted", 5)])
+        await router.journal.writer.flush()
+        with redis_db.client() as client:
+            assert [int(h) for h in client.zrange(keys.prefix("r0"), 0, -1)] == []
+            assert sorted(int(h) for h in client.zrange(keys.prefix("r0", "cpu"), 0, -1)) == [5, 6]
+        other, _ = frontend(redis_db, n_replicas=1)  # its store only: it begins with what Redis holds
+        await other.journal.start(other)
+        assert other.index.cpu_by_replica["r0"] == {5, 6} and other.index.num_cpu_entries == 2
+        assert other.index.match([5, 6]) == {"r0": 2} and other.index.by_replica["r0"] == set()
+        await other.journal.stop()
         await router.stop()
         replicas[0].kill()
 

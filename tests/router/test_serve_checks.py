@@ -68,6 +68,9 @@ def serve(capsys, *argv: str) -> tuple[int, str]:
     (["--speculative", "ngram", "--speculative-model", "random:tiny"],
      "error: --speculative-model: --speculative ngram takes no draft model"),
     (["--speculative", "draft"], "error: --speculative: draft needs --speculative-model"),
+    (["--cpu-kv-gib", "100000"], "error: --cpu-kv-gib: 2 x 100000 GiB is more than this machine's"),
+    (["--cpu-kv-gib", "-1"], "error: --cpu-kv-gib: must be a number > 0"),
+    (["--cpu-tier-credit", "1.5"], "error: --cpu-tier-credit: must be in [0, 1]"),
 ])
 def test_a_wrong_option_is_one_line_and_exit_2(capsys, argv, says):
     code, err = serve(capsys, *argv)

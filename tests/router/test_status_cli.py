@@ -16,10 +16,17 @@ def test_the_table_names_its_units_and_what_rejected_counts():
     text = format_table(status())
     lines = text.splitlines()
     assert lines[0].split("  ")[0] == "replica" and "load (blocks)" in lines[0]
-    assert lines[1].split() == ["replica-0", "vm", "yes", "2", "0", "0", "1551", "12", "3", "25%", "40", "0/0", "-",
-                                "-", "-", "-"]
+    assert lines[1].split() == ["replica-0", "vm", "yes", "2", "0", "0", "1551", "12", "3", "25%", "-", "40", "0/0",
+                                "-", "-", "-", "-"]
     assert "rejected 18 (invalid, over --max-in-flight, draining, or no healthy replica)" in text
     assert "KV-cache blocks of 16 tokens" in text and "load: blocks in use" in text
+
+
+def test_the_cpu_tier_shows_its_copies_and_hits():
+    s = status()
+    s.replicas[0].kv_cpu_blocks_total, s.replicas[0].kv_cpu_blocks_cached = 800, 120
+    s.replicas[0].prefix_hit_rate_cpu = 0.1
+    assert "120/800 10%" in format_table(s) and "cpu tier: CPU blocks holding a prefix copy" in format_table(s)
 
 
 def test_a_large_cache_replica_and_the_threshold_show():

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from shunter.loadtest.sim.experiments.common import Result, Scale
 
 NAMES = ("static", "chunked", "slai", "routing", "hot-prefix", "rebalance", "specialization", "makespan", "scale",
-         "slo-preemptions", "crosscheck", "gpu-crosscheck", "rad", "tiling", "cache-order", "speculative")
+         "slo-preemptions", "crosscheck", "gpu-crosscheck", "rad", "tiling", "cache-order", "speculative", "kv-tiers")
 SCALE_NAMES = ("full", "toy")
 
 
@@ -21,6 +21,7 @@ def registry() -> dict[str, Callable[[Scale], Result]]:
         cache_order,
         crosscheck,
         gpu_crosscheck,
+        kv_tiers,
         makespan,
         policies,
         rad,
@@ -47,6 +48,7 @@ def registry() -> dict[str, Callable[[Scale], Result]]:
         "tiling": rad.tiling,
         "cache-order": cache_order.cache_order,
         "speculative": speculative.speculative,  # analytic: the H100 cost models, no simulation
+        "kv-tiers": kv_tiers.kv_tiers,
     }
     assert tuple(experiments) == NAMES
     return experiments
