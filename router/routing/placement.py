@@ -46,7 +46,7 @@ def reserve(report: LoadReport, request: RoutingRequest) -> None:
 def apply_stats(report: LoadReport, stats: EngineStats) -> None:
     """A replica reported: its load is what the engine says; nothing sent is pending any more.
 
-    The fields of STAT_FIELDS, assigned one by one, and the speculative acceptance rate: this runs on every report (in the simulator,
+    The fields of STAT_FIELDS, assigned one by one, the speculative acceptance rate and the CPU tier: this runs on every report (in the simulator,
     every replica step), and getattr/setattr by name took twice as long."""
     report.kv_blocks_total = stats.kv_blocks_total
     report.kv_blocks_in_use = stats.kv_blocks_in_use
