@@ -113,8 +113,8 @@ def run(args: argparse.Namespace) -> int:
         rows.append(row)
         med = row["median_s"]
         console.print(f"{length} tokens: hit {med['hit']:.3f} s, recompute {med['recompute']:.3f} s "
-                      f"({row['hit_speedup']:.1f}x); miss {row['median_s']['miss_on']:.3f} s with the tier, "
-                      f"{row['median_s']['miss_off']:.3f} s without ({row['miss_slowdown']:+.1%})")
+                      f"({row['hit_speedup']:.1f}x); miss {med['miss_on']:.3f} s with the tier, "
+                      f"{med['miss_off']:.3f} s without ({row['miss_slowdown']:+.1%})")
         del engines
     result = {"command": args._invocation, "model": args.model,
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "

@@ -179,7 +179,6 @@ class DraftModel:
         return True
 
 
-
 def _to(batch: Batch, device: torch.device) -> Batch:
     """The batch on `device` without waiting for the device (a copy from pageable memory is staged)."""
     if device.type == "cpu":
