@@ -165,7 +165,7 @@ class ClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("replica_id", "node", "healthy", "num_running", "num_waiting", "num_swapped", "kv_blocks_total", "kv_blocks_in_use", "kv_blocks_cached", "prefix_hit_rate", "load_blocks", "large_cache", "metrics_port", "migrating_out", "migrating_in", "step_tile_boundaries", "spec_acceptance_rate", "kv_cpu_blocks_total", "kv_cpu_blocks_cached", "prefix_hit_rate_cpu")
+    __slots__ = ("replica_id", "node", "healthy", "num_running", "num_waiting", "num_swapped", "kv_blocks_total", "kv_blocks_in_use", "kv_blocks_cached", "prefix_hit_rate", "load_blocks", "large_cache", "metrics_port", "migrating_out", "migrating_in", "step_tile_boundaries", "spec_acceptance_rate", "kv_cpu_blocks_total", "kv_cpu_blocks_cached", "prefix_hit_rate_cpu", "prefill_only")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +186,7 @@ class ReplicaStatus(_message.Message):
     KV_CPU_BLOCKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     KV_CPU_BLOCKS_CACHED_FIELD_NUMBER: _ClassVar[int]
     PREFIX_HIT_RATE_CPU_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_ONLY_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     node: str
     healthy: bool
@@ -206,10 +207,11 @@ class ReplicaStatus(_message.Message):
     kv_cpu_blocks_total: int
     kv_cpu_blocks_cached: int
     prefix_hit_rate_cpu: float
-    def __init__(self, replica_id: _Optional[str] = ..., node: _Optional[str] = ..., healthy: _Optional[bool] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_swapped: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_in_use: _Optional[int] = ..., kv_blocks_cached: _Optional[int] = ..., prefix_hit_rate: _Optional[float] = ..., load_blocks: _Optional[int] = ..., large_cache: _Optional[bool] = ..., metrics_port: _Optional[int] = ..., migrating_out: _Optional[int] = ..., migrating_in: _Optional[int] = ..., step_tile_boundaries: _Optional[_Iterable[int]] = ..., spec_acceptance_rate: _Optional[float] = ..., kv_cpu_blocks_total: _Optional[int] = ..., kv_cpu_blocks_cached: _Optional[int] = ..., prefix_hit_rate_cpu: _Optional[float] = ...) -> None: ...
+    prefill_only: bool
+    def __init__(self, replica_id: _Optional[str] = ..., node: _Optional[str] = ..., healthy: _Optional[bool] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_swapped: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_in_use: _Optional[int] = ..., kv_blocks_cached: _Optional[int] = ..., prefix_hit_rate: _Optional[float] = ..., load_blocks: _Optional[int] = ..., large_cache: _Optional[bool] = ..., metrics_port: _Optional[int] = ..., migrating_out: _Optional[int] = ..., migrating_in: _Optional[int] = ..., step_tile_boundaries: _Optional[_Iterable[int]] = ..., spec_acceptance_rate: _Optional[float] = ..., kv_cpu_blocks_total: _Optional[int] = ..., kv_cpu_blocks_cached: _Optional[int] = ..., prefix_hit_rate_cpu: _Optional[float] = ..., prefill_only: _Optional[bool] = ...) -> None: ...
 
 class RouterCounters(_message.Message):
-    __slots__ = ("routed", "migrated", "failed_over", "rejected", "in_flight", "queued", "migrating", "migrations_aborted", "migrations_refused")
+    __slots__ = ("routed", "migrated", "failed_over", "rejected", "in_flight", "queued", "migrating", "migrations_aborted", "migrations_refused", "handed_off")
     ROUTED_FIELD_NUMBER: _ClassVar[int]
     MIGRATED_FIELD_NUMBER: _ClassVar[int]
     FAILED_OVER_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +221,7 @@ class RouterCounters(_message.Message):
     MIGRATING_FIELD_NUMBER: _ClassVar[int]
     MIGRATIONS_ABORTED_FIELD_NUMBER: _ClassVar[int]
     MIGRATIONS_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    HANDED_OFF_FIELD_NUMBER: _ClassVar[int]
     routed: int
     migrated: int
     failed_over: int
@@ -228,20 +231,23 @@ class RouterCounters(_message.Message):
     migrating: int
     migrations_aborted: int
     migrations_refused: int
-    def __init__(self, routed: _Optional[int] = ..., migrated: _Optional[int] = ..., failed_over: _Optional[int] = ..., rejected: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., migrating: _Optional[int] = ..., migrations_aborted: _Optional[int] = ..., migrations_refused: _Optional[int] = ...) -> None: ...
+    handed_off: int
+    def __init__(self, routed: _Optional[int] = ..., migrated: _Optional[int] = ..., failed_over: _Optional[int] = ..., rejected: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., migrating: _Optional[int] = ..., migrations_aborted: _Optional[int] = ..., migrations_refused: _Optional[int] = ..., handed_off: _Optional[int] = ...) -> None: ...
 
 class ClusterStatusResponse(_message.Message):
-    __slots__ = ("replicas", "counters", "routing", "model", "size_threshold_blocks", "metrics_port")
+    __slots__ = ("replicas", "counters", "routing", "model", "size_threshold_blocks", "metrics_port", "prefill_threshold_tokens")
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     ROUTING_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SIZE_THRESHOLD_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_THRESHOLD_TOKENS_FIELD_NUMBER: _ClassVar[int]
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
     counters: RouterCounters
     routing: str
     model: str
     size_threshold_blocks: int
     metrics_port: int
-    def __init__(self, replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., counters: _Optional[_Union[RouterCounters, _Mapping]] = ..., routing: _Optional[str] = ..., model: _Optional[str] = ..., size_threshold_blocks: _Optional[int] = ..., metrics_port: _Optional[int] = ...) -> None: ...
+    prefill_threshold_tokens: int
+    def __init__(self, replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., counters: _Optional[_Union[RouterCounters, _Mapping]] = ..., routing: _Optional[str] = ..., model: _Optional[str] = ..., size_threshold_blocks: _Optional[int] = ..., metrics_port: _Optional[int] = ..., prefill_threshold_tokens: _Optional[int] = ...) -> None: ...

@@ -46,6 +46,7 @@ class ReplicaInfo:
     limits: ModelLimits
     tokenizer: Tokenizer | None = None
     large_cache: bool = False  # given the larger KV pool: the router sends it the long requests
+    prefill_only: bool = False  # P/D disaggregation: the router sends it long prefills and hands them off
     metrics_port: int = 0  # the replica's own Prometheus page (a Ray actor's, when asked for); 0: none
 
 
@@ -54,11 +55,13 @@ class ReplicaStopped(RuntimeError):
 
 
 class ReplicaCore:
-    def __init__(self, replica_id: str, engine: EngineProtocol, large_cache: bool = False) -> None:
-        """`large_cache`: this replica's role in cache-size specialization (its pool is the larger)."""
+    def __init__(self, replica_id: str, engine: EngineProtocol, large_cache: bool = False,
+                 prefill_only: bool = False) -> None:
+        """`large_cache`: this replica's role in cache-size specialization (its pool is the larger);
+        `prefill_only`: in P/D disaggregation (the engine runs as any other; the router routes by it)."""
         self.replica_id = replica_id
         self.engine = engine
-        self.large_cache = large_cache
+        self.large_cache, self.prefill_only = large_cache, prefill_only
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self.outbox = Outbox(engine.stats())
@@ -71,7 +74,7 @@ class ReplicaCore:
 
     def info(self) -> ReplicaInfo:
         return ReplicaInfo(self.replica_id, socket.gethostname(), os.getpid(), self.engine.limits, self.engine.tokenizer,
-                           self.large_cache)
+                           self.large_cache, self.prefill_only)
 
     # ---- commands, run on the engine thread between steps ----------------------------------
     def call(self, fn: Callable[[EngineProtocol], T]) -> concurrent.futures.Future[T]:

@@ -6,6 +6,10 @@ runs them: a replica's report and cache events are applied when its step ends (i
 request is placed on the reports as they stand plus what was sent since, and every
 `interval_s` the rebalancer's moves are carried out as the Router carries them out, live or
 stop-and-copy (`migration.py`: the same protocol, each copy and transfer priced by the cost model).
+With `prefill_replicas` the last K replicas only prefill: the same `Disaggregated` policy picks
+the pool, and a request that started on a prefill replica is handed off to the decode replica
+the policy names on its first token (as `router/core/handoff.py` does, retrying after
+`RETRY_S` when a hand-off did not happen), on the same priced migration path.
 """
 from __future__ import annotations
 
@@ -25,11 +29,12 @@ from shunter.loadtest.sim.runner import TokenFn
 from shunter.loadtest.workloads import WorkloadRequest
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.engine_protocol import EngineOutput
-from shunter.router.core import MigrationSettings
+from shunter.replica.load_estimate import expected_blocks
+from shunter.router.core import NO_BLOCK, PROBE_MAX_S, RETRY_S, STREAM_POLL_S, MigrationSettings
 from shunter.router.serve import cache_size_options
-from shunter.router.routing import LoadReport, RequestLoad
+from shunter.router.routing import LoadReport, RequestLoad, RoutingRequest
 from shunter.router.routing import LoadIndex, apply_stats, request_load, reserve, routing_policy, routing_request
-from shunter.router.routing import DEFAULT
+from shunter.router.routing import DEFAULT, DEFAULT_THRESHOLD_TOKENS, Disaggregated
 from shunter.router.routing import PrefixIndex
 from shunter.router.routing import Rebalancer
 from shunter.sampling_params import SamplingParams
@@ -52,6 +57,8 @@ class ClusterConfig:
     link_bytes_per_s: float = 12.5e9  # KV transfer between replicas: 100 Gb/s
     link_latency_s: float = 1e-3
     migration: MigrationSettings = field(default_factory=MigrationSettings)  # live (the Router's default) or not
+    prefill_replicas: int = 0  # P/D disaggregation: the last K replicas only prefill long prompts
+    prefill_threshold_tokens: int = DEFAULT_THRESHOLD_TOKENS
 
 
 @dataclass(slots=True)
@@ -64,6 +71,7 @@ class _InFlight:
     replica_id: str
     sent: int = 0
     migrating: bool = False
+    hashes: list[int] | None = None  # of the prompt's blocks, kept while it may be handed off (P/D)
 
 
 class SimCluster:
@@ -83,7 +91,8 @@ class SimCluster:
         cache_size_options.validate(args)
         threshold = cache_size_options.threshold(args)
         self.index = PrefixIndex()
-        self.policy = routing_policy(config.routing, self.index, threshold, config.routing_settings)
+        prefill_threshold = config.prefill_threshold_tokens if config.prefill_replicas else None
+        self.policy = routing_policy(config.routing, self.index, threshold, config.routing_settings, prefill_threshold)
         self.rebalancer = Rebalancer(self.loop, size_threshold_blocks=threshold, **config.rebalancer_settings)
         self.replicas: dict[str, SimReplica] = {}
         self.reports: dict[str, LoadReport] = {}
@@ -91,7 +100,8 @@ class SimCluster:
             rid = f"r{i}"
             replica = SimReplica(rid, self.loop, engine_config, cost, self._on_step, large, token_fn)
             self.replicas[rid] = replica
-            self.reports[rid] = LoadReport(rid, large_cache=large)
+            self.reports[rid] = LoadReport(rid, large_cache=large,
+                                           prefill_only=i >= config.num_replicas - config.prefill_replicas)
             apply_stats(self.reports[rid], replica.engine.stats())  # the router's first poll
         self.loads = LoadIndex(self.reports.values())  # told of every change to a report, as the router's
         self.records: dict[str, RequestRecord] = {}
@@ -99,6 +109,7 @@ class SimCluster:
         self.tbt = GapHistogram()
         self.arrivals_left = 0
         self.counters = {"migrated": 0, "migrated_recomputed": 0, "routing_decisions": 0}
+        self.handoff_not_before: dict[str, float] = {}
         self.migrations = SimMigrations(self, config.migration)
         self.decide_s = 0.0  # wall time in the policy's select
         self.hash_s = 0.0  # wall time describing requests (prompt hashing)
@@ -141,7 +152,8 @@ class SimCluster:
         record = RequestRecord(wr.request_id, wr.tenant, wr.priority, self.loop.t, wr.prompt_len, wr.output_len,
                                replica_id)
         self.records[wr.request_id] = record
-        self.live[wr.request_id] = _InFlight(record, wr.prompt_len, params, replica_id)
+        self.live[wr.request_id] = _InFlight(record, wr.prompt_len, params, replica_id,
+                                             hashes=routing.block_hashes if self.reports[replica_id].prefill_only else None)
         self.replicas[replica_id].submit(wr.request_id, prompt, params)
 
     # ---- what a replica's step made (the router's poll) ------------------------------------------
@@ -154,6 +166,7 @@ class SimCluster:
             self.index.apply(rid, events)
         now, live, gap = self.loop.t, self.live, self.tbt.add  # once per token: names bound here
         resuming = self.migrations.resuming
+        prefill_only = self.reports[rid].prefill_only
         for out in outputs:
             entry = live.get(out.request_id)
             if entry is None or entry.replica_id != rid:
@@ -174,8 +187,29 @@ class SimCluster:
             if out.finish_reason is not None:  # out.finished
                 record.finish = now
                 del live[out.request_id]
+                self.handoff_not_before.pop(out.request_id, None)
                 if self.on_finish is not None:
                     self.on_finish(record)
+            elif n and prefill_only and not entry.migrating:
+                self._hand_off(out.request_id, entry)
+
+    def _hand_off(self, request_id: str, entry: _InFlight) -> None:
+        """`Handoff.after_tokens`: to the decode replica the policy names, counted there at once."""
+        if self.handoff_not_before.get(request_id, 0.0) > self.loop.t:
+            return
+        hashes = entry.hashes or []
+        routing = RoutingRequest(request_id, hashes, len(hashes) + 1,
+                                 expected_blocks(entry.prompt_len + entry.sent, entry.params, self.block_size,
+                                                 entry.prompt_len + entry.sent),
+                                 entry.prompt_len + entry.sent, self.block_size)
+        assert isinstance(self.policy, Disaggregated)
+        target = self.policy.decode_target(self.loads, routing)
+        if target is None:
+            return
+        self.handoff_not_before[request_id] = self.loop.t + RETRY_S
+        reserve(self.reports[target], routing)
+        self.loads.update(self.reports[target])
+        self.migrations.start(request_id, target)
 
     # ---- rebalancing ---------------------------------------------------------------------------------
     def _rebalance(self) -> None:
@@ -209,4 +243,5 @@ class SimCluster:
             decision_us=self.decide_s / decisions * 1e6, describe_us=self.hash_s / decisions * 1e6,
             replica_busy_max_s=max(busy), replica_busy_min_s=min(busy), events=self.loop.num_events,
             migration=self.migrations.stats(),
+            handed_off=sum(self.reports[m.source].prefill_only for m in self.migrations.log),
         )

@@ -2,7 +2,8 @@
 
 Times are virtual seconds. TTFT is arrival to first token, end-to-end is arrival to last token,
 TBT is the gap between two consecutive tokens of one request (all gaps of all requests, as
-Sarathi-Serve counts it). TBT gaps are counted in a histogram of log-spaced bins (0.5% wide),
+Sarathi-Serve counts it); TPOT is one request's decode time per token, first token to last over
+the tokens after the first (vLLM's and the P/D papers' measure), one value per request. TBT gaps are counted in a histogram of log-spaced bins (0.5% wide),
 so a run of millions of tokens keeps no list of them; its percentiles are exact to a bin.
 """
 from __future__ import annotations
@@ -102,6 +103,8 @@ class Summary:
     swaps: int = 0
     recomputed_tokens: int = 0
     migrations: int = 0
+    tpot_p50: float = math.nan
+    tpot_p99: float = math.nan
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -122,6 +125,7 @@ def summarize(records: list[RequestRecord], tbt: GapHistogram, **counters: Any) 
     end = max((r.last_token for r in records if r.last_token is not None), default=start)
     duration = end - start
     prompt = sum(r.prompt_len for r in done)
+    tpot = np.array([(r.last_token - r.first_token) / (r.num_tokens - 1) for r in done if r.num_tokens > 1])
     known = {f for f in Summary.__dataclass_fields__}
     return Summary(
         num_requests=len(records), num_finished=len(done), duration_s=duration, output_tokens=tokens,
@@ -132,6 +136,7 @@ def summarize(records: list[RequestRecord], tbt: GapHistogram, **counters: Any) 
         e2e_p90=_pct(e2e, 0.9), e2e_p99=_pct(e2e, 0.99), tbt_p50=tbt.quantile(0.5), tbt_p99=tbt.quantile(0.99),
         tbt_p999=tbt.quantile(0.999), tbt_max=tbt.quantile(1.0),
         prefix_hit_rate=sum(r.num_cached_tokens for r in done) / prompt if prompt else 0.0,
+        tpot_p50=_pct(tpot, 0.5), tpot_p99=_pct(tpot, 0.99),
         **{k: v for k, v in counters.items() if k in known},
         extra={k: v for k, v in counters.items() if k not in known},
     )

@@ -72,8 +72,8 @@ def _pack(obj: Any) -> bytes:
 
 class ReplicaActor:
     def __init__(self, replica_id: str, engine_config: EngineConfig, engine_factory: str | None = None,
-                 large_cache: bool = False, metrics: MetricsAddress | None = None) -> None:
-        self.core = ReplicaCore(replica_id, load_engine(engine_config, engine_factory), large_cache)
+                 large_cache: bool = False, metrics: MetricsAddress | None = None, prefill_only: bool = False) -> None:
+        self.core = ReplicaCore(replica_id, load_engine(engine_config, engine_factory), large_cache, prefill_only)
         self.node = node_label()  # its IP and Ray node id: which machine, and which node of several on one
         self.metrics_page: MetricsPage | None = None
         if metrics is not None:
@@ -152,7 +152,7 @@ def actor_name(replica_id: str) -> str:
 def spawn(replica_id: str, engine_config: EngineConfig, engine_factory: str | None = None, num_cpus: float = 1,
           num_gpus: float = 0, large_cache: bool = False, metrics: MetricsAddress | None = None,
           namespace: str | None = None, detached: bool = False,
-          placement: tuple[Any, int] | None = None) -> ray.actor.ActorHandle:
+          placement: tuple[Any, int] | None = None, prefill_only: bool = False) -> ray.actor.ActorHandle:
     """Start one replica actor (restarted by Ray if its process dies, with the same role). Its
     calls are not recorded as task events (as Ray Serve does for its replicas): they are many
     and small, and recording them costs time on the token path. Named `actor_name(replica_id)`
@@ -170,7 +170,7 @@ def spawn(replica_id: str, engine_config: EngineConfig, engine_factory: str | No
         name=actor_name(replica_id), namespace=namespace, lifetime="detached" if detached else None,
         num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0,
         max_concurrency=MAX_CONCURRENCY, enable_task_events=False,
-    ).remote(replica_id, engine_config, engine_factory, large_cache, metrics)
+    ).remote(replica_id, engine_config, engine_factory, large_cache, metrics, prefill_only)
 
 
 class RayReplicaClient:

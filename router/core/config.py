@@ -22,6 +22,9 @@ class RouterConfig:
     # on (or moved to) a large-cache replica. None: off.
     size_threshold_blocks: int | None = None
     migration: MigrationSettings = field(default_factory=MigrationSettings)  # live (pre-copy) or stop-and-copy
+    # P/D disaggregation: a prompt with more uncached tokens than this starts on a prefill-only
+    # replica and is handed off after its first token. None: off (no replica is prefill-only).
+    prefill_threshold_tokens: int | None = None
 
 
 DRAIN_FINISH = "shutdown"  # the finish reason of a stream still running when --drain-timeout ends

@@ -20,6 +20,7 @@ class Counters:
     migrated: int = 0
     migrated_recomputed: int = 0  # of migrated: the KV did not come (or fit), the target recomputed
     failed_over: int = 0
+    handed_off: int = 0  # P/D: requests moved from a prefill replica to a decode replica after their first token
     rejected: int = 0  # refused without generating (the reasons: `REJECT_REASONS`)
     rejected_by: dict[str, int] = field(default_factory=dict)  # rejected, per reason (`REJECT_REASONS`)
     rejoined: int = 0

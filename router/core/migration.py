@@ -11,6 +11,12 @@ resumes. Only the commit stops the request, so its downtime does not grow with i
 
 Stop-and-copy (`mode="stop-and-copy"`, kept for the benchmark): the commit alone, with every block.
 
+Streamed (`until_first_token`, P/D disaggregation's hand-off, `handoff.py`): started while the
+request is still prefilling, the stages copy each block as the prefill completes it, polling
+every `STREAM_POLL_S` while none is new, and the commit comes once the request has its first
+token, whatever the stage count: the prefill replica never decodes it, and the commit carries
+only the blocks of the last chunk.
+
 Anything that fails before the commit aborts cleanly: the request runs on where it was (or
 fails over, if its replica died), the target's reservation is cancelled (and would be freed by
 its watchdog anyway), and the reason is counted. A migration that cannot start is refused, with
@@ -38,6 +44,7 @@ MIGRATION_MODES = ("live", "stop-and-copy")
 MIGRATION_REFUSALS = ("unknown_request", "finished", "already_migrating", "unknown_target", "unhealthy_target",
                       "same_replica", "block_size")
 MIGRATION_ABORTS = ("target_out_of_blocks", "target_died", "source_died", "request_ended", "timeout")
+STREAM_POLL_S = 0.01  # a streamed migration asks again this often while its prefill made no new block
 
 
 @dataclass(frozen=True)
@@ -98,9 +105,11 @@ def refusal(router: Router, entry: JournalEntry | None, target: str) -> str | No
     return None
 
 
-async def migrate(router: Router, request_id: str, target: str, with_kv: bool = True) -> bool:
+async def migrate(router: Router, request_id: str, target: str, with_kv: bool = True,
+                  until_first_token: bool = False) -> bool:
     """Move a running request to `target`; the stream continues from where it was. False when
-    refused or aborted before the commit (counted by reason; the request runs on)."""
+    refused or aborted before the commit (counted by reason; the request runs on).
+    `until_first_token`: streamed (live whatever the mode; see the module's docstring)."""
     entry = router.journal.get(request_id)
     why = refusal(router, entry, target)
     if why is not None:
@@ -108,7 +117,7 @@ async def migrate(router: Router, request_id: str, target: str, with_kv: bool = 
         return False
     src, dst = router.slots[entry.replica_id], router.slots[target]
     settings = router.config.migration
-    live = with_kv and settings.mode == "live"
+    live = with_kv and (settings.mode == "live" or until_first_token)
     entry.migrating = True
     router.migrations_in_flight[request_id] = (src.client.replica_id, target)
     started = time.perf_counter()
@@ -116,8 +125,8 @@ async def migrate(router: Router, request_id: str, target: str, with_kv: bool = 
         sent, epoch, stages, staged = 0, None, 0, 0
         if live:
             try:
-                sent, epoch, stages, staged = await asyncio.wait_for(_stage(router, entry, src, dst),
-                                                                     settings.stage_timeout_s)
+                sent, epoch, stages, staged = await asyncio.wait_for(
+                    _stage(router, entry, src, dst, until_first_token), settings.stage_timeout_s)
             except (Aborted, asyncio.TimeoutError) as e:
                 reason = e.reason if isinstance(e, Aborted) else "timeout"
                 router.counters.abort_migration(reason)
@@ -130,31 +139,37 @@ async def migrate(router: Router, request_id: str, target: str, with_kv: bool = 
         router.migrations_in_flight.pop(request_id, None)
 
 
-async def _stage(router: Router, entry: JournalEntry, src: ReplicaSlot, dst: ReplicaSlot
+async def _stage(router: Router, entry: JournalEntry, src: ReplicaSlot, dst: ReplicaSlot, until_first_token: bool
                  ) -> tuple[int, int | None, int, int]:
     """Reserve on the target, then copy stages until few blocks remain (a stage finds at most
     `commit_blocks` new) or `max_stages` ran: (blocks sent, the epoch they were sent in, stages,
     blocks staged). A stage asks the source for at least one more than a commit's worth, so the
-    question costs one call and no copy when the commit can take the rest."""
+    question costs one call and no copy when the commit can take the rest. `until_first_token`:
+    every new block is copied, and the stages end when the request has its first token."""
     settings, request_id = router.config.migration, entry.request_id
     block_size = router.info.limits.block_size
     held = cdiv(len(entry.prompt_token_ids) + len(entry.sent) + 1, block_size)
     if not await _on("target_died", dst.client.reserve(request_id, held + settings.commit_blocks)):
         raise Aborted("target_out_of_blocks")
     sent, epoch, stages, staged = 0, None, 0, 0
-    while stages < settings.max_stages:
+    while not entry.sent if until_first_token else stages < settings.max_stages:
         # The first stage copies whatever is complete; a later one only if more than a commit's worth.
-        least = 1 if sent == 0 else settings.commit_blocks + 1
+        least = 1 if sent == 0 or until_first_token else settings.commit_blocks + 1
         stage = await _on("source_died", src.client.export_blocks(request_id, sent, least))
         if stage is None or entry.finished:
             raise Aborted("request_ended")
-        stages += 1
         if epoch is not None and stage.epoch != epoch:
+            stages += 1
             sent, epoch = 0, stage.epoch  # preempted since the last stage: what was sent is stale, send it again
             continue
         epoch = stage.epoch
         if stage.num_blocks == 0:
+            if until_first_token:
+                await asyncio.sleep(STREAM_POLL_S)
+                continue
+            stages += 1
             break
+        stages += 1
         if not await _on("target_died", dst.client.import_blocks(stage)):
             raise Aborted("target_out_of_blocks")
         sent, staged = stage.end_block, staged + stage.num_blocks

@@ -77,11 +77,11 @@ class LocalReplicaClient:
     frontend, in-process) its own client of the same replica."""
 
     def __init__(self, replica_id: str, engine_factory: Callable[[], EngineProtocol], large_cache: bool = False,
-                 consumer: str = DEFAULT) -> None:
+                 consumer: str = DEFAULT, prefill_only: bool = False) -> None:
         self.replica_id = replica_id
         self.consumer = consumer
-        core = ReplicaCore(replica_id, engine_factory(), large_cache)
-        self._process = _LocalProcess(engine_factory, large_cache, core)
+        core = ReplicaCore(replica_id, engine_factory(), large_cache, prefill_only)
+        self._process = _LocalProcess(engine_factory, large_cache, prefill_only, core)
 
     @property
     def core(self) -> ReplicaCore | None:
@@ -106,7 +106,7 @@ class LocalReplicaClient:
     def restart(self) -> None:
         self.kill()
         p = self._process
-        p.core = ReplicaCore(self.replica_id, p.factory(), p.large_cache)
+        p.core = ReplicaCore(self.replica_id, p.factory(), p.large_cache, p.prefill_only)
 
     async def info(self) -> ReplicaInfo:
         return self._alive().info()
@@ -167,4 +167,5 @@ class _LocalProcess:
 
     factory: Callable[[], EngineProtocol]
     large_cache: bool
+    prefill_only: bool
     core: ReplicaCore | None

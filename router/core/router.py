@@ -22,11 +22,10 @@ from shunter.router.core.admission import Admission
 from shunter.router.core.config import DRAIN_FINISH, RouterConfig
 from shunter.router.core.counters import Counters
 from shunter.router.core.engine_totals import EngineTotals
+from shunter.router.core.handoff import Handoff
 from shunter.router.core.migration import MigrationRecord
-from shunter.router.routing import LoadReport, RequestLoad, RoutingRequest
-from shunter.router.routing import LoadIndex, apply_stats, request_load, reserve, routing_policy, routing_request
-from shunter.router.routing import PrefixIndex
-from shunter.router.routing import Rebalancer
+from shunter.router.routing import LoadIndex, LoadReport, PrefixIndex, Rebalancer, RequestLoad, RoutingRequest
+from shunter.router.routing import apply_stats, request_load, reserve, routing_policy, routing_request
 from shunter.router.core.replica_client import ReplicaClient, ReplicaDead
 from shunter.router.core.state_store import Delta, JournalEntry, MemoryStateStore, StateStore, resubmitted
 from shunter.sampling_params import SamplingParams
@@ -53,7 +52,9 @@ class Router:
         self.clock = clock or MonotonicClock()
         self.index = PrefixIndex()
         threshold = self.config.size_threshold_blocks
-        self.policy = routing_policy(self.config.routing, self.index, threshold, self.config.routing_settings)
+        self.policy = routing_policy(self.config.routing, self.index, threshold, self.config.routing_settings,
+                                     self.config.prefill_threshold_tokens)
+        self.handoff = Handoff(self, self.policy) if self.config.prefill_threshold_tokens is not None else None
         self.rebalancer = Rebalancer(self.clock, size_threshold_blocks=threshold, **self.config.rebalancer_settings)
         self.slots = {c.replica_id: ReplicaSlot(c, LoadReport(c.replica_id)) for c in clients}
         self.loads = LoadIndex(s.report for s in self.slots.values())  # told of every change to a report
@@ -75,7 +76,8 @@ class Router:
         for slot, info, result in zip(self.slots.values(), infos, first):
             slot.info = info
             slot.report.node, slot.report.large_cache = info.node, info.large_cache
-            self.loads.update(slot.report)
+            slot.report.prefill_only = info.prefill_only
+            self.loads.put(slot.report)  # into its pool (prefill-only replicas are one apart)
             self._apply(slot, result)
             slot.task = asyncio.create_task(self._poll_loop(slot))
             self._tasks.append(slot.task)
@@ -178,6 +180,8 @@ class Router:
                     if owner is not None and owner.healthy:
                         self._spawn(self._quiet_abort(owner, entry.request_id), f"abort {entry.request_id}")
                 self.journal.remove(entry.request_id)
+                if self.handoff is not None:
+                    self.handoff.forget(entry.request_id)
 
     async def _quiet_abort(self, slot: ReplicaSlot, request_id: str) -> None:
         try:
@@ -216,6 +220,8 @@ class Router:
             self.counters.routed += 1
             self.counters.routed_to[replica_id] = self.counters.routed_to.get(replica_id, 0) + 1
             self.journal.placed(entry, routing.expected_blocks)
+            if self.handoff is not None and slot.report.prefill_only:
+                self.handoff.placed(entry)
             return
         raise ReplicaUnavailable("no healthy replica took the request")
 
@@ -272,6 +278,8 @@ class Router:
             log.error("request %s: %d tokens missing from replica %s", d.request_id, fresh - len(d.new_token_ids), replica_id)
         new = d.new_token_ids[len(d.new_token_ids) - fresh:] if fresh > 0 else []
         self._emit(entry, new, d.finish_reason, replica_id, d.new_logprobs, d.prompt_logprobs)
+        if new and self.handoff is not None and self.slots[replica_id].report.prefill_only:
+            self.handoff.after_tokens(entry)
 
     def _emit(self, entry: JournalEntry, new: list[int], finish: str | None, replica_id: str,
               logprobs: list | None = None, prompt_logprobs: list | None = None) -> None:
@@ -337,17 +345,19 @@ class Router:
                 delay = min(delay * 2, 2.0)
         if self._stopping:
             return
-        slot.report = LoadReport(slot.client.replica_id, node=slot.info.node, large_cache=slot.info.large_cache)
+        slot.report = LoadReport(slot.client.replica_id, node=slot.info.node, large_cache=slot.info.large_cache,
+                                 prefill_only=slot.info.prefill_only)
         self.loads.put(slot.report)
         slot.healthy = True
         self.counters.rejoined += 1
         log.warning("replica %s rejoined", slot.client.replica_id)
 
     # ---- migration -----------------------------------------------------------------------------
-    async def migrate(self, request_id: str, target: str, with_kv: bool = True) -> bool:
+    async def migrate(self, request_id: str, target: str, with_kv: bool = True, until_first_token: bool = False) -> bool:
         """Move a running request to `target` with its KV, live or stop-and-copy (`config.migration`;
-        without KV the target recomputes); the stream continues from where it was (`migration.py`)."""
-        return await migration.migrate(self, request_id, target, with_kv)
+        without KV the target recomputes; streamed from its prefill on with `until_first_token`);
+        the stream continues from where it was (`migration.py`)."""
+        return await migration.migrate(self, request_id, target, with_kv, until_first_token)
 
     async def _rebalance_loop(self) -> None:
         """Every round, plan over what the journal says this frontend may plan over (with several

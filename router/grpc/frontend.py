@@ -123,7 +123,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     async def ClusterStatus(self, request: pb.ClusterStatusRequest, context: grpc.aio.ServicerContext) -> pb.ClusterStatusResponse:
         out = pb.ClusterStatusResponse(routing=self.router.policy.name, model=self.model,
                                        size_threshold_blocks=self.router.config.size_threshold_blocks or 0,
-                                       metrics_port=self.metrics.page.port if self.metrics else 0)
+                                       metrics_port=self.metrics.page.port if self.metrics else 0,
+                                       prefill_threshold_tokens=self.router.config.prefill_threshold_tokens or 0)
         moving = list(self.router.migrations_in_flight.values())
         for rid, slot in self.router.slots.items():
             r = slot.report
@@ -135,13 +136,14 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 migrating_out=sum(src == rid for src, _ in moving), migrating_in=sum(dst == rid for _, dst in moving),
                 step_tile_boundaries=r.step_tile_boundaries, spec_acceptance_rate=r.spec_acceptance_rate,
                 kv_cpu_blocks_total=r.cpu_blocks_total, kv_cpu_blocks_cached=r.cpu_blocks_cached,
-                prefix_hit_rate_cpu=r.cpu_hit_rate))
+                prefix_hit_rate_cpu=r.cpu_hit_rate, prefill_only=r.prefill_only))
         c = self.router.counters
         out.counters.CopyFrom(pb.RouterCounters(routed=c.routed, migrated=c.migrated, failed_over=c.failed_over,
                                                 rejected=c.rejected, in_flight=len(self.router.journal),
                                                 queued=self.router.admission.queued, migrating=len(moving),
                                                 migrations_aborted=sum(c.migrations_aborted_by.values()),
-                                                migrations_refused=sum(c.migrations_refused_by.values())))
+                                                migrations_refused=sum(c.migrations_refused_by.values()),
+                                                handed_off=c.handed_off))
         return out
 
 

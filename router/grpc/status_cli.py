@@ -14,7 +14,7 @@ from shunter.router.security import options as security_options
 
 BLOCK_TOKENS = EngineConfig.block_size  # the default; serve has no option to change it
 HEAD = ("replica", "node", "healthy", "running", "waiting", "swapped",
-        "kv blocks", "kv in use", "kv cached", "prefix hits", "cpu tier", "load (blocks)", "moving out/in", "cache",
+        "kv blocks", "kv in use", "kv cached", "prefix hits", "cpu tier", "load (blocks)", "moving out/in", "role",
         "step tiles",
         "spec accepted", "metrics")
 LEGEND = (
@@ -25,8 +25,9 @@ LEGEND = (
     "load: blocks in use + blocks running requests will "
     "still take + blocks of queued prompts (what routing balances).\nmoving out/in: requests migrating off and onto "
     "it now (a live migration holds blocks on the target, counted in kv in use, and keeps running on the source "
-    "until its commit). cache: large = holds the larger KV pool "
-    "(--large-cache-replicas).\nstep tiles: the tile of the step-time staircase timed at start-up, in tokens, and its "
+    "until its commit). role: large = holds the larger KV pool "
+    "(--large-cache-replicas); prefill = takes long prompts' prefills and hands each off after its first token "
+    "(--prefill-replicas).\nstep tiles: the tile of the step-time staircase timed at start-up, in tokens, and its "
     "first and last boundaries (- : not timed, or no stairs).\nmetrics: the port of the replica's own Prometheus page, "
     "on its node (--replica-metrics-port-base).\nspec accepted: speculative draft tokens accepted / verified "
     "(--speculative; - : none verified)."
@@ -45,12 +46,16 @@ def _cpu_tier(r) -> str:
     return f"{r.kv_cpu_blocks_cached}/{r.kv_cpu_blocks_total} {r.prefix_hit_rate_cpu:.0%}"
 
 
+def _role(r) -> str:
+    return "prefill" if r.prefill_only else "large" if r.large_cache else "-"
+
+
 def format_table(status) -> str:
     rows = [HEAD]
     for r in status.replicas:
         rows.append((r.replica_id, r.node, "yes" if r.healthy else "NO", r.num_running, r.num_waiting, r.num_swapped,
                      r.kv_blocks_total, r.kv_blocks_in_use, r.kv_blocks_cached, f"{r.prefix_hit_rate:.0%}",
-                     _cpu_tier(r), r.load_blocks, f"{r.migrating_out}/{r.migrating_in}", "large" if r.large_cache else "-",
+                     _cpu_tier(r), r.load_blocks, f"{r.migrating_out}/{r.migrating_in}", _role(r),
                      tiles(list(r.step_tile_boundaries)),
                      f"{r.spec_acceptance_rate:.0%}" if r.spec_acceptance_rate else "-", r.metrics_port or "-"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(HEAD))]
@@ -58,9 +63,13 @@ def format_table(status) -> str:
     c = status.counters
     lines.append(f"model {status.model}  routing {status.routing}"
                  + (f"  size threshold {status.size_threshold_blocks} blocks" if status.size_threshold_blocks else "")
+                 + (f"  prefill threshold {status.prefill_threshold_tokens} tokens"
+                    if status.prefill_threshold_tokens else "")
                  + (f"  metrics port {status.metrics_port}" if status.metrics_port else ""))
     lines.append(f"requests: routed {c.routed}  migrated {c.migrated} (moving now {c.migrating}, aborted "
-                 f"{c.migrations_aborted}, refused {c.migrations_refused})  failed over {c.failed_over}  "
+                 f"{c.migrations_aborted}, refused {c.migrations_refused})"
+                 + (f"  handed off {c.handed_off}" if status.prefill_threshold_tokens else "")
+                 + f"  failed over {c.failed_over}  "
                  f"rejected {c.rejected} (invalid, over --max-in-flight, draining, or no healthy replica)  "
                  f"in flight {c.in_flight}  queued {c.queued}")
     lines.append(LEGEND)

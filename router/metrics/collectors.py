@@ -147,6 +147,8 @@ class RouterCollector(Collector):
             ("shunter:migrations", "Running requests moved between replicas.", c.migrated),
             ("shunter:migrations_recomputed", "Of the migrations, those whose KV did not move.", c.migrated_recomputed),
             ("shunter:failovers", "Requests resubmitted elsewhere because their replica died.", c.failed_over),
+            ("shunter:handoffs", "P/D disaggregation: requests moved from a prefill replica to a decode replica after "
+             "their first token (also counted in shunter:migrations).", c.handed_off),
             ("shunter:replica_rejoins", "Replicas routed to again after they came back.", c.rejoined),
         ):
             yield one(CounterMetricFamily(name, doc, labels=["model_name"]), [model], value)

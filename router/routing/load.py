@@ -37,6 +37,7 @@ class LoadReport:
     prefix_hit_rate: float = 0.0
     pending_blocks: int = 0  # routed here since this report was taken
     large_cache: bool = False  # for cache-size specialization
+    prefill_only: bool = False  # P/D disaggregation: takes long prompts' prefills, hands them off after one token
     node: str = ""
     requests: list[RequestLoad] = field(default_factory=list)
     step_tile_boundaries: tuple[int, ...] = ()  # its step-time staircase (EngineStats), for status and metrics
@@ -64,6 +65,8 @@ class RoutingRequest:
     block_hashes: list[int] = field(default_factory=list)  # of the prompt's full blocks, in order
     num_prompt_blocks: int = 1
     expected_blocks: int = 1  # prompt plus expected output, in blocks
+    num_prompt_tokens: int = 0  # P/D disaggregation weighs the prompt's uncached tokens
+    block_size: int = 16  # tokens a block hash covers
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ replica); stale entries are dropped when they reach the top, and the heap is reb
 outnumber the live ones. The large-cache replicas have a heap of their own. The healthy list
 (random, round robin, power of two) is rebuilt only when health changes.
 
+Prefill-only replicas (P/D disaggregation) are a pool apart: `prefill`, a `LoadIndex` of their
+own, so every policy decides over either pool unchanged (`routing/disaggregation.py` picks the
+pool). The main index answers for the other replicas only: `report` of a prefill replica is
+None there, so a prefix it holds does not draw a decode request to it.
+
 The contract: whoever changes a report's load or health calls `update(report)` (the router
 after a poll, a placement, a replica going down; `put` when it comes back with a new report),
 as the router and the simulator do. `tests/router/test_load_index.py` runs every policy's scan
@@ -29,7 +34,8 @@ def load_of(r: LoadReport) -> int:
 
 
 class LoadIndex:
-    def __init__(self, reports: Iterable[LoadReport]) -> None:
+    def __init__(self, reports: Iterable[LoadReport], prefill_pool: bool = False) -> None:
+        """`prefill_pool`: this is the prefill replicas' own index (it has none of its own)."""
         self._reports: dict[str, LoadReport] = {}
         self._order: dict[str, int] = {}
         self._version: dict[str, int] = {}
@@ -37,12 +43,20 @@ class LoadIndex:
         self._heap: list[tuple[int, int, int, str]] = []  # (load, position, version, replica id)
         self._large: list[tuple[int, int, int, str]] = []  # the same, large-cache replicas only
         self._healthy: list[LoadReport] | None = None
+        self.prefill: LoadIndex | None = None if prefill_pool else LoadIndex((), prefill_pool=True)
         for report in reports:
             self.put(report)
 
     def put(self, report: LoadReport) -> None:
-        """Add a replica's report, or replace it (a replica back with a fresh report)."""
+        """Add a replica's report, or replace it (a replica back with a fresh report); a report
+        whose role changed (a replica's first info) moves to its pool."""
         rid = report.replica_id
+        if self.prefill is not None:
+            mine, other = (self.prefill, self) if report.prefill_only else (self, self.prefill)
+            other._drop(rid)
+            if mine is self.prefill:
+                self.prefill.put(report)
+                return
         self._order.setdefault(rid, len(self._order))
         self._reports[rid] = report
         self._healthy = None
@@ -50,6 +64,9 @@ class LoadIndex:
 
     def update(self, report: LoadReport) -> None:
         """The report's load or health changed (it must be the one `put` holds for its replica)."""
+        if report.prefill_only and self.prefill is not None:
+            self.prefill.update(report)
+            return
         rid = report.replica_id
         version = self._version[rid] = self._version.get(rid, 0) + 1
         if self._health.get(rid) != report.healthy:
@@ -99,9 +116,16 @@ class LoadIndex:
     def __len__(self) -> int:
         return len(self._reports)
 
+    def _drop(self, replica_id: str) -> None:
+        """Forget a replica (its role moved it to the other pool); its heap entries go stale."""
+        if self._reports.pop(replica_id, None) is not None:
+            self._version[replica_id] += 1
+            self._health.pop(replica_id, None)
+            self._healthy = None
+
     def _compact(self) -> None:
         version = self._version
         for name in ("_heap", "_large"):
-            live = [e for e in getattr(self, name) if e[2] == version[e[3]]]
+            live = [e for e in getattr(self, name) if e[2] == version[e[3]] and e[3] in self._reports]
             heapq.heapify(live)
             setattr(self, name, live)

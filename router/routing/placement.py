@@ -13,6 +13,7 @@ from shunter.mathutil import cdiv
 from shunter.replica.block_hash import block_hashes
 from shunter.replica.engine_protocol import EngineStats
 from shunter.replica.load_estimate import expected_blocks
+from shunter.router.routing.disaggregation import Disaggregated
 from shunter.router.routing.load import LoadReport, RequestLoad, RoutingRequest
 from shunter.router.routing.policies import RoutingPolicy, SizeSpecialized, make_routing_policy
 from shunter.router.routing.prefix_index import PrefixIndex
@@ -24,10 +25,14 @@ STAT_FIELDS = ("kv_blocks_total", "kv_blocks_in_use", "kv_blocks_cached", "block
 
 
 def routing_policy(name: str, index: PrefixIndex, size_threshold_blocks: int | None = None,
-                   settings: dict[str, Any] | None = None) -> RoutingPolicy:
-    """The named policy over `index`, wrapped in cache-size specialization when a threshold is set."""
+                   settings: dict[str, Any] | None = None, prefill_threshold_tokens: int | None = None
+                   ) -> RoutingPolicy:
+    """The named policy over `index`, wrapped in cache-size specialization when a size threshold
+    is set, and in P/D disaggregation when a prefill threshold is (there are prefill replicas)."""
     policy = make_routing_policy(name, index, **(settings or {}))
-    return policy if size_threshold_blocks is None else SizeSpecialized(policy, size_threshold_blocks)
+    if size_threshold_blocks is not None:
+        policy = SizeSpecialized(policy, size_threshold_blocks)
+    return policy if prefill_threshold_tokens is None else Disaggregated(policy, index, prefill_threshold_tokens)
 
 
 def routing_request(request_id: str, prompt: list[int], params: SamplingParams, block_size: int,
@@ -35,7 +40,7 @@ def routing_request(request_id: str, prompt: list[int], params: SamplingParams, 
     """What the policy sees of a new request (prompt hashes only when the policy reads them)."""
     hashes = block_hashes(prompt, block_size) if needs_prefix else []
     return RoutingRequest(request_id, hashes, cdiv(len(prompt), block_size),
-                          expected_blocks(len(prompt), params, block_size))
+                          expected_blocks(len(prompt), params, block_size), len(prompt), block_size)
 
 
 def reserve(report: LoadReport, request: RoutingRequest) -> None:

@@ -18,7 +18,9 @@ round compares (`measure`):
 
 With cache-size specialization on, a request grown past `size_threshold_blocks` on a small-cache
 replica moves to the least loaded large-cache one first, and balancing never sends such a
-request back to a small replica (else the two kinds of move would bounce it). Plain object over
+request back to a small replica (else the two kinds of move would bounce it). Prefill-only
+replicas (P/D disaggregation) take no part: their requests leave by hand-off after their first
+token (`router/core/handoff.py`), and none is sent to them. Plain object over
 `LoadReport`s and a `Clock`, like the routing policies.
 
 Moves still in flight (planned in an earlier round, not yet in the reports) are counted as if
@@ -67,7 +69,7 @@ class Rebalancer:
              ) -> list[Migration]:
         """This round's moves. `replicas`: reports with their requests (those migrating too);
         `in_flight`: request id -> (source, target) of the moves not finished yet."""
-        healthy = [r for r in replicas if r.healthy]
+        healthy = [r for r in replicas if r.healthy and not r.prefill_only]  # prefill replicas hand off instead
         if len(healthy) < 2:
             return []
         in_flight = in_flight or {}

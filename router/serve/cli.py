@@ -4,7 +4,8 @@ With no flags: a local Ray instance started by this command, two SmolLM2 replica
 in-memory state, 127.0.0.1:50051. SIGINT/SIGTERM stop new requests (health NOT_SERVING,
 UNAVAILABLE), let the running ones finish (up to --drain-timeout), then exit. With
 --large-cache-replicas K the first K replicas get the larger KV pool and the long requests
-(`cache_size_options.py`). --metrics-port and --replica-metrics-port-base serve Prometheus
+(`cache_size_options.py`); with --prefill-replicas K the last K only prefill long prompts and
+hand them off (`disaggregation_options.py`). --metrics-port and --replica-metrics-port-base serve Prometheus
 pages (`metrics/options.py`). With --http-port the OpenAI-compatible HTTP API (`http/gateway.py`)
 runs in the same event loop over the same router, with the same API keys and TLS, and drains with it.
 
@@ -23,7 +24,7 @@ from shunter.cli_args import float_above, int_at_least
 from shunter.replica.engine_config import PREEMPTION_MODES
 from shunter.replica import speculative as speculative_options
 from shunter.replica.policies import POLICIES
-from shunter.router.serve import cache_size_options, migration_options, rebalance_options
+from shunter.router.serve import cache_size_options, disaggregation_options, migration_options, rebalance_options
 from shunter.router.metrics import options as metrics_options
 from shunter.router.cluster import replica_placement
 from shunter.router.security import options as security_options
@@ -99,6 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=float_above(0, inclusive=True), default=30.0,
                         help="seconds Ctrl-C/SIGTERM waits for running requests")
     cache_size_options.add_arguments(parser)
+    disaggregation_options.add_arguments(parser)
     migration_options.add_arguments(parser)
     rebalance_options.add_arguments(parser)
     metrics_options.add_arguments(parser)
@@ -138,6 +140,7 @@ def check(args: argparse.Namespace) -> None:
     if not args.model.startswith(FAKE_MODEL_PREFIX):
         speculative_options.check_draft_model(args, convert=False)
     cache_size_options.validate(args)
+    disaggregation_options.validate(args)
     metrics_options.validate(args)
     security_options.from_args(args)
     if args.num_gpus_per_replica > 0 and args.address is None and not glob.glob("/dev/nvidia[0-9]*"):
@@ -202,18 +205,20 @@ def _engine_config(args: argparse.Namespace):
                         **speculative_options.engine_settings(args))
 
 
-def _router_config(args: argparse.Namespace, threshold: int | None):
+def _router_config(args: argparse.Namespace, threshold: int | None, prefill_threshold: int | None = None):
     from shunter.router.core import RouterConfig
 
     return RouterConfig(routing=args.routing, rebalance=not args.no_rebalance,
                         routing_settings={"cpu_credit": args.cpu_tier_credit} if args.routing == "prefix_aware" else {},
                         rebalancer_settings=rebalance_options.settings(args),
                         max_in_flight=args.max_in_flight, max_queued=args.max_queued, size_threshold_blocks=threshold,
-                        migration=migration_options.settings(args))
+                        migration=migration_options.settings(args), prefill_threshold_tokens=prefill_threshold)
 
 
-async def serve(args: argparse.Namespace, clients: list, state=None, threshold: int | None = None) -> int:
-    """`state`: the router's StateStore (None: in memory); `threshold`: the cache-size threshold."""
+async def serve(args: argparse.Namespace, clients: list, state=None, threshold: int | None = None,
+                prefill_threshold: int | None = None) -> int:
+    """`state`: the router's StateStore (None: in memory); `threshold`: the cache-size threshold;
+    `prefill_threshold`: P/D disaggregation's (None: no replica only prefills)."""
     import asyncio
     import signal
 
@@ -221,7 +226,7 @@ async def serve(args: argparse.Namespace, clients: list, state=None, threshold: 
     from shunter.router.metrics import serve_frontend_metrics
     from shunter.router.core import Router
 
-    router = Router(clients, _router_config(args, threshold), state=state)
+    router = Router(clients, _router_config(args, threshold, prefill_threshold), state=state)
     await router.start()
     address = metrics_options.frontend_address(args)
     metrics = serve_frontend_metrics(router, address) if address is not None else None
@@ -314,16 +319,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             if args.frontend_only:
-                clients, entries, args.model, threshold = serve_shared.attach(args, consumer)
+                clients, entries, args.model, threshold, prefill_threshold = serve_shared.attach(args, consumer)
             else:
                 clients, entries = serve_shared.spawn(args, roles, factory, consumer)
                 threshold = cache_size_options.threshold(args)
+                prefill_threshold = disaggregation_options.threshold(args)
         except (StateStoreError, replica_placement.PlacementError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         if state is not None:
             state.registry = entries
-        code = asyncio.run(serve(args, clients, state, threshold))
+        code = asyncio.run(serve(args, clients, state, threshold, prefill_threshold))
         if state is not None and serve_shared.stop_if_last(args, entries):
             print("shunter: no other frontend is left; stopped the replicas", flush=True)
         return code

@@ -23,7 +23,7 @@ NAMESPACE = "shunter"
 # Options that configure replicas: a frontend-only serve attaches to replicas already configured.
 REPLICA_OPTIONS = ("model", "replicas", "policy", "preemption_mode", "num_cpus_per_replica", "num_gpus_per_replica",
                    "num_threads", "device", "num_kv_blocks", "max_num_seqs", "cpu_kv_gib", "large_cache_replicas",
-                   "large_cache_factor", "placement", "wait_for_resources")
+                   "large_cache_factor", "prefill_replicas", "placement", "wait_for_resources")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +63,7 @@ def spawn(args: argparse.Namespace, roles: list, factory: str | None, consumer: 
     from shunter.router.shared_state import replica_registry
     from shunter.router.cluster import RayReplicaClient, actor_name
     from shunter.router.cluster import spawn as spawn_actor
+    from shunter.router.serve import disaggregation_options
 
     shared = args.state is not None
 
@@ -85,7 +86,8 @@ def spawn(args: argparse.Namespace, roles: list, factory: str | None, consumer: 
         try:
             handle = spawn_actor(rid, config, factory, args.num_cpus_per_replica, args.num_gpus_per_replica,
                                  large_cache, metrics_options.replica_address(args, i),
-                                 namespace=NAMESPACE if shared else None, detached=shared, placement=(group, i))
+                                 namespace=NAMESPACE if shared else None, detached=shared, placement=(group, i),
+                                 prefill_only=disaggregation_options.prefill_only(args, i))
         except ValueError as e:  # the name is taken: replicas of an earlier serve still run
             raise taken(rid, e) from None
         clients.append(RayReplicaClient(rid, handle, consumer=consumer))
@@ -95,12 +97,14 @@ def spawn(args: argparse.Namespace, roles: list, factory: str | None, consumer: 
     return clients, entries
 
 
-def attach(args: argparse.Namespace, consumer: str) -> tuple[list, list[ReplicaEntry], str, int | None]:
-    """Clients of the registered replicas that answer, the registry, their model and the size
-    threshold (the one given, or the default when some replica holds the large pool)."""
+def attach(args: argparse.Namespace, consumer: str
+           ) -> tuple[list, list[ReplicaEntry], str, int | None, int | None]:
+    """Clients of the registered replicas that answer, the registry, their model, the size
+    threshold (the one given, or the default when some replica holds the large pool) and the
+    prefill threshold (likewise, when some replica only prefills)."""
     import ray
 
-    from shunter.router.serve import cache_size_options
+    from shunter.router.serve import cache_size_options, disaggregation_options
 
     from shunter.router.shared_state import replica_registry
     from shunter.router.cluster import RayReplicaClient
@@ -110,7 +114,7 @@ def attach(args: argparse.Namespace, consumer: str) -> tuple[list, list[ReplicaE
         raise StateStoreError(f"no replica is registered in {args.state}: start one with `shunter serve --state "
                               f"{args.state} --address ...` first")
     reports = replica_registry.last_reports(args.state, [e.replica_id for e in entries])
-    clients, live, large = [], [], False
+    clients, live, large, prefill = [], [], False, False
     for entry in entries:
         try:
             handle = ray.get_actor(entry.actor, namespace=entry.namespace)
@@ -124,12 +128,14 @@ def attach(args: argparse.Namespace, consumer: str) -> tuple[list, list[ReplicaE
         clients.append(RayReplicaClient(entry.replica_id, handle, consumer=consumer))
         live.append(entry)
         large |= info.large_cache
+        prefill |= info.prefill_only
     if not clients:
         raise StateStoreError(f"none of the {len(entries)} replicas registered in {args.state} answers")
     threshold = args.size_threshold_blocks
     if threshold is None and large:
         threshold = cache_size_options.DEFAULT_THRESHOLD_BLOCKS
-    return clients, live, live[0].model, threshold if large else None
+    prefill_threshold = args.prefill_threshold_tokens or disaggregation_options.DEFAULT_THRESHOLD_TOKENS
+    return clients, live, live[0].model, threshold if large else None, prefill_threshold if prefill else None
 
 
 def stop_if_last(args: argparse.Namespace, entries: list[ReplicaEntry]) -> bool:

@@ -1,6 +1,7 @@
 """Indexed routing decisions equal the scans they replace: every policy, over thousands of load
 reports, health changes, rejoins and cache events, with many ties, chooses the same replica from
-the `LoadIndex` (`choose`) as from the list of every report (`select`)."""
+the `LoadIndex` (`choose`) as from the list of every report (`select`); with prefill-only
+replicas (P/D disaggregation) as well, in their pool apart."""
 from __future__ import annotations
 
 import random
@@ -11,6 +12,7 @@ from shunter.errors import ReplicaUnavailable
 from shunter.replica.block_hash import block_hashes
 from shunter.replica.engine_protocol import CacheEvent
 from shunter.router.routing import LoadIndex, LoadReport, PrefixIndex, RoutingRequest, make_routing_policy
+from shunter.router.routing.disaggregation import Disaggregated
 from shunter.router.routing.policies import SizeSpecialized
 
 SETTINGS = {
@@ -22,13 +24,14 @@ SETTINGS = {
 }
 
 
-def make_pair(name: str, index: PrefixIndex, size_threshold: int | None):
+def make_pair(name: str, index: PrefixIndex, size_threshold: int | None, prefill_threshold: int | None = None):
     """Two identical policies (same seeds): one decides by scanning, one from the index."""
     base = "prefix_aware" if name.startswith("prefix_aware") else name
     made = []
     for _ in range(2):
         policy = make_routing_policy(base, index if base == "prefix_aware" else None, **SETTINGS[name])
-        made.append(policy if size_threshold is None else SizeSpecialized(policy, size_threshold))
+        policy = policy if size_threshold is None else SizeSpecialized(policy, size_threshold)
+        made.append(policy if prefill_threshold is None else Disaggregated(policy, index, prefill_threshold))
     return made
 
 
@@ -40,16 +43,16 @@ def decide(fn):
 
 
 @pytest.mark.parametrize("name", sorted(SETTINGS))
-@pytest.mark.parametrize("size_threshold", [None, 12])
-def test_indexed_decisions_equal_the_scan(name, size_threshold):
-    rng = random.Random(hash((name, size_threshold)) & 0xFFFF)
+@pytest.mark.parametrize(("size_threshold", "pd"), [(None, False), (12, False), (None, True), (12, True)])
+def test_indexed_decisions_equal_the_scan(name, size_threshold, pd):
+    rng = random.Random(hash((name, size_threshold, pd)) & 0xFFFF)
     n = 24
     prefixes = [[rng.randrange(1, 999) for _ in range(16 * 8)] for _ in range(6)]
     chains = [block_hashes(p, 16) for p in prefixes]
     index = PrefixIndex()
-    reports = [LoadReport(f"r{i}", large_cache=i % 5 == 0) for i in range(n)]
+    reports = [LoadReport(f"r{i}", large_cache=i % 5 == 0, prefill_only=pd and i % 6 == 3) for i in range(n)]
     loads = LoadIndex(reports)
-    scan, indexed = make_pair(name, index, size_threshold)
+    scan, indexed = make_pair(name, index, size_threshold, 48 if pd else None)
     decisions = 0
     for step in range(4000):
         i = rng.randrange(n)
@@ -66,7 +69,7 @@ def test_indexed_decisions_equal_the_scan(name, size_threshold):
             r.healthy = not r.healthy
             loads.update(r)
         elif what < 0.58:  # a restart: a fresh report object
-            reports[i] = LoadReport(r.replica_id, large_cache=r.large_cache)
+            reports[i] = LoadReport(r.replica_id, large_cache=r.large_cache, prefill_only=r.prefill_only)
             loads.put(reports[i])
             index.forget(r.replica_id)
         elif what < 0.75:  # cache events
@@ -78,10 +81,17 @@ def test_indexed_decisions_equal_the_scan(name, size_threshold):
         else:  # a decision
             prompt = rng.choice(prefixes)[: 16 * rng.randrange(1, 8)] + [rng.randrange(1, 999) for _ in range(5)]
             hashes = block_hashes(prompt, 16)
-            request = RoutingRequest(f"q{step}", hashes, len(hashes) + 1, len(hashes) + rng.randrange(1, 20))
+            request = RoutingRequest(f"q{step}", hashes, len(hashes) + 1, len(hashes) + rng.randrange(1, 20),
+                                     len(prompt), 16)
             want = decide(lambda: scan.select(list(reports), request))
             got = decide(lambda: indexed.choose(loads, request))
             assert got == want, (step, name, want, got)
+            if pd and got != "unavailable":
+                long = indexed.uncached_tokens(request, lambda rid: (q := loads.report(rid)) is not None
+                                               and q.healthy) > 48
+                pool = {r.replica_id for r in reports if r.prefill_only and r.healthy}
+                decode_up = any(r.healthy and not r.prefill_only for r in reports)
+                assert (got in pool) == bool(pool and (long or not decode_up)), (step, got, long)
             decisions += 1
     assert decisions > 800
 

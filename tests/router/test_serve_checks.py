@@ -71,6 +71,11 @@ def serve(capsys, *argv: str) -> tuple[int, str]:
     (["--cpu-kv-gib", "100000"], "error: --cpu-kv-gib: 2 x 100000 GiB is more than this machine's"),
     (["--cpu-kv-gib", "-1"], "error: --cpu-kv-gib: must be a number > 0"),
     (["--cpu-tier-credit", "1.5"], "error: --cpu-tier-credit: must be in [0, 1]"),
+    (["--prefill-replicas", "2"], "error: --prefill-replicas: must be below --replicas (2): at least one replica"),
+    (["--replicas", "3", "--prefill-replicas", "2", "--large-cache-replicas", "2"],
+     "error: --prefill-replicas: 2 prefill and 2 large-cache replicas are more than --replicas (3)"),
+    (["--prefill-threshold-tokens", "0"], "error: --prefill-threshold-tokens: must be an integer >= 1, got '0'"),
+    (["--prefill-threshold-tokens", "500"], "error: --prefill-threshold-tokens: needs --prefill-replicas > 0"),
 ])
 def test_a_wrong_option_is_one_line_and_exit_2(capsys, argv, says):
     code, err = serve(capsys, *argv)
@@ -112,6 +117,17 @@ def test_good_options_reach_ray_with_the_replica_threads(monkeypatch):
     config = seen["config"]
     assert (config.num_threads, config.preemption_mode, config.policy) == (1, "swap", "rad")
     assert (config.max_num_batched_tokens, config.cache_aware_order) == (1024, True)
+
+
+def test_prefill_replicas_are_the_last_k_and_the_router_gets_their_threshold():
+    from shunter.router.serve import disaggregation_options
+
+    args = cli.build_parser().parse_args(["serve", "--replicas", "4", "--prefill-replicas", "1"])
+    assert [disaggregation_options.prefill_only(args, i) for i in range(4)] == [False, False, False, True]
+    assert serve_cli._router_config(args, None, disaggregation_options.threshold(args)).prefill_threshold_tokens == 1024
+    args = cli.build_parser().parse_args(["serve", "--prefill-replicas", "1", "--prefill-threshold-tokens", "300"])
+    assert disaggregation_options.threshold(args) == 300
+    assert disaggregation_options.threshold(cli.build_parser().parse_args(["serve"])) is None
 
 
 @pytest.mark.parametrize(("cpus", "threads", "expected"), [("0.5", None, 1), ("3", None, 3), ("1", "2", 2)])

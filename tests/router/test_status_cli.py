@@ -37,6 +37,15 @@ def test_a_large_cache_replica_and_the_threshold_show():
     assert text.splitlines()[1].split()[-4] == "large" and "size threshold 32 blocks" in text
 
 
+def test_a_prefill_replica_the_threshold_and_the_hand_offs_show():
+    response = status()
+    response.replicas[0].prefill_only = True
+    response.prefill_threshold_tokens, response.counters.handed_off = 1024, 9
+    text = format_table(response)
+    assert text.splitlines()[1].split()[-4] == "prefill" and "prefill threshold 1024 tokens" in text
+    assert "handed off 9" in text and "prefill = takes long prompts' prefills" in text
+
+
 def test_the_speculative_acceptance_rate_shows():
     response = status()
     response.replicas[0].spec_acceptance_rate = 0.625
