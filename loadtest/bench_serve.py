@@ -213,13 +213,14 @@ def _to_json(result: dict[str, Any]) -> str:
 
 def _table(rows: list[tuple[str, Any]]) -> str:
     head = ("run", "sent", "finished", "errors", "req/s", "out tok/s", "TTFT p50/p99 ms", "gap p50/p99 ms",
-            "e2e p50/p99 ms", "goodput req/s", "SLO met")
+            "TPOT p50/p99 ms", "e2e p50/p99 ms", "goodput req/s", "SLO met")
     lines = [head]
     for label, s in rows:
         errors = ",".join(f"{k}:{v}" for k, v in s.errors.items()) or "0"
         lines.append((label, str(s.sent), str(s.finished), errors, f"{s.request_throughput:.2f}",
                       f"{s.output_throughput:.1f}", f"{s.ttft_ms.p50:.0f}/{s.ttft_ms.p99:.0f}",
-                      f"{s.tbt_ms.p50:.0f}/{s.tbt_ms.p99:.0f}", f"{s.e2e_ms.p50:.0f}/{s.e2e_ms.p99:.0f}",
+                      f"{s.tbt_ms.p50:.0f}/{s.tbt_ms.p99:.0f}", f"{s.tpot_ms.p50:.0f}/{s.tpot_ms.p99:.0f}",
+                      f"{s.e2e_ms.p50:.0f}/{s.e2e_ms.p99:.0f}",
                       f"{s.goodput:.2f}", f"{s.slo_attainment:.0%}"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines)

@@ -90,6 +90,7 @@ class Summary:
     input_throughput: float  # prompt tokens of finished requests / duration
     ttft_ms: Dist
     tbt_ms: Dist  # over every gap of every finished request
+    tpot_ms: Dist  # per finished request of 2+ tokens: (end-to-end - TTFT) / (tokens - 1), its decode speed
     e2e_ms: Dist
     goodput: float  # requests meeting both SLOs / duration
     slo_attainment: float  # of the requests sent, the share meeting both SLOs
@@ -119,7 +120,10 @@ def summarize(records: list[RequestRecord], duration_s: float) -> Summary:
         duration_s=duration_s, request_throughput=per_s(len(done)),
         output_throughput=per_s(sum(r.num_tokens for r in sent)), input_throughput=per_s(prompt),
         ttft_ms=Dist.of([r.ttft_s for r in done if r.ttft_s is not None]),
-        tbt_ms=Dist.of([g for r in done for g in r.itl_s]), e2e_ms=Dist.of([r.e2e_s for r in done if r.e2e_s is not None]),
+        tbt_ms=Dist.of([g for r in done for g in r.itl_s]),
+        tpot_ms=Dist.of([(r.e2e_s - r.ttft_s) / (r.num_tokens - 1) for r in done
+                         if r.num_tokens > 1 and r.e2e_s is not None and r.ttft_s is not None]),
+        e2e_ms=Dist.of([r.e2e_s for r in done if r.e2e_s is not None]),
         goodput=per_s(good), slo_attainment=share(good), ttft_attainment=share(sum(r.met_ttft for r in sent)),
         tbt_attainment=share(sum(r.met_tbt for r in sent)),
         cached_token_share=sum(r.cached_tokens for r in done) / prompt if prompt else 0.0,

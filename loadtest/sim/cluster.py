@@ -8,8 +8,9 @@ request is placed on the reports as they stand plus what was sent since, and eve
 stop-and-copy (`migration.py`: the same protocol, each copy and transfer priced by the cost model).
 With `prefill_replicas` the last K replicas only prefill: the same `Disaggregated` policy picks
 the pool, and a request that started on a prefill replica is handed off to the decode replica
-the policy names on its first token (as `router/core/handoff.py` does, retrying after
-`RETRY_S` when a hand-off did not happen), on the same priced migration path.
+the policy names as `router/core/handoff.py` does it: its KV streams while the prefill runs and
+the commit follows the first token, or, failing that, a live move after a token (retried after
+`RETRY_S`), on the same priced migration path.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from shunter.loadtest.sim.replica import SimReplica
 from shunter.loadtest.sim.runner import TokenFn
 from shunter.loadtest.workloads import WorkloadRequest
 from shunter.replica.engine_config import EngineConfig
-from shunter.replica.engine_protocol import EngineOutput
+from shunter.replica.engine_protocol import EngineOutput, KVStage
 from shunter.replica.load_estimate import expected_blocks
 from shunter.router.core import NO_BLOCK, PROBE_MAX_S, RETRY_S, STREAM_POLL_S, MigrationSettings
 from shunter.router.serve import cache_size_options
@@ -152,9 +153,12 @@ class SimCluster:
         record = RequestRecord(wr.request_id, wr.tenant, wr.priority, self.loop.t, wr.prompt_len, wr.output_len,
                                replica_id)
         self.records[wr.request_id] = record
+        prefill_only = self.reports[replica_id].prefill_only
         self.live[wr.request_id] = _InFlight(record, wr.prompt_len, params, replica_id,
-                                             hashes=routing.block_hashes if self.reports[replica_id].prefill_only else None)
+                                             hashes=routing.block_hashes if prefill_only else None)
         self.replicas[replica_id].submit(wr.request_id, prompt, params)
+        if prefill_only:
+            self._probe(wr.request_id, STREAM_POLL_S)
 
     # ---- what a replica's step made (the router's poll) ------------------------------------------
     def _on_step(self, replica: SimReplica, outputs: list[EngineOutput]) -> None:
@@ -193,23 +197,48 @@ class SimCluster:
             elif n and prefill_only and not entry.migrating:
                 self._hand_off(out.request_id, entry)
 
+    # ---- P/D hand-offs (`router/core/handoff.py`) ----------------------------------------------------
+    def _probe(self, request_id: str, delay: float) -> None:
+        """`Handoff._stream`: ask (copying nothing) whether its prefill began; then stream its KV."""
+        entry = self.live.get(request_id)
+        if entry is None or entry.sent or entry.migrating:
+            return
+        replica = self.replicas[entry.replica_id]
+        replica.command(replica.engine.export_blocks, (request_id, NO_BLOCK, 1),
+                        lambda probe: self._probed(request_id, probe, delay))
+
+    def _probed(self, request_id: str, probe: KVStage | None, delay: float) -> None:
+        entry = self.live.get(request_id)
+        if probe is None or entry is None or entry.sent or entry.migrating:
+            return
+        if not probe.computed_blocks:
+            self.loop.after(delay, self._probe, request_id, min(2 * delay, PROBE_MAX_S))
+            return
+        target = self._handoff_target(request_id, entry)
+        if target is not None:
+            self.migrations.start(request_id, target, until_first_token=True)
+
     def _hand_off(self, request_id: str, entry: _InFlight) -> None:
-        """`Handoff.after_tokens`: to the decode replica the policy names, counted there at once."""
+        """`Handoff.after_tokens`: a live move after its first token, unless tried too recently."""
         if self.handoff_not_before.get(request_id, 0.0) > self.loop.t:
             return
+        target = self._handoff_target(request_id, entry)
+        if target is not None:
+            self.migrations.start(request_id, target)
+
+    def _handoff_target(self, request_id: str, entry: _InFlight) -> str | None:
+        """`Handoff._target`: the decode replica the policy names, counted there at once."""
         hashes = entry.hashes or []
+        tokens = entry.prompt_len + entry.sent
         routing = RoutingRequest(request_id, hashes, len(hashes) + 1,
-                                 expected_blocks(entry.prompt_len + entry.sent, entry.params, self.block_size,
-                                                 entry.prompt_len + entry.sent),
-                                 entry.prompt_len + entry.sent, self.block_size)
+                                 expected_blocks(tokens, entry.params, self.block_size, tokens), tokens, self.block_size)
         assert isinstance(self.policy, Disaggregated)
         target = self.policy.decode_target(self.loads, routing)
-        if target is None:
-            return
-        self.handoff_not_before[request_id] = self.loop.t + RETRY_S
-        reserve(self.reports[target], routing)
-        self.loads.update(self.reports[target])
-        self.migrations.start(request_id, target)
+        if target is not None:
+            self.handoff_not_before[request_id] = self.loop.t + RETRY_S
+            reserve(self.reports[target], routing)
+            self.loads.update(self.reports[target])
+        return target
 
     # ---- rebalancing ---------------------------------------------------------------------------------
     def _rebalance(self) -> None:

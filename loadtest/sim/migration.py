@@ -8,7 +8,9 @@ them into its reservation. A later stage runs only if more than `commit_blocks` 
 are there; after `max_stages` stages the commit comes anyway. The commit: the source stops the
 request between two steps and gathers the rest, which cross the link, and the target seats the
 request on its reservation; the stream's ownership moves there. Stop-and-copy: the commit alone,
-with every block. The settings are the Router's (`MigrationSettings`), so the simulator cannot
+with every block. Streamed (P/D's hand-off): stages copy each block as the prefill completes it,
+asking again every `STREAM_POLL_S` while none is new, and commit once the first token is out.
+The settings are the Router's (`MigrationSettings`), so the simulator cannot
 show a gain the cluster's migrations would not get.
 
 What is charged: a gather or a scatter of n blocks holds its replica for
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from shunter.mathutil import cdiv
 from shunter.replica.engine_protocol import KVStage, MigrationState
-from shunter.router.core import MigrationRecord, MigrationSettings
+from shunter.router.core import STREAM_POLL_S, MigrationRecord, MigrationSettings
 
 if TYPE_CHECKING:
     from shunter.loadtest.sim.cluster import SimCluster
@@ -52,8 +54,9 @@ class SimMigrations:
     # Committed, no token from the target yet: id -> (its last token from the source, whether its KV came).
     resuming: dict[str, tuple[float, bool]] = field(default_factory=dict)
 
-    def start(self, request_id: str, target: str) -> bool:
-        """`Router.migrate`: False (counted) when it cannot start; else it runs on in virtual time."""
+    def start(self, request_id: str, target: str, until_first_token: bool = False) -> bool:
+        """`Router.migrate`: False (counted) when it cannot start; else it runs on in virtual time.
+        `until_first_token`: streamed from its prefill on (P/D's hand-off)."""
         entry, c = self.cluster.live.get(request_id), self.cluster
         why = ("unknown_request" if entry is None else "already_migrating" if entry.migrating
                else "unknown_target" if target not in c.replicas else "same_replica" if entry.replica_id == target
@@ -63,7 +66,7 @@ class SimMigrations:
             return False
         entry.migrating = True
         self.in_flight[request_id] = (entry.replica_id, target)
-        _Move(self, request_id, c.replicas[entry.replica_id], c.replicas[target]).begin()
+        _Move(self, request_id, c.replicas[entry.replica_id], c.replicas[target], until_first_token).begin()
         return True
 
     def first_token(self, request_id: str, now: float) -> None:
@@ -94,8 +97,9 @@ class SimMigrations:
 class _Move:
     """One migration, as a chain of callbacks: each step is a replica command or a transfer."""
 
-    def __init__(self, owner: SimMigrations, request_id: str, src: SimReplica, dst: SimReplica) -> None:
-        self.owner, self.request_id, self.src, self.dst = owner, request_id, src, dst
+    def __init__(self, owner: SimMigrations, request_id: str, src: SimReplica, dst: SimReplica,
+                 streamed: bool = False) -> None:
+        self.owner, self.request_id, self.src, self.dst, self.streamed = owner, request_id, src, dst, streamed
         c = owner.cluster
         self.loop, self.cost, self.block_size = c.loop, c.cost, c.block_size
         self.started = self.stopping = self.loop.t
@@ -115,7 +119,7 @@ class _Move:
 
     # ---- stages --------------------------------------------------------------------------------
     def begin(self) -> None:
-        if self.owner.settings.mode != "live":
+        if self.owner.settings.mode != "live" and not self.streamed:
             self._commit()
             return
         entry, settings = self.owner.cluster.live[self.request_id], self.owner.settings
@@ -130,7 +134,7 @@ class _Move:
             self._stage()
 
     def _stage(self) -> None:
-        least = 1 if self.sent == 0 else self.owner.settings.commit_blocks + 1
+        least = 1 if self.sent == 0 or self.streamed else self.owner.settings.commit_blocks + 1
         self.src.command(self.src.engine.export_blocks, (self.request_id, self.sent, least), self._exported_stage,
                          lambda stage: self._copy(stage.num_blocks) if stage is not None else 0.0)
 
@@ -138,15 +142,20 @@ class _Move:
         if stage is None or not self._running():
             self._abort("request_ended")
             return
-        self.stages += 1
         if self.epoch is not None and stage.epoch != self.epoch:
+            self.stages += 1
             self.sent, self.epoch = 0, stage.epoch  # preempted since the last stage: send it all again
             self._next()
             return
         self.epoch = stage.epoch
         if stage.num_blocks == 0:
+            if self.streamed:  # no new block yet: ask again
+                self.loop.after(STREAM_POLL_S, self._next)
+                return
+            self.stages += 1
             self._commit()
             return
+        self.stages += 1
         self._then_transfer(stage.num_blocks, self.dst.command, self.dst.engine.import_blocks, (stage,),
                             lambda ok: self._imported_stage(ok, stage), lambda ok: self._copy(stage.num_blocks))
 
@@ -158,7 +167,15 @@ class _Move:
         self._next()
 
     def _next(self) -> None:
-        if self.stages < self.owner.settings.max_stages:
+        if self.streamed:
+            entry = self.owner.cluster.live.get(self.request_id)
+            if entry is None:
+                self._abort("request_ended")
+            elif entry.sent:
+                self._commit()
+            else:
+                self._stage()
+        elif self.stages < self.owner.settings.max_stages:
             self._stage()
         else:
             self._commit()

@@ -181,3 +181,36 @@ def test_freeness_moves_requests_off_a_replica_about_to_run_out_before_its_sched
     alone, helped = run(False), run(True)
     assert alone.summary().preemptions > 0
     assert helped.summary().preemptions == 0 and helped.counters["migrated"] >= 1
+
+
+def test_disaggregated_long_prompts_prefill_apart_stream_their_kv_and_decode_elsewhere_token_for_token():
+    """The last replica only prefills: each 300-token prompt (5 steps of 64 tokens there) streams
+    its blocks to a decode replica while it prefills and moves after its first token; the short
+    prompts never touch it; every request's tokens are the plain run's."""
+    workload = [WorkloadRequest(f"long{i}", 0.05 * i, prompt_len=300, output_len=20, seed=i) for i in range(4)]
+    workload += [WorkloadRequest(f"short{i}", 0.03 * i, prompt_len=30, output_len=20, seed=10 + i) for i in range(6)]
+    cluster = SimCluster(config(3, routing="least_load", prefill_replicas=1, prefill_threshold_tokens=100),
+                         constant_cost(), token_fn=fake_tokens)
+    outputs: dict[str, list[tuple[str, list[int]]]] = {}
+    for replica in cluster.replicas.values():
+        step = replica.on_step
+
+        def record(rep, outs, step=step):
+            for o in outs:
+                outputs.setdefault(o.request_id, []).append((rep.replica_id, list(o.new_token_ids)))
+            step(rep, outs)
+
+        replica.on_step = record
+    summary = cluster.run(workload)
+    assert summary.num_finished == 10 and summary.extra["handed_off"] == 4
+    for r in workload:
+        tokens = [t for _, new in outputs[r.request_id] for t in new]
+        where = {rid for rid, new in outputs[r.request_id] if new}
+        if r.request_id.startswith("short"):
+            assert "r2" not in where
+        else:
+            assert cluster.records[r.request_id].num_migrations == 1 and where >= {"r2"} and len(where) == 2
+        assert tokens == reference_output(r.prompt_tokens(1000), 20, ignore_eos=True)
+    for move in cluster.migrations.log:
+        assert move.source == "r2" and move.stages >= 2 and move.blocks_at_commit <= 5  # streamed, not copied at the end
+    assert all(not r.engine.kv.reservations and r.engine.kv.num_blocks_in_use() == 0 for r in cluster.replicas.values())

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from shunter.loadtest.sim.experiments.common import Result, Scale
 
 NAMES = ("static", "chunked", "slai", "routing", "hot-prefix", "rebalance", "specialization", "makespan", "scale",
-         "slo-preemptions", "crosscheck", "gpu-crosscheck", "rad", "tiling", "cache-order", "speculative", "kv-tiers")
+         "slo-preemptions", "crosscheck", "gpu-crosscheck", "rad", "tiling", "cache-order", "speculative", "kv-tiers",
+         "disaggregation")
 SCALE_NAMES = ("full", "toy")
 
 
@@ -20,6 +21,7 @@ def registry() -> dict[str, Callable[[Scale], Result]]:
         batching,
         cache_order,
         crosscheck,
+        disaggregation,
         gpu_crosscheck,
         kv_tiers,
         makespan,
@@ -49,6 +51,7 @@ def registry() -> dict[str, Callable[[Scale], Result]]:
         "cache-order": cache_order.cache_order,
         "speculative": speculative.speculative,  # analytic: the H100 cost models, no simulation
         "kv-tiers": kv_tiers.kv_tiers,
+        "disaggregation": disaggregation.disaggregation,
     }
     assert tuple(experiments) == NAMES
     return experiments
