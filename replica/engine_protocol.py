@@ -199,6 +199,10 @@ class EngineProtocol(Protocol):
         """The request's full blocks from `first_block` on, copied while it keeps running (none
         copied when fewer than `min_blocks` are new: the commit takes them); None if it is not here."""
 
+    def prefilled(self, request_id: str) -> bool:
+        """Whether the request's whole prompt is computed (or in the step in flight): its first
+        token is made; False if it is not here."""
+
     def reserve_migration(self, request_id: str, num_blocks: int) -> bool:
         """Hold `num_blocks` blocks (in all) for a request migrating in; False if they cannot be
         spared (nothing changes)."""

@@ -101,6 +101,11 @@ class Migration:
                        cdiv(request.num_computed_tokens, self.block_size) if running else 0,
                        request.num_preemptions, self.block_size)
 
+    def prefilled(self, request_id: str) -> bool:
+        request = self.scheduler.requests.get(request_id)
+        return request is not None and request.status is RequestStatus.RUNNING \
+            and request.num_computed_tokens >= request.num_prompt_tokens
+
     # ---- target ------------------------------------------------------------------------------
     def reserve_migration(self, request_id: str, num_blocks: int) -> bool:
         if request_id in self.scheduler.requests:

@@ -121,6 +121,22 @@ class ReplicaCore:
 
         return self.call(take)
 
+    def stream_blocks(self, request_id: str, first_block: int, epoch: int | None
+                      ) -> concurrent.futures.Future[tuple[KVStage | None, MigrationState | None]]:
+        """A streamed migration's next call (P/D's hand-off): (a stage, None) while the request
+        prefills, the blocks completed since `first_block`; (None, the commit's state) once its
+        prompt is computed: it is taken out at this step boundary (as `export` would, from
+        `first_block` in `epoch`), so it makes no token here past its first and the commit waits
+        for no further step; (None, None) if it is not here."""
+        def take(engine: EngineProtocol) -> tuple[KVStage | None, MigrationState | None]:
+            if not engine.prefilled(request_id):
+                return engine.export_blocks(request_id, first_block, 1), None
+            state = engine.export_request(request_id, first_block, epoch)
+            self.outbox.release(request_id)
+            return None, state
+
+        return self.call(take)
+
     # ---- live migration: stages while the request runs; `export`/`import_` commit ----------
     def export_blocks(self, request_id: str, first_block: int,
                       min_blocks: int = 1) -> concurrent.futures.Future[KVStage | None]:

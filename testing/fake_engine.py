@@ -259,6 +259,10 @@ class FakeEngine:
         return KVStage(request_id, first_block, full - first_block, [] if full > first_block else None,
                        cdiv(computed, self.block_size), 0, self.block_size)
 
+    def prefilled(self, request_id: str) -> bool:
+        req = self.requests.get(request_id)
+        return req is not None and bool(req.output)
+
     def reserve_migration(self, request_id: str, num_blocks: int) -> bool:
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")

@@ -8,8 +8,9 @@ them into its reservation. A later stage runs only if more than `commit_blocks` 
 are there; after `max_stages` stages the commit comes anyway. The commit: the source stops the
 request between two steps and gathers the rest, which cross the link, and the target seats the
 request on its reservation; the stream's ownership moves there. Stop-and-copy: the commit alone,
-with every block. Streamed (P/D's hand-off): stages copy each block as the prefill completes it,
-asking again every `STREAM_POLL_S` while none is new, and commit once the first token is out.
+with every block. Streamed (P/D's hand-off): each call copies the blocks the prefill completed,
+asking again every `STREAM_POLL_S` while none is new, until the call that finds the prompt
+computed takes the request out at that step boundary (`ReplicaCore.stream_blocks`).
 The settings are the Router's (`MigrationSettings`), so the simulator cannot
 show a gain the cluster's migrations would not get.
 
@@ -134,9 +135,31 @@ class _Move:
             self._stage()
 
     def _stage(self) -> None:
-        least = 1 if self.sent == 0 or self.streamed else self.owner.settings.commit_blocks + 1
+        if self.streamed:
+            asked = self.loop.t
+            self.src.command(self._stream_call, (), lambda result: self._streamed(result, asked),
+                             lambda result: self._copy(result[0].num_blocks if result[0] is not None else
+                                                       len(result[1].kv) if result[1] is not None and result[1].kv
+                                                       else 0))
+            return
+        least = 1 if self.sent == 0 else self.owner.settings.commit_blocks + 1
         self.src.command(self.src.engine.export_blocks, (self.request_id, self.sent, least), self._exported_stage,
                          lambda stage: self._copy(stage.num_blocks) if stage is not None else 0.0)
+
+    def _stream_call(self) -> tuple[KVStage | None, MigrationState | None]:
+        """`ReplicaCore.stream_blocks`: a stage while it prefills, else the commit's export."""
+        engine = self.src.engine
+        if not engine.prefilled(self.request_id):
+            return engine.export_blocks(self.request_id, self.sent, 1), None
+        return None, engine.export_request(self.request_id, self.sent, self.epoch)
+
+    def _streamed(self, result: tuple[KVStage | None, MigrationState | None], asked: float) -> None:
+        stage, state = result
+        if state is not None:
+            self.stopping = asked
+            self._exported(state)
+        else:
+            self._exported_stage(stage)
 
     def _exported_stage(self, stage: KVStage | None) -> None:
         if stage is None or not self._running():
@@ -167,15 +190,7 @@ class _Move:
         self._next()
 
     def _next(self) -> None:
-        if self.streamed:
-            entry = self.owner.cluster.live.get(self.request_id)
-            if entry is None:
-                self._abort("request_ended")
-            elif entry.sent:
-                self._commit()
-            else:
-                self._stage()
-        elif self.stages < self.owner.settings.max_stages:
+        if self.streamed or self.stages < self.owner.settings.max_stages:
             self._stage()
         else:
             self._commit()

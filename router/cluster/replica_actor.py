@@ -120,11 +120,16 @@ class ReplicaActor:
     # ---- live migration ----------------------------------------------------------------------
     def export_blocks(self, request_id: str, first_block: int, min_blocks: int) -> RayStage | None:
         stage = self.core.export_blocks(request_id, first_block, min_blocks).result()
-        if stage is None:
-            return None
-        box = kv_transport.send(stage.kv) if stage.num_blocks else None
-        return RayStage(stage.request_id, stage.first_block, stage.num_blocks, stage.computed_blocks, stage.epoch,
-                        stage.block_size, box)
+        return _ray_stage(stage) if stage is not None else None
+
+    def stream_blocks(self, request_id: str, first_block: int, epoch: int | None
+                      ) -> tuple[RayStage | None, RayExport | None]:
+        stage, state = self.core.stream_blocks(request_id, first_block, epoch).result()
+        if state is None:
+            return (_ray_stage(stage) if stage is not None else None), None
+        kv, state.kv = state.kv, None
+        return None, RayExport(list(state.output_token_ids), state.output_logprobs, state.prompt_logprobs,
+                               ray.put(state), ray.put(kv))
 
     def reserve(self, request_id: str, num_blocks: int) -> bool:
         return self.core.reserve(request_id, num_blocks).result()
@@ -143,6 +148,13 @@ class ReplicaActor:
 
 
 RemoteReplicaActor = ray.remote(ReplicaActor)
+
+
+def _ray_stage(stage: KVStage) -> RayStage:
+    """A stage as Ray carries it: its blocks in the source's object store, for the target to take."""
+    box = kv_transport.send(stage.kv) if stage.num_blocks else None
+    return RayStage(stage.request_id, stage.first_block, stage.num_blocks, stage.computed_blocks, stage.epoch,
+                    stage.block_size, box)
 
 
 def actor_name(replica_id: str) -> str:
@@ -235,6 +247,10 @@ class RayReplicaClient:
 
     async def export_blocks(self, request_id: str, first_block: int, min_blocks: int) -> RayStage | None:
         return await self._await(self.handle.export_blocks.remote(request_id, first_block, min_blocks))
+
+    async def stream_blocks(self, request_id: str, first_block: int, epoch: int | None
+                            ) -> tuple[RayStage | None, RayExport | None]:
+        return await self._await(self.handle.stream_blocks.remote(request_id, first_block, epoch))
 
     async def reserve(self, request_id: str, num_blocks: int) -> bool:
         return await self._await(self.handle.reserve.remote(request_id, num_blocks))

@@ -12,10 +12,11 @@ resumes. Only the commit stops the request, so its downtime does not grow with i
 Stop-and-copy (`mode="stop-and-copy"`, kept for the benchmark): the commit alone, with every block.
 
 Streamed (`until_first_token`, P/D disaggregation's hand-off, `handoff.py`): started while the
-request is still prefilling, the stages copy each block as the prefill completes it, polling
-every `STREAM_POLL_S` while none is new, and the commit comes once the request has its first
-token, whatever the stage count: the prefill replica never decodes it, and the commit carries
-only the blocks of the last chunk.
+request is still prefilling, each call (`stream_blocks`) copies the blocks the prefill completed
+since the last, asking again every `STREAM_POLL_S` while none is new, until the call that finds
+the prompt computed: that one takes the request out at that step boundary with the last chunk's
+blocks (the commit's export), so the prefill replica decodes nothing past the first token and the
+commit waits for no further step.
 
 Anything that fails before the commit aborts cleanly: the request runs on where it was (or
 fails over, if its replica died), the target's reservation is cancelled (and would be freed by
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, TypeVar
 
 from shunter.mathutil import cdiv
-from shunter.router.core.replica_client import ReplicaDead
+from shunter.router.core.replica_client import ExportedRequest, ReplicaDead
 
 if TYPE_CHECKING:
     from shunter.router.core.router import ReplicaSlot, Router
@@ -117,63 +118,98 @@ async def migrate(router: Router, request_id: str, target: str, with_kv: bool = 
         return False
     src, dst = router.slots[entry.replica_id], router.slots[target]
     settings = router.config.migration
-    live = with_kv and (settings.mode == "live" or until_first_token)
+    live = with_kv and settings.mode == "live"
     entry.migrating = True
     router.migrations_in_flight[request_id] = (src.client.replica_id, target)
     started = time.perf_counter()
     try:
-        sent, epoch, stages, staged = 0, None, 0, 0
-        if live:
-            try:
-                sent, epoch, stages, staged = await asyncio.wait_for(
-                    _stage(router, entry, src, dst, until_first_token), settings.stage_timeout_s)
-            except (Aborted, asyncio.TimeoutError) as e:
-                reason = e.reason if isinstance(e, Aborted) else "timeout"
-                router.counters.abort_migration(reason)
-                if reason != "target_died":
-                    router._spawn(_cancel(dst, request_id), f"cancel migration of {request_id}")
-                return False
-        return await _commit(router, entry, src, dst, with_kv, sent, epoch, stages, staged, started)
+        sent, epoch, stages, staged, exported, stopping = 0, None, 0, 0, None, None
+        try:
+            if until_first_token and with_kv:
+                sent, epoch, stages, staged, exported, stopping = await _stream(router, entry, src, dst)
+            elif live:
+                sent, epoch, stages, staged = await asyncio.wait_for(_stage(router, entry, src, dst),
+                                                                     settings.stage_timeout_s)
+        except (Aborted, asyncio.TimeoutError) as e:
+            reason = e.reason if isinstance(e, Aborted) else "timeout"
+            router.counters.abort_migration(reason)
+            if reason != "target_died":
+                router._spawn(_cancel(dst, request_id), f"cancel migration of {request_id}")
+            return False
+        return await _commit(router, entry, src, dst, with_kv, sent, epoch, stages, staged, started, exported,
+                             stopping)
     finally:
         entry.migrating = False
         router.migrations_in_flight.pop(request_id, None)
 
 
-async def _stage(router: Router, entry: JournalEntry, src: ReplicaSlot, dst: ReplicaSlot, until_first_token: bool
+async def _reserve(router: Router, entry: JournalEntry, dst: ReplicaSlot) -> None:
+    """The target holds the blocks the request holds now plus a commit's worth, or the move aborts."""
+    held = cdiv(len(entry.prompt_token_ids) + len(entry.sent) + 1, router.info.limits.block_size)
+    if not await _on("target_died", dst.client.reserve(entry.request_id, held + router.config.migration.commit_blocks)):
+        raise Aborted("target_out_of_blocks")
+
+
+async def _stage(router: Router, entry: JournalEntry, src: ReplicaSlot, dst: ReplicaSlot
                  ) -> tuple[int, int | None, int, int]:
     """Reserve on the target, then copy stages until few blocks remain (a stage finds at most
     `commit_blocks` new) or `max_stages` ran: (blocks sent, the epoch they were sent in, stages,
     blocks staged). A stage asks the source for at least one more than a commit's worth, so the
-    question costs one call and no copy when the commit can take the rest. `until_first_token`:
-    every new block is copied, and the stages end when the request has its first token."""
+    question costs one call and no copy when the commit can take the rest."""
     settings, request_id = router.config.migration, entry.request_id
-    block_size = router.info.limits.block_size
-    held = cdiv(len(entry.prompt_token_ids) + len(entry.sent) + 1, block_size)
-    if not await _on("target_died", dst.client.reserve(request_id, held + settings.commit_blocks)):
-        raise Aborted("target_out_of_blocks")
+    await _reserve(router, entry, dst)
     sent, epoch, stages, staged = 0, None, 0, 0
-    while not entry.sent if until_first_token else stages < settings.max_stages:
+    while stages < settings.max_stages:
         # The first stage copies whatever is complete; a later one only if more than a commit's worth.
-        least = 1 if sent == 0 or until_first_token else settings.commit_blocks + 1
+        least = 1 if sent == 0 else settings.commit_blocks + 1
         stage = await _on("source_died", src.client.export_blocks(request_id, sent, least))
         if stage is None or entry.finished:
             raise Aborted("request_ended")
+        stages += 1
         if epoch is not None and stage.epoch != epoch:
-            stages += 1
             sent, epoch = 0, stage.epoch  # preempted since the last stage: what was sent is stale, send it again
             continue
         epoch = stage.epoch
         if stage.num_blocks == 0:
-            if until_first_token:
-                await asyncio.sleep(STREAM_POLL_S)
-                continue
-            stages += 1
             break
-        stages += 1
         if not await _on("target_died", dst.client.import_blocks(stage)):
             raise Aborted("target_out_of_blocks")
         sent, staged = stage.end_block, staged + stage.num_blocks
     return sent, epoch, stages, staged
+
+
+async def _stream(router: Router, entry: JournalEntry, src: ReplicaSlot, dst: ReplicaSlot
+                  ) -> tuple[int, int | None, int, int, ExportedRequest, float]:
+    """Reserve on the target, then copy each block the prefill completes (asking again every
+    `STREAM_POLL_S` while none is new) until the source, finding the prompt computed, takes the
+    request out at that step boundary: (blocks sent, their epoch, stages, blocks staged, the
+    commit's export, when it was asked for). Past `stage_timeout_s` it aborts between two calls,
+    never by cancelling one: a call may have taken the request out."""
+    request_id = entry.request_id
+    deadline = time.perf_counter() + router.config.migration.stage_timeout_s
+    await _reserve(router, entry, dst)
+    sent, epoch, stages, staged = 0, None, 0, 0
+    while True:
+        if time.perf_counter() > deadline:
+            raise Aborted("timeout")
+        asked = time.perf_counter()
+        stage, exported = await _on("source_died", src.client.stream_blocks(request_id, sent, epoch))
+        if exported is not None:
+            return sent, epoch, stages, staged, exported, asked
+        if stage is None or entry.finished:
+            raise Aborted("request_ended")
+        if epoch is not None and stage.epoch != epoch:
+            stages += 1
+            sent, epoch = 0, stage.epoch  # preempted since the last stage: send it all again
+            continue
+        epoch = stage.epoch
+        if stage.num_blocks == 0:
+            await asyncio.sleep(STREAM_POLL_S)
+            continue
+        stages += 1
+        if not await _on("target_died", dst.client.import_blocks(stage)):
+            raise Aborted("target_out_of_blocks")
+        sent, staged = stage.end_block, staged + stage.num_blocks
 
 
 async def _on(reason: str, call: Awaitable[T]) -> T:
@@ -192,16 +228,19 @@ async def _cancel(dst: ReplicaSlot, request_id: str) -> None:
 
 
 async def _commit(router: Router, entry: JournalEntry, src: ReplicaSlot, dst: ReplicaSlot, with_kv: bool, sent: int,
-                  epoch: int | None, stages: int, staged: int, started: float) -> bool:
-    """Stop the request on the source, hand its stream to the target, resume it there."""
+                  epoch: int | None, stages: int, staged: int, started: float,
+                  exported: ExportedRequest | None = None, stopping: float | None = None) -> bool:
+    """Stop the request on the source (unless a streamed migration's last call did: `exported`,
+    asked for at `stopping`), hand its stream to the target, resume it there."""
     request_id, target = entry.request_id, dst.client.replica_id
-    stopping = time.perf_counter()
-    try:
-        exported = await src.client.export(request_id, with_kv, sent, epoch)
-    except ReplicaDead:
-        router.counters.abort_migration("source_died")
-        router._spawn(_cancel(dst, request_id), f"cancel migration of {request_id}")
-        return False  # its poll loop fails the request over
+    if exported is None:
+        stopping = time.perf_counter()
+        try:
+            exported = await src.client.export(request_id, with_kv, sent, epoch)
+        except ReplicaDead:
+            router.counters.abort_migration("source_died")
+            router._spawn(_cancel(dst, request_id), f"cancel migration of {request_id}")
+            return False  # its poll loop fails the request over
     if exported is None or entry.finished:
         if stages:
             router._spawn(_cancel(dst, request_id), f"cancel migration of {request_id}")

@@ -66,6 +66,9 @@ class ReplicaClient(Protocol):
     async def import_(self, exported: ExportedRequest) -> int: ...  # tokens resumed with KV (0: recomputed)
     # live migration (`core/migration.py`): stages on the source, a reservation on the target
     async def export_blocks(self, request_id: str, first_block: int, min_blocks: int) -> StagedBlocks | None: ...
+    # streamed (P/D's hand-off): a stage while it prefills, else the commit's export (`ReplicaCore.stream_blocks`)
+    async def stream_blocks(self, request_id: str, first_block: int, epoch: int | None
+                            ) -> tuple[StagedBlocks | None, ExportedRequest | None]: ...
     async def reserve(self, request_id: str, num_blocks: int) -> bool: ...
     async def import_blocks(self, staged: StagedBlocks) -> bool: ...
     async def cancel_migration(self, request_id: str) -> int: ...
@@ -135,6 +138,10 @@ class LocalReplicaClient:
 
     async def export_blocks(self, request_id: str, first_block: int, min_blocks: int) -> KVStage | None:
         return await self._call(self._alive().export_blocks(request_id, first_block, min_blocks))
+
+    async def stream_blocks(self, request_id: str, first_block: int, epoch: int | None
+                            ) -> tuple[KVStage | None, MigrationState | None]:
+        return await self._call(self._alive().stream_blocks(request_id, first_block, epoch))
 
     async def reserve(self, request_id: str, num_blocks: int) -> bool:
         return await self._call(self._alive().reserve(request_id, num_blocks))

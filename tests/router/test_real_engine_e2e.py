@@ -113,3 +113,27 @@ def test_live_migration_of_real_kv_keeps_the_tokens(tiny, with_kv):
     assert len(replicas) == 2
     assert tokens == offline(config, [prompt], 160)[0]
     assert counters.migrated_recomputed == recomputed + (0 if with_kv else 1)
+
+
+def test_a_long_prompt_prefilled_on_a_prefill_actor_decodes_on_the_other_token_for_token(ray_cluster):
+    """P/D over Ray: the KV streams actor to actor while the prefill runs (`stream_blocks`: Ray
+    stages, then the commit's export from the call that finds the prompt computed)."""
+    from shunter.replica.engine_config import EngineConfig
+    from shunter.router.cluster import RayReplicaClient, spawn
+
+    config = EngineConfig(model="random:tiny", device="cpu", num_kv_blocks=256, seed=0, max_num_batched_tokens=64)
+    clients = [RayReplicaClient(rid, spawn(rid, config, num_cpus=1, prefill_only=rid == "pd1")) for rid in ("pd0", "pd1")]
+    server = BackgroundServer(clients, RouterConfig(poll_wait_s=0.2, rebalance=False, prefill_threshold_tokens=64))
+    try:
+        prompt = [(13 * j + 7) % 500 + 1 for j in range(300)]  # 5 steps of 64 tokens on the prefill actor
+        responses = generate(server, 24, prompt_token_ids=pb.TokenIds(ids=prompt))
+        tokens = [t for r in responses for t in r.token_ids]
+        assert tokens == offline(config, [prompt], 24)[0]
+        replicas = [r.replica_id for r in responses if r.token_ids]
+        assert replicas[0] == "pd1" and replicas[-1] == "pd0" and server.router.counters.handed_off == 1
+        record = server.router.migration_log[0]
+        assert record.stages >= 1 and record.resumed_tokens > 0
+    finally:
+        server.close()
+        for c in clients:
+            ray_cluster.kill(c.handle, no_restart=True)
