@@ -216,7 +216,7 @@ class _Move:
     def _exported(self, state: MigrationState | None) -> None:
         entry = self.owner.cluster.live.get(self.request_id)
         if state is None or entry is None:  # it finished on the source meanwhile
-            if self.stages:
+            if self.streamed or self.owner.settings.mode == "live":  # the target holds a reservation
                 self.dst.command(self.dst.engine.cancel_migration, (self.request_id,))
             self._done()
             return

@@ -137,7 +137,7 @@ async def migrate(router: Router, request_id: str, target: str, with_kv: bool = 
                 router._spawn(_cancel(dst, request_id), f"cancel migration of {request_id}")
             return False
         return await _commit(router, entry, src, dst, with_kv, sent, epoch, stages, staged, started, exported,
-                             stopping)
+                             stopping, reserved=live or (until_first_token and with_kv))
     finally:
         entry.migrating = False
         router.migrations_in_flight.pop(request_id, None)
@@ -229,9 +229,11 @@ async def _cancel(dst: ReplicaSlot, request_id: str) -> None:
 
 async def _commit(router: Router, entry: JournalEntry, src: ReplicaSlot, dst: ReplicaSlot, with_kv: bool, sent: int,
                   epoch: int | None, stages: int, staged: int, started: float,
-                  exported: ExportedRequest | None = None, stopping: float | None = None) -> bool:
+                  exported: ExportedRequest | None = None, stopping: float | None = None, reserved: bool = False
+                  ) -> bool:
     """Stop the request on the source (unless a streamed migration's last call did: `exported`,
-    asked for at `stopping`), hand its stream to the target, resume it there."""
+    asked for at `stopping`), hand its stream to the target, resume it there. `reserved`: the
+    target holds a reservation, cancelled if the request ended meanwhile."""
     request_id, target = entry.request_id, dst.client.replica_id
     if exported is None:
         stopping = time.perf_counter()
@@ -242,7 +244,7 @@ async def _commit(router: Router, entry: JournalEntry, src: ReplicaSlot, dst: Re
             router._spawn(_cancel(dst, request_id), f"cancel migration of {request_id}")
             return False  # its poll loop fails the request over
     if exported is None or entry.finished:
-        if stages:
+        if reserved:
             router._spawn(_cancel(dst, request_id), f"cancel migration of {request_id}")
         return False  # it finished meanwhile; its last tokens come through the poll
     tokens = exported.output_token_ids

@@ -164,6 +164,33 @@ def test_the_kv_streams_while_the_prefill_runs_and_the_commit_carries_only_the_l
     run(main())
 
 
+@pytest.mark.parametrize("leaves_at", ["prefill", "first token"])
+def test_a_client_leaving_during_the_hand_off_leaves_nothing_held(leaves_at):
+    async def main():
+        clients = [LocalReplicaClient("p0", chunked_engine, prefill_only=True),
+                   LocalReplicaClient("d0", lambda: paced_engine(64))]
+        router = Router(clients, RouterConfig(poll_wait_s=0.05, rebalance=False, prefill_threshold_tokens=THRESHOLD))
+        await router.start()
+
+        async def leave(n: int) -> None:
+            raise asyncio.CancelledError
+
+        call = stream(router, "long", prompt(400, 7), leave)
+        with pytest.raises((asyncio.CancelledError, asyncio.TimeoutError)):
+            await (asyncio.wait_for(call, 0.04) if leaves_at == "prefill" else call)
+        for _ in range(50):
+            if not router.migrations_in_flight:
+                break
+            await asyncio.sleep(0.02)
+        await nothing_held(clients)
+        assert not any(c.core.engine.kv.reservations for c in clients)
+        await router.stop()
+        for c in clients:
+            c.kill()
+
+    run(main())
+
+
 def test_a_prefill_replica_dying_before_its_first_token_fails_over_to_the_other(cluster):
     async def main():
         router, clients = cluster(prefill=("p0", "p1"))
