@@ -53,9 +53,9 @@ class Handoff:
                 probe = await client.export_blocks(entry.request_id, NO_BLOCK, 1)
             except ReplicaDead:  # its poll fails it over
                 return
-            if probe is None:
-                return
-            if probe.computed_blocks:
+            # None: not there yet (a Ray replica may run the probe before the submit), or gone (then
+            # the poll ends or moves it, and the loop with it).
+            if probe is not None and probe.computed_blocks:
                 break
             await asyncio.sleep(delay)
             delay = min(2 * delay, PROBE_MAX_S)
