@@ -111,6 +111,7 @@ class SimCluster:
         self.arrivals_left = 0
         self.counters = {"migrated": 0, "migrated_recomputed": 0, "routing_decisions": 0}
         self.handoff_not_before: dict[str, float] = {}
+        self.streaming: set[str] = set()  # `Handoff.streaming`
         self.migrations = SimMigrations(self, config.migration)
         self.decide_s = 0.0  # wall time in the policy's select
         self.hash_s = 0.0  # wall time describing requests (prompt hashing)
@@ -158,6 +159,7 @@ class SimCluster:
                                              hashes=routing.block_hashes if prefill_only else None)
         self.replicas[replica_id].submit(wr.request_id, prompt, params)
         if prefill_only:
+            self.streaming.add(wr.request_id)
             self._probe(wr.request_id, STREAM_POLL_S)
 
     # ---- what a replica's step made (the router's poll) ------------------------------------------
@@ -192,16 +194,18 @@ class SimCluster:
                 record.finish = now
                 del live[out.request_id]
                 self.handoff_not_before.pop(out.request_id, None)
+                self.streaming.discard(out.request_id)
                 if self.on_finish is not None:
                     self.on_finish(record)
-            elif n and prefill_only and not entry.migrating:
+            elif n and prefill_only and not entry.migrating and out.request_id not in self.streaming:
                 self._hand_off(out.request_id, entry)
 
     # ---- P/D hand-offs (`router/core/handoff.py`) ----------------------------------------------------
     def _probe(self, request_id: str, delay: float) -> None:
         """`Handoff._stream`: ask (copying nothing) whether its prefill began; then stream its KV."""
         entry = self.live.get(request_id)
-        if entry is None or entry.sent or entry.migrating:
+        if entry is None or entry.migrating:
+            self.streaming.discard(request_id)
             return
         replica = self.replicas[entry.replica_id]
         replica.command(replica.engine.export_blocks, (request_id, NO_BLOCK, 1),
@@ -209,11 +213,13 @@ class SimCluster:
 
     def _probed(self, request_id: str, probe: KVStage | None, delay: float) -> None:
         entry = self.live.get(request_id)
-        if probe is None or entry is None or entry.sent or entry.migrating:
+        if probe is None or entry is None or entry.migrating:
+            self.streaming.discard(request_id)
             return
         if not probe.computed_blocks:
             self.loop.after(delay, self._probe, request_id, min(2 * delay, PROBE_MAX_S))
             return
+        self.streaming.discard(request_id)  # from here `migrations` has it (or, refused, the next token tries)
         target = self._handoff_target(request_id, entry)
         if target is not None:
             self.migrations.start(request_id, target, until_first_token=True)

@@ -6,9 +6,8 @@ nothing, every `STREAM_POLL_S` and backing off to `PROBE_MAX_S` while it waits i
 replica's queue, so a queued request holds no decode replica's blocks), a streamed migration
 starts (`Router.migrate(..., until_first_token=True)`): each block is copied to the decode
 replica as the prefill completes it, and the commit, right after the first token, carries only
-the last chunk's blocks. If that cannot happen (it aborted, or the first token came first), the
-first token starts a live migration instead (`after_tokens`), during which the prefill replica
-keeps decoding it.
+the last chunk's blocks. If that cannot happen (it aborted), the next token starts a live
+migration instead (`after_tokens`), during which the prefill replica keeps decoding it.
 
 Which decode replica: the routing policy's choice over the decode pool for the prompt and the
 tokens made so far (`Disaggregated.decode_target`), counted on that replica's report at once
@@ -41,14 +40,23 @@ class Handoff:
     def __init__(self, router: Router, policy: Disaggregated) -> None:
         self.router, self.policy = router, policy
         self.not_before: dict[str, float] = {}  # request id -> when it may try again
+        self.streaming: dict[str, int] = {}  # request id -> the placement (epoch) whose streamed hand-off is pending
 
     def placed(self, entry: JournalEntry) -> None:
         """`entry` was just placed on a prefill-only replica: stream its KV once its prefill begins."""
+        self.streaming[entry.request_id] = entry.epoch
         self.router._spawn(self._stream(entry, entry.replica_id, entry.epoch), f"stream {entry.request_id}")
 
     async def _stream(self, entry: JournalEntry, source: str, epoch: int) -> None:
+        try:
+            await self._probe_then_stream(entry, source, epoch)
+        finally:
+            if self.streaming.get(entry.request_id) == epoch:  # not a later placement's
+                del self.streaming[entry.request_id]
+
+    async def _probe_then_stream(self, entry: JournalEntry, source: str, epoch: int) -> None:
         delay, client = STREAM_POLL_S, self.router.slots[source].client
-        while entry.epoch == epoch and not entry.finished and not entry.sent and not entry.migrating:
+        while entry.epoch == epoch and not entry.finished and not entry.migrating:
             try:
                 probe = await client.export_blocks(entry.request_id, NO_BLOCK, 1)
             except ReplicaDead:  # its poll fails it over
@@ -66,9 +74,9 @@ class Handoff:
             await self._move(entry.request_id, target, until_first_token=True)
 
     def after_tokens(self, entry: JournalEntry) -> None:
-        """A prefill-only replica streamed tokens of `entry`: start its hand-off unless one runs,
-        it is done, or its last try was too recent."""
-        if entry.finished or entry.migrating or not entry.sent:
+        """A prefill-only replica streamed tokens of `entry`: start its hand-off unless one runs
+        (streamed or not), it is done, or its last try was too recent."""
+        if entry.finished or entry.migrating or not entry.sent or entry.request_id in self.streaming:
             return
         if self.not_before.get(entry.request_id, 0.0) > self.router.clock.now():
             return

@@ -119,6 +119,7 @@ def test_a_long_prompt_prefills_on_the_prefill_replica_and_decodes_on_a_decode_r
         assert tokens == reference_output(long, MAX_TOKENS)
         assert where[0] == "p0" and where[-1] in ("d0", "d1")  # the first token from the prefill replica
         assert router.counters.handed_off == 1 and router.migration_log[0].source == "p0"
+        assert not router.counters.migrations_refused_by  # one hand-off a request: the streamed one, no other try
         assert router.migration_log[0].resumed_tokens > 150  # its KV came along: nothing recomputed
         for (got, from_), p in zip(rest, shorts):
             assert got == reference_output(p, MAX_TOKENS) and "p0" not in from_
