@@ -48,7 +48,7 @@ def test_serve_status_metrics_and_sigterm_drain(ray_cluster):
         def cell(replica: str, column: str) -> str:  # the table pads each column to its header's start
             return rows[replica][head.index(f"  {column}") + 2:].split("  ")[0].strip()
 
-        assert cell("replica-0", "cache") == "large" and cell("replica-1", "cache") == "-"  # the role the flags gave
+        assert cell("replica-0", "role") == "large" and cell("replica-1", "role") == "-"  # the role the flags gave
         assert "size threshold 4 blocks" in status.stdout and f"metrics port {metrics_port}" in status.stdout
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = pb_grpc.GenerationStub(channel)
