@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prefill-replicas", type=int_at_least(0), default=0, metavar="K",
                        help="the last K replicas only prefill: a long prompt starts there and moves, with its KV, to "
                             "another replica after its first token, so long prefills never stall the others' decodes "
-                            "(default 0: off)")
+                            "(0: off)")
     group.add_argument("--prefill-threshold-tokens", type=int_at_least(1), default=None, metavar="T",
                        help="a prompt with more than T tokens not cached on a decode replica goes to a prefill replica "
                             f"(default {DEFAULT_THRESHOLD_TOKENS} with --prefill-replicas)")
