@@ -115,11 +115,17 @@ class ReplicaCore:
         makes the target recompute (as when the blocks cannot be moved). A live migration's
         commit passes the first block its stages did not send, and the epoch they sent in."""
         def take(engine: EngineProtocol) -> MigrationState | None:
-            state = engine.export_request(request_id, from_block if with_kv else 0, epoch)
-            self.outbox.release(request_id)
+            state = self._take_out(engine, request_id, from_block if with_kv else 0, epoch)
             return state.without_kv() if state is not None and not with_kv else state
 
         return self.call(take)
+
+    def _take_out(self, engine: EngineProtocol, request_id: str, from_block: int,
+                  epoch: int | None) -> MigrationState | None:
+        """The request out of the engine and out of the outbox (its tokens go with the state)."""
+        state = engine.export_request(request_id, from_block, epoch)
+        self.outbox.release(request_id)
+        return state
 
     def stream_blocks(self, request_id: str, first_block: int, epoch: int | None
                       ) -> concurrent.futures.Future[tuple[KVStage | None, MigrationState | None]]:
@@ -131,9 +137,7 @@ class ReplicaCore:
         def take(engine: EngineProtocol) -> tuple[KVStage | None, MigrationState | None]:
             if not engine.prefilled(request_id):
                 return engine.export_blocks(request_id, first_block, 1), None
-            state = engine.export_request(request_id, first_block, epoch)
-            self.outbox.release(request_id)
-            return None, state
+            return None, self._take_out(engine, request_id, first_block, epoch)
 
         return self.call(take)
 

@@ -239,9 +239,9 @@ class SimCluster:
         routing = RoutingRequest(request_id, hashes, len(hashes) + 1,
                                  expected_blocks(tokens, entry.params, self.block_size, tokens), tokens, self.block_size)
         assert isinstance(self.policy, Disaggregated)
+        self.handoff_not_before[request_id] = self.loop.t + RETRY_S
         target = self.policy.decode_target(self.loads, routing)
         if target is not None:
-            self.handoff_not_before[request_id] = self.loop.t + RETRY_S
             reserve(self.reports[target], routing)
             self.loads.update(self.reports[target])
         return target

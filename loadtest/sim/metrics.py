@@ -3,7 +3,8 @@
 Times are virtual seconds. TTFT is arrival to first token, end-to-end is arrival to last token,
 TBT is the gap between two consecutive tokens of one request (all gaps of all requests, as
 Sarathi-Serve counts it); TPOT is one request's decode time per token, first token to last over
-the tokens after the first (vLLM's and the P/D papers' measure), one value per request. TBT gaps are counted in a histogram of log-spaced bins (0.5% wide),
+the tokens after the first (vLLM's and the P/D papers' measure), one value per request. TBT gaps
+are counted in a histogram of log-spaced bins (0.5% wide),
 so a run of millions of tokens keeps no list of them; its percentiles are exact to a bin.
 """
 from __future__ import annotations

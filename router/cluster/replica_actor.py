@@ -104,10 +104,7 @@ class ReplicaActor:
                epoch: int | None = None) -> tuple[tuple | None, MigrationState | None, object]:
         """(what the router reads: tokens and their log-probabilities), the state, its KV."""
         state = self.core.export(request_id, with_kv, from_block, epoch).result()
-        if state is None:
-            return None, None, None
-        kv, state.kv = state.kv, None
-        return (list(state.output_token_ids), state.output_logprobs, state.prompt_logprobs), state, kv
+        return _parts(state) if state is not None else (None, None, None)
 
     def import_(self, state: MigrationState, kv_box: list[ray.ObjectRef] | None = None, consumer: str = DEFAULT) -> int:
         """`kv_box` = [ref to the KV blocks] (boxed, so Ray leaves the fetch, and its failure, to us)."""
@@ -127,9 +124,8 @@ class ReplicaActor:
         stage, state = self.core.stream_blocks(request_id, first_block, epoch).result()
         if state is None:
             return (_ray_stage(stage) if stage is not None else None), None
-        kv, state.kv = state.kv, None
-        return None, RayExport(list(state.output_token_ids), state.output_logprobs, state.prompt_logprobs,
-                               ray.put(state), ray.put(kv))
+        seen, state, kv = _parts(state)
+        return None, RayExport(*seen, ray.put(state), ray.put(kv))
 
     def reserve(self, request_id: str, num_blocks: int) -> bool:
         return self.core.reserve(request_id, num_blocks).result()
@@ -148,6 +144,13 @@ class ReplicaActor:
 
 
 RemoteReplicaActor = ray.remote(ReplicaActor)
+
+
+def _parts(state: MigrationState) -> tuple[tuple, MigrationState, object]:
+    """An exported request in three: what the router reads (tokens and their log-probabilities),
+    the state without its KV, and the KV (each its own object, fetched by the target)."""
+    kv, state.kv = state.kv, None
+    return (list(state.output_token_ids), state.output_logprobs, state.prompt_logprobs), state, kv
 
 
 def _ray_stage(stage: KVStage) -> RayStage:

@@ -85,13 +85,14 @@ class Handoff:
             self.router._spawn(self._move(entry.request_id, target), f"hand off {entry.request_id}")
 
     def _target(self, entry: JournalEntry) -> str | None:
-        """The decode replica the policy names, counted there at once; None if there is none."""
+        """The decode replica the policy names, counted there at once; None if there is none.
+        Either way the next try waits `RETRY_S` (no prompt is hashed again for every token)."""
         router = self.router
+        self.not_before[entry.request_id] = router.clock.now() + RETRY_S
         routing = routing_request(entry.request_id, entry.prompt_token_ids + entry.sent, entry.params,
                                   router.info.limits.block_size, self.policy.needs_prefix)
         target = self.policy.decode_target(router.loads, routing)
         if target is not None:
-            self.not_before[entry.request_id] = router.clock.now() + RETRY_S
             report = router.slots[target].report
             reserve(report, routing)
             router.loads.update(report)

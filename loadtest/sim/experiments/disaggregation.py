@@ -40,9 +40,8 @@ def disaggregation(scale: Scale) -> Result:
         for r in runs:
             r["TPOT p99 vs aggregated"] = r["TPOT p99 ms"] / base["TPOT p99 ms"]
             r["TTFT p50 vs aggregated"] = r["TTFT p50 s"] / base["TTFT p50 s"]
-        rows += runs
-        for r in runs:
             r["keeps up"] = r["tok/s"] >= KEEPS_UP * base["tok/s"]
+        rows += runs
         within = [r for r in runs[1:] if r["TTFT p50 vs aggregated"] <= TTFT_LIMIT and r["keeps up"]]
         best[budget] = (base, min(within, key=lambda r: r["TPOT p99 ms"]) if within else None)
     ours, verdicts = [], []
