@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     for length in args.lengths:
         blocks = length // 16 + 2  # one such prompt and its question; the next pushes out all but ~3 blocks
         engines = {side: LLM(model=args.model, num_kv_blocks=blocks, max_model_len=length + 64,
-                             cpu_kv_gib=args.cpu_kv_gib if side == "on" else None) for side in ("on", "off")}
+                             cpu_kv_gib=args.cpu_kv_gib if side == "on" else None,
+                             num_threads=args.threads) for side in ("on", "off")}
         row = one_length(engines, length, args.repeats)
         stats = engines["on"].engine.stats()
         row["cpu_tier"] = {"prefix_hits_cpu": stats.prefix_hits_cpu, "offload_bytes": stats.cpu_offload_bytes,

@@ -82,7 +82,7 @@ def run_policy(spec: str, jobs: list[Job], args: argparse.Namespace) -> tuple[di
     llm = LLM(
         model=args.model, policy=policy, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         num_kv_blocks=args.num_kv_blocks, preemption_mode=args.preemption_mode, swap_space=args.swap_space,
-        cache_aware_order=cache_aware,
+        cache_aware_order=cache_aware, num_threads=args.threads,
     )
     startup_s = time.perf_counter() - started
     llm.generate([jobs[0].prompt[:8]], SamplingParams(max_tokens=2, temperature=0.0), use_tqdm=False)  # warm-up
