@@ -13,6 +13,8 @@ from shunter.mathutil import cdiv
 from shunter.replica.engine_protocol import ModelLimits
 from shunter.sampling_params import SamplingParams
 
+_INT_TYPES = {int, bool}  # what isinstance(t, int) accepts among ids a client can send
+
 
 def validate_request(prompt_token_ids: Sequence[int], params: SamplingParams, limits: ModelLimits,
                      prompt_field: str = "prompt_token_ids", field_prefix: str = "") -> None:
@@ -26,9 +28,13 @@ def validate_request(prompt_token_ids: Sequence[int], params: SamplingParams, li
     if n == 0:
         raise ValueError(f"{prompt_field}: must not be empty")
     vocab = limits.vocab_size
-    bad = next((t for t in prompt_token_ids if not isinstance(t, int) or not 0 <= t < vocab), None)
-    if bad is not None:
-        raise ValueError(f"{prompt_field}: token id {bad!r} is outside the vocabulary [0, {vocab})")
+    # Each id is looked at in C (every request of every simulated replica comes through here);
+    # only a prompt that fails is walked in Python, to name the first bad id.
+    if not (set(map(type, prompt_token_ids)) <= _INT_TYPES and min(prompt_token_ids) >= 0
+            and max(prompt_token_ids) < vocab):
+        for t in prompt_token_ids:  # `None` is a bad id too, so no `next(..., None)` here
+            if not isinstance(t, int) or not 0 <= t < vocab:
+                raise ValueError(f"{prompt_field}: token id {t!r} is outside the vocabulary [0, {vocab})")
     bad = next((t for t in params.stop_token_ids if t >= vocab), None)
     if bad is not None:
         raise ValueError(f"{field_prefix}stop_token_ids: token id {bad} is outside the vocabulary [0, {vocab})")
