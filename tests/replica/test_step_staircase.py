@@ -72,3 +72,20 @@ def test_aligned_gain_is_one_without_stairs_and_above_one_with_them():
 def test_bad_timings_are_refused(sizes, seconds):
     with pytest.raises(ValueError):
         StepStaircase(tuple(sizes), tuple(seconds))
+
+
+def test_a_second_runner_of_the_same_model_reuses_the_staircase_and_other_sizes_are_timed():
+    """RAD times steps at start-up; a second engine of the same model, device and threads in
+    the process (`bench policies`, tests) takes that measurement instead of timing again."""
+    from shunter.replica.engine_config import EngineConfig
+    from shunter.replica.model_runner import ModelRunner
+
+    config = EngineConfig(model="random:tiny", device="cpu", num_kv_blocks=64, max_num_seqs=4)
+    first, second = ModelRunner.create(config), ModelRunner.create(config)
+    measured = first.measure_step_staircase(48, stride=16, repeats=1)
+    calls = []
+    second.model.forward = lambda *a, **k: calls.append(a)  # timing a step would call it
+    assert second.measure_step_staircase(48, stride=16, repeats=1) is measured and calls == []
+    with pytest.raises(TypeError):  # 64 tokens were never timed: this one runs the (stubbed) model
+        second.measure_step_staircase(64, stride=16, repeats=1)
+    assert calls
