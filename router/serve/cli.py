@@ -24,7 +24,8 @@ from shunter.cli_args import float_above, int_at_least
 from shunter.replica.engine_config import PREEMPTION_MODES
 from shunter.replica import speculative as speculative_options
 from shunter.replica.policies import POLICIES
-from shunter.router.serve import cache_size_options, disaggregation_options, migration_options, rebalance_options
+from shunter.router.serve import (cache_size_options, disaggregation_options, migration_options, prefix_routing_options,
+                                  rebalance_options)
 from shunter.router.metrics import options as metrics_options
 from shunter.router.cluster import replica_placement
 from shunter.router.security import options as security_options
@@ -56,9 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how a replica makes room when its KV cache is full (auto: the cheaper, as measured)")
     parser.add_argument("--routing", default=DEFAULT_ROUTING, choices=sorted(ROUTINGS),
                         help="how the router picks a replica for a new request")
-    parser.add_argument("--cpu-tier-credit", type=float_above(0, inclusive=True), default=0.75, metavar="F",
-                        help="with --routing prefix_aware: what a cached block in a replica's CPU tier (--cpu-kv-gib) "
-                             "counts against one in its device memory (0: only device blocks count)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster to join ('auto': the local one); default: start a local one")
     parser.add_argument("--state", default=MEMORY, type=_state, metavar="memory|redis://[:PASSWORD@]HOST:PORT/DB",
@@ -102,6 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cache_size_options.add_arguments(parser)
     disaggregation_options.add_arguments(parser)
     migration_options.add_arguments(parser)
+    prefix_routing_options.add_arguments(parser)
     rebalance_options.add_arguments(parser)
     metrics_options.add_arguments(parser)
     security_options.add_arguments(parser)
@@ -134,9 +133,7 @@ def check(args: argparse.Namespace) -> None:
         raise ValueError(f"--model: {str(e).removeprefix('model: ')}") from None
     check_scheduling(args)
     check_cpu_kv(args)
-    if args.cpu_tier_credit > 1:
-        raise ValueError(f"--cpu-tier-credit: must be in [0, 1] (a block on the device counts 1), "
-                         f"got {args.cpu_tier_credit:g}")
+    prefix_routing_options.validate(args)
     if not args.model.startswith(FAKE_MODEL_PREFIX):
         speculative_options.check_draft_model(args, convert=False)
     cache_size_options.validate(args)
@@ -209,7 +206,7 @@ def _router_config(args: argparse.Namespace, threshold: int | None, prefill_thre
     from shunter.router.core import RouterConfig
 
     return RouterConfig(routing=args.routing, rebalance=not args.no_rebalance,
-                        routing_settings={"cpu_credit": args.cpu_tier_credit} if args.routing == "prefix_aware" else {},
+                        routing_settings=prefix_routing_options.settings(args),
                         rebalancer_settings=rebalance_options.settings(args),
                         max_in_flight=args.max_in_flight, max_queued=args.max_queued, size_threshold_blocks=threshold,
                         migration=migration_options.settings(args), prefill_threshold_tokens=prefill_threshold)

@@ -71,6 +71,10 @@ def serve(capsys, *argv: str) -> tuple[int, str]:
     (["--cpu-kv-gib", "100000"], "error: --cpu-kv-gib: 2 x 100000 GiB is more than this machine's"),
     (["--cpu-kv-gib", "-1"], "error: --cpu-kv-gib: must be a number > 0"),
     (["--cpu-tier-credit", "1.5"], "error: --cpu-tier-credit: must be in [0, 1]"),
+    (["--routing", "least_load", "--balance-abs-threshold", "1024"],
+     "error: --balance-abs-threshold: only --routing prefix_aware has an imbalance guard, got --routing least_load"),
+    (["--balance-rel-threshold", "0.5"], "error: --balance-rel-threshold: must be a number >= 1"),
+    (["--balance-abs-threshold", "-1"], "error: --balance-abs-threshold: must be an integer >= 0"),
     (["--prefill-replicas", "2"], "error: --prefill-replicas: must be below --replicas (2): at least one replica"),
     (["--replicas", "3", "--prefill-replicas", "2", "--large-cache-replicas", "2"],
      "error: --prefill-replicas: 2 prefill and 2 large-cache replicas are more than --replicas (3)"),
@@ -235,3 +239,23 @@ def test_shared_state_options_are_checked_before_ray_starts(capsys, redis_db):
         code, err = serve(capsys, *argv, "--port", "0")
         assert code == 2 and err.startswith(says) and err.count("\n") == 1, (argv, err)
         assert "hunter2" not in err and redis_db.password not in err
+
+
+@pytest.mark.parametrize(("argv", "settings"), [
+    ([], {"cpu_credit": 0.75}),
+    (["--balance-abs-threshold", "1024", "--balance-rel-threshold", "2"],
+     {"cpu_credit": 0.75, "abs_threshold": 1024, "rel_threshold": 2.0}),
+    (["--routing", "least_load"], {}),
+])
+def test_prefix_routing_options_reach_the_policy(argv, settings):
+    """The imbalance guard sized for long contexts (the `kv-tiers` experiment's second guard) is
+    a flag away; a routing without a guard gets no settings."""
+    from shunter.router.routing import PrefixAware
+
+    config = serve_cli._router_config(cli.build_parser().parse_args(["serve", *argv]), None)
+    assert config.routing_settings == settings
+    if settings:
+        policy = PrefixAware(**settings)  # the router builds it so
+        assert (policy.abs_threshold, policy.rel_threshold) == (settings.get("abs_threshold", 32),
+                                                                settings.get("rel_threshold", 1.5))
+

@@ -66,7 +66,8 @@ def kv_tiers(scale: Scale) -> Result:
                 "computes it again; tier-aware routing sends it where the CPU tier holds it, and the step loads it "
                 "at PCIe speed (32 GB/s assumed, priced as a swap) instead. With the default imbalance guard most "
                 "decisions fall back to least load whatever the cache says, for both routings, so the tier's "
-                "routing barely matters there; that guard is the next thing to size by the request.",
+                "routing barely matters there; `shunter serve` sizes the guard with `--balance-abs-threshold` and "
+                "`--balance-rel-threshold` (the second guard above: 1024 and 2).",
         columns=list(rows[0]), rows=rows,
         settings={"cost_model": H100, "replicas": REPLICAS,
                   "workload": f"shared_prefix: {GROUPS} contexts of {CONTEXT} tokens, {QUESTION}-token questions, "
