@@ -1,7 +1,6 @@
-"""The engine benchmark's roofline arithmetic, and the benchmark end to end at toy size."""
+"""The engine benchmark's roofline arithmetic and workload (its end-to-end run at toy size is
+scripts/gpu-check.sh's smoke: tests/scripts/test_gpu_check.py)."""
 from __future__ import annotations
-
-import json
 
 from shunter.loadtest import bench_engine
 from shunter.loadtest.roofline import ChunkShape, ModelCost, bound_seconds
@@ -37,45 +36,3 @@ def test_lengths_are_lognormal_around_the_medians_and_capped():
     outs = sorted(work.output_lens)
     assert 180 < prompts[1000] < 220 and 225 < outs[1000] < 275
     assert max(prompts) <= 2048 and max(outs) <= 2048 and min(prompts) >= 1
-
-
-TOY_ARGS = ["--model", "random:tiny", "--device", "cpu", "--num-requests", "8", "--input-median", "12",
-            "--output-median", "6", "--cap", "40", "--static-requests", "4", "--hf-batch-size", "2",
-            "--max-num-seqs", "4", "--max-num-batched-tokens", "64"]
-
-
-def test_bench_engine_runs_end_to_end_at_toy_size(tmp_path):
-    out = tmp_path / "engine.json"
-    assert bench_engine.main([*TOY_ARGS, "--continuous-requests", "5", "--out", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert (result["hf_static_requests"], result["hf_continuous_requests"]) == (4, 5)
-    per_step = result["measured"]["per_step"]
-    assert per_step["steps"] == result["measured"]["steps"]
-    assert per_step["step_ms"] > per_step["launch_ms"] > 0 and per_step["prepare_ms"] > 0
-    assert per_step["step_ms"] > per_step["prepare_ms"] + per_step["launch_ms"] + per_step["outputs_ms"]
-    assert per_step["decode_graph_steps"] == 0  # no CUDA graphs on the CPU
-    assert per_step["syncs_per_step"] <= 1 and per_step["implicit_syncs"] == 0
-    assert "device_idle_share" not in per_step  # the device's timeline is CUDA's alone
-    rates = result["output_tokens_per_s"]
-    assert all(rates[k] > 0 for k in ("shunter", "roofline", "hf_static", "hf_continuous"))
-    assert rates["shunter"] < rates["roofline"]  # nothing beats the bound of its own schedule
-    assert result["measured"]["steps"] > 0 and result["workload"]["useful_output_tokens"] > 0
-    assert result["hf_continuous_budget"]["max_batch_tokens"] == result["shunter_budget"]["max_num_batched_tokens"]
-    assert result["measured"]["kernel_variants_compiled_in_timed_run"] == 0
-
-
-def test_a_bench_cut_off_mid_run_leaves_the_phases_it_finished(tmp_path, monkeypatch):
-    """The GPU check kills a bench at its step's timeout: Shunter's and the roofline's numbers,
-    measured first, must already be on disk when a baseline never returns."""
-    def cut_off(*args, **kwargs):
-        raise KeyboardInterrupt  # stands for the timeout's kill
-
-    monkeypatch.setattr(bench_engine, "run_hf_static", cut_off)
-    out = tmp_path / "engine.json"
-    try:
-        bench_engine.main([*TOY_ARGS, "--out", str(out)])
-    except KeyboardInterrupt:
-        pass
-    result = json.loads(out.read_text())
-    assert set(result["output_tokens_per_s"]) == {"shunter", "roofline"}
-    assert 0 < result["ratios"]["shunter_over_roofline"] < 1

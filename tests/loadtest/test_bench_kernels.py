@@ -1,15 +1,13 @@
 """The kernel benchmark's pieces on the CPU: the SDPA baseline's folded shape is the same
-attention, backends are picked by what runs, times are per call over many calls; and the whole
-bench at toy size in Triton's interpreter."""
+attention, backends are picked by what runs, times are per call over many calls (the whole bench at
+toy size in Triton's interpreter is scripts/gpu-check.sh's smoke: tests/scripts/test_gpu_check.py)."""
 from __future__ import annotations
 
-import json
 import time
 
 import torch
 import torch.nn.functional as F
 
-from shunter.loadtest import bench_kernels
 from shunter.loadtest.kernel_timing import time_per_call_ms
 from shunter.loadtest.sdpa_baseline import pick_backend, sdpa_decode
 
@@ -44,17 +42,3 @@ def test_time_is_per_call_over_many_calls():
     ms, method = time_per_call_ms(fn, "cpu", samples=3, calls=5)
     assert method == "wall" and len(calls) == 1 + 3 * 5  # one warm-up call
     assert 1.5 < ms < 20
-
-
-def test_bench_kernels_smoke_in_the_interpreter(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    out = tmp_path / "kernels.json"
-    assert bench_kernels.main(["--device", "cpu", "--num-seqs", "1", "2", "--contexts", "48", "--num-q-heads", "4",
-                               "--num-kv-heads", "2", "--head-dim", "32", "--graph-table-tokens", "512",
-                               "--samples", "1", "--calls", "2", "--out", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert [p["num_seqs"] for p in result["points"]] == [1, 2]
-    for point in result["points"]:
-        assert point["triton_gbs"] > 0 and point["graph_table_gbs"] > 0 and point["sdpa_padded_gbs"] > 0
-        assert point["max_abs_diff_vs_sdpa"] < 0.05 and point["timing"] == "wall"
-        assert point["graph_table_splits"] >= point["num_splits"]

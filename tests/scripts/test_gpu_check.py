@@ -34,6 +34,31 @@ def test_smoke_run_passes_every_step_and_summarizes(tmp_path):
     assert summary["bench_staircase"]["timing_s"] > 0 and summary["bench_staircase"]["aligned_gain"] >= 1.0
     assert summary["bench_engine"]["kernel_variants_compiled_in_timed_run"] == 0
     assert "| bench-engine | ok" in (tmp_path / "summary.md").read_text()
+    _bench_engine_json_is_whole(json.loads((tmp_path / "bench_engine.json").read_text()))
+    _bench_kernels_json_is_whole(json.loads((tmp_path / "bench_kernels.json").read_text()))
+
+
+def _bench_engine_json_is_whole(result):
+    """`bench engine` at toy size, as the smoke runs it (its only end-to-end run in the suite)."""
+    assert result["hf_static_requests"] == 4 and result["hf_continuous_requests"] == 8
+    per_step = result["measured"]["per_step"]
+    assert per_step["steps"] == result["measured"]["steps"]
+    assert per_step["step_ms"] > per_step["launch_ms"] > 0 and per_step["prepare_ms"] > 0
+    assert per_step["step_ms"] > per_step["prepare_ms"] + per_step["launch_ms"] + per_step["outputs_ms"]
+    assert per_step["decode_graph_steps"] == 0  # no CUDA graphs on the CPU
+    assert per_step["syncs_per_step"] <= 1 and per_step["implicit_syncs"] == 0
+    assert "device_idle_share" not in per_step  # the device's timeline is CUDA's alone
+    rates = result["output_tokens_per_s"]
+    assert all(rates[k] > 0 for k in ("shunter", "roofline", "hf_static", "hf_continuous"))
+
+
+def _bench_kernels_json_is_whole(result):
+    """`bench kernels` in Triton's interpreter, as the smoke runs it (its only end-to-end run)."""
+    assert [p["num_seqs"] for p in result["points"]] == [1, 2]
+    for point in result["points"]:
+        assert point["triton_gbs"] > 0 and point["graph_table_gbs"] > 0 and point["sdpa_padded_gbs"] > 0
+        assert point["max_abs_diff_vs_sdpa"] < 0.05 and point["timing"] == "wall"
+        assert point["graph_table_splits"] >= point["num_splits"]
 
 
 def test_fallback_imports_the_package_from_the_checkout_without_an_install(tmp_path):
