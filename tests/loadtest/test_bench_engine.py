@@ -1,6 +1,8 @@
-"""The engine benchmark's roofline arithmetic and workload (its end-to-end run at toy size is
-scripts/gpu-check.sh's smoke: tests/scripts/test_gpu_check.py)."""
+"""The engine benchmark's roofline arithmetic and workload, and a run cut off midway (its whole
+run at toy size is scripts/gpu-check.sh's smoke: tests/scripts/test_gpu_check.py)."""
 from __future__ import annotations
+
+import json
 
 from shunter.loadtest import bench_engine
 from shunter.loadtest.roofline import ChunkShape, ModelCost, bound_seconds
@@ -36,3 +38,25 @@ def test_lengths_are_lognormal_around_the_medians_and_capped():
     outs = sorted(work.output_lens)
     assert 180 < prompts[1000] < 220 and 225 < outs[1000] < 275
     assert max(prompts) <= 2048 and max(outs) <= 2048 and min(prompts) >= 1
+
+
+TOY_ARGS = ["--model", "random:tiny", "--device", "cpu", "--num-requests", "8", "--input-median", "12",
+            "--output-median", "6", "--cap", "40", "--static-requests", "4", "--hf-batch-size", "2",
+            "--max-num-seqs", "4", "--max-num-batched-tokens", "64"]
+
+
+def test_a_bench_cut_off_mid_run_leaves_the_phases_it_finished(tmp_path, monkeypatch):
+    """The GPU check kills a bench at its step's timeout: Shunter's and the roofline's numbers,
+    measured first, must already be on disk when a baseline never returns."""
+    def cut_off(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for the timeout's kill
+
+    monkeypatch.setattr(bench_engine, "run_hf_static", cut_off)
+    out = tmp_path / "engine.json"
+    try:
+        bench_engine.main([*TOY_ARGS, "--out", str(out)])
+    except KeyboardInterrupt:
+        pass
+    result = json.loads(out.read_text())
+    assert set(result["output_tokens_per_s"]) == {"shunter", "roofline"}
+    assert 0 < result["ratios"]["shunter_over_roofline"] < 1

@@ -50,6 +50,10 @@ def _bench_engine_json_is_whole(result):
     assert "device_idle_share" not in per_step  # the device's timeline is CUDA's alone
     rates = result["output_tokens_per_s"]
     assert all(rates[k] > 0 for k in ("shunter", "roofline", "hf_static", "hf_continuous"))
+    assert rates["shunter"] < rates["roofline"]  # nothing beats the bound of its own schedule
+    assert result["measured"]["steps"] > 0 and result["workload"]["useful_output_tokens"] > 0
+    assert result["hf_continuous_budget"]["max_batch_tokens"] == result["shunter_budget"]["max_num_batched_tokens"]
+    assert result["measured"]["kernel_variants_compiled_in_timed_run"] == 0
 
 
 def _bench_kernels_json_is_whole(result):
