@@ -26,10 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "one in its device memory (0: only device blocks count)")
     group.add_argument("--balance-abs-threshold", type=int_at_least(0), default=None, metavar="BLOCKS",
                        help="the imbalance guard: follow the cache unless the holder would carry more than BLOCKS KV "
-                            f"blocks beyond the least loaded replica (and --balance-rel-threshold times it); raise it "
+                            "blocks beyond the least loaded replica (and --balance-rel-threshold times it); raise it "
                             f"for long contexts (default {DEFAULTS.abs_threshold})")
     group.add_argument("--balance-rel-threshold", type=float_above(1.0, inclusive=True), default=None, metavar="R",
-                       help=f"the imbalance guard's ratio of the holder's load to the least loaded's "
+                       help="the imbalance guard's ratio of the holder's load to the least loaded's "
                             f"(default {DEFAULTS.rel_threshold:g})")
 
 
