@@ -93,6 +93,7 @@ class Engine(Migration):
         sched_config = SchedulerConfig(
             config.max_num_batched_tokens, config.max_num_seqs, config.preemption_mode, config.check_invariants,
             admission_watermark=config.admission_watermark, cache_aware_order=config.cache_aware_order,
+            last_chunk_tokens=config.last_chunk_tokens,
         )
         # "auto" preemption compares recompute with swap, so it needs their measured prices.
         measure = getattr(self.runner, "measure_preemption_costs", None)

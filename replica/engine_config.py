@@ -29,6 +29,9 @@ class EngineConfig:
     policy_settings: dict[str, Any] = field(default_factory=dict)
     # Within a class, waiting requests with more cached prefix blocks first (`policies/cache_order.py`).
     cache_aware_order: bool = False
+    # A prefill's last chunk takes at most this many tokens (0: as many as fit): set on P/D
+    # prefill replicas (`serve --prefill-last-chunk-tokens`), whose last chunk is the KV a hand-off's commit carries.
+    last_chunk_tokens: int = 0
     # Time steps of 16, 32, ... tokens at start-up to find the step-time staircase's tiles
     # (`replica/step_staircase.py`). None: on a GPU (about a second), and on the CPU only for
     # `policy="rad"`, which needs them (there a prefill of a few hundred tokens takes ~1 s).
@@ -74,6 +77,8 @@ class EngineConfig:
             raise ValueError(f"preemption_mode must be one of {', '.join(PREEMPTION_MODES)}, got {self.preemption_mode!r}")
         if self.admission_watermark is not None and not 0 < self.admission_watermark <= 1:
             raise ValueError(f"admission_watermark must be in (0, 1] or None, got {self.admission_watermark}")
+        if self.last_chunk_tokens < 0:
+            raise ValueError(f"last_chunk_tokens must be >= 0, got {self.last_chunk_tokens}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
         self._check_speculative()

@@ -42,6 +42,9 @@ class SchedulerConfig:
     admission_watermark: float | None = None
     # Within a class, waiting requests with more cached prefix blocks first (`policies/cache_order.py`).
     cache_aware_order: bool = False
+    # A prefill's last chunk takes at most this many tokens (0: as many as fit). A P/D prefill
+    # replica's last chunk is the KV that crosses the link after the first token, in the commit.
+    last_chunk_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < 1:
@@ -50,6 +53,8 @@ class SchedulerConfig:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.preemption_mode not in MODES:
             raise ValueError(f"preemption_mode must be one of {MODES}, got {self.preemption_mode!r}")
+        if self.last_chunk_tokens < 0:
+            raise ValueError(f"last_chunk_tokens must be >= 0, got {self.last_chunk_tokens}")
         if self.admission_watermark is not None and not 0 < self.admission_watermark <= 1:
             raise ValueError(f"admission_watermark must be in (0, 1] or None, got {self.admission_watermark}")
 
@@ -258,7 +263,8 @@ class Scheduler:
         """Tokens `req` computes now: all it lacks, a prefill capped at the chunk, within budget."""
         left = req.num_tokens - req.num_computed_tokens - already
         if left > 1:
-            left = min(left, step.chunk)
+            tail = self.config.last_chunk_tokens
+            left = min(left - tail if 0 < tail < left else left, step.chunk)
         return min(left, step.budget)
 
     def _run(self, req: Request, step: _Step, out: SchedulerOutput) -> None:

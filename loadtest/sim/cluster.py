@@ -32,7 +32,7 @@ from shunter.replica.engine_config import EngineConfig
 from shunter.replica.engine_protocol import EngineOutput, KVStage
 from shunter.replica.load_estimate import expected_blocks
 from shunter.router.core import NO_BLOCK, PROBE_MAX_S, RETRY_S, STREAM_POLL_S, MigrationSettings
-from shunter.router.serve import cache_size_options
+from shunter.router.serve import cache_size_options, disaggregation_options
 from shunter.router.routing import LoadReport, RequestLoad, RoutingRequest
 from shunter.router.routing import LoadIndex, apply_stats, request_load, reserve, routing_policy, routing_request
 from shunter.router.routing import DEFAULT, DEFAULT_THRESHOLD_TOKENS, Disaggregated
@@ -60,6 +60,8 @@ class ClusterConfig:
     migration: MigrationSettings = field(default_factory=MigrationSettings)  # live (the Router's default) or not
     prefill_replicas: int = 0  # P/D disaggregation: the last K replicas only prefill long prompts
     prefill_threshold_tokens: int = DEFAULT_THRESHOLD_TOKENS
+    # `serve --prefill-last-chunk-tokens`: the prefill replicas' last chunk (None: serve's default)
+    prefill_last_chunk_tokens: int | None = None
 
 
 @dataclass(slots=True)
@@ -99,10 +101,14 @@ class SimCluster:
         self.reports: dict[str, LoadReport] = {}
         for i, (engine_config, large) in enumerate(cache_size_options.replica_roles(args, base)):
             rid = f"r{i}"
+            prefill_only = i >= config.num_replicas - config.prefill_replicas
+            if prefill_only:
+                cap = disaggregation_options.last_chunk_tokens(config.prefill_last_chunk_tokens,
+                                                               config.migration.commit_blocks, self.block_size)
+                engine_config = dataclasses.replace(engine_config, last_chunk_tokens=cap)
             replica = SimReplica(rid, self.loop, engine_config, cost, self._on_step, large, token_fn)
             self.replicas[rid] = replica
-            self.reports[rid] = LoadReport(rid, large_cache=large,
-                                           prefill_only=i >= config.num_replicas - config.prefill_replicas)
+            self.reports[rid] = LoadReport(rid, large_cache=large, prefill_only=prefill_only)
             apply_stats(self.reports[rid], replica.engine.stats())  # the router's first poll
         self.loads = LoadIndex(self.reports.values())  # told of every change to a report, as the router's
         self.records: dict[str, RequestRecord] = {}

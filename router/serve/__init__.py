@@ -3,4 +3,5 @@ from shunter.surface import surface
 
 __all__, __getattr__ = surface(__name__, {
     "cache_size_options": ["cache_size_options"],
+    "disaggregation_options": ["disaggregation_options"],
 })

@@ -293,7 +293,8 @@ def _start_ray(args: argparse.Namespace, verbose: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         check(args)
-        roles = [] if args.frontend_only else cache_size_options.replica_roles(args, _engine_config(args))
+        roles = [] if args.frontend_only else disaggregation_options.with_prefill_roles(
+            args, cache_size_options.replica_roles(args, _engine_config(args)))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

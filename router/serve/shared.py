@@ -23,7 +23,8 @@ NAMESPACE = "shunter"
 # Options that configure replicas: a frontend-only serve attaches to replicas already configured.
 REPLICA_OPTIONS = ("model", "replicas", "policy", "preemption_mode", "num_cpus_per_replica", "num_gpus_per_replica",
                    "num_threads", "device", "num_kv_blocks", "max_num_seqs", "cpu_kv_gib", "large_cache_replicas",
-                   "large_cache_factor", "prefill_replicas", "placement", "wait_for_resources")
+                   "large_cache_factor", "prefill_replicas", "prefill_last_chunk_tokens", "placement",
+                   "wait_for_resources")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,6 +18,20 @@ def test_chunked_prefill_respects_the_token_budget():
     assert sizes == [[32], [32], [32], [4], [1], [1]]
 
 
+def test_a_capped_last_chunk_leaves_that_many_tokens_for_the_last_step_and_the_same_tokens():
+    """P/D prefill replicas (`last_chunk_tokens`): the chunk before the last stops short, so the
+    last one (computed with the first token, whose blocks a hand-off's commit carries) is small."""
+    engine = make_engine(max_num_batched_tokens=32, last_chunk_tokens=8)
+    engine.add_request("a", prompt(100, 1), SamplingParams(max_tokens=3, temperature=0))
+    engine.add_request("b", prompt(5, 2), SamplingParams(max_tokens=2, temperature=0))  # shorter than the cap
+    done = run_to_completion(engine)
+    sizes = [[(s.request.request_id, s.num_new_tokens) for s in step.scheduled] for step in engine.runner.steps]
+    chunks = {rid: [n for step in sizes for r, n in step if r == rid] for rid in ("a", "b")}
+    assert chunks["a"] == [32, 32, 28, 8, 1, 1]  # without the cap: 32, 32, 32, 4, 1, 1
+    assert chunks["b"] == [4, 1, 1]  # under the cap: only the budget cuts it
+    assert done["a"] == reference_output(prompt(100, 1), 3) and done["b"] == reference_output(prompt(5, 2), 2)
+
+
 def test_requests_join_and_leave_every_step():
     engine = make_engine(max_num_batched_tokens=256)
     engine.add_request("short", prompt(10, 1), SamplingParams(max_tokens=2, temperature=0))

@@ -80,6 +80,9 @@ def serve(capsys, *argv: str) -> tuple[int, str]:
      "error: --prefill-replicas: 2 prefill and 2 large-cache replicas are more than --replicas (3)"),
     (["--prefill-threshold-tokens", "0"], "error: --prefill-threshold-tokens: must be an integer >= 1, got '0'"),
     (["--prefill-threshold-tokens", "500"], "error: --prefill-threshold-tokens: needs --prefill-replicas > 0"),
+    (["--prefill-last-chunk-tokens", "256"], "error: --prefill-last-chunk-tokens: needs --prefill-replicas > 0"),
+    (["--prefill-replicas", "1", "--prefill-last-chunk-tokens", "-1"],
+     "error: --prefill-last-chunk-tokens: must be an integer >= 0"),
 ])
 def test_a_wrong_option_is_one_line_and_exit_2(capsys, argv, says):
     code, err = serve(capsys, *argv)
@@ -132,6 +135,22 @@ def test_prefill_replicas_are_the_last_k_and_the_router_gets_their_threshold():
     args = cli.build_parser().parse_args(["serve", "--prefill-replicas", "1", "--prefill-threshold-tokens", "300"])
     assert disaggregation_options.threshold(args) == 300
     assert disaggregation_options.threshold(cli.build_parser().parse_args(["serve"])) is None
+
+
+def test_only_the_prefill_replicas_cap_their_last_chunk_by_default_at_a_live_migrations_commit():
+    from shunter.replica.engine_config import EngineConfig
+    from shunter.router.serve import disaggregation_options
+
+    def caps(*flags: str) -> list[int]:
+        args = cli.build_parser().parse_args(["serve", "--replicas", "3", *flags])
+        roles = [(EngineConfig(model="fake"), False)] * 3
+        return [c.last_chunk_tokens for c, _ in disaggregation_options.with_prefill_roles(args, roles)]
+
+    assert caps() == [0, 0, 0]
+    assert caps("--prefill-replicas", "1") == [0, 0, 16 * 16]  # --migration-commit-blocks 16 x 16-token blocks
+    assert caps("--prefill-replicas", "1", "--migration-commit-blocks", "4") == [0, 0, 64]
+    assert caps("--prefill-replicas", "2", "--prefill-last-chunk-tokens", "0") == [0, 0, 0]
+    assert caps("--prefill-replicas", "1", "--prefill-last-chunk-tokens", "100") == [0, 0, 100]
 
 
 @pytest.mark.parametrize(("cpus", "threads", "expected"), [("0.5", None, 1), ("3", None, 3), ("1", "2", 2)])
