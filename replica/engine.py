@@ -19,7 +19,7 @@ from shunter.replica.engine_config import EngineConfig
 from shunter.replica.engine_protocol import CacheEvent, EngineOutput, EngineStats, ModelLimits
 from shunter.replica.grammar import Grammar, GrammarCompiler
 from shunter.replica.kv_cache_manager import KVCacheManager
-from shunter.replica.load_estimate import remaining_blocks
+from shunter.replica.load_estimate import expected_blocks
 from shunter.replica.logprobs import HostLogprobs, store_prompt_logprobs
 from shunter.replica.migration import Migration
 from shunter.replica.model_runner import ModelRunner
@@ -451,10 +451,16 @@ class Engine(Migration):
     # ---- what the router sees --------------------------------------------------------------
     def stats(self) -> EngineStats:
         s = self.scheduler
-        # Every step (the load report): a plain loop, names bound once, `kv.blocks_of` inlined.
+        # Every step (the load report): a plain loop, names bound once, `kv.blocks_of` inlined;
+        # `remaining_blocks` with each request's expected blocks worked out once.
         growth, block_size, tables = 0, self.block_size, self.kv.block_tables
         for r in s.running:
-            growth += remaining_blocks(len(r.prompt_token_ids), r.params, block_size, len(tables.get(r.request_id, ())))
+            expected = r.expected_blocks
+            if expected < 0:
+                expected = r.expected_blocks = expected_blocks(len(r.prompt_token_ids), r.params, block_size)
+            held = len(tables.get(r.request_id, ()))
+            if expected > held:
+                growth += expected - held
         queries = self.kv.prefix_queries
         return EngineStats(
             num_running=len(s.running),

@@ -4,7 +4,7 @@ The engine's load report, the router's placement and the rebalancer's choice of 
 all count a request the same way: the blocks of its prompt plus its expected output (the
 request's `expected_output_tokens` hint, else `max_tokens`). A request that has already run
 past its expectation will take no more than it holds: its remaining growth is clipped at zero
-on its own, so it never hides the growth of the others.
+on its own (`Engine.stats`), so it never hides the growth of the others.
 """
 from __future__ import annotations
 
@@ -21,8 +21,3 @@ def expected_tokens(num_prompt_tokens: int, params: SamplingParams) -> int:
 def expected_blocks(num_prompt_tokens: int, params: SamplingParams, block_size: int, num_tokens: int = 0) -> int:
     """Blocks the request will hold at its expected end (at least what `num_tokens` take now)."""
     return cdiv(max(expected_tokens(num_prompt_tokens, params), num_tokens), block_size)
-
-
-def remaining_blocks(num_prompt_tokens: int, params: SamplingParams, block_size: int, blocks_held: int) -> int:
-    """Blocks still to come beyond `blocks_held`; never negative."""
-    return max(cdiv(expected_tokens(num_prompt_tokens, params), block_size) - blocks_held, 0)

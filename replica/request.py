@@ -53,6 +53,9 @@ class Request:
     # A request with `params.structured_output`: its matcher (`replica/grammar.py`), which has
     # consumed every output token so far.
     grammar: Any = None
+    # The blocks it is expected to hold at its end (`load_estimate.expected_blocks`), which the
+    # load report reads every step; worked out once (-1: not yet), as its prompt and params never change.
+    expected_blocks: int = -1
 
     def __post_init__(self) -> None:
         if self.params.logprobs is not None and self.output_logprobs is None:

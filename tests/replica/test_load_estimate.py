@@ -1,21 +1,15 @@
 """One load estimate: a request past its expected output never hides the others' growth."""
 from __future__ import annotations
 
-from shunter.replica.load_estimate import expected_blocks, remaining_blocks
+from shunter.replica.load_estimate import expected_blocks
 from shunter.sampling_params import SamplingParams
 from tests.replica.fakes import make_engine, prompt
-
-
-def test_remaining_blocks_is_clipped_per_request():
-    params = SamplingParams(max_tokens=64, expected_output_tokens=16)
-    assert remaining_blocks(32, params, 16, blocks_held=3) == 0  # 48 tokens expected = 3 blocks: done
-    assert remaining_blocks(32, params, 16, blocks_held=9) == 0  # far past it: 0, not -6
-    assert remaining_blocks(32, SamplingParams(max_tokens=64), 16, blocks_held=2) == 4  # no hint: max_tokens
 
 
 def test_expected_blocks_counts_what_a_request_already_holds():
     params = SamplingParams(max_tokens=64, expected_output_tokens=16)
     assert expected_blocks(32, params, 16) == 3
+    assert expected_blocks(32, SamplingParams(max_tokens=64), 16) == 6  # no hint: max_tokens
     assert expected_blocks(32, params, 16, num_tokens=80) == 5  # ran past its hint: at least what it has
 
 
