@@ -242,12 +242,21 @@ class Scheduler:
             plan = self.cache_order.reorder(plan, self.policy, self.kv.cached_prefix_blocks)
         step.budget = min(self.policy.token_budget() or step.budget, step.budget)
         step.chunk = min(self.policy.prefill_chunk() or step.budget, step.budget)
+        running, tables, block_size = RequestStatus.RUNNING, self.kv.block_tables, self.kv.block_size
         for req in plan:
             if step.budget == 0:
                 break
             if req.request_id in step.preempted:
                 continue
-            if req.status is RequestStatus.RUNNING:
+            if req.status is running:
+                # Most of a step: a decode with room left in its last block takes one token and no
+                # block (what `_run` decides for it, without its calls).
+                computed = req.num_computed_tokens
+                if computed + 1 == len(req.prompt_token_ids) + len(req.output_token_ids):
+                    table = tables.get(req.request_id)
+                    if table is not None and len(table) * block_size > computed:
+                        self._schedule(req, 1, step, out, table)
+                        continue
                 self._run(req, step, out)
             elif step.admitting and req.status is RequestStatus.SWAPPED:
                 self._swap_in(req, step, out)
@@ -279,8 +288,12 @@ class Scheduler:
                 return
         self._schedule(req, num_new, step, out)
 
-    def _schedule(self, req: Request, num_new: int, step: _Step, out: SchedulerOutput) -> None:
-        out.scheduled.append(ScheduledRequest(req, req.num_computed_tokens, num_new, self.kv.blocks_of(req.request_id)))
+    def _schedule(self, req: Request, num_new: int, step: _Step, out: SchedulerOutput,
+                  blocks: list[int] | None = None) -> None:
+        """`blocks`: its block table, where the caller has it at hand."""
+        if blocks is None:
+            blocks = self.kv.blocks_of(req.request_id)
+        out.scheduled.append(ScheduledRequest(req, req.num_computed_tokens, num_new, blocks))
         step.busy.add(req.request_id)
         step.budget -= num_new
         if req.first_scheduled_time is None:
