@@ -451,8 +451,8 @@ class Engine(Migration):
     # ---- what the router sees --------------------------------------------------------------
     def stats(self) -> EngineStats:
         s = self.scheduler
-        # Every step (the load report): a plain loop, names bound once, `kv.blocks_of` inlined;
-        # `remaining_blocks` with each request's expected blocks worked out once.
+        # Every step (the load report): a plain loop, names bound once, `kv.blocks_of` inlined,
+        # each request's expected blocks worked out once; its growth is clipped at zero.
         growth, block_size, tables = 0, self.block_size, self.kv.block_tables
         for r in s.running:
             expected = r.expected_blocks
