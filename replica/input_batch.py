@@ -129,7 +129,13 @@ class InputBatch:
             outputs = req.output_token_ids
             num_prompt = len(req.prompt_token_ids)
             have = row.num_tokens
-            if end > have:  # tokens made since the row was written: outputs (the prompt came whole)
+            if end == have + 2 and outputs[end - 1 - num_prompt] == PLACEHOLDER:
+                # An async decode, most of a step: the last step's token joins the row, this one's
+                # input is on the device (what the general case below does, without its slice).
+                cells += (row.index, have, outputs[have - num_prompt])
+                fill_seqs.append(i)
+                row.num_tokens = have + 1
+            elif end > have:  # tokens made since the row was written: outputs (the prompt came whole)
                 new = outputs[have - num_prompt : end - num_prompt]
                 if new[-1] == PLACEHOLDER:  # its value is on the device; the row learns it next time
                     new.pop()
