@@ -10,6 +10,7 @@ from shunter.loadtest.sim.cluster import ClusterConfig
 from shunter.loadtest.sim.experiments.common import Result, Scale, engine, simulate
 from shunter.loadtest.sim.experiments.rad import H100, load_note
 from shunter.loadtest.workloads import long_mix
+from shunter.router.serve import disaggregation_options
 
 REPLICAS, RATE, LONG_FRACTION = 8, 40.0, 0.4
 SPLITS = (0, 2, 3, 4)  # prefill-only replicas; 0: aggregated
@@ -25,7 +26,7 @@ def _run(replicas: int, budget: int, prefill: int, n: int, rate: float, last_chu
                            prefill_replicas=prefill, prefill_last_chunk_tokens=last_chunk)
     s, cluster = simulate(config, H100, long_mix(n, rate, seed=5, long_fraction=LONG_FRACTION))
     m = s.extra["migration"]
-    cap = last_chunk if last_chunk is not None else config.migration.commit_blocks * config.engine.block_size
+    cap = disaggregation_options.last_chunk_tokens(last_chunk, config.migration.commit_blocks, config.engine.block_size)
     return {"step budget": budget, "prefill replicas": prefill or "- (aggregated)",
             "last chunk": "-" if not prefill else (f"{cap} tokens" if cap else "uncapped"),
             "TPOT p50 ms": s.tpot_p50 * 1e3, "TPOT p99 ms": s.tpot_p99 * 1e3, "TBT p99 ms": s.tbt_p99 * 1e3,
