@@ -11,11 +11,14 @@ full blocks, the step's bookkeeping). Each case runs every path in the same proc
 persistent batch), `persistent` uses the persistent batch synchronously, `after` adds async
 scheduling (the default). `total_ms` is timed without the instruments (`cpu_ms`: the process's
 CPU time over the same steps, which a busy machine inflates less), the split with them, on the
-wall clock or (`--split-clock cpu`) the process's CPU time.
+wall clock or (`--split-clock cpu`) the process's CPU time. `gc_ms` is the garbage collector's
+share of `total_ms` (`gc_longest_ms`: its longest pause). Each case's engine is built as a
+serving process's only engine: its start-up heap frozen (`replica/startup_heap.py`).
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import sys
@@ -38,6 +41,7 @@ def build(seqs: int, context: int, steps: int, path: str, device: str):
     from shunter import SamplingParams
     from shunter.mathutil import cdiv
     from shunter.replica.engine_config import EngineConfig
+    from shunter.replica.startup_heap import freeze_startup_heap
     from shunter.testing.null_model import VOCAB, null_engine
 
     max_tokens = steps + 64
@@ -46,6 +50,7 @@ def build(seqs: int, context: int, steps: int, path: str, device: str):
     config = EngineConfig(model="null", device=device, num_kv_blocks=blocks, max_num_seqs=seqs,
                           max_num_batched_tokens=max(2048, seqs), **PATHS[path])
     engine = null_engine(config, max_model_len=max_model_len)
+    freeze_startup_heap(again=True)  # as a serving process's only engine (its own call froze the first case's)
     for i in range(seqs):
         prompt = [1 + (i * 7 + j) % (VOCAB - 1) for j in range(context)]
         engine.add_request(f"r{i}", prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True))
@@ -89,10 +94,12 @@ def measure(seqs: int, context: int, steps: int, path: str, device: str, cpu_clo
     for _ in range(10):  # warm-up
         engine.step()
     sync(device)
+    collections = GCTimer()
     started, cpu_started = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        engine.step()
-    sync(device)
+    with collections:
+        for _ in range(steps):
+            engine.step()
+        sync(device)
     total = (time.perf_counter() - started) / steps
     cpu = (time.process_time() - cpu_started) / steps
     clock = time.process_time if cpu_clock else time.perf_counter
@@ -105,7 +112,32 @@ def measure(seqs: int, context: int, steps: int, path: str, device: str, cpu_clo
     parts = {k: 1e3 * v / steps for k, v in split.seconds.items()}
     parts["rest"] = 1e3 * instrumented - sum(parts.values())
     return {"total_ms": 1e3 * total, "cpu_ms": 1e3 * cpu, **{f"{k}_ms": v for k, v in parts.items()},
-            "instrumented_ms": 1e3 * instrumented}
+            "instrumented_ms": 1e3 * instrumented, "gc_ms": 1e3 * collections.seconds / steps,
+            "gc_longest_ms": 1e3 * collections.longest}
+
+
+class GCTimer:
+    """The garbage collector's time while it is entered (`gc.callbacks`): the split's parts
+    include whatever collection lands in them; this says how much of `total` it was."""
+
+    def __init__(self) -> None:
+        self.seconds = self.longest = 0.0
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            spent = time.perf_counter() - self._started
+            self.seconds += spent
+            self.longest = max(self.longest, spent)
+
+    def __enter__(self) -> GCTimer:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self._callback)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,13 +175,13 @@ def run(args: argparse.Namespace) -> int:
               "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
               "load_average": os.getloadavg(), "steps": args.steps, "cases": cases}
     table = Table(title=f"host time per decode step (ms), null model on {args.device}")
-    for col in ("seqs", "context", "path", "total", "cpu", *PARTS, "rest"):
+    for col in ("seqs", "context", "path", "total", "cpu", *PARTS, "rest", "gc", "longest gc"):
         table.add_column(col)
     for case in cases:
         for path in args.paths:
             m = case[path]
             table.add_row(str(case["seqs"]), str(case["context"]), path, f"{m['total_ms']:.3f}", f"{m['cpu_ms']:.3f}",
-                          *(f"{m[f'{k}_ms']:.3f}" for k in (*PARTS, "rest")))
+                          *(f"{m[f'{k}_ms']:.3f}" for k in (*PARTS, "rest", "gc", "gc_longest")))
     Console().print(table)
     out = args.out or RESULTS / f"bench_step_{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

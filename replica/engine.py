@@ -29,6 +29,7 @@ from shunter.replica.request import PLACEHOLDER, Request, RequestStatus
 from shunter.replica.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from shunter.replica.speculative import NgramProposer, Speculator
 from shunter.replica.step_staircase import MAX_TIMED_TOKENS, StepStaircase
+from shunter.replica.startup_heap import freeze_startup_heap
 from shunter.replica.threads import set_torch_threads
 from shunter.replica.validation import validate_request
 from shunter.sampling_params import SamplingParams
@@ -116,6 +117,7 @@ class Engine(Migration):
         self._compiling: dict[str, tuple[Request, Future[Grammar]]] = {}
         self._constrained: set[str] = set()
         self.speculator = self._speculator(config)
+        freeze_startup_heap()
 
     def _speculator(self, config: EngineConfig) -> Speculator | None:
         if config.speculative is None:

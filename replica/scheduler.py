@@ -243,19 +243,26 @@ class Scheduler:
         step.budget = min(self.policy.token_budget() or step.budget, step.budget)
         step.chunk = min(self.policy.prefill_chunk() or step.budget, step.budget)
         running, tables, block_size = RequestStatus.RUNNING, self.kv.block_tables, self.kv.block_size
+        scheduled, busy, preempted, on_scheduled = out.scheduled, step.busy, step.preempted, self.policy.on_scheduled
         for req in plan:
             if step.budget == 0:
                 break
-            if req.request_id in step.preempted:
+            rid = req.request_id
+            if rid in preempted:
                 continue
             if req.status is running:
                 # Most of a step: a decode with room left in its last block takes one token and no
-                # block (what `_run` decides for it, without its calls).
+                # block (what `_run` then `_schedule` do for it, without their calls).
                 computed = req.num_computed_tokens
                 if computed + 1 == len(req.prompt_token_ids) + len(req.output_token_ids):
-                    table = tables.get(req.request_id)
+                    table = tables.get(rid)
                     if table is not None and len(table) * block_size > computed:
-                        self._schedule(req, 1, step, out, table)
+                        scheduled.append(ScheduledRequest(req, computed, 1, table))
+                        busy.add(rid)
+                        step.budget -= 1
+                        if req.first_scheduled_time is None:  # one that migrated in
+                            req.first_scheduled_time = self.clock.now()
+                        on_scheduled(req, 1)
                         continue
                 self._run(req, step, out)
             elif step.admitting and req.status is RequestStatus.SWAPPED:

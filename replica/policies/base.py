@@ -84,7 +84,11 @@ class SchedulingPolicy:
         decodes: list[Request] = []
         prefills: list[Request] = []
         for r in self.order(running):  # one pass: this runs every step over every running request
-            (prefills if r.is_prefilling else decodes).append(r)
+            # `r.is_prefilling`, inline: two property calls per request per step
+            if len(r.prompt_token_ids) + len(r.output_token_ids) - r.num_computed_tokens > 1:
+                prefills.append(r)
+            else:
+                decodes.append(r)
         return decodes + prefills + sorted(swapped + waiting, key=self.queue_key)
 
     # ---- step size (SLAI adapts these; None means the engine's configured limits) ------------
