@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -30,14 +31,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds per length (medians reported)")
     parser.add_argument("--cpu-kv-gib", type=float, default=2.0, help="the CPU tier's pool")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda where there is one)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default: loadtest/results/bench_kv_tiers.json)")
 
 
-def document(tokenizer, seed: int, length: int) -> list[int]:
-    """`length` token ids of plain text, different for every seed."""
+def document(tokenizer, seed: int, length: int, vocab_size: int) -> list[int]:
+    """`length` token ids of plain text, different for every seed; a model without a tokenizer
+    (`random:*`, the GPU check's) gets ids drawn from its vocabulary."""
+    if tokenizer is None:
+        rng = random.Random(seed)
+        return [rng.randrange(1, vocab_size) for _ in range(length)]
     words = " ".join(f"Wagon {seed}-{i} waits on siding {(i * 7 + seed) % 13}." for i in range(length))
     return list(tokenizer(words).input_ids[:length])
+
+
+def question_ids(tokenizer, vocab_size: int) -> list[int]:
+    if tokenizer is None:
+        return document(None, -1, 12, vocab_size)
+    return list(tokenizer(" Which siding does the last wagon wait on?").input_ids)
 
 
 def _ttft(llm, prompt: list[int]) -> tuple[float, list[int]]:
@@ -49,13 +61,13 @@ def _ttft(llm, prompt: list[int]) -> tuple[float, list[int]]:
 
 
 def one_length(engines: dict, length: int, repeats: int) -> dict:
-    tok = engines["on"].tokenizer
-    question = list(tok(" Which siding does the last wagon wait on?").input_ids)
+    tok, vocab = engines["on"].tokenizer, engines["on"].engine.limits.vocab_size
+    question = question_ids(tok, vocab)
     times: dict[str, list[float]] = {"hit": [], "recompute": [], "miss_on": [], "miss_off": []}
     differing = 0
     for r in range(repeats):
         seed = 1000 * length + 10 * r
-        doc, other, fresh = (document(tok, seed + k, length - len(question)) for k in range(3))
+        doc, other, fresh = (document(tok, seed + k, length - len(question), vocab) for k in range(3))
         tokens = {}
         for side in (("on", "off") if r % 2 == 0 else ("off", "on")):
             llm = engines[side]
@@ -110,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
         blocks = length // 16 + 2  # one such prompt and its question; the next pushes out all but ~3 blocks
         engines = {side: LLM(model=args.model, num_kv_blocks=blocks, max_model_len=length + 64,
                              cpu_kv_gib=args.cpu_kv_gib if side == "on" else None,
-                             num_threads=args.threads) for side in ("on", "off")}
+                             num_threads=args.threads, device=args.device) for side in ("on", "off")}
+        engines_device = str(engines["on"].engine.runner.device)
         row = one_length(engines, length, args.repeats)
         stats = engines["on"].engine.stats()
         row["cpu_tier"] = {"prefix_hits_cpu": stats.prefix_hits_cpu, "offload_bytes": stats.cpu_offload_bytes,
@@ -121,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                       f"({row['hit_speedup']:.1f}x); miss {med['miss_on']:.3f} s with the tier, "
                       f"{med['miss_off']:.3f} s without ({row['miss_slowdown']:+.1%} paired by round)")
         del engines
-    result = {"command": args._invocation, "model": args.model,
+    result = {"command": args._invocation, "model": args.model, "device": engines_device,
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                          f"torch {torch.__version__}",
               "load_average": os.getloadavg(), "repeats": args.repeats, "cpu_kv_gib": args.cpu_kv_gib, "lengths": rows}

@@ -3,7 +3,9 @@ against the GPU goals (decode kernel >= 70% of copy bandwidth at contexts >= 2,0
 host time per step <= 0.5 ms at 256 sequences over the null model, engine >= 60% of its
 roofline and >= 80x HF static `generate`, device idle < 10% of the step; issue 23's: a live
 migration's downtime p50 <= 30 ms at every context; issue 30's: tile-aligned saturated steps >= 5%
-more tokens/s than unaligned, from the timed staircase).
+more tokens/s than unaligned, from the timed staircase; issue 26's: a prefix loaded from the CPU
+tier >= 2x faster to its first token than recomputed at 1k tokens and >= 5x at 8k, a miss <= 3%
+slower with the tier on).
 
 Rewritten after every step from what exists so far, so a run cut short still leaves a summary.
 Standard library only, and run by path: it must work even when the install step failed.
@@ -19,6 +21,8 @@ from pathlib import Path
 KERNEL_GOAL, ROOFLINE_GOAL, STATIC_GOAL, IDLE_GOAL, STEP_GOAL_MS = 0.70, 0.60, 80.0, 0.10, 0.5
 MIGRATION_GOAL_MS = 30.0  # issue 23: live downtime p50 on a GPU (Llumnix: 20-30 ms, flat in context)
 TILING_GOAL = 1.05  # issue 30: tile-aligned saturated steps >= 5% more tokens/s than unaligned
+KV_TIER_GOALS = ((1024, 2.0), (8192, 5.0))  # issue 26: (prompt tokens, CPU-tier hit's TTFT speed-up)
+KV_TIER_MISS_GOAL = 0.03  # issue 26: a miss at most 3% slower with the tier on
 
 
 def read_steps(path: Path) -> list[dict]:
@@ -109,6 +113,17 @@ def staircase_headlines(result: dict) -> dict:
             "goal_aligned_5pct": gain >= TILING_GOAL}
 
 
+def kv_tiers_headlines(result: dict) -> dict:
+    """Per prompt length: a CPU-tier hit's TTFT against recompute, and a miss's cost."""
+    rows = [{"length": r["length"], "hit_s": r["median_s"]["hit"], "recompute_s": r["median_s"]["recompute"],
+             "hit_speedup": r["hit_speedup"], "miss_slowdown": r["miss_slowdown"],
+             "outputs_differing": r["outputs_differing"]} for r in result["lengths"]]
+    by_length = {r["length"]: r for r in rows}
+    hit_goals = {str(n): by_length[n]["hit_speedup"] >= x for n, x in KV_TIER_GOALS if n in by_length}
+    return {"model": result["model"], "device": result.get("device"), "rows": rows, "goal_hit_speedup": hit_goals,
+            "goal_miss_under_3pct": all(r["miss_slowdown"] <= KV_TIER_MISS_GOAL for r in rows) if rows else None}
+
+
 def summarize(steps_path: Path, out: Path, smoke: bool) -> dict:
     log = out / "gpu-check.log"
     text = log.read_text(errors="replace") if log.exists() else ""
@@ -120,7 +135,7 @@ def summarize(steps_path: Path, out: Path, smoke: bool) -> dict:
                                            text, re.M)
     for name, fn in (("bench_kernels", kernel_headlines), ("bench_staircase", staircase_headlines),
                      ("bench_step", step_headlines), ("bench_migration", migration_headlines),
-                     ("bench_engine", engine_headlines)):
+                     ("bench_engine", engine_headlines), ("bench_kv_tiers", kv_tiers_headlines)):
         path = out / f"{name}.json"
         summary[name] = fn(json.loads(path.read_text())) if path.exists() else None
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -190,6 +205,15 @@ def markdown(s: dict) -> str:
                   f"- Triton variants compiled inside the timed run: {e['kernel_variants_compiled_in_timed_run']}"]
         if e.get("per_step"):
             lines.append("- per step: " + ", ".join(f"{k} {v:.3g}" for k, v in e["per_step"].items()))
+    kv = s.get("bench_kv_tiers")
+    if kv:
+        lines += ["", f"## CPU tier of the prefix cache ({kv['model']} on {kv['device']}, TTFT medians)", "",
+                  "| prompt | CPU-tier hit s | recompute s | speed-up | miss, tier on vs off | outputs differing |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['length']} | {r['hit_s']:.4f} | {r['recompute_s']:.4f} | {r['hit_speedup']:.2f}x | "
+                  f"{r['miss_slowdown']:+.1%} | {r['outputs_differing']} |" for r in kv["rows"]]
+        lines.append(f"\nGoals: hit >= 2x at 1k, >= 5x at 8k: {kv['goal_hit_speedup'] or 'n/a'}; "
+                     f"miss <= 3% slower: {kv['goal_miss_under_3pct']}")
     return "\n".join(lines) + "\n"
 
 

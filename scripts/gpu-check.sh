@@ -6,10 +6,12 @@
 # `pytest -m gpu`, a quick `shunter bench kernels`, `shunter bench staircase` (step time at 16..1,024
 # tokens in steps of 16: the tile boundaries, issue 30), a quick `shunter bench step` (host time per
 # step over a null model, before and after issue 25), a quick `shunter bench migration` (downtime of
-# a live move against stop-and-copy at 1k-16k tokens, issue 23) and a `shunter bench engine` sized to
-# fit, and write into OUTDIR: gpu-check.log (every step's output), pytest-gpu.xml,
-# bench_kernels.json/.png, bench_staircase.json/.png, bench_step.json, bench_migration.json,
-# bench_engine.json, summary.json and summary.md (each step's status and time, headline numbers
+# a live move against stop-and-copy at 1k-16k tokens, issue 23), a `shunter bench engine` sized to
+# fit and a quick `shunter bench kv-tiers` (a prefix loaded from the CPU tier against recomputed, at
+# 1k and 8k tokens, issue 26), and write into OUTDIR: gpu-check.log (every step's output),
+# pytest-gpu.xml, bench_kernels.json/.png, bench_staircase.json/.png, bench_step.json,
+# bench_migration.json, bench_engine.json, bench_kv_tiers.json/.png, summary.json and summary.md
+# (each step's status and time, headline numbers
 # against the GPU goals). Every step has its own timeout inside an overall budget, and the summary
 # is rewritten after each step, so a hang or a cut-off still leaves what finished.
 #
@@ -67,7 +69,7 @@ step() {
   summarize
 }
 
-IMPORTS='import shunter.replica.llm, shunter.kernels.ops, shunter.loadtest.bench_engine, shunter.loadtest.bench_kernels, shunter.loadtest.bench_step, shunter.loadtest.bench_staircase, shunter.loadtest.bench_migration'
+IMPORTS='import shunter.replica.llm, shunter.kernels.ops, shunter.loadtest.bench_engine, shunter.loadtest.bench_kernels, shunter.loadtest.bench_step, shunter.loadtest.bench_staircase, shunter.loadtest.bench_migration, shunter.loadtest.bench_kv_tiers'
 importable() {
   (cd "$SCRATCH" && "$PY" -c "$IMPORTS" && "$PY" -m shunter.cli --help > /dev/null) >> "$LOG" 2>&1
 }
@@ -117,6 +119,8 @@ if [ "$SMOKE" = 1 ]; then
     --out "$OUT/bench_engine.json"
   step bench-migration 60 "$PY" -m shunter.cli bench migration --model random:tiny --device cpu --contexts 64 \
     --samples 1 --others 1 --move-after 2 --out "$OUT/bench_migration.json"
+  step bench-kv-tiers 60 "$PY" -m shunter.cli bench kv-tiers --model random:tiny --device cpu --lengths 64 \
+    --repeats 1 --cpu-kv-gib 0.01 --out "$OUT/bench_kv_tiers.json"
 else
   step bench-kernels 80 "$PY" -m shunter.cli bench kernels --num-seqs 1 8 64 --contexts 2048 8192 \
     --samples 10 --calls 20 --out "$OUT/bench_kernels.json"
@@ -134,6 +138,9 @@ else
   # In-process (no Ray here): the staging copy and the commit's downtime, live against stop-and-copy.
   step bench-migration 60 "$PY" -m shunter.cli bench migration --model random:llama-3.2-1b --device cuda \
     --contexts 1024 4096 16384 --samples 3 --out "$OUT/bench_migration.json"
+  # Then the CPU tier: a prefix evicted from the device comes back over PCIe or is prefilled again.
+  step bench-kv-tiers 60 "$PY" -m shunter.cli bench kv-tiers --model random:llama-3.2-1b --device cuda \
+    --lengths 1024 8192 --repeats 3 --cpu-kv-gib 4 --out "$OUT/bench_kv_tiers.json"
 fi
 rm -rf "$SCRATCH"
 cat "$OUT/summary.md"

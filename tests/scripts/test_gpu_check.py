@@ -21,7 +21,7 @@ def test_smoke_run_passes_every_step_and_summarizes(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [s["step"] for s in summary["steps"]] == ["env", "install", "pytest-gpu", "bench-kernels",
                                                      "bench-staircase", "bench-step", "bench-engine",
-                                                     "bench-migration"]
+                                                     "bench-migration", "bench-kv-tiers"]
     assert all(s["status"] == "ok" for s in summary["steps"]), summary["steps"]
     assert summary["env"]["torch"] and summary["pytest_gpu"]["skipped"] > 0 and not summary["pytest_gpu"]["failed"]
     kernels = summary["bench_kernels"]["by_num_seqs"]
@@ -30,6 +30,9 @@ def test_smoke_run_passes_every_step_and_summarizes(tmp_path):
     assert case["seqs"] == 4 and all(case[p] > 0 for p in ("before", "persistent", "after"))
     assert {(r["context"], r["mode"]) for r in summary["bench_migration"]["rows"]} == {(64, "stop-and-copy"), (64, "live")}
     assert "## Migration downtime" in (tmp_path / "summary.md").read_text()
+    [tier] = summary["bench_kv_tiers"]["rows"]
+    assert tier["length"] == 64 and tier["outputs_differing"] == 0 and tier["hit_s"] > 0
+    assert "## CPU tier of the prefix cache" in (tmp_path / "summary.md").read_text()
     assert summary["bench_engine"]["tokens_per_s"]["shunter"] > 0
     assert summary["bench_staircase"]["timing_s"] > 0 and summary["bench_staircase"]["aligned_gain"] >= 1.0
     assert summary["bench_engine"]["kernel_variants_compiled_in_timed_run"] == 0
