@@ -2,8 +2,10 @@
 
 A row holds what the model runner needs of a request: its tokens, its block table and its
 sampling parameters. It is written whole once, when the request joins (admitted, resumed,
-swapped in, migrated in), and after that only where the request grew: its newest token and,
-every `block_size` tokens, a block id. A request that leaves the device (finished, aborted,
+swapped in, migrated in), and after that only where the request grew: every `block_size` tokens
+a block id, and its new tokens when a step reads them from the host. An async decode reads
+none (its input is the last step's sample, on the device), so a row of a request that only
+decodes lags its outputs until it is read again (a sync step, a chunk of several tokens). A request that leaves the device (finished, aborted,
 preempted, exported) gives its row back through `remove`. A step's inputs are then gathered
 from the rows of the requests it schedules (`step_inputs.py`) instead of being packed again from
 Python lists every step, as `packing.pack` does (vLLM v1's `InputBatch`, in our size).
@@ -128,22 +130,23 @@ class InputBatch:
             end = start + s.num_new_tokens
             outputs = req.output_token_ids
             num_prompt = len(req.prompt_token_ids)
-            have = row.num_tokens
-            if end == have + 2 and outputs[end - 1 - num_prompt] == PLACEHOLDER:
-                # An async decode, most of a step: the last step's token joins the row, this one's
-                # input is on the device (what the general case below does, without its slice).
-                cells += (row.index, have, outputs[have - num_prompt])
+            total = num_prompt + len(outputs)
+            if end == total and end - start == 1 and outputs and outputs[-1] == PLACEHOLDER:
+                # An async decode, most of a step: its one input is the last step's sample, on the
+                # device. No host token is read, so none is written: the row catches up in the
+                # general case below, when a step reads tokens from it.
                 fill_seqs.append(i)
-                row.num_tokens = have + 1
-            elif end > have:  # tokens made since the row was written: outputs (the prompt came whole)
-                new = outputs[have - num_prompt : end - num_prompt]
-                if new[-1] == PLACEHOLDER:  # its value is on the device; the row learns it next time
-                    new.pop()
-                    fill_seqs.append(i)
-                for k, token in enumerate(new, have):
-                    cells += (row.index, k, token)
-                row.num_tokens = have + len(new)
-            seqs += (row.index, start, end, num_prompt + len(outputs))
+            else:
+                have = row.num_tokens
+                if end > have:  # tokens made since the row was written: outputs (the prompt came whole)
+                    new = outputs[have - num_prompt : end - num_prompt]
+                    if new[-1] == PLACEHOLDER:  # its value is on the device; the row learns it later
+                        new.pop()
+                        fill_seqs.append(i)
+                    for k, token in enumerate(new, have):
+                        cells += (row.index, k, token)
+                    row.num_tokens = have + len(new)
+            seqs += (row.index, start, end, total)
         rows, starts, ends, totals = np.array(seqs, dtype=np.int64).reshape(-1, 4).T.copy()
         samples = ends == totals
         if cells:

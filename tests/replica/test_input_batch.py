@@ -120,7 +120,8 @@ def test_a_request_that_leaves_and_comes_back_gets_its_row_again():
 
 def test_a_placeholder_input_is_taken_from_the_last_step_samples():
     """Async scheduling: the token sampled in the step before is still on the device. Its input
-    row is filled from that step's sampled rows, and the row learns the token next time."""
+    row is filled from that step's sampled rows; the row learns the token when a step reads it
+    from the host."""
     rng = random.Random(3)
     batch = InputBatch(max_rows=4, max_model_len=64, block_size=BS, vocab_size=VOCAB)
     a, b = _request("a", 6, 0, rng), _request("b", 3, 0, rng)
@@ -135,8 +136,72 @@ def test_a_placeholder_input_is_taken_from_the_last_step_samples():
     assert z.fills == 2 and out["fill_dst"][:2].tolist() == [0, 1] and out["fill_src"][:2].tolist() == [1, 0]
     a.output_token_ids[-1] = 42  # read back; then a decodes again with a placeholder after it
     a.output_token_ids.append(PLACEHOLDER)
+    tokens = batch.writes.tokens
     step = batch.update([_schedule(a, 7, 1, [0, 1])], lambda rid: 0)
-    assert batch.token_ids[step.rows[0], 6] == 42 and step.fill_seqs == [0]
+    assert step.fill_seqs == [0] and batch.writes.tokens == tokens  # its one input is on the device: no write
+    a.output_token_ids[-1] = 43
+    step = batch.update([_schedule(a, 6, 2, [0, 1])], lambda rid: 0)  # a chunk that reads both from the host
+    assert batch.token_ids[step.rows[0], 6:8].tolist() == [42, 43] and step.fill_seqs == []
+
+
+def test_gathered_inputs_equal_packed_inputs_with_tokens_on_the_device():
+    """Async scheduling over random steps: a step's sampled tokens stay placeholders until the
+    step after it has been prepared (some come back first, as a synchronous step's do). Once
+    the device fills each placeholder input from the last step's samples, the inputs are those
+    packed from the real tokens; exactly the placeholder inputs are filled, from the right row."""
+    rng = random.Random(6)
+    batch = InputBatch(max_rows=16, max_model_len=128, block_size=BS, vocab_size=VOCAB)
+    free_blocks = list(range(800))
+    rng.shuffle(free_blocks)
+    live: dict[str, tuple[Request, list[int]]] = {}
+    on_device: dict[str, int] = {}  # request id -> the real value of its trailing placeholder
+    last_sampled: list[str] = []  # request ids the last step sampled, in its order
+    fills = 0
+    for step_no in range(120):
+        while len(live) < 10:
+            rid = f"r{step_no}-{len(live)}"
+            live[rid] = (_request(rid, rng.randint(1, 30), rng.choice([0, 0, 3]), rng),
+                         [free_blocks.pop() for _ in range(cdiv(128, BS))])
+        scheduled = []
+        for req, blocks in rng.sample(list(live.values()), rng.randint(1, len(live))):
+            behind = req.num_tokens - req.num_computed_tokens
+            scheduled.append(_schedule(req, req.num_computed_tokens, rng.randint(1, behind), blocks))
+        step = batch.update(scheduled, lambda rid: 0)
+        out, table = _buffers()
+        z = gather(batch, step, out, table)
+        cu = out["cu_seqlens"]
+        for i, j in zip(step.fill_seqs, step.fill_from):  # the device's fill
+            rid = scheduled[i].request.request_id
+            assert last_sampled[j] == rid
+            out["input_ids"][cu[i + 1] - 1] = on_device[rid]
+        fills += len(step.fill_seqs)
+        real = [[on_device[s.request.request_id] if t == PLACEHOLDER else t
+                 for t in s.request.token_slice(s.start, s.start + s.num_new_tokens)] for s in scheduled]
+        assert step.fill_seqs == [i for i, s in enumerate(scheduled)
+                                  if s.request.token_slice(s.start, s.start + s.num_new_tokens)[-1] == PLACEHOLDER]
+        want = pack([Chunk(r, s.start, s.block_ids, s.samples) for r, s in zip(real, scheduled)], BS)
+        assert out["input_ids"][: z.tokens].tolist() == want.input_ids.tolist()
+        assert out["positions"][: z.tokens].tolist() == want.positions.tolist()
+        # Launched: tokens computed, each sampled request gets a placeholder; then the step before
+        # completes (its placeholders get their values), and a few of this step's come back too.
+        before, on_device = on_device, {}
+        last_sampled = []
+        for s in scheduled:
+            req = s.request
+            req.num_computed_tokens = s.start + s.num_new_tokens
+            if req.num_computed_tokens == req.num_tokens:
+                last_sampled.append(req.request_id)
+                req.output_token_ids.append(PLACEHOLDER)
+                on_device[req.request_id] = rng.randrange(1, VOCAB)
+        for rid, token in before.items():  # last, or just before this step's own placeholder
+            live[rid][0].output_token_ids[-2 if rid in on_device else -1] = token
+        for rid in [rid for rid in on_device if rng.random() < 0.2]:  # came back before the next step
+            live[rid][0].output_token_ids[-1] = on_device.pop(rid)
+        for rid in [rid for rid, (r, _) in live.items() if r.num_tokens >= 100 or rng.random() < 0.03]:
+            free_blocks += live.pop(rid)[1]  # finished or preempted: the row goes, its token with it
+            batch.remove(rid)
+            on_device.pop(rid, None)
+    assert fills > 100
 
 
 def test_sampling_rows_and_flags():
