@@ -13,7 +13,7 @@ scheduling (the default). `total_ms` is timed without the instruments (`cpu_ms`:
 CPU time over the same steps, which a busy machine inflates less), the split with them, on the
 wall clock or (`--split-clock cpu`) the process's CPU time. `gc_ms` is the garbage collector's
 share of `total_ms` (`gc_longest_ms`: its longest pause). Each case's engine is built as a
-serving process's only engine: its start-up heap frozen (`replica/startup_heap.py`).
+serving process's only engine: its collector tuned (`replica/gc_tuning.py`).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def build(seqs: int, context: int, steps: int, path: str, device: str):
     from shunter import SamplingParams
     from shunter.mathutil import cdiv
     from shunter.replica.engine_config import EngineConfig
-    from shunter.replica.startup_heap import freeze_startup_heap
+    from shunter.replica.gc_tuning import tune_gc_for_serving
     from shunter.testing.null_model import VOCAB, null_engine
 
     max_tokens = steps + 64
@@ -50,7 +50,7 @@ def build(seqs: int, context: int, steps: int, path: str, device: str):
     config = EngineConfig(model="null", device=device, num_kv_blocks=blocks, max_num_seqs=seqs,
                           max_num_batched_tokens=max(2048, seqs), **PATHS[path])
     engine = null_engine(config, max_model_len=max_model_len)
-    freeze_startup_heap(again=True)  # as a serving process's only engine (its own call froze the first case's)
+    tune_gc_for_serving(again=True)  # as a serving process's only engine (its own call tuned for the first case)
     for i in range(seqs):
         prompt = [1 + (i * 7 + j) % (VOCAB - 1) for j in range(context)]
         engine.add_request(f"r{i}", prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True))

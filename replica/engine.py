@@ -17,6 +17,7 @@ from shunter.clock import Clock, MonotonicClock
 from shunter.replica.detokenizer import IncrementalDetokenizer
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.engine_protocol import CacheEvent, EngineOutput, EngineStats, ModelLimits
+from shunter.replica.gc_tuning import tune_gc_for_serving
 from shunter.replica.grammar import Grammar, GrammarCompiler
 from shunter.replica.kv_cache_manager import KVCacheManager
 from shunter.replica.load_estimate import expected_blocks
@@ -29,7 +30,6 @@ from shunter.replica.request import PLACEHOLDER, Request, RequestStatus
 from shunter.replica.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from shunter.replica.speculative import NgramProposer, Speculator
 from shunter.replica.step_staircase import MAX_TIMED_TOKENS, StepStaircase
-from shunter.replica.startup_heap import freeze_startup_heap
 from shunter.replica.threads import set_torch_threads
 from shunter.replica.validation import validate_request
 from shunter.sampling_params import SamplingParams
@@ -117,7 +117,7 @@ class Engine(Migration):
         self._compiling: dict[str, tuple[Request, Future[Grammar]]] = {}
         self._constrained: set[str] = set()
         self.speculator = self._speculator(config)
-        freeze_startup_heap()
+        tune_gc_for_serving()
 
     def _speculator(self, config: EngineConfig) -> Speculator | None:
         if config.speculative is None:
@@ -288,7 +288,7 @@ class Engine(Migration):
             req = s.request
             n = s.num_new_tokens
             computed = req.num_computed_tokens = req.num_computed_tokens + n
-            if computed // bs != (computed - n) // bs and not (speculated and req.request_id in speculated):
+            if computed % bs < n and not (speculated and req.request_id in speculated):
                 filled.append(req)  # a block filled (earlier ones, e.g. a prefix hit's, come along); drafts' wait
             ids = req.output_token_ids
             num_tokens = len(req.prompt_token_ids) + len(ids)

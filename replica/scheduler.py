@@ -244,13 +244,15 @@ class Scheduler:
         step.chunk = min(self.policy.prefill_chunk() or step.budget, step.budget)
         running, tables, block_size = RequestStatus.RUNNING, self.kv.block_tables, self.kv.block_size
         scheduled, busy, preempted, on_scheduled = out.scheduled, step.busy, step.preempted, self.policy.on_scheduled
+        budget = step.budget  # the fast path's, in a local; the calls below read and write step.budget
         for req in plan:
-            if step.budget == 0:
+            if budget == 0:
                 break
             rid = req.request_id
             if rid in preempted:
                 continue
-            if req.status is running:
+            status = req.status
+            if status is running:
                 # Most of a step: a decode with room left in its last block takes one token and no
                 # block (what `_run` then `_schedule` do for it, without their calls).
                 computed = req.num_computed_tokens
@@ -259,16 +261,20 @@ class Scheduler:
                     if table is not None and len(table) * block_size > computed:
                         scheduled.append(ScheduledRequest(req, computed, 1, table))
                         busy.add(rid)
-                        step.budget -= 1
+                        budget -= 1
                         if req.first_scheduled_time is None:  # one that migrated in
                             req.first_scheduled_time = self.clock.now()
                         on_scheduled(req, 1)
                         continue
+            step.budget = budget
+            if status is running:
                 self._run(req, step, out)
-            elif step.admitting and req.status is RequestStatus.SWAPPED:
+            elif step.admitting and status is RequestStatus.SWAPPED:
                 self._swap_in(req, step, out)
-            elif step.admitting and req.status is RequestStatus.WAITING:
+            elif step.admitting and status is RequestStatus.WAITING:
                 self._admit(req, step, out)
+            budget = step.budget
+        step.budget = budget
         out.blocks_to_load = self.kv.take_cpu_loads()
         self.num_steps += 1
         if self.config.check_invariants:
@@ -450,6 +456,7 @@ class Scheduler:
             max_num_seqs=self.config.max_num_seqs,
             max_num_batched_tokens=self.config.max_num_batched_tokens,
             staircase=self.staircase,
+            now=self.clock.now(),
         )
 
     # ---- checks ----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class PolicyContext:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     staircase: StepStaircase | None = None  # step time by token count, measured at start-up (None: not)
+    now: float | None = None  # the clock when the step began (None: outside a step; read the clock)
 
 
 class SchedulingPolicy:
@@ -126,7 +127,8 @@ class SchedulingPolicy:
 
     # ---- hooks: subclasses extend them and call super() --------------------------------------
     def on_scheduled(self, request: Request, num_tokens: int) -> None:
-        request.policy_state["last_service"] = self.clock.now()
+        now = self.context.now  # one clock read a step, not one per scheduled request
+        request.policy_state["last_service"] = self.clock.now() if now is None else now
 
     def on_finished(self, request: Request) -> None:
         self.estimator.observe(request)
