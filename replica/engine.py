@@ -291,11 +291,12 @@ class Engine(Migration):
             if computed % bs < n and not (speculated and req.request_id in speculated):
                 filled.append(req)  # a block filled (earlier ones, e.g. a prefix hit's, come along); drafts' wait
             ids = req.output_token_ids
-            num_tokens = len(req.prompt_token_ids) + len(ids)
+            num_out = len(ids)
+            num_tokens = len(req.prompt_token_ids) + num_out
             if computed == num_tokens:  # the chunk reached the end: a token is sampled
                 sampled.append(req)
-                slots.append(len(ids))
-                if len(ids) + 1 >= req.params.max_tokens or num_tokens + 1 >= limit:
+                slots.append(num_out)
+                if num_out + 1 >= req.params.max_tokens or num_tokens + 1 >= limit:
                     last.append(req)
                 ids.append(PLACEHOLDER)
         return flight
@@ -358,12 +359,10 @@ class Engine(Migration):
             if req.first_token_time is None:
                 req.first_token_time = now
             req.last_token_time = now
-            params = req.params
             detok = detokenizers.get(req.request_id) if detokenizers else None
             new_text = detok.add(token) if detok is not None else ""
             # Length stops were found before the token came (`_settle`): they are the finals.
-            stop = ((token in req.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids
-                    or (detok is not None and detok.stopped))
+            stop = token in req.stop_ids or (detok is not None and detok.stopped)
             if req.grammar is not None and req.grammar.accept(token):
                 stop = True  # the grammar is complete and allows nothing more
             if not stop and final is None:
@@ -390,14 +389,13 @@ class Engine(Migration):
         del ids[base:]
         req.num_computed_tokens = len(req.prompt_token_ids) + base + len(new) - 1
         req.last_token_time = now
-        params, detok = req.params, self.detokenizers.get(req.request_id)
+        detok = self.detokenizers.get(req.request_id)
         emitted, text, stop = [], "", False
         for token in new:
             ids.append(token)
             emitted.append(token)
             text += detok.add(token) if detok is not None else ""
-            if ((token in req.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids
-                    or (detok is not None and detok.stopped)):
+            if token in req.stop_ids or (detok is not None and detok.stopped):
                 stop = True
                 break
         if stop:

@@ -56,8 +56,12 @@ class Request:
     # The blocks it is expected to hold at its end (`load_estimate.expected_blocks`), which the
     # load report reads every step; worked out once (-1: not yet), as its prompt and params never change.
     expected_blocks: int = -1
+    # The tokens that end it when sampled: its stop ids, and EOS unless `ignore_eos` (checked for
+    # every token: one set lookup).
+    stop_ids: frozenset[int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.stop_ids = frozenset(self.params.stop_token_ids).union(() if self.params.ignore_eos else self.eos_token_ids)
         if self.params.logprobs is not None and self.output_logprobs is None:
             self.output_logprobs = []
         if self.params.prompt_logprobs is not None and self.prompt_logprobs is None:
