@@ -120,7 +120,6 @@ class _Step:
 
     budget: int
     chunk: int  # most tokens one prefill chunk may take
-    busy: set[str] = field(default_factory=set)  # hold blocks claimed this step: never victims
     preempted: set[str] = field(default_factory=set)  # left this step: not readmitted in it
     admitting: bool = True  # closed by the first queued request that does not fit
     reserved_blocks: int | None = None  # predicted future blocks of running requests (watermark)
@@ -243,7 +242,7 @@ class Scheduler:
         step.budget = min(self.policy.token_budget() or step.budget, step.budget)
         step.chunk = min(self.policy.prefill_chunk() or step.budget, step.budget)
         running, tables, block_size = RequestStatus.RUNNING, self.kv.block_tables, self.kv.block_size
-        scheduled, busy, preempted, on_scheduled = out.scheduled, step.busy, step.preempted, self.policy.on_scheduled
+        scheduled, preempted, on_scheduled = out.scheduled, step.preempted, self.policy.on_scheduled
         budget = step.budget  # the fast path's, in a local; the calls below read and write step.budget
         for req in plan:
             if budget == 0:
@@ -260,7 +259,6 @@ class Scheduler:
                     table = tables.get(rid)
                     if table is not None and len(table) * block_size > computed:
                         scheduled.append(ScheduledRequest(req, computed, 1, table))
-                        busy.add(rid)
                         budget -= 1
                         if req.first_scheduled_time is None:  # one that migrated in
                             req.first_scheduled_time = self.clock.now()
@@ -293,7 +291,8 @@ class Scheduler:
         """Get blocks for a running request, preempting policy-chosen victims until they fit."""
         num_new = self._num_new(req, step)
         while not self.kv.allocate(req, num_new):
-            candidates = [r for r in self.running if r.request_id not in step.busy]
+            busy = {s.request.request_id for s in out.scheduled}  # hold blocks claimed this step: never victims
+            candidates = [r for r in self.running if r.request_id not in busy]
             victim = self.policy.pick_victim(candidates)
             self._preempt(victim, step, out)
             step.admitting = False  # memory is short: no one new this step
@@ -307,7 +306,6 @@ class Scheduler:
         if blocks is None:
             blocks = self.kv.blocks_of(req.request_id)
         out.scheduled.append(ScheduledRequest(req, req.num_computed_tokens, num_new, blocks))
-        step.busy.add(req.request_id)
         step.budget -= num_new
         if req.first_scheduled_time is None:
             req.first_scheduled_time = self.clock.now()
