@@ -3,6 +3,7 @@
 The baseline is what people run without a serving engine: batches of fixed size, left padding,
 every batch decoding until its longest output is done. Both sides produce exactly the requested
 number of tokens per request (EOS ignored), and throughput counts only those useful tokens.
+`--llama-cpp` adds llama.cpp on the same GGUF, one request at a time (`llama_cpp_baseline.py`).
 """
 from __future__ import annotations
 
@@ -40,8 +41,10 @@ def make_workload(n: int, vocab_size: int, seed: int, min_prompt: int, max_promp
     return Workload(prompts, outs)
 
 
-def run_shunter(model: str, work: Workload, args: argparse.Namespace, **engine_settings) -> tuple[float, dict]:
-    """Seconds for the workload, and where its steps' time went (`bench_engine.StepTimes`)."""
+def run_shunter(model: str, work: Workload, args: argparse.Namespace,
+                **engine_settings) -> tuple[float, dict, list[list[int]]]:
+    """Seconds for the workload, where its steps' time went (`bench_engine.StepTimes`), and each
+    request's tokens."""
     llm = make_llm(model, work, args, **engine_settings)
     return timed_generate(llm, work)
 
@@ -57,7 +60,7 @@ def make_llm(model: str, work: Workload, args: argparse.Namespace, **engine_sett
     return llm
 
 
-def timed_generate(llm, work: Workload, logprobs: int | None = None) -> tuple[float, dict]:
+def timed_generate(llm, work: Workload, logprobs: int | None = None) -> tuple[float, dict, list[list[int]]]:
     """One timed run of the workload (every request asking for `logprobs` top log-probabilities)."""
     from shunter import SamplingParams
     from shunter.loadtest.bench_engine import StepTimes, timed_steps
@@ -71,7 +74,7 @@ def timed_generate(llm, work: Workload, logprobs: int | None = None) -> tuple[fl
         elapsed = time.perf_counter() - start
     assert [len(o.outputs[0].token_ids) for o in outs] == work.output_lens
     assert all((o.outputs[0].logprobs is not None) == (logprobs is not None) for o in outs)
-    return elapsed, times.as_dict()
+    return elapsed, times.as_dict(), [list(o.outputs[0].token_ids) for o in outs]
 
 
 def logprobs_cost(model: str, work: Workload, args: argparse.Namespace) -> dict:
@@ -93,6 +96,21 @@ def logprobs_cost(model: str, work: Workload, args: argparse.Namespace) -> dict:
             "off_tokens_per_s": work.useful_tokens * len(off) / off_s,
             "on_tokens_per_s": work.useful_tokens * len(on) / on_s,
             "throughput_cost": 1 - off_s / on_s, "cpu_throughput_cost": 1 - sum(off_cpu) / sum(on_cpu)}
+
+
+def _llama_cpp(work: Workload, shunter_tokens: list[list[int]]) -> dict:
+    """llama.cpp's run of the workload, with how many requests' tokens equal Shunter's."""
+    import torch
+
+    from shunter.loadtest.llama_cpp_baseline import run_llama_cpp
+    from shunter.replica.models.smollm2 import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    result = run_llama_cpp(gguf, work.prompts, work.output_lens, torch.get_num_threads())
+    tokens = result.pop("token_ids")
+    result["outputs_equal"] = sum(ours == theirs for ours, theirs in zip(shunter_tokens, tokens))
+    result["gguf"] = gguf.name
+    return result
 
 
 def run_hf_static(model: str, work: Workload, batch_size: int, device: str = "cpu", dtype: str = "float32") -> float:
@@ -141,6 +159,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also measure log-probabilities (K top tokens per output token) on vs off, in this run")
     parser.add_argument("--rounds", type=int, default=2, help="with --logprobs: off/on rounds on one engine")
     parser.add_argument("--skip-hf", action="store_true", help="leave out the HF static baseline")
+    parser.add_argument("--llama-cpp", action="store_true",
+                        help="also run llama.cpp (llama-cpp-python) on the same GGUF, one request at a time")
     parser.add_argument("--out", type=Path, default=None, help="JSON result path (default: loadtest/results/)")
 
 
@@ -151,15 +171,25 @@ def run(args: argparse.Namespace) -> int:
 
     from shunter.replica.models.loader import load_model
 
+    if args.llama_cpp:
+        from shunter.loadtest.llama_cpp_baseline import available
+        from shunter.replica.models.smollm2 import NAME
+
+        if args.model != NAME:
+            raise SystemExit(f"error: --llama-cpp: runs the {NAME} GGUF only, got --model {args.model}")
+        if not available():
+            raise SystemExit("error: --llama-cpp: llama-cpp-python is not installed (pip install llama-cpp-python; "
+                             "it compiles llama.cpp)")
     vocab = load_model(args.model).config.vocab_size
     work = make_workload(args.num_requests, vocab, args.seed, *args.prompt_len, *args.output_len)
     console = Console(stderr=True)
     console.print(f"{len(work.prompts)} requests, {work.useful_tokens} output tokens, {torch.get_num_threads()} threads")
-    shunter_s, per_step = run_shunter(args.model, work, args)
-    before_s, before_step = run_shunter(args.model, work, args, persistent_batch=False,
-                                        async_scheduling=False) if args.before else (None, None)
+    shunter_s, per_step, shunter_tokens = run_shunter(args.model, work, args)
+    before_s, before_step, _ = run_shunter(args.model, work, args, persistent_batch=False,
+                                           async_scheduling=False) if args.before else (None, None, None)
     cost = logprobs_cost(args.model, work, args) if args.logprobs is not None else None
     hf_s = None if args.skip_hf else run_hf_static(args.model, work, args.hf_batch_size)
+    llama = _llama_cpp(work, shunter_tokens) if args.llama_cpp else None
     result = {
         "command": args._invocation,
         "model": args.model,
@@ -174,6 +204,10 @@ def run(args: argparse.Namespace) -> int:
         result["hf_static"] = {"batch_size": args.hf_batch_size, "seconds": hf_s,
                                "tokens_per_s": work.useful_tokens / hf_s}
         result["ratio"] = result["shunter"]["tokens_per_s"] / result["hf_static"]["tokens_per_s"]
+    if llama is not None:
+        llama["tokens_per_s"] = work.useful_tokens / llama["seconds"]
+        result["llama_cpp"] = llama
+        result["ratio_over_llama_cpp"] = result["shunter"]["tokens_per_s"] / llama["tokens_per_s"]
     if cost is not None:
         result["logprobs"] = cost
     if before_s is not None:
@@ -189,6 +223,9 @@ def run(args: argparse.Namespace) -> int:
     if before_s is not None:
         table.add_row("Shunter before issue 25 (packed, synchronous)", f"{before_s:.1f}",
                       f"{work.useful_tokens / before_s:.1f}")
+    if llama is not None:
+        table.add_row(f"llama.cpp (one at a time, {llama['gguf']})", f"{llama['seconds']:.1f}",
+                      f"{llama['tokens_per_s']:.1f}")
     table.add_row("Shunter (continuous batching)", f"{shunter_s:.1f}", f"{work.useful_tokens / shunter_s:.1f}")
     if cost is not None:
         table.add_row(f"Shunter, logprobs off ({args.rounds} runs)", f"{sum(cost['off_seconds']):.1f}",
@@ -198,6 +235,10 @@ def run(args: argparse.Namespace) -> int:
     Console().print(table)
     if hf_s is not None:
         Console().print(f"ratio Shunter / HF static: {result['ratio']:.2f}x")
+    if llama is not None:
+        Console().print(f"ratio Shunter / llama.cpp one at a time: {result['ratio_over_llama_cpp']:.2f}x "
+                        f"(outputs equal to Shunter's greedy tokens: {llama['outputs_equal']} of {len(work.prompts)}; "
+                        "llama.cpp computes in its quantized kernels, Shunter on the de-quantized weights)")
     if cost is not None:
         Console().print(f"log-probabilities on cost {cost['throughput_cost']:.1%} of throughput, "
                         f"{cost['cpu_throughput_cost']:.1%} in CPU time (goal: <= 5%)")
