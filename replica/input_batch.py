@@ -5,10 +5,11 @@ sampling parameters. It is written whole once, when the request joins (admitted,
 swapped in, migrated in), and after that only where the request grew: every `block_size` tokens
 a block id, and its new tokens when a step reads them from the host. An async decode reads
 none (its input is the last step's sample, on the device), so a row of a request that only
-decodes lags its outputs until it is read again (a sync step, a chunk of several tokens). A request that leaves the device (finished, aborted,
-preempted, exported) gives its row back through `remove`. A step's inputs are then gathered
-from the rows of the requests it schedules (`step_inputs.py`) instead of being packed again from
-Python lists every step, as `packing.pack` does (vLLM v1's `InputBatch`, in our size).
+decodes lags its outputs until it is read again (a sync step, a chunk of several tokens). A
+request that leaves the device (finished, aborted, preempted, exported) gives its row back
+through `remove`. A step's inputs are then gathered from the rows of the requests it schedules
+(`step_inputs.py`) instead of being packed again from Python lists every step, as `packing.pack`
+does (vLLM v1's `InputBatch`, in our size).
 
 Rows are numpy arrays on the host; no torch here, so the diffs are tested without a model.
 """

@@ -61,7 +61,8 @@ class Request:
     stop_ids: frozenset[int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.stop_ids = frozenset(self.params.stop_token_ids).union(() if self.params.ignore_eos else self.eos_token_ids)
+        eos = () if self.params.ignore_eos else self.eos_token_ids
+        self.stop_ids = frozenset(self.params.stop_token_ids).union(eos)
         if self.params.logprobs is not None and self.output_logprobs is None:
             self.output_logprobs = []
         if self.params.prompt_logprobs is not None and self.prompt_logprobs is None:

@@ -300,12 +300,8 @@ class Scheduler:
                 return
         self._schedule(req, num_new, step, out)
 
-    def _schedule(self, req: Request, num_new: int, step: _Step, out: SchedulerOutput,
-                  blocks: list[int] | None = None) -> None:
-        """`blocks`: its block table, where the caller has it at hand."""
-        if blocks is None:
-            blocks = self.kv.blocks_of(req.request_id)
-        out.scheduled.append(ScheduledRequest(req, req.num_computed_tokens, num_new, blocks))
+    def _schedule(self, req: Request, num_new: int, step: _Step, out: SchedulerOutput) -> None:
+        out.scheduled.append(ScheduledRequest(req, req.num_computed_tokens, num_new, self.kv.blocks_of(req.request_id)))
         step.budget -= num_new
         if req.first_scheduled_time is None:
             req.first_scheduled_time = self.clock.now()
