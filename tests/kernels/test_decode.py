@@ -143,3 +143,33 @@ def test_compiled_variants_counts_binaries_of_loaded_kernels(monkeypatch):
     fake_kernel = type("JIT", (), {"device_caches": {0: ({"key-a": 1, "key-b": 2}, None), 1: ({"key-a": 3}, None)}})()
     monkeypatch.setattr(_decode_ops(), "_fake_kernel", fake_kernel, raising=False)
     assert kernels.compiled_variants() == 3
+
+
+def test_reference_decode_attends_length_groups_each_padded_to_its_own_longest(monkeypatch):
+    """The CPU engine's decode: sequences of spread lengths are attended in groups of similar
+    length (a gather padded to each group's longest, not everyone's), with the same result as a
+    per-sequence softmax over exactly its own tokens."""
+    rng = torch.Generator().manual_seed(7)
+    contexts = torch.randint(1, 300, (37,), generator=rng).tolist()
+    paged = make_paged(contexts, 2, 64, 16, torch.float32, seed=3)
+    k_cache, v_cache = paged.clean()
+    q = torch.randn(len(contexts), 8, 64, generator=rng)
+    gathered: list[tuple[int, int]] = []
+    gather = reference._gather_kv
+
+    def spy(cache, block_tables, max_len):
+        gathered.append((block_tables.shape[0], max_len))
+        return gather(cache, block_tables, max_len)
+
+    monkeypatch.setattr(reference, "_gather_kv", spy)
+    out = reference.paged_attention_decode(q, k_cache, v_cache, paged.block_tables, paged.context_lens)
+    groups = gathered[::2]  # k then v per group
+    assert len(groups) == reference.DECODE_GROUPS and sum(n for n, _ in groups) == len(contexts)
+    assert sum(n * m for n, m in groups) < 0.75 * len(contexts) * max(contexts)  # padding saved
+    assert max(m for _, m in groups) == max(contexts)
+    for s, n in enumerate(contexts):  # each sequence: its own tokens only, GQA (4 query heads per KV head)
+        ids = paged.block_tables[s, : (n + 15) // 16].long()
+        k = k_cache[ids].reshape(-1, 2, 64)[:n].repeat_interleave(4, dim=1)
+        v = v_cache[ids].reshape(-1, 2, 64)[:n].repeat_interleave(4, dim=1)
+        weights = torch.softmax(torch.einsum("hd,thd->ht", q[s], k) / 8.0, dim=-1)
+        torch.testing.assert_close(out[s], torch.einsum("ht,thd->hd", weights, v), rtol=1e-4, atol=1e-5)
