@@ -9,6 +9,7 @@ import dataclasses
 
 import pytest
 
+from shunter.mathutil import cdiv
 from shunter.proto import generation_pb2 as pb
 from shunter.router.core import RouterConfig
 from shunter.sampling_params import SamplingParams
@@ -136,9 +137,12 @@ def test_a_long_prompt_prefilled_on_a_prefill_actor_decodes_on_the_other_token_f
         assert replicas[0] == "pd1" and replicas[-1] == "pd0" and server.router.counters.handed_off == 1
         record = server.router.migration_log[0]
         # Streamed: the stages carried the blocks the prefill completed (not none, as a move after the first
-        # token would), and the commit the rest: the 38 blocks once each.
-        assert record.blocks_staged >= 1 and record.blocks_staged + record.blocks_at_commit == 38
-        assert record.mode == "live" and record.resumed_tokens > 0
+        # token would), and the commit the rest: every block of the KV it resumed with once. That is the
+        # prompt's 38 blocks when the call that finds the prompt computed comes before the next step; on a
+        # busy machine it may come tokens later (a newcomer's run once saw 615 tokens, 31 + 8 blocks).
+        assert record.mode == "live" and record.resumed_tokens >= len(prompt)
+        assert record.blocks_staged >= 1
+        assert record.blocks_staged + record.blocks_at_commit == cdiv(record.resumed_tokens, 16)
     finally:
         server.close()
         for c in clients:
