@@ -126,8 +126,7 @@ class SimCluster:
     # ---- running a workload --------------------------------------------------------------------
     def run(self, workload: list[WorkloadRequest], until: float = math.inf) -> Summary:
         """Every request arrives at its time; the loop runs until all are done (or `until`)."""
-        for wr in workload:
-            self.loop.at(wr.arrival_s, self._arrive, wr)
+        self.loop.at_each([(wr.arrival_s, self._arrive, (wr,)) for wr in workload])
         self.arrivals_left += len(workload)
         if self.config.rebalance:
             self.every(REBALANCE_POLL_S, self._rebalance)
@@ -174,7 +173,7 @@ class SimCluster:
         apply_stats(self.reports[rid], replica.engine.stats())
         self.loads.update(self.reports[rid])
         events = replica.engine.drain_cache_events()
-        if events:
+        if events and self.policy.needs_prefix:  # a policy that hashes no prompt never reads the index
             self.index.apply(rid, events)
         now, live, gap = self.loop.t, self.live, self.tbt.add  # once per token: names bound here
         resuming = self.migrations.resuming

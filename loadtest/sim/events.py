@@ -9,6 +9,7 @@ import gc
 import heapq
 import itertools
 import math
+from collections import deque
 from typing import Any, Callable
 
 
@@ -18,6 +19,9 @@ class EventLoop:
     def __init__(self, start: float = 0.0) -> None:
         self.t = start
         self._heap: list[tuple[float, int, Callable[..., Any], tuple]] = []
+        # Events given all at once (`at_each`: a workload's arrivals), in (time, seq) order beside
+        # the heap: 100,000 arrivals on the heap made every pop sift through 17 levels.
+        self._queue: deque[tuple[float, int, Callable[..., Any], tuple]] = deque()
         self._seq = itertools.count()
         self.num_events = 0
 
@@ -29,6 +33,19 @@ class EventLoop:
         if t < self.t:
             raise ValueError(f"event at {t} is before now ({self.t})")
         heapq.heappush(self._heap, (t, next(self._seq), fn, args))
+
+    def at_each(self, events: list[tuple[float, Callable[..., Any], tuple]]) -> None:
+        """`at(t, fn, *args)` for each `(t, fn, args)`, in the same order as that many calls would
+        run them (time, then the order given), kept off the heap until their turn."""
+        queued = []
+        for t, fn, args in events:
+            if t < self.t:
+                raise ValueError(f"event at {t} is before now ({self.t})")
+            queued.append((t, next(self._seq), fn, args))
+        queued.sort(key=lambda e: e[0])  # stable: equal times keep their seq order
+        merged = list(heapq.merge(self._queue, queued)) if self._queue else queued
+        self._queue.clear()  # in place: a running loop holds it
+        self._queue.extend(merged)
 
     def after(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
         """Run `fn(*args)` `delay` seconds from now (`at`, inlined: twice per replica step)."""
@@ -44,12 +61,20 @@ class EventLoop:
         block pools of a 1,000-replica cluster are millions), and it makes almost no cycles
         (a 2,000-request run of the shared-prefix experiment left ~300 cyclic objects, freed
         once the collector is back). That was ~30% of a 1,000-replica run's time."""
-        heap = self._heap
+        heap, queue, pop = self._heap, self._queue, heapq.heappop
         paused = gc.isenabled()
         gc.disable()
         try:
-            while heap and heap[0][0] <= until:
-                t, _, fn, args = heapq.heappop(heap)
+            while True:
+                # (time, seq) decides between the two, as if every event were on the heap
+                if queue and (not heap or queue[0] < heap[0]):
+                    if queue[0][0] > until:
+                        break
+                    t, _, fn, args = queue.popleft()
+                elif heap and heap[0][0] <= until:
+                    t, _, fn, args = pop(heap)
+                else:
+                    break
                 self.t = t
                 self.num_events += 1
                 fn(*args)
@@ -61,7 +86,7 @@ class EventLoop:
     def pending(self) -> int:
         """Events still to come. (Not `__len__`: an empty loop must stay truthy where code
         writes `clock or MonotonicClock()`.)"""
-        return len(self._heap)
+        return len(self._heap) + len(self._queue)
 
 
 class ReplicaClock:

@@ -61,6 +61,36 @@ def test_run_until_stops_and_the_past_is_closed():
     with pytest.raises(ValueError, match="before now"):
         loop.at(1.5, seen.append, 0)
 
+def test_events_given_at_once_run_as_if_each_were_given_with_at():
+    """`at_each` keeps a workload's arrivals off the heap; the order must be what `at` gives:
+    time, then the order the events were given (so an arrival before a step of the same time)."""
+    rng = random.Random(3)
+    times = [round(rng.uniform(0, 5), 1) for _ in range(200)]  # rounded: many ties
+    calls = [(t, f"w{i}") for i, t in enumerate(times)] + [(round(rng.uniform(0, 5), 1), f"x{i}") for i in range(50)]
+    seen: dict[str, list[str]] = {"at": [], "at_each": []}
+    for how in seen:
+        loop = EventLoop()
+        loop.at(0.0, lambda: loop.after(2.5, seen[how].append, "later"))  # scheduled while running
+        loop.at(2.5, seen[how].append, "before the arrivals at 2.5")
+        if how == "at":
+            for t, name in calls[:200]:
+                loop.at(t, seen[how].append, name)
+        else:
+            loop.at_each([(t, seen[how].append, (name,)) for t, name in calls[:200]])
+        for t, name in calls[200:]:
+            loop.at(t, seen[how].append, name)
+        loop.run(until=3.0)
+        assert loop.pending == sum(t > 3.0 for t, _ in calls)
+        if how == "at_each":
+            loop.at_each([(4.0, seen[how].append, ("given later, runs after the 4.0s given before",))])
+        else:
+            loop.at(4.0, seen[how].append, "given later, runs after the 4.0s given before")
+        loop.run()
+    assert seen["at_each"] == seen["at"] and len(seen["at"]) == 253
+    with pytest.raises(ValueError, match="before now"):
+        loop.at_each([(1.0, seen["at"].append, ("past",))])
+
+
 
 def test_run_pauses_the_cyclic_collector_and_restores_it_even_on_an_error():
     import gc
