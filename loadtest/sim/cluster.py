@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from shunter.loadtest.sim.costs import CostModel
-from shunter.loadtest.sim.events import EventLoop
+from shunter.loadtest.sim.events import EventLoop, collector_paused
 from shunter.loadtest.sim.metrics import GapHistogram, RequestRecord, Summary, summarize
 from shunter.loadtest.sim.migration import SimMigrations
 from shunter.loadtest.sim.replica import SimReplica
@@ -99,17 +99,8 @@ class SimCluster:
         self.rebalancer = Rebalancer(self.loop, size_threshold_blocks=threshold, **config.rebalancer_settings)
         self.replicas: dict[str, SimReplica] = {}
         self.reports: dict[str, LoadReport] = {}
-        for i, (engine_config, large) in enumerate(cache_size_options.replica_roles(args, base)):
-            rid = f"r{i}"
-            prefill_only = i >= config.num_replicas - config.prefill_replicas
-            if prefill_only:
-                cap = disaggregation_options.last_chunk_tokens(config.prefill_last_chunk_tokens,
-                                                               config.migration.commit_blocks, self.block_size)
-                engine_config = dataclasses.replace(engine_config, last_chunk_tokens=cap)
-            replica = SimReplica(rid, self.loop, engine_config, cost, self._on_step, large, token_fn)
-            self.replicas[rid] = replica
-            self.reports[rid] = LoadReport(rid, large_cache=large, prefill_only=prefill_only)
-            apply_stats(self.reports[rid], replica.engine.stats())  # the router's first poll
+        with collector_paused():
+            self._build_replicas(args, base, cost, token_fn)
         self.loads = LoadIndex(self.reports.values())  # told of every change to a report, as the router's
         self.records: dict[str, RequestRecord] = {}
         self.live: dict[str, _InFlight] = {}
@@ -122,6 +113,22 @@ class SimCluster:
         self.decide_s = 0.0  # wall time in the policy's select
         self.hash_s = 0.0  # wall time describing requests (prompt hashing)
         self.on_finish: Callable[[RequestRecord], None] | None = None
+
+    def _build_replicas(self, args: argparse.Namespace, base: EngineConfig, cost: CostModel,
+                        token_fn: TokenFn | None) -> None:
+        """Each replica's engine and its first report (the router's first poll)."""
+        config = self.config
+        for i, (engine_config, large) in enumerate(cache_size_options.replica_roles(args, base)):
+            rid = f"r{i}"
+            prefill_only = i >= config.num_replicas - config.prefill_replicas
+            if prefill_only:
+                cap = disaggregation_options.last_chunk_tokens(config.prefill_last_chunk_tokens,
+                                                               config.migration.commit_blocks, self.block_size)
+                engine_config = dataclasses.replace(engine_config, last_chunk_tokens=cap)
+            replica = SimReplica(rid, self.loop, engine_config, cost, self._on_step, large, token_fn)
+            self.replicas[rid] = replica
+            self.reports[rid] = LoadReport(rid, large_cache=large, prefill_only=prefill_only)
+            apply_stats(self.reports[rid], replica.engine.stats())  # the router's first poll
 
     # ---- running a workload --------------------------------------------------------------------
     def run(self, workload: list[WorkloadRequest], until: float = math.inf) -> Summary:

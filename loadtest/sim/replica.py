@@ -19,6 +19,7 @@ from shunter.loadtest.sim.runner import SimRunner, TokenFn
 from shunter.replica.engine import Engine
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.engine_protocol import EngineOutput
+from shunter.replica.gc_tuning import leave_gc_untuned
 from shunter.replica.memory import num_cpu_blocks
 from shunter.sampling_params import SamplingParams
 
@@ -37,6 +38,7 @@ class SimReplica:
         num_blocks = config.num_kv_blocks or cost.kv_blocks(config.block_size)
         self.runner = SimRunner(cost, self.clock, num_blocks, num_cpu_blocks(config, block_bytes), config.block_size,
                                 token_fn)
+        leave_gc_untuned()  # engines come and go by the thousand here: none may freeze the heap
         self.engine = Engine(config, clock=self.clock, runner=self.runner)
         self.busy = False
         self._kick_due = False

@@ -82,10 +82,10 @@ def simulate(config: ClusterConfig, cost: CostModel | str, workload: list[Worklo
     """Run `workload` on a fresh cluster. `max_tokens`: clients ask for this many tokens and the
     model stops each request at its workload length by EOS (lengths unknown in advance); None:
     clients ask for exactly the workload length. `probe=(interval, fn)` samples the cluster."""
+    if config.num_replicas >= 100:  # free a previous run's cluster (cyclic garbage) first: 1,000 replicas hold ~3 GB
+        gc.collect()  # before the clocks start: the last run's garbage is not this run's work
     started, cpu_started = time.perf_counter(), time.process_time()  # the whole run, building the cluster included
     cost = load_cost_model(cost) if isinstance(cost, str) else cost
-    if config.num_replicas >= 100:  # free a previous run's cluster (cyclic garbage) first: 1,000 replicas hold ~6 GB
-        gc.collect()
     if max_tokens is not None:
         workload = [dataclasses.replace(r, output_len=min(r.output_len, max_tokens)) for r in workload]
     token_fn = eos_at_output_len(cost, workload) if max_tokens is not None else None
