@@ -73,7 +73,7 @@ def gather(batch: InputBatch, step: StepRows, out: dict[str, np.ndarray], block_
     ends = starts + counts
     out["context_lens"][:S] = ends
     W = int(batch.num_blocks[rows].max())
-    np.take(batch.block_table[:, :W], rows, axis=0, out=block_table[: S * W].reshape(S, W))
+    block_table[: S * W].reshape(S, W)[...] = batch.block_table[rows, :W]  # 2x np.take(..., out=) from the strided view
     last = cu[1:] - 1
     N = int(np.count_nonzero(samples))
     sampled = rows[samples] if N < S else rows
