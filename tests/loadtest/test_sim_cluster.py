@@ -34,6 +34,29 @@ def test_every_request_gets_its_tokens_and_the_summary_counts_them():
     assert {rec.replica_id for rec in cluster.records.values()} == {"r0", "r1"}
 
 
+def test_a_cluster_is_freed_once_dropped_even_when_its_engines_are_the_processs_first(monkeypatch):
+    """The first engine of a serving process freezes the heap (`replica/gc_tuning.py`); in the
+    simulator that kept the first 1,000-replica cluster alive for every run after it."""
+    import gc
+    import weakref
+
+    from shunter.replica import gc_tuning
+
+    monkeypatch.setattr(gc_tuning, "_tuned", False)  # as in a fresh process
+    frozen = gc.get_freeze_count()
+    try:
+        cluster = SimCluster(config(routing="least_load"), constant_cost())
+        cluster.run(skewed_output(8, 20.0, seed=1, prompt=(8, 40), short_output=(2, 10), long_output=(20, 30)))
+        alive = weakref.ref(cluster)
+        assert gc.get_freeze_count() == frozen
+        del cluster
+        gc.collect()
+        assert alive() is None
+    finally:
+        if gc.get_freeze_count() != frozen:  # a regression froze this test's heap: let the session collect it
+            gc.unfreeze()
+
+
 def test_prefix_aware_sends_a_group_where_its_prefix_is_cached():
     """Two groups arriving one after another: after the first of each, the rest land on the replica
     holding the group's system prompt (the index learned it from cache events) and hit its cache."""
