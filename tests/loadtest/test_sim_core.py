@@ -61,6 +61,7 @@ def test_run_until_stops_and_the_past_is_closed():
     with pytest.raises(ValueError, match="before now"):
         loop.at(1.5, seen.append, 0)
 
+
 def test_events_given_at_once_run_as_if_each_were_given_with_at():
     """`at_each` keeps a workload's arrivals off the heap; the order must be what `at` gives:
     time, then the order the events were given (so an arrival before a step of the same time)."""
@@ -89,7 +90,6 @@ def test_events_given_at_once_run_as_if_each_were_given_with_at():
     assert seen["at_each"] == seen["at"] and len(seen["at"]) == 253
     with pytest.raises(ValueError, match="before now"):
         loop.at_each([(1.0, seen["at"].append, ("past",))])
-
 
 
 def test_run_pauses_the_cyclic_collector_and_restores_it_even_on_an_error():
