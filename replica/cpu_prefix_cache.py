@@ -4,9 +4,11 @@ A device block that the prefix cache publishes is queued for a copy to a CPU blo
 through): the copies ride with the next step's swap-outs, a bounded number a step, so they never
 wait on their own and a burst of prefill cannot flood the link. The copy outlives the device
 block: when the device evicts it, a later prompt that reaches past the device's part of its
-chain finds the rest here and the step loads it back (a copy beside the swap-ins) instead of
-computing it. The CPU pool is shared with swapping: a swap-out takes free CPU blocks first and
-then evicts cached copies, least recently used first, never one a copy of the same step touches.
+chain finds the rest here and loads it back instead of computing it; the load runs beside the
+steps, and the request waits for it in its seat (`RequestStatus.LOADING`), or computes the tokens
+after all when it takes too long (`replica/kv_loads.py`). The CPU pool is shared with swapping:
+a swap-out takes free CPU blocks first and then evicts cached copies, least recently used first,
+never one an offload of the same step writes or a load in flight reads.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ class CpuTierStats:
     offloaded_blocks: int = 0  # device -> CPU copies made
     loaded_blocks: int = 0  # CPU -> device loads made for prefix hits
     hit_tokens: int = 0  # prompt tokens served from the CPU tier
+    load_timeouts: int = 0  # loads given up on: their requests computed those tokens instead
     evicted_blocks: int = 0  # CPU copies dropped for room
 
 
@@ -33,9 +36,14 @@ class CpuPrefixCache:
 
     # hash -> (CPU block, tokens), least recently used first
     entries: OrderedDict[int, tuple[int, tuple[int, ...]]] = field(default_factory=OrderedDict)
-    # CPU blocks a copy of this step reads (a load) or writes (an offload): not evictable until the
-    # runner has run the step's copies (two copies of one step into one block would race).
+    # CPU blocks a copy of this step writes (an offload): not evictable until the runner has run
+    # the step's copies (two copies of one step into one block would race).
     busy: set[int] = field(default_factory=set)
+    # CPU blocks loads read, with how many loads read each: not evictable until those land, which
+    # may be steps later (a load runs beside the steps, `replica/kv_loads.py`).
+    reading: dict[int, int] = field(default_factory=dict)
+    # Copies dropped while a load still reads them (`drop`): free once the last such load lands.
+    dropped: set[int] = field(default_factory=set)
     backlog: deque[tuple[int, int, tuple[int, ...]]] = field(default_factory=lambda: deque(maxlen=MAX_BACKLOG))
     stats: CpuTierStats = field(default_factory=CpuTierStats)
     events: list[CacheEvent] = field(default_factory=list)  # tier "cpu", for the router's prefix index
@@ -55,14 +63,43 @@ class CpuPrefixCache:
         self.entries[block_hash] = (cpu_block, token_ids)
         self.events.append(CacheEvent("stored", block_hash, "cpu"))
 
+    def pin(self, cpu_blocks: list[int]) -> None:
+        """A load reads these blocks from now until it lands (`unpin`)."""
+        reading = self.reading
+        for b in cpu_blocks:
+            reading[b] = reading.get(b, 0) + 1
+
+    def unpin(self, cpu_blocks: list[int]) -> list[int]:
+        """The loads of these blocks landed; the blocks that are free now (dropped, read by no load)."""
+        reading, freed = self.reading, []
+        for b in cpu_blocks:
+            left = reading[b] - 1
+            if left:
+                reading[b] = left
+                continue
+            del reading[b]
+            if b in self.dropped:
+                self.dropped.remove(b)
+                freed.append(b)
+        return freed
+
+    def drop(self, cpu_blocks: list[int]) -> None:
+        """Forget the copies in these blocks (a load of them timed out: a prompt that finds them
+        again computes them instead of waiting again); each block is free once no load reads it."""
+        gone = set(cpu_blocks)
+        for block_hash in [h for h, (b, _) in self.entries.items() if b in gone]:
+            del self.entries[block_hash]
+            self.events.append(CacheEvent("evicted", block_hash, "cpu"))
+        self.dropped |= gone
+
     @property
     def num_evictable(self) -> int:
-        return len(self.entries) - len(self.busy)
+        return len(self.entries) - len(self.busy) - (len(self.reading) - len(self.dropped))  # dropped: all read
 
     def evict_one(self) -> int | None:
-        """Drop the least recently used copy no copy of this step touches; its CPU block."""
+        """Drop the least recently used copy no copy touches; its CPU block."""
         for block_hash, (cpu_block, _) in self.entries.items():
-            if cpu_block not in self.busy:
+            if cpu_block not in self.busy and cpu_block not in self.reading:
                 del self.entries[block_hash]
                 self.stats.evicted_blocks += 1
                 self.events.append(CacheEvent("evicted", block_hash, "cpu"))

@@ -20,6 +20,7 @@ from shunter.replica.engine_protocol import CacheEvent, EngineOutput, EngineStat
 from shunter.replica.gc_tuning import tune_gc_for_serving
 from shunter.replica.grammar import Grammar, GrammarCompiler
 from shunter.replica.kv_cache_manager import KVCacheManager
+from shunter.replica.kv_loads import LoadWatch
 from shunter.replica.load_estimate import expected_blocks
 from shunter.replica.logprobs import HostLogprobs, store_prompt_logprobs
 from shunter.replica.migration import Migration
@@ -102,6 +103,7 @@ class Engine(Migration):
         staircase = self._measure_staircase(config)
         self.scheduler = Scheduler(sched_config, self.kv, policy, self.clock, costs, staircase)
         self._tile_boundaries = staircase.boundaries if staircase is not None else ()
+        self.loads = LoadWatch(self.scheduler, config.cpu_load_timeout_s, self.clock)  # from the CPU tier
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
         self._rng = random.Random(config.seed)
         self._step_time_ema = 0.0
@@ -238,6 +240,8 @@ class Engine(Migration):
             if flight.constrained:  # a grammar's next mask needs this step's token: read it back now
                 outputs += self._complete(flight)
                 flight = None
+        if self.loads.loads:
+            self.loads.poll()
         if not self.scheduler.has_unfinished():
             return outputs + (self._complete(flight) if flight is not None else [])
         started, clock_started = time.perf_counter(), self.clock.now()
@@ -281,6 +285,8 @@ class Engine(Migration):
             out.token_bitmask = self._token_mask(out)
         pending = self.runner.execute(out)
         self.kv.swaps_done()
+        if out.loading:  # a runner that copies within the step has no ticket: landed already
+            self.loads.launched([self.kv.loads[r] for r in out.loading], getattr(pending, "loads", None))
         flight = _Flight(pending, [], [], [], constrained=out.token_bitmask is not None, speculated=out.speculated)
         sampled, slots, filled, last = flight.sampled, flight.slots, flight.filled, flight.last
         limit, bs, speculated = self.max_model_len, self.block_size, out.speculated
@@ -463,7 +469,7 @@ class Engine(Migration):
                 growth += expected - held
         queries = self.kv.prefix_queries
         return EngineStats(
-            num_running=len(s.running),
+            num_running=len(s.running) + len(s.loading),
             num_waiting=len(s.waiting) + len(self._compiling),
             num_swapped=len(s.swapped),
             kv_blocks_total=self.kv.num_blocks,
@@ -492,7 +498,8 @@ class Engine(Migration):
         block_bytes, t = self.limits.kv_block_bytes, tier.stats
         return {"kv_cpu_blocks_total": self.kv.num_cpu_blocks, "kv_cpu_blocks_cached": len(tier),
                 "prefix_hits_cpu": t.hit_tokens, "cpu_offload_bytes": t.offloaded_blocks * block_bytes,
-                "cpu_load_bytes": t.loaded_blocks * block_bytes, "cpu_evicted_blocks": t.evicted_blocks}
+                "cpu_load_bytes": t.loaded_blocks * block_bytes, "cpu_evicted_blocks": t.evicted_blocks,
+                "cpu_load_timeouts": t.load_timeouts}
 
     def drain_cache_events(self) -> list[CacheEvent]:
         return self.kv.drain_events()

@@ -25,6 +25,9 @@ class EngineConfig:
     # (`replica/cpu_prefix_cache.py`); None: no CPU tier, and a swap pool of `swap_space` when
     # preemption may swap.
     cpu_kv_gib: float | None = None
+    # A load from that tier not landed this long after its step launched it is given up on: its
+    # request computes those tokens instead (`replica/kv_loads.py`).
+    cpu_load_timeout_s: float = 1.0
     policy: str = "fcfs"
     policy_settings: dict[str, Any] = field(default_factory=dict)
     # Within a class, waiting requests with more cached prefix blocks first (`policies/cache_order.py`).
@@ -71,6 +74,8 @@ class EngineConfig:
             raise ValueError(f"swap_space must be >= 0 GiB, got {self.swap_space}")
         if self.cpu_kv_gib is not None and not self.cpu_kv_gib > 0:
             raise ValueError(f"cpu_kv_gib must be > 0 GiB or None, got {self.cpu_kv_gib}")
+        if not self.cpu_load_timeout_s > 0:
+            raise ValueError(f"cpu_load_timeout_s must be > 0 seconds, got {self.cpu_load_timeout_s}")
         if not 0 < self.kv_memory_fraction <= 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1], got {self.kv_memory_fraction}")
         if self.preemption_mode not in PREEMPTION_MODES:

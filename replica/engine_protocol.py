@@ -97,13 +97,15 @@ class EngineStats:
     spec_accepted_tokens: int = 0
     # The prefix cache's CPU tier (`--cpu-kv-gib`; all 0 without it): the CPU pool's blocks and
     # those holding a prefix copy now; cumulative: prompt tokens found there (also counted in
-    # prefix_hits), bytes copied to it and loaded back, copies evicted.
+    # prefix_hits), bytes copied to it and loaded back, copies evicted, loads given up on
+    # (`cpu_load_timeout_s`: their requests computed those tokens instead).
     kv_cpu_blocks_total: int = 0
     kv_cpu_blocks_cached: int = 0
     prefix_hits_cpu: int = 0
     cpu_offload_bytes: int = 0
     cpu_load_bytes: int = 0
     cpu_evicted_blocks: int = 0
+    cpu_load_timeouts: int = 0
 
 
 @dataclass

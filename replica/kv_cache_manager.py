@@ -22,6 +22,18 @@ class PrefixHit:
     cpu_block_ids: list[int] = field(default_factory=list)  # CPU copies of the blocks after them, to load
 
 
+@dataclass(eq=False)
+class PendingLoad:
+    """A request's prefix blocks on their way from the CPU tier into fresh device blocks."""
+
+    request: Request
+    pairs: list[tuple[int, int]]  # (CPU block, device block), the tail of the request's table
+    device_tokens: int  # what its hit found on the device: all it keeps if the load is given up
+    # Given up on (timed out, or its request left): the device blocks are out of the request's
+    # table but stay held until the copy lands, so no later write races with it.
+    abandoned: bool = False
+
+
 @dataclass
 class Reservation:
     block_ids: list[int]
@@ -55,6 +67,10 @@ class KVCacheManager:
     # wait in `cpu_loads` for the step (the scheduler takes them with `take_cpu_loads`).
     cpu_tier: CpuPrefixCache | None = field(init=False, default=None)
     cpu_loads: list[tuple[int, int]] = field(init=False, default_factory=list)  # (cpu, device)
+    # Loads not landed yet: those whose requests wait for them, by request (the object: an id may
+    # come back as a new request), and those given up on, whose blocks wait for the copy to land.
+    loads: dict[Request, PendingLoad] = field(init=False, default_factory=dict)
+    abandoned_loads: set[PendingLoad] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -138,10 +154,13 @@ class KVCacheManager:
             table.extend(hit.block_ids)
             request.num_computed_tokens += hit.num_tokens
         new = self.pool.allocate(self.blocks_needed(request, num_new_tokens))
-        if loads:  # the first new blocks take the CPU tier's copies, loaded before the step runs
+        if loads:  # the first new blocks take the CPU tier's copies; the request waits for them
             assert self.cpu_tier is not None
-            self.cpu_loads.extend(zip(loads, new))
-            self.cpu_tier.busy.update(loads)
+            pairs = list(zip(loads, new))
+            self.cpu_loads.extend(pairs)
+            device_tokens = len(hit.block_ids) * self.block_size  # type: ignore[union-attr]
+            self.loads[request] = PendingLoad(request, pairs, device_tokens)
+            self.cpu_tier.pin(loads)
             self.cpu_tier.stats.loaded_blocks += len(loads)
             self.cpu_tier.stats.hit_tokens += len(loads) * self.block_size
         table.extend(new)
@@ -167,7 +186,10 @@ class KVCacheManager:
                 self.cpu_tier.backlog.append((table[i], parent, tokens))
 
     def free(self, request: Request) -> None:
-        """Release the request's device blocks (tail first: the tail is least likely to be shared)."""
+        """Release the request's device blocks (tail first: the tail is least likely to be shared);
+        those a load still writes are released when it lands."""
+        if request in self.loads:
+            self.abandon_load(request)
         table = self.block_tables.pop(request.request_id, [])
         self.pool.release(table[::-1])
         self.block_hashes.pop(request.request_id, None)
@@ -175,6 +197,40 @@ class KVCacheManager:
     def record_prefix_lookup(self, num_prompt_tokens: int, num_hit_tokens: int) -> None:
         self.prefix_queries += num_prompt_tokens
         self.prefix_hits += num_hit_tokens
+
+    # ---- loads from the CPU tier ------------------------------------------------------------
+    def load_landed(self, load: PendingLoad) -> bool:
+        """A load has landed: its CPU blocks may be evicted again. True if its request's blocks
+        now hold its prefix; False if it was given up on (its device blocks are freed now)."""
+        self.cpu_free.extend(self.cpu_tier.unpin([c for c, _ in load.pairs]))  # type: ignore[union-attr]
+        if load.abandoned:
+            self.abandoned_loads.remove(load)
+            self.pool.release([d for _, d in reversed(load.pairs)])
+            return False
+        del self.loads[load.request]
+        return True
+
+    def abandon_load(self, request: Request, timed_out: bool = False) -> int:
+        """Give up on the request's load: its table keeps only its device hit, which is all it has
+        computed; the blocks the copy writes stay held until it lands. The tokens it lost, which
+        a timed-out load's request computes instead (counted as misses, not hits); the copies a
+        timed-out load reads leave the CPU tier, so that no request waits on them again."""
+        load = self.loads.pop(request)
+        load.abandoned = True
+        self.abandoned_loads.add(load)
+        table, first, n = self.block_tables[request.request_id], load.device_tokens // self.block_size, len(load.pairs)
+        assert table[first:first + n] == [d for _, d in load.pairs], "the load's blocks follow the device hit's"
+        self.pool.release(table[first + n:][::-1])  # blocks taken beyond them (none where it waited for them)
+        del table[first:]
+        lost = request.num_computed_tokens - load.device_tokens
+        request.num_computed_tokens = load.device_tokens
+        if timed_out:
+            self.cpu_tier.drop([c for c, _ in load.pairs])  # type: ignore[union-attr]
+            stats = self.cpu_tier.stats  # type: ignore[union-attr]
+            stats.load_timeouts += 1
+            stats.hit_tokens -= lost
+            self.prefix_hits -= lost
+        return lost
 
     # ---- reservations for requests migrating in -------------------------------------------
     def reserve(self, request_id: str, num_blocks: int, now: float) -> bool:
@@ -227,6 +283,7 @@ class KVCacheManager:
 
     def swap_out(self, request: Request) -> list[tuple[int, int]]:
         """Move the request's blocks to the CPU pool; returns (device block, cpu block) pairs to copy."""
+        assert request not in self.loads, "a request whose blocks are still loading is not swapped out"
         table = self.block_tables.pop(request.request_id)
         cpu_ids = [self._take_cpu_block() for _ in table]
         assert None not in cpu_ids, "swap_out without can_swap_out"
@@ -308,11 +365,14 @@ class KVCacheManager:
         for held in self.reservations.values():
             for b in held.block_ids:
                 refs[b] += 1
+        for load in self.abandoned_loads:  # out of every table, held by the copy still writing them
+            for _, b in load.pairs:
+                refs[b] += 1
         for block in self.pool.blocks:
             assert block.ref_count == refs[block.block_id], f"block {block.block_id}: ref {block.ref_count} != {refs[block.block_id]}"
             assert (block.ref_count == 0) == (block.block_id in self.pool.free_queue)
         cached_free = sum(1 for b in self.pool.free_queue if self.pool.blocks[b].block_hash is not None)
         assert cached_free == self.pool.num_cached_free
         held_cpu = sum(len(t) for t in self.cpu_tables.values())
-        cached_cpu = len(self.cpu_tier) if self.cpu_tier is not None else 0
+        cached_cpu = len(self.cpu_tier) + len(self.cpu_tier.dropped) if self.cpu_tier is not None else 0
         assert held_cpu + len(self.cpu_free) + len(self.cpu_being_read) + cached_cpu == self.num_cpu_blocks

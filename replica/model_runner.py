@@ -24,6 +24,7 @@ from shunter.replica.draft_model import DraftModel, load_draft
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica import kv_staging
 from shunter.replica.host_fence import HostFence
+from shunter.replica.kv_loads import CudaLoad, LoadTicket
 from shunter.replica.kv_staging import StagedKV
 from shunter.replica.input_batch import InputBatch
 from shunter.replica.logprobs import PromptLogprobs, compute_prompt_logprobs, prompt_spans
@@ -76,6 +77,7 @@ class ModelRunner:
             else []
         )
         self.swap_out_fence = HostFence(self.device)  # swap-outs land in the CPU pool asynchronously
+        self._load_stream: torch.cuda.Stream | None = None  # loads from the CPU tier (a GPU's, made at the first)
         self.generators: dict[str, RequestRng] = {}  # the random (non-greedy) requests' streams
         self.decode_graphs: DecodeGraphs | None = None  # CUDA graphs of decode steps (`use_decode_graphs`)
         max_blocks = cdiv(max_model_len, block_size)
@@ -158,6 +160,25 @@ class ModelRunner:
         if to_cpu:
             self.swap_out_fence.record()
 
+    def load(self, pairs: list[tuple[int, int]]) -> LoadTicket | None:
+        """Copy prefix blocks from the CPU tier into the device pool (`replica/kv_loads.py`): on
+        a GPU on the load stream, after what the step's stream has queued so far (the swap-outs
+        and offloads, which may read a block a load then overwrites), returning when they are
+        queued; on the CPU now (None: landed)."""
+        if not pairs:
+            return None
+        if self.device.type != "cuda":
+            self.swap(pairs, to_cpu=False)
+            return None
+        if self._load_stream is None:
+            self._load_stream = torch.cuda.Stream(self.device)
+        self._load_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._load_stream):
+            self.swap(pairs, to_cpu=False)
+            event = torch.cuda.Event()
+            event.record()
+        return CudaLoad(event)
+
     def read_blocks(self, block_ids: list[int]) -> StagedKV:
         """The KV of some blocks in host memory, for a migration; on a GPU still landing when this
         returns (`kv_staging.py`: the engine thread does not wait for the copy)."""
@@ -238,9 +259,10 @@ class ModelRunner:
         isn't the last) come with `PendingTokens.tokens()`."""
         # Copies to the CPU first: a block they read may be handed to a request this step writes.
         self.swap(out.blocks_to_swap_out + out.blocks_to_offload, to_cpu=True)
-        self.swap(out.blocks_to_swap_in + out.blocks_to_load, to_cpu=False)
+        self.swap(out.blocks_to_swap_in, to_cpu=False)
+        loads = self.load(out.blocks_to_load)
         if not out.scheduled:
-            return PendingTokens(torch.zeros(0, dtype=torch.int64), None, None)
+            return PendingTokens(torch.zeros(0, dtype=torch.int64), None, None, loads=loads)
         inputs, samples = self._prepare(out)
         batch = inputs.batch
         if inputs.sizes.fills:  # async scheduling: inputs the host has not seen yet
@@ -263,6 +285,7 @@ class ModelRunner:
         self._last_tokens = sampled.tokens
         prompt = self._prompt_logprobs(out, hidden)
         pending = self.readback.start(sampled.tokens, samples, sampled.logprobs, prompt)
+        pending.loads = loads
         if drafts is not None:
             pending.draft_verdicts = _split(verdicts, drafts.counts)
         if self.timeline is not None:

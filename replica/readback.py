@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from shunter.logprobs import MAX_LOGPROBS
+from shunter.replica.kv_loads import LoadTicket
 from shunter.replica.logprobs import PromptLogprobs
 from shunter.replica.sampler import LogprobsTensors
 
@@ -29,6 +30,7 @@ class PendingTokens:
     prompt: PromptLogprobs | None = None  # likewise
     # Speculation: per request, per draft, (accepted, the token emitted instead where not).
     draft_verdicts: dict[str, list[tuple[bool, int]]] | None = None
+    loads: LoadTicket | None = None  # the step's loads from the CPU tier, when they run beside it
 
     def tokens(self) -> list[int | None]:
         """The sampled token of each scheduled request (None where none was sampled); waits."""

@@ -23,6 +23,9 @@ class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     SWAPPED = "swapped"
+    # Seated with its blocks, waiting for copies of its prefix from the CPU tier to land
+    # (`Scheduler.loading`); computes nothing until they do, or until they time out.
+    LOADING = "loading"
     FINISHED = "finished"
 
 

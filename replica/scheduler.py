@@ -20,7 +20,7 @@ from typing import Any
 
 from shunter.clock import Clock
 from shunter.mathutil import cdiv
-from shunter.replica.kv_cache_manager import KVCacheManager, PrefixHit
+from shunter.replica.kv_cache_manager import KVCacheManager, PendingLoad, PrefixHit
 from shunter.replica.policies import PolicyContext, SchedulingPolicy
 from shunter.replica.policies.cache_order import CacheAwareOrder
 from shunter.replica.policies.step_time import StepTimeModel
@@ -84,6 +84,7 @@ class SchedulerOutput:
     # (run with the swap-outs) and loads of prefix hits found there (run with the swap-ins).
     blocks_to_offload: list[tuple[int, int]] = field(default_factory=list)  # (device, cpu)
     blocks_to_load: list[tuple[int, int]] = field(default_factory=list)  # (cpu, device)
+    loading: list[Request] = field(default_factory=list)  # admitted to wait for those loads
     preempted: list[Request] = field(default_factory=list)
     # Requests the scheduler ended before running them (e.g. a deadline that can no longer be
     # met), already removed from every queue; the engine reports them with their finish_reason.
@@ -145,6 +146,9 @@ class Scheduler:
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.swapped: list[Request] = []
+        # Seated, waiting for their prefix to load from the CPU tier (`RequestStatus.LOADING`):
+        # they hold seats and blocks, and join `running` when the load lands (`load_landed`).
+        self.loading: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.deadlined: dict[str, Request] = {}  # the requests with a deadline_ms
         # Blocks the queued (waiting and swapped) requests' tokens take, kept as they come and go:
@@ -173,7 +177,7 @@ class Scheduler:
         `reserved`: its blocks were held for it (live migration) and become its block table."""
         self._track(request)
         rid, needed = request.request_id, cdiv(num_computed_tokens, self.kv.block_size)
-        if len(self.running) < self.config.max_num_seqs:
+        if self.seats_taken < self.config.max_num_seqs:
             if reserved and self.kv.reserve(rid, needed, self.clock.now()):
                 self.kv.adopt_reservation(request, needed)
             elif reserved or not self.kv.allocate(request, num_computed_tokens):
@@ -195,6 +199,8 @@ class Scheduler:
         """Take a request out of every queue and free its blocks (finish, abort, migrate away)."""
         if request.status is RequestStatus.RUNNING:
             self.running.remove(request)
+        elif request.status is RequestStatus.LOADING:
+            self.loading.remove(request)  # `kv.free` gives up on its load
         elif request.status is RequestStatus.WAITING:
             self._dequeue(request, self.waiting)
         elif request.status is RequestStatus.SWAPPED:
@@ -221,6 +227,33 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.requests)
 
+    @property
+    def seats_taken(self) -> int:
+        return len(self.running) + len(self.loading)
+
+    # ---- loads from the CPU tier -----------------------------------------------------------
+    def load_landed(self, load: PendingLoad) -> None:
+        """Its prefix is in its blocks: the request runs from this step on (one that left, or
+        gave up on the load, meanwhile only gives back the blocks the copy wrote)."""
+        request = load.request
+        if self.kv.load_landed(load) and request.status is RequestStatus.LOADING:
+            self._seated_after_load(request)
+
+    def load_timed_out(self, load: PendingLoad) -> None:
+        """The load took too long: the request runs from this step on and computes those tokens."""
+        request = load.request
+        if load.abandoned or request.status is not RequestStatus.LOADING:
+            return
+        lost = self.kv.abandon_load(request, timed_out=True)
+        request.num_cached_tokens -= lost
+        self.stats.num_recomputed_tokens += lost
+        self._seated_after_load(request)
+
+    def _seated_after_load(self, request: Request) -> None:
+        self.loading.remove(request)
+        request.status = RequestStatus.RUNNING
+        self.running.append(request)
+
     def observe_step(self, seconds: float, num_tokens: int) -> None:
         """The engine reports each step's duration; SLAI and deadlines read the fitted model."""
         self.step_model.observe(num_tokens, seconds)
@@ -234,7 +267,7 @@ class Scheduler:
         self._preempt_for_rank(step, out)
         # With every seat taken no queued request can start this step (a preemption in it closes
         # admission), so the policy is not asked to order a queue that may be deep.
-        seats_left = len(self.running) < self.config.max_num_seqs
+        seats_left = self.seats_taken < self.config.max_num_seqs
         plan = self.policy.plan(list(self.running), list(self.swapped) if seats_left else [],
                                 list(self.waiting) if seats_left else [])
         if self.cache_order is not None and seats_left:
@@ -313,7 +346,7 @@ class Scheduler:
         cpu_blocks = len(self.kv.cpu_tables[req.request_id])
         grow = max(cdiv(req.num_computed_tokens + num_new, self.kv.block_size) - cpu_blocks, 0)
         if (
-            len(self.running) >= self.config.max_num_seqs
+            self.seats_taken >= self.config.max_num_seqs
             or cpu_blocks + grow > self.kv.num_free_blocks
             or not self._under_watermark(req, step)
         ):
@@ -328,11 +361,12 @@ class Scheduler:
         self._schedule(req, num_new, step, out)
 
     def _admit(self, req: Request, step: _Step, out: SchedulerOutput) -> None:
-        if len(self.running) >= self.config.max_num_seqs or not self._under_watermark(req, step):
+        if self.seats_taken >= self.config.max_num_seqs or not self._under_watermark(req, step):
             step.admitting = False
             return
         hit = self.kv.find_prefix(req) if req.num_computed_tokens == 0 else PrefixHit([], 0)
-        num_new = self._num_new(req, step, already=hit.num_tokens)
+        # With blocks to load it computes nothing until they land: it takes only theirs now.
+        num_new = 0 if hit.cpu_block_ids else self._num_new(req, step, already=hit.num_tokens)
         if not self.kv.allocate(req, num_new, hit):
             step.admitting = False
             return
@@ -340,12 +374,17 @@ class Scheduler:
             req.num_cached_tokens = hit.num_tokens
             self.kv.record_prefix_lookup(req.num_prompt_tokens, hit.num_tokens)
         self._dequeue(req, self.waiting)
+        if req in self.kv.loads:  # part of its prefix comes from the CPU tier: it waits for that
+            self._seat(req, step, self.loading, RequestStatus.LOADING)
+            out.loading.append(req)
+            return
         self._seat(req, step)
         self._schedule(req, num_new, step, out)
 
-    def _seat(self, req: Request, step: _Step) -> None:
-        self.running.append(req)
-        req.status = RequestStatus.RUNNING
+    def _seat(self, req: Request, step: _Step, seats: list[Request] | None = None,
+              status: RequestStatus = RequestStatus.RUNNING) -> None:
+        (self.running if seats is None else seats).append(req)
+        req.status = status
         if step.reserved_blocks is not None:
             step.reserved_blocks += self._future_blocks(req)
 
@@ -377,7 +416,7 @@ class Scheduler:
         if not self.policy.preemptive or not queued or not self.running:
             return
         head = min(queued, key=self.policy.queue_key)
-        need_seat = len(self.running) >= self.config.max_num_seqs
+        need_seat = self.seats_taken >= self.config.max_num_seqs
         need_blocks = self._blocks_to_start(head, step.budget) - self.kv.num_free_blocks
         victims: list[Request] = []
         candidates = list(self.running)
@@ -456,14 +495,16 @@ class Scheduler:
     # ---- checks ----------------------------------------------------------------------------
     def check_invariants(self, out: SchedulerOutput | None = None) -> None:
         live = set(self.requests)
-        assert len(self.running) <= self.config.max_num_seqs
-        assert {r.request_id for r in self.waiting + self.running + self.swapped} == live
-        assert len(self.waiting) + len(self.running) + len(self.swapped) == len(live)
+        assert self.seats_taken <= self.config.max_num_seqs
+        assert {r.request_id for r in self.waiting + self.running + self.swapped + self.loading} == live
+        assert len(self.waiting) + len(self.running) + len(self.swapped) + len(self.loading) == len(live)
         assert self.queued_blocks == sum(cdiv(r.num_tokens, self.kv.block_size) for r in self.waiting + self.swapped)
         assert set(self.deadlined) == {rid for rid, r in self.requests.items() if r.params.deadline_ms is not None}
         for req in self.running:
             assert req.status is RequestStatus.RUNNING
             assert len(self.kv.blocks_of(req.request_id)) * self.kv.block_size >= req.num_computed_tokens
+        for req in self.loading:
+            assert req.status is RequestStatus.LOADING and req in self.kv.loads
         for req in self.swapped:
             assert req.status is RequestStatus.SWAPPED
             assert req.request_id in self.kv.cpu_tables and req.request_id not in self.kv.block_tables

@@ -15,7 +15,8 @@ from shunter.replica.engine_protocol import EngineStats
 
 # The cumulative fields of `EngineStats` the metrics show as counters.
 ENGINE_COUNTS = ("num_preemptions", "num_swaps", "prefix_queries", "prefix_hits", "spec_draft_tokens",
-                 "spec_accepted_tokens", "prefix_hits_cpu", "cpu_offload_bytes", "cpu_load_bytes", "cpu_evicted_blocks")
+                 "spec_accepted_tokens", "prefix_hits_cpu", "cpu_offload_bytes", "cpu_load_bytes", "cpu_evicted_blocks",
+                 "cpu_load_timeouts")
 
 
 @dataclass

@@ -34,6 +34,8 @@ COUNTERS = {
     "cpu_offload_bytes": ("shunter:kv_cpu_offload_bytes", "KV bytes copied to the CPU tier of the prefix cache."),
     "cpu_load_bytes": ("shunter:kv_cpu_load_bytes", "KV bytes loaded back from the CPU tier for prefix hits."),
     "cpu_evicted_blocks": ("shunter:kv_cpu_evicted_blocks", "Prefix copies evicted from the CPU tier for room."),
+    "cpu_load_timeouts": ("shunter:kv_cpu_load_timeouts", "Loads from the CPU tier given up on after "
+                          "--cpu-load-timeout (their tokens were computed instead)."),
 }
 
 

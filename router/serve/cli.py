@@ -86,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU memory per replica for one KV pool serving swap and a second tier of the prefix "
                              "cache: published blocks are copied there, and a prefix evicted from the device is "
                              "loaded back instead of recomputed (default: no CPU tier)")
+    parser.add_argument("--cpu-load-timeout", type=float_above(0), default=None, metavar="SECONDS",
+                        help="a load from the CPU tier not landed after this long is given up on: its request "
+                             "computes those tokens instead (default: 1.0)")
     parser.add_argument("--no-async-scheduling", action="store_true",
                         help="replicas step synchronously: the next step is scheduled only once this one's tokens "
                              "are back (default: scheduled while the device runs this one)")
@@ -166,6 +169,8 @@ def check_scheduling(args: argparse.Namespace) -> None:
 def check_cpu_kv(args: argparse.Namespace) -> None:
     """`--cpu-kv-gib` must fit in this machine's memory, for every replica a local Ray places here."""
     if args.cpu_kv_gib is None:
+        if args.cpu_load_timeout is not None:
+            raise ValueError("--cpu-load-timeout: needs --cpu-kv-gib (there is no CPU tier to load from)")
         return
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     here = args.replicas if args.address is None else 1
@@ -197,6 +202,7 @@ def _engine_config(args: argparse.Namespace):
     return EngineConfig(model=args.model, policy=args.policy, preemption_mode=args.preemption_mode, device=device,
                         num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs, num_threads=threads,
                         cpu_kv_gib=args.cpu_kv_gib,
+                        cpu_load_timeout_s=args.cpu_load_timeout or EngineConfig.cpu_load_timeout_s,
                         async_scheduling=not args.no_async_scheduling, cache_aware_order=args.cache_aware_order,
                         max_num_batched_tokens=args.max_num_batched_tokens,
                         **speculative_options.engine_settings(args))

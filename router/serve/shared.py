@@ -22,9 +22,9 @@ from shunter.router.shared_state import ReplicaEntry
 NAMESPACE = "shunter"
 # Options that configure replicas: a frontend-only serve attaches to replicas already configured.
 REPLICA_OPTIONS = ("model", "replicas", "policy", "preemption_mode", "num_cpus_per_replica", "num_gpus_per_replica",
-                   "num_threads", "device", "num_kv_blocks", "max_num_seqs", "cpu_kv_gib", "large_cache_replicas",
-                   "large_cache_factor", "prefill_replicas", "prefill_last_chunk_tokens", "placement",
-                   "wait_for_resources")
+                   "num_threads", "device", "num_kv_blocks", "max_num_seqs", "cpu_kv_gib", "cpu_load_timeout",
+                   "large_cache_replicas", "large_cache_factor", "prefill_replicas", "prefill_last_chunk_tokens",
+                   "placement", "wait_for_resources")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

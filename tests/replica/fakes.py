@@ -28,6 +28,31 @@ class FakeModelConfig:
     max_position_embeddings: int = 4096
 
 
+class FakeLoad:
+    """A step's loads from the CPU tier that land `delay_s` after launch on the fake clock: the
+    copy is made then, so a block handed to another request meanwhile would show in its KV check."""
+
+    def __init__(self, runner: FakeRunner, pairs: list[tuple[int, int]], lands_at: float) -> None:
+        self.runner, self.pairs, self.lands_at, self.landed = runner, list(pairs), lands_at, False
+        self.slots = [list(runner.cpu_slots[c]) for c, _ in pairs]  # what the CPU blocks hold at launch
+
+    def done(self) -> bool:
+        if not self.landed and self.runner.clock.now() >= self.lands_at:
+            self.landed = True
+            for (_, dev), slots in zip(self.pairs, self.slots):
+                self.runner.device_slots[dev] = list(slots)
+        return self.landed
+
+    def wait(self, timeout_s: float) -> bool:
+        return self.done()
+
+
+class FakePending(list):
+    """A step's tokens, and its loads when they land later (`FakeRunner.load_delay_s`)."""
+
+    loads: FakeLoad | None = None
+
+
 class FakeRunner:
     """Synchronous, but it speaks async scheduling: a placeholder input token is the token it
     sampled for that request in the step before, as the real runner takes it from the device."""
@@ -50,6 +75,8 @@ class FakeRunner:
         self.sampled: dict[str, int] = {}  # the last token each request sampled
         self.removed: list[str] = []  # remove_request calls, in order
         self.staircase: StepStaircase | None = None  # what `measure_step_staircase` "finds"
+        # Loads from the CPU tier: None copies them within the step; else they land this long after.
+        self.load_delay_s: float | None = None
 
     def measure_step_staircase(self, max_tokens: int) -> StepStaircase | None:
         """The scripted staircase as a timing up to `max_tokens` would find it."""
@@ -74,13 +101,18 @@ class FakeRunner:
         for b, slots in zip(block_ids, kv):
             self.device_slots[b] = list(slots)
 
-    def execute(self, out: SchedulerOutput) -> list[int | None]:
+    def execute(self, out: SchedulerOutput) -> FakePending:
         self.steps.append(out)
-        for dev, cpu in out.blocks_to_swap_out:
+        for dev, cpu in out.blocks_to_swap_out + out.blocks_to_offload:
             self.cpu_slots[cpu] = list(self.device_slots[dev])
         for cpu, dev in out.blocks_to_swap_in:
             self.device_slots[dev] = list(self.cpu_slots[cpu])
-        tokens: list[int | None] = []
+        tokens = FakePending()
+        if out.blocks_to_load and self.load_delay_s is None:
+            for cpu, dev in out.blocks_to_load:
+                self.device_slots[dev] = list(self.cpu_slots[cpu])
+        elif out.blocks_to_load:
+            tokens.loads = FakeLoad(self, out.blocks_to_load, self.clock.now() + self.load_delay_s)
         bs = self.block_size
         for s in out.scheduled:
             all_tokens = s.request.all_token_ids

@@ -1,11 +1,14 @@
 """The prefix cache's CPU tier: published blocks are copied to the CPU pool a bounded number a
 step, a prefix the device evicted is found there and loaded into fresh blocks, swap-outs evict
-copies least recently used first but never one a copy of the same step reads or writes, and the CPU pool's
-accounting holds under swap and cache use together (randomized); on the real model, greedy
-tokens equal the reference when blocks come from the CPU tier."""
+copies least recently used first but never one a copy of the same step writes or a load in flight
+reads; a load given up on keeps its device blocks held until it lands; the CPU pool's accounting
+holds under swap, cache use and loads that land late or are given up on, together (randomized);
+on the real model, greedy tokens equal the reference when blocks come from the CPU tier, and when
+a load times out and the request computes those tokens instead."""
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
@@ -74,7 +77,7 @@ def test_the_device_part_of_a_chain_comes_first_then_the_cpu_part():
     assert hit.block_ids == device[:2] and len(hit.cpu_block_ids) == 1 and hit.num_tokens == 12
 
 
-def test_a_swap_out_evicts_copies_but_never_one_a_copy_of_the_step_touches():
+def test_a_swap_out_evicts_copies_but_never_one_a_load_still_reads():
     kv = tiered(num_blocks=8, num_cpu_blocks=3)
     compute(kv, a := req("a", list(range(12))), 12)
     kv.take_cpu_offloads()
@@ -86,8 +89,10 @@ def test_a_swap_out_evicts_copies_but_never_one_a_copy_of_the_step_touches():
     assert len(hit.cpu_block_ids) == 3 and kv.allocate(again, 1, hit)
     victim = req("v", [9] * 4)
     compute(kv, victim, 4)
-    assert not kv.can_swap_out(victim)  # every CPU block is being loaded this step
+    assert not kv.can_swap_out(victim)  # every CPU block is being loaded
     kv.swaps_done()
+    assert not kv.can_swap_out(victim)  # the step's copies are done, but a load may land steps later
+    assert kv.load_landed(kv.loads[again])
     assert kv.can_swap_out(victim)
     pairs = kv.swap_out(victim)
     assert len(pairs) == 1 and len(kv.cpu_tier) == 2 and kv.cpu_tier.stats.evicted_blocks == 1
@@ -104,9 +109,10 @@ def test_lru_eviction_order():
 @pytest.mark.parametrize("seed", range(3))
 def test_cpu_pool_accounting_survives_swap_and_cache_use_together(seed):
     rng = random.Random(seed)
-    kv = tiered(num_blocks=12, num_cpu_blocks=6)
+    kv = tiered(num_blocks=8, num_cpu_blocks=16)
     live: dict[str, Request] = {}
     swapped: dict[str, Request] = {}
+    in_flight = []  # loads launched, landing a few steps later (some given up on first)
     prompts = [[rng.randrange(4) for _ in range(rng.randrange(4, 17))] for _ in range(6)]
     for step in range(400):
         writes = [c for _, c in kv.take_cpu_offloads(limit=rng.randrange(1, 4))]  # CPU blocks this step writes
@@ -122,7 +128,7 @@ def test_cpu_pool_accounting_survives_swap_and_cache_use_together(seed):
             kv.free(live.pop(rng.choice(list(live))))
         elif action < 0.75 and live:
             r = live[rng.choice(list(live))]
-            if kv.can_swap_out(r):
+            if r not in kv.loads and kv.can_swap_out(r):
                 writes += [c for _, c in kv.swap_out(r)]
                 swapped[r.request_id] = live.pop(r.request_id)
         elif action < 0.9 and swapped:
@@ -132,13 +138,48 @@ def test_cpu_pool_accounting_survives_swap_and_cache_use_together(seed):
                 live[r.request_id] = swapped.pop(r.request_id)
         elif swapped:
             kv.free_swapped(swapped.pop(rng.choice(list(swapped))))
-        kv.take_cpu_loads()  # loads run after the step's writes: reading a block written this step is in order
+        # Loads run after the step's writes (reading a block written this step is in order) and
+        # land steps later, or are given up on first.
+        in_flight += [kv.loads[r] for r in live.values() if r in kv.loads and kv.loads[r] not in in_flight]
+        kv.take_cpu_loads()
+        for load in list(in_flight):
+            if rng.random() < 0.3:
+                in_flight.remove(load)
+                kv.load_landed(load)
+            elif not load.abandoned and rng.random() < 0.1:
+                kv.abandon_load(load.request, timed_out=True)
         assert len(writes) == len(set(writes)), "two copies of one step write one CPU block"
         kv.swaps_done()
         kv.check_invariants(set(live))
         cpu_ids = [c for t in kv.cpu_tables.values() for c in t] + [c for c, _ in kv.cpu_tier.entries.values()]
         assert len(cpu_ids) == len(set(cpu_ids)), "a CPU block both holds a swapped request and a prefix copy"
     assert kv.cpu_tier.stats.offloaded_blocks > 0 and kv.cpu_tier.stats.evicted_blocks > 0
+    assert kv.cpu_tier.stats.loaded_blocks > 0 and kv.cpu_tier.stats.load_timeouts > 0
+
+
+def test_a_load_given_up_on_holds_its_blocks_until_it_lands():
+    kv = tiered(num_blocks=4)
+    prompt = list(range(12))
+    compute(kv, a := req("a", prompt), 12)
+    kv.take_cpu_offloads()
+    kv.free(a)
+    compute(kv, other := req("o", list(range(100, 116))), 16)  # a's blocks leave the device
+    kv.free(other)
+    again = req("a2", prompt + [7])
+    hit = kv.find_prefix(again)
+    assert kv.allocate(again, 0, hit) and again.num_computed_tokens == 12
+    targets = list(kv.blocks_of("a2"))
+    load = kv.loads[again]
+    assert kv.abandon_load(again, timed_out=True) == 12
+    assert again.num_computed_tokens == 0 and kv.blocks_of("a2") == []
+    assert kv.num_free_blocks == 1 and kv.cpu_tier.stats.hit_tokens == 0 and kv.cpu_tier.stats.load_timeouts == 1
+    kv.check_invariants({"a2"})
+    compute(kv, again, 4)  # it computes instead, in a block the copy does not write
+    assert kv.blocks_of("a2")[0] not in targets
+    assert not kv.load_landed(load)  # the copy lands: its blocks are free again
+    assert kv.num_free_blocks == 3
+    kv.free(again)
+    kv.check_invariants(set())
 
 
 def test_a_cpu_pool_size_that_is_not_positive_is_refused():
@@ -165,3 +206,51 @@ def test_greedy_tokens_equal_the_reference_when_blocks_come_from_the_cpu_tier(sm
     stats = llm.engine.stats()
     assert stats.prefix_hits_cpu >= 10 * 16 and stats.cpu_load_bytes > 0 and stats.cpu_offload_bytes > 0
     assert llm.engine.kv.num_blocks_in_use() == 0
+
+
+class _LateLoad:
+    """A load that lands `after_s` after it starts, writing garbage: blocks handed on before then
+    would show in the tokens."""
+
+    def __init__(self, runner, pairs, after_s: float) -> None:
+        self.runner, self.pairs, self.lands_at, self.landed = runner, pairs, time.monotonic() + after_s, False
+
+    def done(self) -> bool:
+        if not self.landed and time.monotonic() >= self.lands_at:
+            ids = [d for _, d in self.pairs]
+            for k, v in self.runner.kv_caches:
+                k[ids], v[ids] = 7.0, -7.0
+            self.landed = True
+        return self.landed
+
+    def wait(self, timeout_s: float) -> bool:
+        return self.done()
+
+
+@pytest.mark.slow
+def test_greedy_tokens_equal_the_reference_when_a_cpu_tier_load_times_out(smollm2_folder):
+    """The same prompts, but the load of the first prompt's prefix lands only after its timeout:
+    the request computes those tokens instead (waiting, in a pool this small, for the blocks the
+    late copy holds), the copy landing late writes garbage that reaches no request's KV, and the
+    copies it read leave the CPU tier."""
+    passage = " ".join(f"Car {i} goes to track {i % 7}." for i in range(20))
+    params = SamplingParams(max_tokens=8, temperature=0)
+    llm = LLM(model="smollm2-135m-instruct", device="cpu", num_kv_blocks=20, cpu_kv_gib=0.05,
+              cpu_load_timeout_s=0.01, check_invariants=True)
+    tok = llm.tokenizer
+    first, others = tok(passage).input_ids, [tok(f"Story {j}: " + " ".join(f"w{j}_{i}" for i in range(40))).input_ids
+                                             for j in range(3)]
+    reference = LLM(model="smollm2-135m-instruct", device="cpu").generate([first, *others], params, use_tqdm=False)
+    llm.generate([first], params, use_tqdm=False)
+    for prompt in others:
+        llm.generate([prompt], params, use_tqdm=False)
+    runner, late = llm.engine.runner, []
+    runner.load = lambda pairs: late.append(_LateLoad(runner, pairs, 0.5)) or late[-1] if pairs else None
+    got = llm.generate([first], params, use_tqdm=False)
+    assert got[0].outputs[0].token_ids == reference[0].outputs[0].token_ids
+    stats = llm.engine.stats()
+    # One load only: its copies left the CPU tier, so nothing waits on them again.
+    assert len(late) == 1 and late[0].landed and stats.cpu_load_timeouts == 1
+    again = llm.generate(others, params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in again] == [o.outputs[0].token_ids for o in reference[1:]]
+    assert llm.engine.kv.num_blocks_in_use() == 0 and not llm.engine.kv.abandoned_loads

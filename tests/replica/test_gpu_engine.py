@@ -109,3 +109,28 @@ def test_kv_pool_leaves_room_for_the_largest_step():
           f"{torch.cuda.memory_reserved() / 2**30:.2f} GiB (peak {torch.cuda.max_memory_reserved() / 2**30:.2f}), "
           f"allocated peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     assert total - free <= util * total + slack
+
+
+@pytest.mark.gpu
+def test_a_prefix_loaded_from_the_cpu_tier_on_the_copy_stream_gives_the_device_hits_tokens(smollm2_folder):
+    """On a GPU a CPU-tier load runs on its own stream beside the steps. The prompt asked again
+    after its blocks left the device (loaded back) gets the tokens it gets when they never left
+    (a device hit): both compute the same tail over the same KV bits."""
+    passage = " ".join(f"Car {i} goes to track {i % 7}." for i in range(20))
+    params = SamplingParams(max_tokens=16, temperature=0)
+    tiered = LLM(model=str(smollm2_folder), device="cuda", num_kv_blocks=20, cpu_kv_gib=0.05, check_invariants=True,
+                 enforce_eager=True)
+    tok = tiered.tokenizer
+    first = tok(passage).input_ids
+    others = [tok(f"Story {j}: " + " ".join(f"w{j}_{i}" for i in range(40))).input_ids for j in range(3)]
+    tiered.generate([first], params, use_tqdm=False)
+    for prompt in others:
+        tiered.generate([prompt], params, use_tqdm=False)
+    loaded = tiered.generate([first], params, use_tqdm=False)[0].outputs[0].token_ids
+    stats = tiered.engine.stats()
+    assert stats.prefix_hits_cpu >= 10 * 16 and stats.cpu_load_timeouts == 0
+    assert tiered.engine.kv.num_blocks_in_use() == 0 and not tiered.engine.loads.loads
+    del tiered
+    device = LLM(model=str(smollm2_folder), device="cuda", num_kv_blocks=200, enforce_eager=True)
+    device.generate([first], params, use_tqdm=False)
+    assert device.generate([first], params, use_tqdm=False)[0].outputs[0].token_ids == loaded

@@ -13,7 +13,8 @@ from shunter.sampling_params import SamplingParams
 from tests.fakes import FakeEngine
 
 # Counts of the prefix cache's CPU tier: none in these engines.
-NO_CPU_TIER = {"prefix_hits_cpu": 0, "cpu_offload_bytes": 0, "cpu_load_bytes": 0, "cpu_evicted_blocks": 0}
+NO_CPU_TIER = {"prefix_hits_cpu": 0, "cpu_offload_bytes": 0, "cpu_load_bytes": 0, "cpu_evicted_blocks": 0,
+               "cpu_load_timeouts": 0}
 
 
 def stats(preemptions: int = 0, swaps: int = 0, queries: int = 0, hits: int = 0) -> EngineStats:

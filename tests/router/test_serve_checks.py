@@ -70,6 +70,8 @@ def serve(capsys, *argv: str) -> tuple[int, str]:
     (["--speculative", "draft"], "error: --speculative: draft needs --speculative-model"),
     (["--cpu-kv-gib", "100000"], "error: --cpu-kv-gib: 2 x 100000 GiB is more than this machine's"),
     (["--cpu-kv-gib", "-1"], "error: --cpu-kv-gib: must be a number > 0"),
+    (["--cpu-kv-gib", "1", "--cpu-load-timeout", "0"], "error: --cpu-load-timeout: must be a number > 0"),
+    (["--cpu-load-timeout", "2"], "error: --cpu-load-timeout: needs --cpu-kv-gib (there is no CPU tier"),
     (["--cpu-tier-credit", "1.5"], "error: --cpu-tier-credit: must be in [0, 1]"),
     (["--routing", "least_load", "--balance-abs-threshold", "1024"],
      "error: --balance-abs-threshold: only --routing prefix_aware has an imbalance guard, got --routing least_load"),
