@@ -48,7 +48,7 @@ class StepShape:
     num_rows: int = 0  # sequences that sample a token (logit rows)
     kv_tokens: int = 0  # cached tokens the step's queries read: sum of (start + new)
     attn_keys: int = 0  # (query, key) pairs attended
-    swap_tokens: int = 0  # KV tokens copied between device and CPU (swaps, and the prefix cache's CPU tier)
+    swap_tokens: int = 0  # KV tokens copied between device and CPU (swaps, and the prefix cache's CPU tier's offloads)
 
     @classmethod
     def of(cls, out: SchedulerOutput, block_size: int) -> StepShape:
@@ -59,8 +59,8 @@ class StepShape:
             kv += start + n
             keys += n * start + n * (n + 1) // 2
             rows += start + n == s.request.num_tokens  # ScheduledRequest.samples, inlined: hot
-        swapped = (len(out.blocks_to_swap_in) + len(out.blocks_to_swap_out) + len(out.blocks_to_load)
-                   + len(out.blocks_to_offload)) * block_size  # the CPU tier's copies ride with the swaps
+        # The CPU tier's offloads ride with the swaps; its loads run beside the step (`SimRunner`).
+        swapped = (len(out.blocks_to_swap_in) + len(out.blocks_to_swap_out) + len(out.blocks_to_offload)) * block_size
         return cls(tokens, len(out.scheduled), rows, kv, keys, swapped)
 
     def features(self) -> list[float]:

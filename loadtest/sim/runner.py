@@ -19,6 +19,9 @@ from shunter.replica.scheduler import SchedulerOutput
 from shunter.replica.step_staircase import StepStaircase
 
 MIN_STEP_S = 1e-6  # a step always takes some time, so a replica never loops at one instant
+# With nothing to run but requests waiting for loads, the engine waits this long at most for one
+# (`replica/kv_loads.py`): a simulated empty step lasts until the next load lands, at most this.
+MAX_LOAD_WAIT_S = 0.005
 
 # The token a request makes when its computed tokens reach `end`: any pure function will do.
 TokenFn = Callable[[Request, int], int]
@@ -42,6 +45,27 @@ class SimModelConfig:
     max_position_embeddings: int = 4096
 
 
+@dataclass(slots=True)
+class SimLoad:
+    """A step's loads from the CPU tier, on a copy stream of their own: they land after their
+    copy time (`CostModel.kv_copy_seconds`) and lengthen no step."""
+
+    clock: ReplicaClock
+    lands_at: float
+
+    def done(self) -> bool:
+        return self.clock.now() >= self.lands_at
+
+    def wait(self, timeout_s: float) -> bool:
+        return self.done()
+
+
+class StepTokens(list):
+    """A step's tokens, and its loads (None: the step launched none)."""
+
+    loads: SimLoad | None = None
+
+
 class SimRunner:
     tokenizer = None
 
@@ -55,6 +79,7 @@ class SimRunner:
         self.generators: dict[str, None] = {}
         self.busy_s = 0.0  # virtual seconds spent in steps
         self.num_steps = 0
+        self._loads: list[SimLoad] = []  # not landed yet
 
     def add_generator(self, request_id: str, seed: int) -> None:
         self.generators[request_id] = None
@@ -71,6 +96,19 @@ class SimRunner:
     def measure_step_staircase(self, max_tokens: int) -> StepStaircase:
         return self.cost.staircase(max_tokens)
 
+    def _launch_loads(self, out: SchedulerOutput, tokens: StepTokens, seconds: float) -> float:
+        """Start the step's loads; a step with nothing to compute lasts until the next load lands
+        (at most `MAX_LOAD_WAIT_S`), as the engine waits for one. The step's duration."""
+        now = self.clock.now()
+        if out.blocks_to_load:
+            copy_s = self.cost.kv_copy_seconds(len(out.blocks_to_load) * self.block_size)
+            tokens.loads = SimLoad(self.clock, now + copy_s)
+            self._loads.append(tokens.loads)
+        self._loads = [x for x in self._loads if x.lands_at > now]
+        if not out.scheduled and self._loads:
+            seconds = max(seconds, min(min(x.lands_at for x in self._loads) - now, MAX_LOAD_WAIT_S))
+        return seconds
+
     def read_blocks(self, block_ids: list[int]) -> list[int]:
         """Stands for the blocks' KV in a migration: what moves is priced by the cluster."""
         return list(block_ids)
@@ -79,13 +117,15 @@ class SimRunner:
         if len(kv) != len(block_ids):
             raise ValueError(f"{len(kv)} blocks of KV arrived for {len(block_ids)} blocks")
 
-    def execute(self, out: SchedulerOutput) -> list[int | None]:
+    def execute(self, out: SchedulerOutput) -> StepTokens:
         seconds = max(self.cost.step_seconds(StepShape.of(out, self.block_size)), MIN_STEP_S)
+        tokens = StepTokens()
+        if out.blocks_to_load or self._loads:
+            seconds = self._launch_loads(out, tokens, seconds)
         self.clock.lead = seconds
         self.busy_s += seconds
         self.num_steps += 1
         token_fn = self.token_fn
-        tokens: list[int | None] = []
         for s in out.scheduled:
             end = s.start + s.num_new_tokens
             tokens.append(token_fn(s.request, end) if end == s.request.num_tokens else None)

@@ -260,3 +260,27 @@ def test_commands_wait_for_the_running_step_and_tokens_come_at_its_end():
     loop.run()
     assert seen == [(0.5, ["a"]), (1.0, ["a", "b"]), (1.5, ["b"])]
     assert math.isclose(replica.runner.busy_s, 1.5)
+
+
+def test_a_simulated_load_runs_beside_the_steps_and_an_empty_step_waits_for_it():
+    """CPU-tier loads lengthen no step and land after their copy time; a step with nothing to
+    compute lasts until the next load lands, at most the engine's wait (`MAX_LOAD_WAIT_S`)."""
+    from shunter.loadtest.sim.runner import MAX_LOAD_WAIT_S, SimRunner
+
+    step_s, per_token_s = 0.001, 1e-5
+    cost = CostModel("copies", "test", LinearCost({"fixed": step_s, "swap_tokens": per_token_s}), vocab_size=1000,
+                     max_model_len=4096, kv_bytes_per_token=64, eos_token_ids=(0,))
+    loop = EventLoop()
+    clock = ReplicaClock(loop)
+    runner = SimRunner(cost, clock, num_blocks=64, num_cpu_blocks=64, block_size=16)
+    r = Request("r", [3] * 40, SamplingParams(max_tokens=4), arrival_time=0.0)
+    tokens = runner.execute(SchedulerOutput(scheduled=[ScheduledRequest(r, 0, 8, [0])], blocks_to_load=[(0, 1)] * 50))
+    assert clock.lead == pytest.approx(step_s)  # 800 tokens' load (8 ms) beside it, not in it
+    clock.lead = 0.0
+    assert tokens.loads.lands_at == pytest.approx(800 * per_token_s) and not tokens.loads.done()
+    runner.execute(SchedulerOutput())  # nothing to compute: it waits for the load, at most MAX_LOAD_WAIT_S
+    assert MAX_LOAD_WAIT_S < 800 * per_token_s and clock.lead == pytest.approx(MAX_LOAD_WAIT_S)
+    loop.t, clock.lead = 0.009, 0.0
+    assert tokens.loads.done()
+    runner.execute(SchedulerOutput())
+    assert clock.lead == pytest.approx(step_s)  # landed: an empty step is a plain one again

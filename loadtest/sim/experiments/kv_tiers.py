@@ -63,8 +63,9 @@ def kv_tiers(scale: Scale) -> Result:
         verdict=f"goal (>= 20% lower mean TTFT): {verdict}. Each context ({CONTEXT} tokens) is revisited at random; "
                 f"a replica's device pool holds about 5 of the {GROUPS}, its CPU tier about 32. Routing by device "
                 "blocks only sends a context whose blocks left the device to the least loaded replica, which "
-                "computes it again; tier-aware routing sends it where the CPU tier holds it, and the step loads it "
-                "at PCIe speed (32 GB/s assumed, priced as a swap) instead. With the default imbalance guard most "
+                "computes it again; tier-aware routing sends it where the CPU tier holds it, which loads it at "
+                "PCIe speed (32 GB/s assumed, the swaps' price) beside the steps while the request waits in its "
+                "seat, instead. With the default imbalance guard most "
                 "decisions fall back to least load whatever the cache says, for both routings, so the tier's "
                 "routing barely matters there; `shunter serve` sizes the guard with `--balance-abs-threshold` and "
                 "`--balance-rel-threshold` (the second guard above: 1024 and 2).",
