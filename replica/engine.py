@@ -286,7 +286,7 @@ class Engine(Migration):
         pending = self.runner.execute(out)
         self.kv.swaps_done()
         if out.loading:  # a runner that copies within the step has no ticket: landed already
-            self.loads.launched([self.kv.loads[r] for r in out.loading], getattr(pending, "loads", None))
+            self.loads.launched(out.loading, getattr(pending, "loads", None))
         flight = _Flight(pending, [], [], [], constrained=out.token_bitmask is not None, speculated=out.speculated)
         sampled, slots, filled, last = flight.sampled, flight.slots, flight.filled, flight.last
         limit, bs, speculated = self.max_model_len, self.block_size, out.speculated

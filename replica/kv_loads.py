@@ -3,7 +3,8 @@
 A request whose prefix goes on in the CPU tier (`replica/cpu_prefix_cache.py`) takes fresh
 device blocks for that part and waits in its seat (`RequestStatus.LOADING`) while they are
 copied in: on a GPU on a copy stream of its own (`ModelRunner.load`), so no step's forward pass
-waits for the copies; on the CPU, and in the simulator, within the step that starts them. Before
+waits for the copies; on the CPU within the step that starts them (the simulator's runner prices
+them as a GPU runs them: `loadtest/sim/runner.py`). Before
 each schedule the engine polls its loads (`LoadWatch.poll`): the requests of a landed load run
 from that step on; those of a load not landed `cpu_load_timeout_s` after its step launched it
 run anyway and compute the tokens themselves, as vLLM's KV connectors fall back to recompute on a

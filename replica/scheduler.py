@@ -81,10 +81,10 @@ class SchedulerOutput:
     blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)  # (device, cpu)
     blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)  # (cpu, device)
     # The CPU tier of the prefix cache (`replica/cpu_prefix_cache.py`): copies of published blocks
-    # (run with the swap-outs) and loads of prefix hits found there (run with the swap-ins).
+    # (run with the swap-outs) and loads of prefix hits found there (`ModelRunner.load`: beside the step).
     blocks_to_offload: list[tuple[int, int]] = field(default_factory=list)  # (device, cpu)
     blocks_to_load: list[tuple[int, int]] = field(default_factory=list)  # (cpu, device)
-    loading: list[Request] = field(default_factory=list)  # admitted to wait for those loads
+    loading: list[PendingLoad] = field(default_factory=list)  # of the requests admitted to wait for those loads
     preempted: list[Request] = field(default_factory=list)
     # Requests the scheduler ended before running them (e.g. a deadline that can no longer be
     # met), already removed from every queue; the engine reports them with their finish_reason.
@@ -375,16 +375,15 @@ class Scheduler:
             self.kv.record_prefix_lookup(req.num_prompt_tokens, hit.num_tokens)
         self._dequeue(req, self.waiting)
         if req in self.kv.loads:  # part of its prefix comes from the CPU tier: it waits for that
-            self._seat(req, step, self.loading, RequestStatus.LOADING)
-            out.loading.append(req)
+            self._seat(req, step, loading=True)
+            out.loading.append(self.kv.loads[req])
             return
         self._seat(req, step)
         self._schedule(req, num_new, step, out)
 
-    def _seat(self, req: Request, step: _Step, seats: list[Request] | None = None,
-              status: RequestStatus = RequestStatus.RUNNING) -> None:
-        (self.running if seats is None else seats).append(req)
-        req.status = status
+    def _seat(self, req: Request, step: _Step, loading: bool = False) -> None:
+        (self.loading if loading else self.running).append(req)
+        req.status = RequestStatus.LOADING if loading else RequestStatus.RUNNING
         if step.reserved_blocks is not None:
             step.reserved_blocks += self._future_blocks(req)
 
