@@ -20,6 +20,9 @@ class PrefixHit:
     block_ids: list[int]  # cached device blocks, from the first
     num_tokens: int  # tokens of both tiers
     cpu_block_ids: list[int] = field(default_factory=list)  # CPU copies of the blocks after them, to load
+    # The hashes of `block_ids`, worked out by the lookup: the request's chain starts with them, so
+    # its published blocks are not hashed again (`cache_computed_blocks` goes on from there).
+    block_hashes: list[int] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -98,6 +101,7 @@ class KVCacheManager:
         max_blocks = (request.num_tokens - 1) // self.block_size
         ids: list[int] = []
         cpu_ids: list[int] = []
+        hashes: list[int] = []
         parent = ROOT_HASH
         for i in range(max_blocks):
             tokens = tuple(request.token_slice(i * self.block_size, (i + 1) * self.block_size))
@@ -105,12 +109,13 @@ class KVCacheManager:
             block_id = None if cpu_ids else self.pool.lookup(parent, tokens)
             if block_id is not None:
                 ids.append(block_id)
+                hashes.append(parent)
                 continue
             cpu_id = self.cpu_tier.lookup(parent, tokens) if self.cpu_tier is not None else None
             if cpu_id is None:
                 break
             cpu_ids.append(cpu_id)  # the device's part of the chain ended; the CPU tier holds more
-        return PrefixHit(ids, (len(ids) + len(cpu_ids)) * self.block_size, cpu_ids)
+        return PrefixHit(ids, (len(ids) + len(cpu_ids)) * self.block_size, cpu_ids, hashes)
 
     def cached_prefix_blocks(self, hashes: list[int]) -> int:
         """About how many of `hashes` (a prompt's block hashes, in order) are cached now, from
@@ -152,6 +157,8 @@ class KVCacheManager:
             assert not table, "a prefix hit only applies to a request that holds no blocks"
             self.pool.touch(hit.block_ids)
             table.extend(hit.block_ids)
+            if hit.block_hashes:  # published already, under these names
+                self.block_hashes[request.request_id] = list(hit.block_hashes)
             request.num_computed_tokens += hit.num_tokens
         new = self.pool.allocate(self.blocks_needed(request, num_new_tokens))
         if loads:  # the first new blocks take the CPU tier's copies; the request waits for them

@@ -127,6 +127,7 @@ class SimRunner:
         self.num_steps += 1
         token_fn = self.token_fn
         for s in out.scheduled:
-            end = s.start + s.num_new_tokens
-            tokens.append(token_fn(s.request, end) if end == s.request.num_tokens else None)
+            end, req = s.start + s.num_new_tokens, s.request
+            samples = end == len(req.prompt_token_ids) + len(req.output_token_ids)  # req.num_tokens, inlined: hot
+            tokens.append(token_fn(req, end) if samples else None)
         return tokens

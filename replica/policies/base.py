@@ -51,6 +51,13 @@ class SchedulingPolicy:
     # Whether `should_preempt` can ever say yes; when not, the scheduler does not look for the
     # queue's best request every step (an O(queue) scan wasted under a deep queue).
     preemptive: bool = False
+    # Whether the scheduler may hand a step's plain decodes to `on_decodes_scheduled` at once:
+    # True unless a subclass extends `on_scheduled` (then each is told in place, as it is scheduled).
+    decodes_in_one_call: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.decodes_in_one_call = cls.on_scheduled is SchedulingPolicy.on_scheduled
 
     def __init__(self, clock: Clock, estimator_quantile: float = 0.5, **settings: Any) -> None:
         if settings:
@@ -129,6 +136,17 @@ class SchedulingPolicy:
     def on_scheduled(self, request: Request, num_tokens: int) -> None:
         now = self.context.now  # one clock read a step, not one per scheduled request
         request.policy_state["last_service"] = self.clock.now() if now is None else now
+
+    def on_decodes_scheduled(self, requests: list[Request]) -> None:
+        """`on_scheduled(r, 1)` for each of a step's plain decodes, in one call after the step's
+        other decisions. Only for a policy whose `on_scheduled` is this class's
+        (`decodes_in_one_call`): it stamps the service time, which nothing later in the step
+        reads (a request scheduled in a step is never its victim)."""
+        now = self.context.now
+        if now is None:
+            now = self.clock.now()
+        for request in requests:
+            request.policy_state["last_service"] = now
 
     def on_finished(self, request: Request) -> None:
         self.estimator.observe(request)

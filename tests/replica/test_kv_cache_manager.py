@@ -37,6 +37,25 @@ def test_allocation_and_ref_counts():
     assert kv.num_free_blocks == 8 and kv.num_blocks_cached() == 2
 
 
+def test_a_hit_is_hashed_once_by_its_lookup_and_its_chain_goes_on_from_there(monkeypatch):
+    from shunter.replica import kv_cache_manager
+    from shunter.replica.block_hash import hash_block
+
+    kv = KVCacheManager(num_blocks=16, block_size=4)
+    compute(kv, req("a", list(range(12)) + [50]), 13)
+    calls = []
+    monkeypatch.setattr(kv_cache_manager, "hash_block", lambda parent, tokens: calls.append(tokens) or hash_block(parent, tokens))
+    b = req("b", list(range(12)) + [60, 61, 62, 63, 64])
+    hit = kv.find_prefix(b)  # blocks 0-2 found, block 3 ([60..63]) looked up and missed
+    assert hit.num_tokens == 12 and len(calls) == 4
+    assert kv.allocate(b, 5, hit)
+    b.num_computed_tokens += 5
+    kv.cache_computed_blocks(b)
+    assert len(calls) == 5  # only block 3 hashed again: its lookup missed, so it is published now
+    assert kv.block_hashes["b"] == block_hashes(b.prompt_token_ids, 4)
+    assert kv.pool.cached[kv.block_hashes["b"][3]] == kv.blocks_of("b")[3]
+
+
 def test_a_hit_needs_the_same_tokens_not_just_the_same_length():
     kv = KVCacheManager(num_blocks=8, block_size=4)
     compute(kv, req("a", [1, 2, 3, 4, 5]), 5)

@@ -228,3 +228,21 @@ def test_random_workloads_finish_with_reference_tokens():
         done = run_to_completion(engine)
         assert done == expected
         assert engine.stats().kv_blocks_in_use == 0
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "mlq"])
+def test_every_decode_a_step_schedules_is_told_to_the_policy_with_the_steps_time(policy):
+    """FCFS's decodes are told in one call after the step's decisions (`on_decodes_scheduled`),
+    MLQ's one by one (it extends `on_scheduled`): either way each has the step's service time."""
+    engine = make_engine(policy=policy)
+    for i in range(3):
+        engine.add_request(f"r{i}", prompt(6, i), SamplingParams(max_tokens=8, temperature=0))
+    engine.step()
+    for _ in range(3):
+        engine.clock.advance(0.5)
+        began = engine.clock.now()
+        engine.step()
+        served = [s.request for s in engine.runner.steps[-1].scheduled]
+        assert len(served) == 3 and all(s.num_new_tokens == 1 for s in engine.runner.steps[-1].scheduled)
+        assert [r.policy_state["last_service"] for r in served] == [began] * 3
+    assert type(engine.scheduler.policy).decodes_in_one_call is (policy == "fcfs")

@@ -68,8 +68,8 @@ def eos_at_output_len(cost: CostModel, workload: list[WorkloadRequest]) -> Calla
     lengths = {r.request_id: r.output_len for r in workload}
     eos, plain = cost.eos_token_ids[0], cheap_tokens(cost.vocab_size)
 
-    def token(request: Request, end: int) -> int:
-        if request.num_output_tokens + 1 >= lengths[request.request_id]:
+    def token(request: Request, end: int) -> int:  # once per simulated token: `num_output_tokens` inlined
+        if len(request.output_token_ids) + 1 >= lengths[request.request_id]:
             return eos
         return plain(request, end)
 
