@@ -78,7 +78,7 @@ class Migration:
     target: str
 
 
-def imbalanced(high: int, low: int, abs_threshold: int, rel_threshold: float) -> bool:
+def imbalanced(high: float, low: float, abs_threshold: float, rel_threshold: float) -> bool:
     """Loads are too far apart when they differ by more than `abs_threshold` blocks AND the
     higher is more than `rel_threshold` times the lower (both, so that small absolute
     differences at low load and small ratios at high load are both tolerated)."""

@@ -126,8 +126,9 @@ class PrefixAware(RoutingPolicy):
     """The replica holding the longest cached prefix of the request, while loads stay balanced.
 
     If sending the request to the prefix holder would leave the cluster imbalanced (by both
-    `abs_threshold` blocks and `rel_threshold` times), fall back to least load: a hot prefix
-    must not pile every request onto one replica (the fallback then seeds the prefix elsewhere).
+    `abs_threshold` blocks, or `abs_threshold_requests` of the request's own blocks if more, and
+    `rel_threshold` times), fall back to least load: a hot prefix must not pile every request
+    onto one replica (the fallback then seeds the prefix elsewhere).
     `cost_weight` > 0 scores replicas by load + weight * uncached prompt blocks instead of
     longest prefix first, trading cache reuse against load. Where replicas report a CPU tier, a
     block only there counts `cpu_credit` of a device block (`PrefixIndex.credited`; Dynamo's KV
@@ -139,13 +140,23 @@ class PrefixAware(RoutingPolicy):
 
     def __init__(
         self, prefix_index: PrefixIndex | None = None, abs_threshold: int = 32, rel_threshold: float = 1.5,
-        cost_weight: float = 0.0, cpu_credit: float = 0.75,
+        cost_weight: float = 0.0, cpu_credit: float = 0.75, abs_threshold_requests: float = 4.0,
     ) -> None:
         if not 0 <= cpu_credit <= 1:
             raise ValueError(f"cpu_credit must be in [0, 1], got {cpu_credit}")
+        if abs_threshold_requests < 0:
+            raise ValueError(f"abs_threshold_requests must be >= 0, got {abs_threshold_requests}")
         self.index = prefix_index if prefix_index is not None else PrefixIndex()
         self.abs_threshold, self.rel_threshold, self.cost_weight = abs_threshold, rel_threshold, cost_weight
         self.cpu_credit = cpu_credit
+        self.abs_threshold_requests = abs_threshold_requests
+
+    def _too_far(self, holder_load: float, least_load: int, request: RoutingRequest) -> bool:
+        """The guard: the holder, with this request, beyond the least loaded by both thresholds.
+        The absolute one is in blocks, and at least `abs_threshold_requests` of this request's
+        own blocks (SGLang counts its threshold in requests; a long context is hundreds of blocks)."""
+        threshold = max(self.abs_threshold, self.abs_threshold_requests * request.expected_blocks)
+        return imbalanced(holder_load + request.expected_blocks, least_load, threshold, self.rel_threshold)
 
     def _matched(self, block_hashes: list[int]) -> dict[str, int] | dict[str, float]:
         """Each holder's matched prefix in blocks: credited by tier once a CPU tier is reported."""
@@ -180,7 +191,7 @@ class PrefixAware(RoutingPolicy):
             return self._choose_among_healthy(loads, request, least)
         if best is least:
             return least.replica_id
-        if imbalanced(best_key[0] + request.expected_blocks, load_of(least), self.abs_threshold, self.rel_threshold):
+        if self._too_far(best_key[0], load_of(least), request):
             return least.replica_id
         return best.replica_id
 
@@ -196,7 +207,7 @@ class PrefixAware(RoutingPolicy):
                     best, best_key = r, key
         if best is None or best is least:
             return least.replica_id
-        if imbalanced(best_key[1] + request.expected_blocks, load_of(least), self.abs_threshold, self.rel_threshold):
+        if self._too_far(best_key[1], load_of(least), request):
             return least.replica_id
         return best.replica_id
 
@@ -215,7 +226,7 @@ class PrefixAware(RoutingPolicy):
                     best, best_key = r, key
         if best is least:
             return least.replica_id
-        if imbalanced(load_of(best) + request.expected_blocks, load_of(least), self.abs_threshold, self.rel_threshold):
+        if self._too_far(load_of(best), load_of(least), request):
             return least.replica_id
         return best.replica_id
 
@@ -241,7 +252,7 @@ class PrefixAware(RoutingPolicy):
             raise ReplicaUnavailable("no healthy replica")
         if best is None or best is least:
             return least.replica_id
-        if imbalanced(best_load + request.expected_blocks, least_load, self.abs_threshold, self.rel_threshold):
+        if self._too_far(best_load, least_load, request):
             return least.replica_id
         return best.replica_id
 
@@ -265,7 +276,7 @@ class PrefixAware(RoutingPolicy):
             raise ReplicaUnavailable("no healthy replica")
         if best is least:
             return least.replica_id
-        if imbalanced(best_load + request.expected_blocks, least_load, self.abs_threshold, self.rel_threshold):
+        if self._too_far(best_load, least_load, request):
             return least.replica_id
         return best.replica_id
 

@@ -2,11 +2,11 @@
 imbalance guard (`routing/policies.py: PrefixAware`, after SGLang's router's balance thresholds).
 
 The guard sends a request to the least loaded replica instead of the prefix holder when the two
-would differ by more than the absolute threshold in KV blocks and by more than the relative one.
-Its defaults (32 blocks, 1.5x) suit short prompts; with contexts of thousands of tokens one
-request alone is hundreds of blocks, so the guard fires on almost every decision and the router
-stops following the cache (`docs/results.md`, the simulator's `kv-tiers` experiment: 6% lower
-mean TTFT with the defaults, 58% with the guard at 1,024 blocks and 2x).
+would differ by more than the absolute threshold and by more than the relative one. SGLang counts
+its absolute threshold in requests; ours is in KV blocks (32), or in requests of this one's size
+(4 of its expected blocks), whichever is larger: counted in blocks alone, a context of thousands
+of tokens (hundreds of blocks) trips the guard on almost every decision and the router stops
+following the cache (`docs/results.md`, the simulator's `kv-tiers` experiment).
 """
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="the imbalance guard: follow the cache unless the holder would carry more than BLOCKS KV "
                             "blocks beyond the least loaded replica (and --balance-rel-threshold times it); raise it "
                             f"for long contexts (default {DEFAULTS.abs_threshold})")
+    group.add_argument("--balance-abs-threshold-requests", type=float_above(0, inclusive=True), default=None,
+                       metavar="N", help="the guard's absolute threshold is at least N of the request's own expected "
+                                         "blocks, so it grows with the context (SGLang counts its threshold in "
+                                         f"requests; 0: BLOCKS alone) (default {DEFAULTS.abs_threshold_requests:g})")
     group.add_argument("--balance-rel-threshold", type=float_above(1.0, inclusive=True), default=None, metavar="R",
                        help="the imbalance guard's ratio of the holder's load to the least loaded's "
                             f"(default {DEFAULTS.rel_threshold:g})")
@@ -39,6 +43,7 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--cpu-tier-credit: must be in [0, 1] (a block on the device counts 1), "
                          f"got {args.cpu_tier_credit:g}")
     for flag, value in (("--balance-abs-threshold", args.balance_abs_threshold),
+                        ("--balance-abs-threshold-requests", args.balance_abs_threshold_requests),
                         ("--balance-rel-threshold", args.balance_rel_threshold)):
         if value is not None and args.routing != "prefix_aware":
             raise ValueError(f"{flag}: only --routing prefix_aware has an imbalance guard, got --routing {args.routing}")
@@ -51,6 +56,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"cpu_credit": args.cpu_tier_credit}
     if args.balance_abs_threshold is not None:
         out["abs_threshold"] = args.balance_abs_threshold
+    if args.balance_abs_threshold_requests is not None:
+        out["abs_threshold_requests"] = args.balance_abs_threshold_requests
     if args.balance_rel_threshold is not None:
         out["rel_threshold"] = args.balance_rel_threshold
     return out

@@ -162,11 +162,15 @@ def test_prefix_aware_falls_back_to_least_load_when_imbalanced():
     assert policy.select(skewed, req) == "b"
 
 
-def test_hot_prefix_does_not_pile_onto_one_replica():
-    """One system prompt, many users: the busiest replica stays within the imbalance threshold."""
+@pytest.mark.parametrize("per_request", [0, 4])
+def test_hot_prefix_does_not_pile_onto_one_replica(per_request):
+    """One system prompt, many users: the busiest replica stays within the imbalance threshold
+    (in blocks, or in requests of the largest size sent)."""
     replicas, index = cluster(4), PrefixIndex()
-    abs_threshold, rel = 32, 1.5
-    policy = make_routing_policy("prefix_aware", index, abs_threshold=abs_threshold, rel_threshold=rel)
+    rel = 1.5
+    abs_threshold = max(32, per_request * cdiv(12 * BS + 40 + 64, BS))
+    policy = make_routing_policy("prefix_aware", index, abs_threshold=32, rel_threshold=rel,
+                                 abs_threshold_requests=per_request)
     system = list(range(1, 1 + 12 * BS))
     rng = random.Random(0)
     hits = 0
@@ -183,6 +187,25 @@ def test_hot_prefix_does_not_pile_onto_one_replica():
         assert not imbalanced(max(loads), min(loads) + one_request, abs_threshold, rel), loads
     assert hits == 200  # every replica ends up holding the hot prefix, so every request still hits
     assert all(r.cached for r in replicas.values())
+
+
+def test_the_guard_grows_with_the_request_when_counted_in_requests():
+    """A long context is hundreds of blocks: a guard of 32 blocks sends it away from its holder
+    for a difference smaller than itself; counted in requests of its size, it stays."""
+    index = PrefixIndex()
+    context = list(range(256 * BS))  # 256 blocks
+    index.apply("a", [CacheEvent("stored", h) for h in block_hashes(context, BS)])
+    req = request_for("q", context + [7], max_tokens=64)  # 262 blocks expected
+    loads = [LoadReport("a", kv_blocks_in_use=600), LoadReport("b", kv_blocks_in_use=300)]
+    assert PrefixAware(index, abs_threshold_requests=0).select(loads, req) == "b"
+    assert PrefixAware(index, abs_threshold_requests=4).select(loads, req) == "a"  # 562 apart < 4 x 262
+    far = [LoadReport("a", kv_blocks_in_use=1400), LoadReport("b", kv_blocks_in_use=300)]
+    assert PrefixAware(index, abs_threshold_requests=4).select(far, req) == "b"  # 1,362 apart > 1,048
+    small = request_for("s", context[: 2 * BS] + [7], max_tokens=8)  # 3 blocks: the 32-block floor holds
+    assert PrefixAware(index, abs_threshold_requests=4).select(
+        [LoadReport("a", kv_blocks_in_use=70), LoadReport("b", kv_blocks_in_use=30)], small) == "b"
+    with pytest.raises(ValueError, match="abs_threshold_requests"):
+        PrefixAware(index, abs_threshold_requests=-1)
 
 
 def test_prefix_aware_cost_weight_trades_cache_for_load():
@@ -240,9 +263,12 @@ def test_prefix_aware_decides_as_its_plain_specification_on_random_clusters():
         for _ in range(10):
             hashes = rng.choice(chains) + [rng.randrange(1, 50) for _ in range(rng.randrange(0, 3))]
             request = RoutingRequest("q", hashes, rng.randrange(1, 10), rng.randrange(1, 30))
-            for abs_t, rel_t, weight in ((32, 1.5, 0.0), (0, 1.0, 0.0), (8, 1.2, 2.0)):
-                policy = PrefixAware(index, abs_threshold=abs_t, rel_threshold=rel_t, cost_weight=weight)
-                assert policy.select(replicas, request) == _spec_prefix_aware(index, replicas, request, abs_t, rel_t, weight)
+            for abs_t, per_request, rel_t, weight in ((32, 0, 1.5, 0.0), (0, 0, 1.0, 0.0), (8, 0, 1.2, 2.0),
+                                                      (32, 4, 1.5, 0.0), (4, 2.5, 1.2, 2.0)):
+                policy = PrefixAware(index, abs_threshold=abs_t, rel_threshold=rel_t, cost_weight=weight,
+                                     abs_threshold_requests=per_request)
+                guard = max(abs_t, per_request * request.expected_blocks)
+                assert policy.select(replicas, request) == _spec_prefix_aware(index, replicas, request, guard, rel_t, weight)
 
 
 # ---- cache-size specialization -------------------------------------------------------------

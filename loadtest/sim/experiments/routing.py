@@ -11,6 +11,7 @@ from shunter.loadtest.sim.cluster import ClusterConfig, SimCluster
 from shunter.loadtest.sim.experiments.common import Result, Scale, engine, simulate
 from shunter.loadtest.sim.metrics import Summary
 from shunter.loadtest.workloads import shared_prefix
+from shunter.mathutil import cdiv
 from shunter.router.routing import imbalanced
 from shunter.router.routing import PrefixAware
 
@@ -109,9 +110,10 @@ def _routing_plot(path: Path, per_size: dict[int, list[dict[str, Any]]]) -> None
 
 # ---- 5: one hot prefix ---------------------------------------------------------------------------------
 class LoadProbe:
-    """Samples every replica's load as the router sees it (`LoadReport.load`)."""
+    """Samples every replica's load as the router sees it (`LoadReport.load`); "imbalanced" is
+    the prefix-aware guard's rule, its absolute threshold taken for the workload's mean request."""
 
-    def __init__(self, abs_threshold: int, rel_threshold: float) -> None:
+    def __init__(self, abs_threshold: float, rel_threshold: float) -> None:
         self.abs_threshold, self.rel_threshold = abs_threshold, rel_threshold
         self.samples: list[tuple[float, int, int, float]] = []  # (t, max, min, mean)
 
@@ -134,9 +136,12 @@ def hot_prefix(scale: Scale) -> Result:
     n = scale.n(4000)
     defaults = PrefixAware()
     workload = shared_prefix(n, RATE_PER_REPLICA * replicas, seed=6, num_groups=groups, hot_fraction=0.5)
+    block_size = _config(replicas, "prefix_aware").engine.block_size
+    mean_blocks = sum(cdiv(w.prompt_len + w.output_len, block_size) for w in workload) / len(workload)
+    guard = max(defaults.abs_threshold, defaults.abs_threshold_requests * mean_blocks)
     rows, probes = [], {}
     for policy in ("least_load", "prefix_aware"):
-        probe = LoadProbe(defaults.abs_threshold, defaults.rel_threshold)
+        probe = LoadProbe(guard, defaults.rel_threshold)
         summary, cluster = simulate(_config(replicas, policy), COST, workload, progress=policy, probe=(0.25, probe))
         hot = [r.ttft for r in cluster.records.values() if r.tenant == "t0"]
         cold = [r.ttft for r in cluster.records.values() if r.tenant != "t0"]
@@ -150,7 +155,9 @@ def hot_prefix(scale: Scale) -> Result:
     return Result(
         "hot_prefix", "One hot prefix: half of all traffic from one tenant (prefix-aware against least load)",
         anchor=f"design goal (router/routing/policies.py PrefixAware): fall back to least load when the prefix holder would be "
-               f"imbalanced by both {defaults.abs_threshold} blocks and {defaults.rel_threshold}x (SGLang's rule)",
+               f"imbalanced by both {defaults.abs_threshold} blocks or {defaults.abs_threshold_requests:g} of the "
+               f"request's own blocks, the larger ({guard:.0f} for this workload's mean request of {mean_blocks:.0f}), "
+               f"and {defaults.rel_threshold}x (SGLang's rule, which counts requests)",
         ours=f"prefix-aware: imbalanced {pa['time imbalanced']:.0%} of the time (least load {ll['time imbalanced']:.0%}), "
              f"TTFT p90 {pa['TTFT p90 s']:.3f} s against {ll['TTFT p90 s']:.3f} s, hit rate {pa['hit rate']:.0%} "
              f"against {ll['hit rate']:.0%}",
