@@ -44,7 +44,8 @@ def test_a_hit_is_hashed_once_by_its_lookup_and_its_chain_goes_on_from_there(mon
     kv = KVCacheManager(num_blocks=16, block_size=4)
     compute(kv, req("a", list(range(12)) + [50]), 13)
     calls = []
-    monkeypatch.setattr(kv_cache_manager, "hash_block", lambda parent, tokens: calls.append(tokens) or hash_block(parent, tokens))
+    monkeypatch.setattr(kv_cache_manager, "hash_block",
+                        lambda parent, tokens: calls.append(tokens) or hash_block(parent, tokens))
     b = req("b", list(range(12)) + [60, 61, 62, 63, 64])
     hit = kv.find_prefix(b)  # blocks 0-2 found, block 3 ([60..63]) looked up and missed
     assert hit.num_tokens == 12 and len(calls) == 4

@@ -268,7 +268,8 @@ def test_prefix_aware_decides_as_its_plain_specification_on_random_clusters():
                 policy = PrefixAware(index, abs_threshold=abs_t, rel_threshold=rel_t, cost_weight=weight,
                                      abs_threshold_requests=per_request)
                 guard = max(abs_t, per_request * request.expected_blocks)
-                assert policy.select(replicas, request) == _spec_prefix_aware(index, replicas, request, guard, rel_t, weight)
+                want = _spec_prefix_aware(index, replicas, request, guard, rel_t, weight)
+                assert policy.select(replicas, request) == want
 
 
 # ---- cache-size specialization -------------------------------------------------------------

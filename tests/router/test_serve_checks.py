@@ -78,7 +78,8 @@ def serve(capsys, *argv: str) -> tuple[int, str]:
     (["--balance-rel-threshold", "0.5"], "error: --balance-rel-threshold: must be a number >= 1"),
     (["--balance-abs-threshold", "-1"], "error: --balance-abs-threshold: must be an integer >= 0"),
     (["--routing", "least_load", "--balance-abs-threshold-requests", "2"],
-     "error: --balance-abs-threshold-requests: only --routing prefix_aware has an imbalance guard, got --routing least_load"),
+     "error: --balance-abs-threshold-requests: only --routing prefix_aware has an imbalance guard, "
+     "got --routing least_load"),
     (["--prefill-replicas", "2"], "error: --prefill-replicas: must be below --replicas (2): at least one replica"),
     (["--replicas", "3", "--prefill-replicas", "2", "--large-cache-replicas", "2"],
      "error: --prefill-replicas: 2 prefill and 2 large-cache replicas are more than --replicas (3)"),
@@ -282,5 +283,6 @@ def test_prefix_routing_options_reach_the_policy(argv, settings):
         policy = PrefixAware(**settings)  # the router builds it so
         assert (policy.abs_threshold, policy.rel_threshold) == (settings.get("abs_threshold", 32),
                                                                 settings.get("rel_threshold", 1.5))
-        assert policy.abs_threshold_requests == settings.get("abs_threshold_requests", PrefixAware().abs_threshold_requests)
+        default = PrefixAware().abs_threshold_requests
+        assert policy.abs_threshold_requests == settings.get("abs_threshold_requests", default)
 
