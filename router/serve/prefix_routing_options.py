@@ -26,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "one in its device memory (0: only device blocks count)")
     group.add_argument("--balance-abs-threshold", type=int_at_least(0), default=None, metavar="BLOCKS",
                        help="the imbalance guard: follow the cache unless the holder would carry more than BLOCKS KV "
-                            "blocks beyond the least loaded replica (and --balance-rel-threshold times it); raise it "
-                            f"for long contexts (default {DEFAULTS.abs_threshold})")
+                            "blocks beyond the least loaded replica (and --balance-rel-threshold times it), or "
+                            "--balance-abs-threshold-requests of the request's blocks if more "
+                            f"(default {DEFAULTS.abs_threshold})")
     group.add_argument("--balance-abs-threshold-requests", type=float_above(0, inclusive=True), default=None,
                        metavar="N", help="the guard's absolute threshold is at least N of the request's own expected "
                                          "blocks, so it grows with the context (SGLang counts its threshold in "
