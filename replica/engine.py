@@ -53,6 +53,7 @@ class _Flight:
     settled: bool = False
     constrained: bool = False  # a request in it follows a grammar: its next mask needs this step's token
     speculated: dict[str, int] = field(default_factory=dict)  # request id -> drafts it verifies
+    num_tokens: int = 0  # tokens the step computes (its scheduled chunks', summed in `_launch`'s pass)
 
 
 def _with_logprobs(out: EngineOutput, request: Request) -> None:
@@ -260,7 +261,7 @@ class Engine(Migration):
             self._settle(launched)
             outputs += self._complete(launched)
         elapsed = time.perf_counter() - started
-        self.scheduler.observe_step(self.clock.now() - clock_started, out.num_tokens)
+        self.scheduler.observe_step(self.clock.now() - clock_started, launched.num_tokens)
         self._step_time_ema = elapsed if self._step_time_ema == 0 else 0.9 * self._step_time_ema + 0.1 * elapsed
         return outputs
 
@@ -290,21 +291,24 @@ class Engine(Migration):
         flight = _Flight(pending, [], [], [], constrained=out.token_bitmask is not None, speculated=out.speculated)
         sampled, slots, filled, last = flight.sampled, flight.slots, flight.filled, flight.last
         limit, bs, speculated = self.max_model_len, self.block_size, out.speculated
+        num_tokens_in_step = 0
         for s in out.scheduled:
             req = s.request
             n = s.num_new_tokens
+            num_tokens_in_step += n
             computed = req.num_computed_tokens = req.num_computed_tokens + n
             if computed % bs < n and not (speculated and req.request_id in speculated):
                 filled.append(req)  # a block filled (earlier ones, e.g. a prefix hit's, come along); drafts' wait
             ids = req.output_token_ids
             num_out = len(ids)
-            num_tokens = len(req.prompt_token_ids) + num_out
+            num_tokens = req.num_prompt_tokens + num_out
             if computed == num_tokens:  # the chunk reached the end: a token is sampled
                 sampled.append(req)
                 slots.append(num_out)
                 if num_out + 1 >= req.params.max_tokens or num_tokens + 1 >= limit:
                     last.append(req)
                 ids.append(PLACEHOLDER)
+        flight.num_tokens = num_tokens_in_step
         return flight
 
     def _token_mask(self, out: SchedulerOutput):
@@ -340,8 +344,8 @@ class Engine(Migration):
         placeholders, detokenize, stop, and report."""
         pending = flight.pending
         host = None
-        if isinstance(pending, list):
-            tokens = pending
+        if isinstance(pending, list):  # a synchronous runner's: one per scheduled request, None where none sampled
+            tokens = [t for t in pending if t is not None]
         else:
             tokens = pending.tokens()
             if pending.prompt is not None:
@@ -351,7 +355,7 @@ class Engine(Migration):
         now = self.clock.now()
         outputs: list[EngineOutput] = []
         finals, finished, detokenizers = flight.finals, RequestStatus.FINISHED, self.detokenizers
-        for row, (req, j, token) in enumerate(zip(flight.sampled, flight.slots, [t for t in tokens if t is not None])):
+        for row, (req, j, token) in enumerate(zip(flight.sampled, flight.slots, tokens)):
             final = finals.get(req.request_id) if finals else None
             if req.status is finished and final is not req:
                 continue  # aborted or ended meanwhile: its token is dropped with it
@@ -393,7 +397,7 @@ class Engine(Migration):
         ids, base = req.output_token_ids, slot - num_drafts
         new = self.speculator.accept(ids[base:slot], verdicts, bonus)  # type: ignore[union-attr]
         del ids[base:]
-        req.num_computed_tokens = len(req.prompt_token_ids) + base + len(new) - 1
+        req.num_computed_tokens = req.num_prompt_tokens + base + len(new) - 1
         req.last_token_time = now
         detok = self.detokenizers.get(req.request_id)
         emitted, text, stop = [], "", False
@@ -463,7 +467,7 @@ class Engine(Migration):
         for r in s.running:
             expected = r.expected_blocks
             if expected < 0:
-                expected = r.expected_blocks = expected_blocks(len(r.prompt_token_ids), r.params, block_size)
+                expected = r.expected_blocks = expected_blocks(r.num_prompt_tokens, r.params, block_size)
             held = len(tables.get(r.request_id, ()))
             if expected > held:
                 growth += expected - held

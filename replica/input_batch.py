@@ -24,6 +24,8 @@ from shunter.mathutil import cdiv
 from shunter.replica.request import PLACEHOLDER, Request
 from shunter.replica.scheduler import ScheduledRequest
 
+_NONE = np.zeros(0, dtype=np.int64)
+
 
 @dataclass
 class BatchWrites:
@@ -51,9 +53,9 @@ class StepRows:
     num_new: np.ndarray  # int64 [S]
     samples: np.ndarray  # bool [S]: the chunk reaches the end of the tokens, so a token is sampled
     # Async scheduling: sequences whose last input token is still on the device (a placeholder),
-    # and for each, its index among the previous step's sampled rows.
-    fill_seqs: list[int] = field(default_factory=list)
-    fill_from: list[int] = field(default_factory=list)
+    # and for each, its index among the previous step's sampled rows (int64 [F] each).
+    fill_seqs: np.ndarray = field(default_factory=lambda: _NONE)
+    fill_from: np.ndarray = field(default_factory=lambda: _NONE)
 
 
 class InputBatch:
@@ -130,7 +132,7 @@ class InputBatch:
             start = s.start
             end = start + s.num_new_tokens
             outputs = req.output_token_ids
-            num_prompt = len(req.prompt_token_ids)
+            num_prompt = req.num_prompt_tokens
             total = num_prompt + len(outputs)
             if end == total and end - start == 1 and outputs and outputs[-1] == PLACEHOLDER:
                 # An async decode, most of a step: its one input is the last step's sample, on the
@@ -148,16 +150,21 @@ class InputBatch:
                         cells += (row.index, k, token)
                     row.num_tokens = have + len(new)
             seqs += (row.index, start, end, total)
-        rows, starts, ends, totals = np.array(seqs, dtype=np.int64).reshape(-1, 4).T.copy()
+        rows, starts, ends, totals = np.fromiter(seqs, np.int64, len(seqs)).reshape(-1, 4).T.copy()
         samples = ends == totals
         if cells:
             r, c, v = np.array(cells, dtype=np.int64).reshape(-1, 3).T
             self.token_ids[r, c] = v
             self.writes.tokens += len(v)
-        fill_from = self.last_sample[rows[fill_seqs]].tolist() if fill_seqs else []
+        if len(fill_seqs) == len(scheduled):  # every sequence an async decode: most steps
+            fills = np.arange(len(scheduled))
+            fill_from = self.last_sample[rows]
+        else:
+            fills = np.fromiter(fill_seqs, np.int64, len(fill_seqs))
+            fill_from = self.last_sample[rows[fills]]
         sampled_rows = rows[samples]
         self.last_sample[sampled_rows] = np.arange(len(sampled_rows))
-        return StepRows(rows, starts, ends - starts, samples, fill_seqs, fill_from)
+        return StepRows(rows, starts, ends - starts, samples, fills, fill_from)
 
     def _grow_blocks(self, row: Row, blocks: list[int]) -> None:
         have, need = row.num_blocks, len(blocks)

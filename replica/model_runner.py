@@ -13,7 +13,6 @@ import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from shunter.kernels import ops as kernels
@@ -255,15 +254,15 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> PendingTokens:
-        """Launch the step; its tokens (one per scheduled request, None for a prefill chunk that
-        isn't the last) come with `PendingTokens.tokens()`."""
+        """Launch the step; the tokens of the scheduled requests that sample (a prefill chunk that
+        isn't the last does not), in order, come with `PendingTokens.tokens()`."""
         # Copies to the CPU first: a block they read may be handed to a request this step writes.
         self.swap(out.blocks_to_swap_out + out.blocks_to_offload, to_cpu=True)
         self.swap(out.blocks_to_swap_in, to_cpu=False)
         loads = self.load(out.blocks_to_load)
         if not out.scheduled:
-            return PendingTokens(torch.zeros(0, dtype=torch.int64), None, None, loads=loads)
-        inputs, samples = self._prepare(out)
+            return PendingTokens(torch.zeros(0, dtype=torch.int64), None, loads=loads)
+        inputs = self._prepare(out)
         batch = inputs.batch
         if inputs.sizes.fills:  # async scheduling: inputs the host has not seen yet
             assert self._last_tokens is not None, "a placeholder input without a step before it"
@@ -284,7 +283,7 @@ class ModelRunner:
         sampled = sample(logits, inputs.sampling, out.token_bitmask)
         self._last_tokens = sampled.tokens
         prompt = self._prompt_logprobs(out, hidden)
-        pending = self.readback.start(sampled.tokens, samples, sampled.logprobs, prompt)
+        pending = self.readback.start(sampled.tokens, sampled.logprobs, prompt)
         pending.loads = loads
         if drafts is not None:
             pending.draft_verdicts = _split(verdicts, drafts.counts)
@@ -323,17 +322,16 @@ class ModelRunner:
         spans = prompt_spans(out.scheduled)
         return compute_prompt_logprobs(spans, hidden, self.model.compute_logits) if spans else None
 
-    def _prepare(self, out: SchedulerOutput) -> tuple[StepInputs, np.ndarray | None]:
-        """The step's inputs on the device, and which scheduled requests sample (None: all)."""
+    def _prepare(self, out: SchedulerOutput) -> StepInputs:
+        """The step's inputs on the device."""
         if self.batch is None:
             return self._pack_from_scratch(out)
         step = self.batch.update(out.scheduled, self._seed_of)
         if self.timeline is not None:
             self.timeline.begin()
-        inputs = self.staging.stage(self.batch, step)
-        return inputs, (None if inputs.sizes.sampled == inputs.sizes.seqs else step.samples)
+        return self.staging.stage(self.batch, step)
 
-    def _pack_from_scratch(self, out: SchedulerOutput) -> tuple[StepInputs, np.ndarray | None]:
+    def _pack_from_scratch(self, out: SchedulerOutput) -> StepInputs:
         """Every step's inputs packed from Python lists (`packing.pack`), as before the
         persistent batch: the baseline `bench step` compares with, and an oracle for tests."""
         chunks = [Chunk(s.request.token_slice(s.start, s.start + s.num_new_tokens), s.start, s.block_ids, s.samples)
@@ -344,11 +342,10 @@ class ModelRunner:
         sampled = [s.request for s, c in zip(out.scheduled, chunks) if c.sample]
         sampling = SamplingInputs.of([r.params for r in sampled], [self._seed_of(r.request_id) for r in sampled],
                                      [r.num_output_tokens for r in sampled], self.config.vocab_size, self.device)
-        samples = np.array([c.sample for c in chunks])
         sizes = Sizes(batch.input_ids.numel(), len(chunks), len(sampled), batch.attn.block_tables.shape[1], 0,
                       batch.attn.max_query_len, sampling.all_greedy, sampling.filtered, sampling.num_logprobs)
         empty = torch.zeros(0, dtype=torch.int64, device=self.device)
-        return StepInputs(batch, sampling, empty, empty, sizes), (None if samples.all() else samples)
+        return StepInputs(batch, sampling, empty, empty, sizes)
 
 
 @dataclass

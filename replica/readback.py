@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from shunter.logprobs import MAX_LOGPROBS
@@ -22,9 +21,8 @@ from shunter.replica.sampler import LogprobsTensors
 
 @dataclass
 class PendingTokens:
-    values: torch.Tensor  # int64 [N] on the host once `event` is reached
+    values: torch.Tensor  # int64 [N]: the sampled rows' tokens, on the host once `event` is reached
     event: torch.cuda.Event | None  # None: already there (the CPU)
-    samples: np.ndarray | None  # bool per scheduled request: whether it sampled (None: all did)
     readback: Readback | None = None
     logprobs: LogprobsTensors | None = None  # of the sampled rows, on the host once `event` is reached
     prompt: PromptLogprobs | None = None  # likewise
@@ -32,17 +30,13 @@ class PendingTokens:
     draft_verdicts: dict[str, list[tuple[bool, int]]] | None = None
     loads: LoadTicket | None = None  # the step's loads from the CPU tier, when they run beside it
 
-    def tokens(self) -> list[int | None]:
-        """The sampled token of each scheduled request (None where none was sampled); waits."""
+    def tokens(self) -> list[int]:
+        """The token of each scheduled request that sampled, in order; waits."""
         if self.readback is not None:
             self.readback.waits += 1
         if self.event is not None:
             self.event.synchronize()
-        got = self.values.tolist()
-        if self.samples is None:
-            return got
-        it = iter(got)
-        return [next(it) if s else None for s in self.samples.tolist()]
+        return self.values.tolist()
 
 
 class _PinnedLogprobs:
@@ -71,11 +65,11 @@ class Readback:
         self._parity = 0
         self.waits = 0
 
-    def start(self, tokens: torch.Tensor, samples: np.ndarray | None, logprobs: LogprobsTensors | None = None,
+    def start(self, tokens: torch.Tensor, logprobs: LogprobsTensors | None = None,
               prompt: PromptLogprobs | None = None) -> PendingTokens:
         """Begin copying `tokens` (int64 [N], on the device) back, with the step's log-probabilities."""
         if not self.cuda:
-            return PendingTokens(tokens, None, samples, self, logprobs, prompt)
+            return PendingTokens(tokens, None, self, logprobs, prompt)
         parity, self._parity = self._parity, self._parity ^ 1
         host = self._host[parity][: tokens.numel()]
         host.copy_(tokens, non_blocking=True)
@@ -87,4 +81,4 @@ class Readback:
             prompt = PromptLogprobs(prompt.spans, positions.copy(prompt.values)) if prompt is not None else None
         event = torch.cuda.Event()
         event.record()
-        return PendingTokens(host, event, samples, self, logprobs, prompt)
+        return PendingTokens(host, event, self, logprobs, prompt)

@@ -62,18 +62,17 @@ class Request:
     # The tokens that end it when sampled: its stop ids, and EOS unless `ignore_eos` (checked for
     # every token: one set lookup).
     stop_ids: frozenset[int] = field(init=False, repr=False)
+    # The prompt never changes: its length is read by every step's loops without a `len` call.
+    num_prompt_tokens: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         eos = () if self.params.ignore_eos else self.eos_token_ids
         self.stop_ids = frozenset(self.params.stop_token_ids).union(eos)
+        self.num_prompt_tokens = len(self.prompt_token_ids)
         if self.params.logprobs is not None and self.output_logprobs is None:
             self.output_logprobs = []
         if self.params.prompt_logprobs is not None and self.prompt_logprobs is None:
             self.prompt_logprobs = [None] * len(self.prompt_token_ids)
-
-    @property
-    def num_prompt_tokens(self) -> int:
-        return len(self.prompt_token_ids)
 
     @property
     def num_output_tokens(self) -> int:
@@ -81,7 +80,7 @@ class Request:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
+        return self.num_prompt_tokens + len(self.output_token_ids)
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -89,7 +88,7 @@ class Request:
 
     def token_slice(self, start: int, end: int) -> list[int]:
         """Tokens `[start, end)` of prompt + output without building the whole list."""
-        p = len(self.prompt_token_ids)
+        p = self.num_prompt_tokens
         if end <= p:
             return self.prompt_token_ids[start:end]
         if start >= p:

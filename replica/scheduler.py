@@ -289,7 +289,7 @@ class Scheduler:
                 # Most of a step: a decode with room left in its last block takes one token and no
                 # block (what `_run` then `_schedule` do for it, without their calls).
                 computed = req.num_computed_tokens
-                if computed + 1 == len(req.prompt_token_ids) + len(req.output_token_ids):
+                if computed + 1 == req.num_prompt_tokens + len(req.output_token_ids):
                     table = tables.get(rid)
                     if table is not None and len(table) * block_size > computed:
                         scheduled.append(ScheduledRequest(req, computed, 1, table))

@@ -128,6 +128,6 @@ class SimRunner:
         token_fn = self.token_fn
         for s in out.scheduled:
             end, req = s.start + s.num_new_tokens, s.request
-            samples = end == len(req.prompt_token_ids) + len(req.output_token_ids)  # req.num_tokens, inlined: hot
+            samples = end == req.num_prompt_tokens + len(req.output_token_ids)  # req.num_tokens, inlined: hot
             tokens.append(token_fn(req, end) if samples else None)
         return tokens

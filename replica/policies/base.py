@@ -89,15 +89,14 @@ class SchedulingPolicy:
     def plan(self, running: list[Request], swapped: list[Request], waiting: list[Request]) -> list[Request]:
         """Who is offered budget this step, in order. Decode-first (stall-free): running decodes,
         then running prefills (chunked into what is left), then queued requests."""
-        decodes: list[Request] = []
-        prefills: list[Request] = []
-        for r in self.order(running):  # one pass: this runs every step over every running request
-            # `r.is_prefilling`, inline: two property calls per request per step
-            if len(r.prompt_token_ids) + len(r.output_token_ids) - r.num_computed_tokens > 1:
-                prefills.append(r)
-            else:
-                decodes.append(r)
-        return decodes + prefills + sorted(swapped + waiting, key=self.queue_key)
+        ordered = self.order(running)
+        # `r.is_prefilling`, inline (this runs every step over every running request); most steps
+        # have no running prefill, and then the running order is the decodes' as it is.
+        prefills = [r for r in ordered if r.num_prompt_tokens + len(r.output_token_ids) - r.num_computed_tokens > 1]
+        if prefills:
+            chosen = set(prefills)
+            ordered = [r for r in ordered if r not in chosen] + prefills
+        return ordered + sorted(swapped + waiting, key=self.queue_key)
 
     # ---- step size (SLAI adapts these; None means the engine's configured limits) ------------
     def token_budget(self) -> int | None:

@@ -130,7 +130,7 @@ def test_a_placeholder_input_is_taken_from_the_last_step_samples():
     a.output_token_ids.append(PLACEHOLDER)
     b.output_token_ids.append(PLACEHOLDER)
     step = batch.update([_schedule(b, 3, 1, [2]), _schedule(a, 6, 1, [0, 1])], lambda rid: 0)
-    assert (step.fill_seqs, step.fill_from) == ([0, 1], [1, 0])  # b was sampled second, a first
+    assert (step.fill_seqs.tolist(), step.fill_from.tolist()) == ([0, 1], [1, 0])  # b was sampled second, a first
     out, table = _buffers()
     z = gather(batch, step, out, table)
     assert z.fills == 2 and out["fill_dst"][:2].tolist() == [0, 1] and out["fill_src"][:2].tolist() == [1, 0]
@@ -138,10 +138,10 @@ def test_a_placeholder_input_is_taken_from_the_last_step_samples():
     a.output_token_ids.append(PLACEHOLDER)
     tokens = batch.writes.tokens
     step = batch.update([_schedule(a, 7, 1, [0, 1])], lambda rid: 0)
-    assert step.fill_seqs == [0] and batch.writes.tokens == tokens  # its one input is on the device: no write
+    assert step.fill_seqs.tolist() == [0] and batch.writes.tokens == tokens  # its one input is on the device: no write
     a.output_token_ids[-1] = 43
     step = batch.update([_schedule(a, 6, 2, [0, 1])], lambda rid: 0)  # a chunk that reads both from the host
-    assert batch.token_ids[step.rows[0], 6:8].tolist() == [42, 43] and step.fill_seqs == []
+    assert batch.token_ids[step.rows[0], 6:8].tolist() == [42, 43] and step.fill_seqs.tolist() == []
 
 
 def test_gathered_inputs_equal_packed_inputs_with_tokens_on_the_device():
@@ -170,14 +170,14 @@ def test_gathered_inputs_equal_packed_inputs_with_tokens_on_the_device():
         out, table = _buffers()
         z = gather(batch, step, out, table)
         cu = out["cu_seqlens"]
-        for i, j in zip(step.fill_seqs, step.fill_from):  # the device's fill
+        for i, j in zip(step.fill_seqs.tolist(), step.fill_from.tolist()):  # the device's fill
             rid = scheduled[i].request.request_id
             assert last_sampled[j] == rid
             out["input_ids"][cu[i + 1] - 1] = on_device[rid]
         fills += len(step.fill_seqs)
         real = [[on_device[s.request.request_id] if t == PLACEHOLDER else t
                  for t in s.request.token_slice(s.start, s.start + s.num_new_tokens)] for s in scheduled]
-        assert step.fill_seqs == [i for i, s in enumerate(scheduled)
+        assert step.fill_seqs.tolist() == [i for i, s in enumerate(scheduled)
                                   if s.request.token_slice(s.start, s.start + s.num_new_tokens)[-1] == PLACEHOLDER]
         want = pack([Chunk(r, s.start, s.block_ids, s.samples) for r, s in zip(real, scheduled)], BS)
         assert out["input_ids"][: z.tokens].tolist() == want.input_ids.tolist()
