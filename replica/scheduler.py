@@ -276,7 +276,7 @@ class Scheduler:
         step.chunk = min(self.policy.prefill_chunk() or step.budget, step.budget)
         running, tables, block_size = RequestStatus.RUNNING, self.kv.block_tables, self.kv.block_size
         scheduled, preempted, on_scheduled = out.scheduled, step.preempted, self.policy.on_scheduled
-        decodes: list[Request] | None = [] if self.policy.decodes_in_one_call else None
+        in_one_call = self.policy.decodes_in_one_call
         budget = step.budget  # the fast path's, in a local; the calls below read and write step.budget
         for req in plan:
             if budget == 0:
@@ -296,9 +296,7 @@ class Scheduler:
                         budget -= 1
                         if req.first_scheduled_time is None:  # one that migrated in
                             req.first_scheduled_time = self.clock.now()
-                        if decodes is not None:
-                            decodes.append(req)
-                        else:
+                        if not in_one_call:
                             on_scheduled(req, 1)
                         continue
             step.budget = budget
@@ -310,8 +308,8 @@ class Scheduler:
                 self._admit(req, step, out)
             budget = step.budget
         step.budget = budget
-        if decodes:
-            self.policy.on_decodes_scheduled(decodes)
+        if in_one_call and scheduled:
+            self.policy.on_step_scheduled(scheduled)
         out.blocks_to_load = self.kv.take_cpu_loads()
         self.num_steps += 1
         if self.config.check_invariants:

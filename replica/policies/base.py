@@ -8,7 +8,7 @@ so the same object runs in the engine and in tests under a FakeClock.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from shunter.clock import Clock
 from shunter.replica.policies.estimator import OutputLengthEstimator
@@ -16,6 +16,9 @@ from shunter.replica.policies.step_time import StepTimeModel
 from shunter.replica.preemption import PreemptionCosts
 from shunter.replica.request import Request, RequestStatus
 from shunter.replica.step_staircase import StepStaircase
+
+if TYPE_CHECKING:
+    from shunter.replica.scheduler import ScheduledRequest
 
 DEFAULT_STARVATION_S = 30.0  # the batch class's TTFT target (see SchedulingPolicy)
 
@@ -51,8 +54,8 @@ class SchedulingPolicy:
     # Whether `should_preempt` can ever say yes; when not, the scheduler does not look for the
     # queue's best request every step (an O(queue) scan wasted under a deep queue).
     preemptive: bool = False
-    # Whether the scheduler may hand a step's plain decodes to `on_decodes_scheduled` at once:
-    # True unless a subclass extends `on_scheduled` (then each is told in place, as it is scheduled).
+    # Whether the scheduler may tell a step's plain decodes in one `on_step_scheduled` call: True
+    # unless a subclass extends `on_scheduled` (then each is told in place, as it is scheduled).
     decodes_in_one_call: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -136,16 +139,16 @@ class SchedulingPolicy:
         now = self.context.now  # one clock read a step, not one per scheduled request
         request.policy_state["last_service"] = self.clock.now() if now is None else now
 
-    def on_decodes_scheduled(self, requests: list[Request]) -> None:
-        """`on_scheduled(r, 1)` for each of a step's plain decodes, in one call after the step's
-        other decisions. Only for a policy whose `on_scheduled` is this class's
-        (`decodes_in_one_call`): it stamps the service time, which nothing later in the step
-        reads (a request scheduled in a step is never its victim)."""
+    def on_step_scheduled(self, scheduled: list[ScheduledRequest]) -> None:
+        """Every request of the step, in one call after its other decisions, for a policy whose
+        `on_scheduled` is this class's (`decodes_in_one_call`; its plain decodes are not told one
+        by one): it stamps the service time, which nothing later in the step reads (a request
+        scheduled in a step is never its victim). Those told already get the same stamp again."""
         now = self.context.now
         if now is None:
             now = self.clock.now()
-        for request in requests:
-            request.policy_state["last_service"] = now
+        for s in scheduled:
+            s.request.policy_state["last_service"] = now
 
     def on_finished(self, request: Request) -> None:
         self.estimator.observe(request)

@@ -232,7 +232,7 @@ def test_random_workloads_finish_with_reference_tokens():
 
 @pytest.mark.parametrize("policy", ["fcfs", "mlq"])
 def test_every_decode_a_step_schedules_is_told_to_the_policy_with_the_steps_time(policy):
-    """FCFS's decodes are told in one call after the step's decisions (`on_decodes_scheduled`),
+    """FCFS's decodes are told in one call after the step's decisions (`on_step_scheduled`),
     MLQ's one by one (it extends `on_scheduled`): either way each has the step's service time."""
     engine = make_engine(policy=policy)
     for i in range(3):
