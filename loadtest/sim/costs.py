@@ -54,11 +54,11 @@ class StepShape:
     def of(cls, out: SchedulerOutput, block_size: int) -> StepShape:
         tokens = rows = kv = keys = 0
         for s in out.scheduled:
-            n, start = s.num_new_tokens, s.start
+            n, start, req = s.num_new_tokens, s.start, s.request
             tokens += n
             kv += start + n
             keys += n * start + n * (n + 1) // 2
-            rows += start + n == s.request.num_tokens  # ScheduledRequest.samples, inlined: hot
+            rows += start + n == req.num_prompt_tokens + len(req.output_token_ids)  # `.samples`, inlined: hot
         # The CPU tier's offloads ride with the swaps; its loads run beside the step (`SimRunner`).
         swapped = (len(out.blocks_to_swap_in) + len(out.blocks_to_swap_out) + len(out.blocks_to_offload)) * block_size
         return cls(tokens, len(out.scheduled), rows, kv, keys, swapped)
