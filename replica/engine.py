@@ -355,6 +355,7 @@ class Engine(Migration):
         now = self.clock.now()
         outputs: list[EngineOutput] = []
         finals, finished, detokenizers = flight.finals, RequestStatus.FINISHED, self.detokenizers
+        constrained = flight.constrained  # a request in the step follows a grammar
         for row, (req, j, token) in enumerate(zip(flight.sampled, flight.slots, tokens)):
             final = finals.get(req.request_id) if finals else None
             if req.status is finished and final is not req:
@@ -373,7 +374,7 @@ class Engine(Migration):
             new_text = detok.add(token) if detok is not None else ""
             # Length stops were found before the token came (`_settle`): they are the finals.
             stop = token in req.stop_ids or (detok is not None and detok.stopped)
-            if req.grammar is not None and req.grammar.accept(token):
+            if constrained and req.grammar is not None and req.grammar.accept(token):
                 stop = True  # the grammar is complete and allows nothing more
             if not stop and final is None:
                 cached = req.num_cached_tokens

@@ -282,7 +282,7 @@ class Scheduler:
             if budget == 0:
                 break
             rid = req.request_id
-            if rid in preempted:
+            if preempted and rid in preempted:
                 continue
             status = req.status
             if status is running:
