@@ -289,6 +289,8 @@ class Engine(Migration):
         if out.loading:  # a runner that copies within the step has no ticket: landed already
             self.loads.launched(out.loading, getattr(pending, "loads", None))
         flight = _Flight(pending, [], [], [], constrained=out.token_bitmask is not None, speculated=out.speculated)
+        if out.decodes is not None and not out.speculated:
+            return self._launch_decodes(flight, out.decodes)
         sampled, slots, filled, last = flight.sampled, flight.slots, flight.filled, flight.last
         limit, bs, speculated = self.max_model_len, self.block_size, out.speculated
         num_tokens_in_step = 0
@@ -309,6 +311,25 @@ class Engine(Migration):
                     last.append(req)
                 ids.append(PLACEHOLDER)
         flight.num_tokens = num_tokens_in_step
+        return flight
+
+    def _launch_decodes(self, flight: _Flight, decodes: list[Request]) -> _Flight:
+        """`_launch`'s pass for a step of one-token decodes (most steps): each computes its last
+        token and samples the next."""
+        slots, filled, last = flight.slots, flight.filled, flight.last
+        limit, bs = self.max_model_len, self.block_size
+        for req in decodes:
+            computed = req.num_computed_tokens = req.num_computed_tokens + 1
+            if computed % bs == 0:
+                filled.append(req)
+            ids = req.output_token_ids
+            num_out = len(ids)
+            slots.append(num_out)
+            if num_out + 1 >= req.params.max_tokens or computed + 1 >= limit:
+                last.append(req)
+            ids.append(PLACEHOLDER)
+        flight.sampled = decodes
+        flight.num_tokens = len(decodes)
         return flight
 
     def _token_mask(self, out: SchedulerOutput):

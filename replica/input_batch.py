@@ -79,6 +79,9 @@ class InputBatch:
         self.rows: dict[str, Row] = {}
         self._free = list(range(max_rows - 1, -1, -1))
         self.writes = BatchWrites()
+        # The last step's requests and layout while nothing joined or left since: a step of the
+        # same decodes is then that layout one token on (`_next_decodes`), with no pass over its rows.
+        self._last: tuple[list[Request], StepRows] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -87,6 +90,7 @@ class InputBatch:
         """The request left the device; its row is free (a no-op for one without a row)."""
         row = self.rows.pop(request_id, None)
         if row is not None:
+            self._last = None
             self._free.append(row.index)
             self.logprob_rows -= int(self.num_logprobs[row.index] >= 0)
             self.prompt_logprob_rows -= row.request.params.prompt_logprobs is not None
@@ -96,6 +100,7 @@ class InputBatch:
         if not self._free:
             raise RuntimeError(f"no free row for {req.request_id}: {len(self.rows)} rows in use")
         i = self._free.pop()
+        self._last = None
         tokens = req.prompt_token_ids + req.output_token_ids
         n = len(tokens) - (1 if tokens[-1] == PLACEHOLDER else 0)
         self.token_ids[i, :n] = tokens[:n]
@@ -113,10 +118,42 @@ class InputBatch:
         self.writes.rows += 1
         return row
 
-    def update(self, scheduled: list[ScheduledRequest], seed_of: Callable[[str], int]) -> StepRows:
+    def update(self, scheduled: list[ScheduledRequest], seed_of: Callable[[str], int],
+               decodes: list[Request] | None = None) -> StepRows:
         """Bring the rows of this step's requests up to date and return the step's layout.
 
-        `seed_of`: a joining request's sampling seed (read once, when its row is written)."""
+        `seed_of`: a joining request's sampling seed (read once, when its row is written).
+        `decodes`: the step's requests when each is a one-token decode with room in its last
+        block (`SchedulerOutput.decodes`); None for any other step."""
+        last = self._last
+        if decodes is not None and last is not None and decodes == last[0]:  # the same objects (identity eq)
+            step = self._next_decodes(decodes, scheduled, last[1])
+            if step is not None:
+                self._last = (decodes, step)
+                return step
+        step = self._update_rows(scheduled, seed_of)
+        self._last = (decodes, step) if decodes is not None else None
+        return step
+
+    def _next_decodes(self, decodes: list[Request], scheduled: list[ScheduledRequest],
+                      last: StepRows) -> StepRows | None:
+        """The layout of a step that decodes the last step's requests again, one token each,
+        when the last step's tokens are all on the device (async): each row computes one position
+        further and takes its input from its own last sample. Only rows that reach a new block
+        are written (its id). None when the last step did not fill every row from the device."""
+        if len(last.fill_seqs) != len(last.rows) or not last.samples.all():
+            return None  # not all sampled, or their tokens were written from the host
+        rows = last.rows
+        starts = last.starts + last.num_new  # each request's tokens computed by now
+        for i in np.flatnonzero(starts // self.block_size >= self.num_blocks[rows]).tolist():
+            self._grow_blocks(self.rows[decodes[i].request_id], scheduled[i].block_ids)
+        n = len(rows)
+        fills = np.arange(n)
+        fill_from = self.last_sample[rows]
+        self.last_sample[rows] = fills
+        return StepRows(rows, starts, np.ones(n, dtype=np.int64), last.samples, fills, fill_from)
+
+    def _update_rows(self, scheduled: list[ScheduledRequest], seed_of: Callable[[str], int]) -> StepRows:
         rows_get = self.rows.get
         seqs: list[int] = []  # per sequence: row, start, end, the request's tokens (flat, one array after)
         cells: list[int] = []  # tokens to write: row, position, token (flat, one assignment after)

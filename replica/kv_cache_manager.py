@@ -173,6 +173,14 @@ class KVCacheManager:
         table.extend(new)
         return True
 
+    def append_block(self, table: list[int]) -> bool:
+        """One more block at the end of a running request's table (`block_tables`' list): a
+        decode that starts a block. False, and no change, when no block is free."""
+        if not self.pool.free_queue:
+            return False
+        table.extend(self.pool.allocate(1))
+        return True
+
     def cache_computed_blocks(self, request: Request) -> None:
         """Hash and publish every block that is now full of computed tokens."""
         if not self.enable_prefix_caching:

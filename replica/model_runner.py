@@ -326,7 +326,7 @@ class ModelRunner:
         """The step's inputs on the device."""
         if self.batch is None:
             return self._pack_from_scratch(out)
-        step = self.batch.update(out.scheduled, self._seed_of)
+        step = self.batch.update(out.scheduled, self._seed_of, out.decodes)
         if self.timeline is not None:
             self.timeline.begin()
         return self.staging.stage(self.batch, step)

@@ -95,6 +95,10 @@ class SchedulerOutput:
     # Set by the engine when requests verify speculative drafts: request id -> drafts in its chunk
     # (the chunk's last tokens); the runner returns the model's greedy token at each of them.
     speculated: dict[str, int] = field(default_factory=dict)
+    # Set when every scheduled request is a running decode of one token (most steps): those
+    # requests, in the step's order. The persistent batch then updates its rows by differences
+    # (`InputBatch.update`).
+    decodes: list[Request] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -275,9 +279,11 @@ class Scheduler:
         step.budget = min(self.policy.token_budget() or step.budget, step.budget)
         step.chunk = min(self.policy.prefill_chunk() or step.budget, step.budget)
         running, tables, block_size = RequestStatus.RUNNING, self.kv.block_tables, self.kv.block_size
+        append_block = self.kv.append_block
         scheduled, preempted, on_scheduled = out.scheduled, step.preempted, self.policy.on_scheduled
         in_one_call = self.policy.decodes_in_one_call
         budget = step.budget  # the fast path's, in a local; the calls below read and write step.budget
+        all_decodes = not preempted
         for req in plan:
             if budget == 0:
                 break
@@ -286,12 +292,12 @@ class Scheduler:
                 continue
             status = req.status
             if status is running:
-                # Most of a step: a decode with room left in its last block takes one token and no
-                # block (what `_run` then `_schedule` do for it, without their calls).
+                # Most of a step: a decode takes one token, and a block when it starts one and one
+                # is free (what `_run` then `_schedule` do for it, without their calls).
                 computed = req.num_computed_tokens
                 if computed + 1 == req.num_prompt_tokens + len(req.output_token_ids):
                     table = tables.get(rid)
-                    if table is not None and len(table) * block_size > computed:
+                    if table is not None and (len(table) * block_size > computed or append_block(table)):
                         scheduled.append(ScheduledRequest(req, computed, 1, table))
                         budget -= 1
                         if req.first_scheduled_time is None:  # one that migrated in
@@ -299,6 +305,10 @@ class Scheduler:
                         if not in_one_call:
                             on_scheduled(req, 1)
                         continue
+                else:
+                    all_decodes = False
+            else:
+                all_decodes = False
             step.budget = budget
             if status is running:
                 self._run(req, step, out)
@@ -308,6 +318,8 @@ class Scheduler:
                 self._admit(req, step, out)
             budget = step.budget
         step.budget = budget
+        if all_decodes and scheduled and not preempted:  # each plan entry up to the budget's end: a decode
+            out.decodes = plan[: len(scheduled)]
         if in_one_call and scheduled:
             self.policy.on_step_scheduled(scheduled)
         out.blocks_to_load = self.kv.take_cpu_loads()

@@ -204,6 +204,58 @@ def test_gathered_inputs_equal_packed_inputs_with_tokens_on_the_device():
     assert fills > 100
 
 
+def _layout(step) -> list[list[int]]:
+    return [a.tolist() for a in (step.rows, step.starts, step.num_new, step.samples, step.fill_seqs, step.fill_from)]
+
+
+def test_a_step_of_the_same_decodes_is_the_last_layout_one_token_on():
+    """Async decodes of the same requests step after step (`SchedulerOutput.decodes`): the batch
+    moves the last layout one position on and writes only the block ids of rows that reach a new
+    block. A twin batch that walks every row each step gives the same layouts and cells; a join,
+    a leave or a new order goes back to the walk."""
+    rng = random.Random(7)
+    fast, walk = (InputBatch(max_rows=16, max_model_len=256, block_size=BS, vocab_size=VOCAB) for _ in range(2))
+    free_blocks = list(range(2000))
+    rng.shuffle(free_blocks)
+    live: dict[str, tuple[Request, list[int]]] = {}
+    order: list[str] = []
+    walks = [0]
+    inner = fast._update_rows
+    fast._update_rows = lambda *a: (walks.__setitem__(0, walks[0] + 1), inner(*a))[1]
+    for step_no in range(200):
+        if len(live) < 12 and rng.random() < 0.05:  # a request joins: its prompt in one chunk
+            rid = f"r{step_no}"
+            live[rid] = (_request(rid, rng.randint(1, 30), 0, rng), [free_blocks.pop() for _ in range(cdiv(256, BS))])
+            order.append(rid)
+        if rng.random() < 0.03:
+            rng.shuffle(order)  # a policy that reorders its running requests
+        scheduled = [_schedule(live[rid][0], live[rid][0].num_computed_tokens,
+                               live[rid][0].num_tokens - live[rid][0].num_computed_tokens, live[rid][1])
+                     for rid in order]
+        decodes = [s.request for s in scheduled] if all(s.num_new_tokens == 1 for s in scheduled) else None
+        if not scheduled:
+            continue
+        got, want = fast.update(scheduled, lambda rid: 0, decodes), walk.update(scheduled, lambda rid: 0)
+        assert _layout(got) == _layout(want)
+        (out, table), (out_walk, table_walk) = _buffers(512), _buffers(512)
+        gather(fast, got, out, table)
+        gather(walk, want, out_walk, table_walk)
+        assert all((out[k] == out_walk[k]).all() for k in out) and (table == table_walk).all()
+        for s in scheduled:  # launched; the step before completes after this one was prepared
+            req = s.request
+            req.num_computed_tokens = s.start + s.num_new_tokens
+            for i, t in enumerate(req.output_token_ids):
+                if t == PLACEHOLDER:
+                    req.output_token_ids[i] = rng.randrange(1, VOCAB)
+            req.output_token_ids.append(PLACEHOLDER)
+        for rid in [rid for rid, (r, _) in live.items() if r.num_tokens >= 200 or rng.random() < 0.01]:
+            free_blocks += live.pop(rid)[1]
+            order.remove(rid)
+            fast.remove(rid)
+            walk.remove(rid)
+    assert walks[0] < 60 and fast.writes.blocks == walk.writes.blocks > 100  # most steps moved on; blocks written
+
+
 def test_sampling_rows_and_flags():
     rng = random.Random(4)
     batch = InputBatch(max_rows=4, max_model_len=64, block_size=BS, vocab_size=VOCAB)

@@ -87,6 +87,20 @@ def test_allocation_that_does_not_fit_changes_nothing():
     assert kv.num_free_blocks == 2 and kv.blocks_of("a") == []
 
 
+def test_a_decode_that_starts_a_block_appends_one_free_block_or_nothing():
+    """`append_block`, the scheduler's fast path for a decode at a block boundary: the block
+    `allocate` would give, from the free queue's LRU end (evicting a cached prefix), or False."""
+    kv = KVCacheManager(num_blocks=3, block_size=4)
+    a, b = req("a", list(range(8))), req("b", list(range(100, 104)))
+    compute(kv, a, 8)
+    compute(kv, b, 4)
+    kv.free(b)  # its block stays cached, the only free one
+    table = kv.block_tables["a"]
+    assert kv.append_block(table) and len(table) == 3 and kv.num_free_blocks == 0
+    assert kv.num_blocks_cached() == 0 and len(kv.pool.cached) == 2  # b's prefix evicted for it; a's stay
+    assert not kv.append_block(table) and len(table) == 3
+
+
 def test_swap_out_and_in_round_trip():
     kv = KVCacheManager(num_blocks=4, block_size=4, num_cpu_blocks=4)
     r = req("a", list(range(8)))
