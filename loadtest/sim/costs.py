@@ -52,6 +52,13 @@ class StepShape:
 
     @classmethod
     def of(cls, out: SchedulerOutput, block_size: int) -> StepShape:
+        """The shape of a scheduled step, before it launches (its requests' computed counts are the chunks' starts)."""
+        # The CPU tier's offloads ride with the swaps; its loads run beside the step (`SimRunner`).
+        swapped = (len(out.blocks_to_swap_in) + len(out.blocks_to_swap_out) + len(out.blocks_to_offload)) * block_size
+        if out.decodes is not None:  # one token each, each sampled; a decode attends to its start + 1 keys
+            n = len(out.decodes)
+            kv = sum([r.num_computed_tokens for r in out.decodes]) + n
+            return cls(n, n, n, kv, kv, swapped)
         tokens = rows = kv = keys = 0
         for s in out.scheduled:
             n, start, req = s.num_new_tokens, s.start, s.request
@@ -59,8 +66,6 @@ class StepShape:
             kv += start + n
             keys += n * start + n * (n + 1) // 2
             rows += start + n == req.num_prompt_tokens + len(req.output_token_ids)  # `.samples`, inlined: hot
-        # The CPU tier's offloads ride with the swaps; its loads run beside the step (`SimRunner`).
-        swapped = (len(out.blocks_to_swap_in) + len(out.blocks_to_swap_out) + len(out.blocks_to_offload)) * block_size
         return cls(tokens, len(out.scheduled), rows, kv, keys, swapped)
 
     def features(self) -> list[float]:

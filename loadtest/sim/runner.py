@@ -126,6 +126,9 @@ class SimRunner:
         self.busy_s += seconds
         self.num_steps += 1
         token_fn = self.token_fn
+        if out.decodes is not None:  # each samples the token after its one
+            tokens.extend([token_fn(req, req.num_computed_tokens + 1) for req in out.decodes])
+            return tokens
         for s in out.scheduled:
             end, req = s.start + s.num_new_tokens, s.request
             samples = end == req.num_prompt_tokens + len(req.output_token_ids)  # req.num_tokens, inlined: hot

@@ -153,6 +153,19 @@ def test_step_shape_counts_what_a_step_computes():
                               attn_keys=40 * 20 + 40 * 41 // 2 + 11 + 1, swap_tokens=16)
 
 
+def test_a_step_of_decodes_has_the_shape_its_chunks_walked_give():
+    """`SchedulerOutput.decodes` set: the shape comes from the requests' computed counts alone."""
+    reqs = [Request(f"d{i}", list(range(1, 11 + i)), SamplingParams(max_tokens=8), 0.0, output_token_ids=[5] * i)
+            for i in range(1, 4)]
+    scheduled = []
+    for r in reqs:
+        r.num_computed_tokens = r.num_tokens - 1
+        scheduled.append(ScheduledRequest(r, r.num_computed_tokens, 1, []))
+    walked = StepShape.of(SchedulerOutput(list(scheduled), blocks_to_swap_in=[(1, 2)]), block_size=16)
+    told = StepShape.of(SchedulerOutput(list(scheduled), blocks_to_swap_in=[(1, 2)], decodes=reqs), block_size=16)
+    assert told == walked and walked.num_rows == 3 and walked.swap_tokens == 16
+
+
 def test_linear_cost_is_its_weighted_sum_and_checks_feature_names():
     flat = LinearCost({"fixed": 0.002, "kv_tokens": 1e-6, **{seg: 1e-4 for seg in TOKEN_SEGMENTS}})
     assert flat.step_seconds(StepShape(num_tokens=300, kv_tokens=1000)) == pytest.approx(0.002 + 0.03 + 0.001)
