@@ -25,6 +25,7 @@ from shunter.replica.engine_protocol import CacheEvent
 from shunter.sampling_params import SamplingParams
 from tests.replica.fakes import prompt, reference_output
 from tests.router.test_live_migration import PacedRunner, nothing_held, paced_engine, run
+from tests.router.token_counts import tell_each_count
 
 MAX_TOKENS = 80
 THRESHOLD = 64  # tokens: the fake engines' prompts of 150 are long, of 40 short
@@ -101,10 +102,11 @@ async def stream(router: Router, rid: str, tokens_in: list[int], on_token=None, 
     """The tokens, and the replica each came from."""
     got, where = [], []
     async for delta in router.generate(rid, tokens_in, SamplingParams(max_tokens=max_tokens, temperature=0)):
+        before = len(got)
         got += delta.token_ids
         where += [delta.replica_id] * len(delta.token_ids)
         if on_token is not None:
-            await on_token(len(got))
+            await tell_each_count(on_token, before, len(got))
     return got, where
 
 

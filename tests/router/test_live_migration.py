@@ -15,6 +15,7 @@ from shunter.router.core import LocalReplicaClient, Router, RouterConfig
 from shunter.router.core.migration import MigrationSettings
 from shunter.sampling_params import SamplingParams
 from tests.replica.fakes import FakeRunner, prompt, reference_output
+from tests.router.token_counts import tell_each_count
 
 MAX_TOKENS = 120
 
@@ -55,11 +56,14 @@ def run(coro):
 
 
 async def stream(router: Router, rid: str, tokens_in: list[int], on_token=None) -> list[int]:
+    """The stream's tokens; `on_token(n)` is awaited once for each n, after the n-th token came
+    (a delta carries several tokens when the stream runs ahead of its reader)."""
     got: list[int] = []
     async for delta in router.generate(rid, tokens_in, SamplingParams(max_tokens=MAX_TOKENS, temperature=0)):
+        before = len(got)
         got += delta.token_ids
         if on_token is not None:
-            await on_token(len(got))
+            await tell_each_count(on_token, before, len(got))
     return got
 
 

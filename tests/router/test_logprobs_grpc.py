@@ -16,6 +16,7 @@ from shunter.proto import generation_pb2 as pb
 from shunter.router.core import LocalReplicaClient, Router, RouterConfig
 from shunter.sampling_params import SamplingParams
 from shunter.testing.fake_engine import FakeEngine, fake_logprobs, fake_prompt_logprobs, reference_output
+from tests.router.token_counts import tell_each_count
 
 PROMPT = [5, 9, 2, 7, 7, 3]
 
@@ -78,11 +79,12 @@ def test_more_than_20_is_invalid_argument_naming_the_field_and_the_server_keeps_
 async def collect(router: Router, rid: str, params: SamplingParams, on_token=None):
     tokens, logprobs, prompt = [], [], None
     async for delta in router.generate(rid, PROMPT, params):
+        before = len(tokens)
         tokens += delta.token_ids
         logprobs += delta.logprobs or []
         prompt = prompt if delta.prompt_logprobs is None else delta.prompt_logprobs
         if on_token is not None:
-            await on_token(len(tokens))
+            await tell_each_count(on_token, before, len(tokens))
     return tokens, logprobs, prompt
 
 

@@ -10,6 +10,7 @@ from shunter.router.core import LocalReplicaClient
 from shunter.router.core import Router, RouterConfig
 from shunter.sampling_params import SamplingParams
 from tests.fakes import FakeEngine, reference_output
+from tests.router.token_counts import tell_each_count
 
 
 @pytest.fixture
@@ -32,10 +33,11 @@ def make_router():
 async def collect(router: Router, rid: str, prompt: list[int], max_tokens: int, on_token=None):
     tokens, deltas = [], []
     async for d in router.generate(rid, prompt, SamplingParams(max_tokens=max_tokens, ignore_eos=True)):
+        before = len(tokens)
         tokens += d.token_ids
         deltas.append(d)
         if on_token is not None:
-            await on_token(len(tokens))
+            await tell_each_count(on_token, before, len(tokens))
     return tokens, deltas
 
 
