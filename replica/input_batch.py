@@ -123,8 +123,8 @@ class InputBatch:
         """Bring the rows of this step's requests up to date and return the step's layout.
 
         `seed_of`: a joining request's sampling seed (read once, when its row is written).
-        `decodes`: the step's requests when each is a one-token decode with room in its last
-        block (`SchedulerOutput.decodes`); None for any other step."""
+        `decodes`: the step's requests when each is a one-token decode (`SchedulerOutput.decodes`);
+        None for any other step."""
         last = self._last
         if decodes is not None and last is not None and decodes == last[0]:  # the same objects (identity eq)
             step = self._next_decodes(decodes, scheduled, last[1])
@@ -138,11 +138,13 @@ class InputBatch:
     def _next_decodes(self, decodes: list[Request], scheduled: list[ScheduledRequest],
                       last: StepRows) -> StepRows | None:
         """The layout of a step that decodes the last step's requests again, one token each,
-        when the last step's tokens are all on the device (async): each row computes one position
-        further and takes its input from its own last sample. Only rows that reach a new block
-        are written (its id). None when the last step did not fill every row from the device."""
+        under async scheduling: each row computes one position further and takes its input from
+        its own last sample, on the device (the same value as the host's, if it was read back
+        meanwhile). Only rows that reach a new block are written (its id). None unless the last
+        step sampled every row and filled every row from the device (a synchronous step writes
+        its tokens from the host instead)."""
         if len(last.fill_seqs) != len(last.rows) or not last.samples.all():
-            return None  # not all sampled, or their tokens were written from the host
+            return None
         rows = last.rows
         starts = last.starts + last.num_new  # each request's tokens computed by now
         for i in np.flatnonzero(starts // self.block_size >= self.num_blocks[rows]).tolist():
