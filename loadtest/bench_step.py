@@ -10,10 +10,12 @@ full blocks, the step's bookkeeping). Each case runs every path in the same proc
 `before` packs each step's inputs from scratch and steps synchronously (the engine before the
 persistent batch), `persistent` uses the persistent batch synchronously, `after` adds async
 scheduling (the default). `total_ms` is timed without the instruments (`cpu_ms`: the process's
-CPU time over the same steps, which a busy machine inflates less), the split with them, on the
-wall clock or (`--split-clock cpu`) the process's CPU time. `gc_ms` is the garbage collector's
-share of `total_ms` (`gc_longest_ms`: its longest pause). Each case's engine is built as a
-serving process's only engine: its collector tuned (`replica/gc_tuning.py`).
+CPU time over the same steps, which a busy machine inflates less), in `--blocks` blocks whose
+median and fastest time a step are `median_ms` and `min_ms` (a shared machine's bursts move the
+mean more than the median); the split is timed with the instruments, on the wall clock or
+(`--split-clock cpu`) the process's CPU time. `gc_ms` is the garbage collector's share of
+`total_ms` (`gc_longest_ms`: its longest pause). Each case's engine is built as a serving
+process's only engine: its collector tuned (`replica/gc_tuning.py`).
 """
 from __future__ import annotations
 
@@ -21,10 +23,12 @@ import argparse
 import gc
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
 
+from shunter.cli_args import int_at_least
 from shunter.loadtest.bench_cli import run_bench
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -87,7 +91,8 @@ class Split:
         setattr(owner, attr, timed)
 
 
-def measure(seqs: int, context: int, steps: int, path: str, device: str, cpu_clock: bool = False) -> dict[str, float]:
+def measure(seqs: int, context: int, steps: int, path: str, device: str, cpu_clock: bool = False,
+            blocks: int = 10) -> dict[str, float]:
     from shunter.loadtest.roofline import sync
 
     engine = build(seqs, context, 2 * steps + 20, path, device)
@@ -95,10 +100,16 @@ def measure(seqs: int, context: int, steps: int, path: str, device: str, cpu_clo
         engine.step()
     sync(device)
     collections = GCTimer()
+    blocks = min(blocks, steps)
+    per_block = [steps // blocks + (b < steps % blocks) for b in range(blocks)]
+    block_ms = []  # each block's wall time a step: their median leaves out a noisy machine's bursts
     started, cpu_started = time.perf_counter(), time.process_time()
     with collections:
-        for _ in range(steps):
-            engine.step()
+        for n in per_block:
+            block_started = time.perf_counter()
+            for _ in range(n):
+                engine.step()
+            block_ms.append(1e3 * (time.perf_counter() - block_started) / n)
         sync(device)
     total = (time.perf_counter() - started) / steps
     cpu = (time.process_time() - cpu_started) / steps
@@ -111,7 +122,8 @@ def measure(seqs: int, context: int, steps: int, path: str, device: str, cpu_clo
     instrumented = (clock() - started) / steps
     parts = {k: 1e3 * v / steps for k, v in split.seconds.items()}
     parts["rest"] = 1e3 * instrumented - sum(parts.values())
-    return {"total_ms": 1e3 * total, "cpu_ms": 1e3 * cpu, **{f"{k}_ms": v for k, v in parts.items()},
+    return {"total_ms": 1e3 * total, "median_ms": statistics.median(block_ms), "min_ms": min(block_ms),
+            "cpu_ms": 1e3 * cpu, **{f"{k}_ms": v for k, v in parts.items()},
             "instrumented_ms": 1e3 * instrumented, "gc_ms": 1e3 * collections.seconds / steps,
             "gc_longest_ms": 1e3 * collections.longest}
 
@@ -144,6 +156,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seqs", type=int, nargs="+", default=[8, 64, 256], help="running sequences")
     parser.add_argument("--contexts", type=int, nargs="+", default=[128, 2048], help="prompt tokens per sequence")
     parser.add_argument("--steps", type=int, default=200, help="timed decode steps per case (twice: plain, split)")
+    parser.add_argument("--blocks", type=int_at_least(1), default=10,
+                        help="the timed steps run in this many blocks; `median` is their median time a step")
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
     parser.add_argument("--device", default="cpu", help="where the null model's tensors live (cpu or cuda)")
     parser.add_argument("--split-clock", choices=["wall", "cpu"], default="wall",
@@ -165,25 +179,26 @@ def run(args: argparse.Namespace) -> int:
         for context in args.contexts:
             case = {"seqs": seqs, "context": context}
             for path in args.paths:
-                case[path] = measure(seqs, context, args.steps, path, args.device, args.split_clock == "cpu")
+                case[path] = measure(seqs, context, args.steps, path, args.device, args.split_clock == "cpu",
+                                     args.blocks)
             if "before" in case and "after" in case:
                 case["before_over_after"] = case["before"]["total_ms"] / case["after"]["total_ms"]
             cases.append(case)
             Console(stderr=True).print(f"{seqs} seqs, {context} tokens: " + ", ".join(
-                f"{p} {case[p]['total_ms']:.3f} ms" for p in args.paths))
+                f"{p} {case[p]['total_ms']:.3f} ms (median {case[p]['median_ms']:.3f})" for p in args.paths))
     result = {"command": args._invocation, "device": args.device, "split_clock": args.split_clock,
               "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
               "load_average": os.getloadavg(), "steps": args.steps, "cases": cases}
     # Narrow enough for 80 columns (a log, a pipe); CPU time and the longest collector pause are in the JSON.
     table = Table(title=f"host time per decode step (ms), null model on {args.device}", box=None, padding=(0, 1),
                   pad_edge=False)
-    for col in ("seqs", "ctx", "path", "total", "sched", "prep", "launch", "out", "rest", "gc"):
+    for col in ("seqs", "ctx", "path", "total", "median", "sched", "prep", "launch", "out", "rest", "gc"):
         table.add_column(col, no_wrap=True)
     for case in cases:
         for path in args.paths:
             m = case[path]
             table.add_row(str(case["seqs"]), str(case["context"]), path,
-                          *(f"{m[f'{k}_ms']:.3f}" for k in ("total", *PARTS, "rest", "gc")))
+                          *(f"{m[f'{k}_ms']:.3f}" for k in ("total", "median", *PARTS, "rest", "gc")))
     Console().print(table)
     out = args.out or RESULTS / f"bench_step_{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
