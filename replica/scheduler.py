@@ -297,7 +297,8 @@ class Scheduler:
                 computed = req.num_computed_tokens
                 if computed + 1 == req.num_prompt_tokens + len(req.output_token_ids):
                     table = tables.get(rid)
-                    if table is not None and (len(table) * block_size > computed or append_block(table)):
+                    room = len(table) * block_size - computed if table is not None else -1
+                    if room > 0 or (room == 0 and append_block(table)):
                         scheduled.append(ScheduledRequest(req, computed, 1, table))
                         budget -= 1
                         if req.first_scheduled_time is None:  # one that migrated in
