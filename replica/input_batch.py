@@ -141,9 +141,9 @@ class InputBatch:
         under async scheduling: each row computes one position further and takes its input from
         its own last sample, on the device (the same value as the host's, if it was read back
         meanwhile). Only rows that reach a new block are written (its id). None unless the last
-        step sampled every row and filled every row from the device (a synchronous step writes
-        its tokens from the host instead)."""
-        if len(last.fill_seqs) != len(last.rows) or not last.samples.all():
+        step filled every row from the device (a synchronous step writes its tokens from the host
+        instead); a row filled so also sampled, since a placeholder is always a request's last token."""
+        if len(last.fill_seqs) != len(last.rows):
             return None
         rows = last.rows
         starts = last.starts + last.num_new  # each request's tokens computed by now
