@@ -1,29 +1,41 @@
 """The second tier of the prefix cache: copies of published device blocks in the CPU pool.
 
 A device block that the prefix cache publishes is queued for a copy to a CPU block (write-
-through): the copies ride with the next step's swap-outs, a bounded number a step, so they never
-wait on their own and a burst of prefill cannot flood the link. The copy outlives the device
-block: when the device evicts it, a later prompt that reaches past the device's part of its
+through): a bounded number a step, and a bounded number in flight, so a burst of prefill cannot
+flood the link. The copies run beside the steps (`replica/kv_offloads.py`): a copy joins the tier
+when it has landed, and until then its CPU block is written, so nothing evicts or reads it. The
+copy outlives the device block: when the device evicts it, a later prompt that reaches past the device's part of its
 chain finds the rest here and loads it back instead of computing it; the load runs beside the
 steps, and the request waits for it in its seat (`RequestStatus.LOADING`), or computes the tokens
 after all when it takes too long (`replica/kv_loads.py`). The CPU pool is shared with swapping:
 a swap-out takes free CPU blocks first and then evicts cached copies, least recently used first,
-never one an offload of the same step writes or a load in flight reads.
+never one a copy still writes or a load in flight reads.
 """
 from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from shunter.replica.engine_protocol import CacheEvent
 
-MAX_OFFLOADS_PER_STEP = 64  # device -> CPU block copies a step carries at most
+MAX_OFFLOADS_PER_STEP = 64  # device -> CPU block copies a step starts at most
+MAX_OFFLOADS_IN_FLIGHT = 2 * MAX_OFFLOADS_PER_STEP  # copies started and not landed, at most
 MAX_BACKLOG = 4 * MAX_OFFLOADS_PER_STEP  # published blocks waiting for a copy; older ones are dropped
+
+
+class CopyTicket(Protocol):
+    """Copies on their way beside the steps (None where a runner makes them within the step)."""
+
+    def done(self) -> bool: ...
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until landed or `timeout_s` passed; whether it landed."""
 
 
 @dataclass
 class CpuTierStats:
-    offloaded_blocks: int = 0  # device -> CPU copies made
+    offloaded_blocks: int = 0  # device -> CPU copies landed
     loaded_blocks: int = 0  # CPU -> device loads made for prefix hits
     hit_tokens: int = 0  # prompt tokens served from the CPU tier
     load_timeouts: int = 0  # loads given up on: their requests computed those tokens instead
@@ -36,9 +48,9 @@ class CpuPrefixCache:
 
     # hash -> (CPU block, tokens), least recently used first
     entries: OrderedDict[int, tuple[int, tuple[int, ...]]] = field(default_factory=OrderedDict)
-    # CPU blocks a copy of this step writes (an offload): not evictable until the runner has run
-    # the step's copies (two copies of one step into one block would race).
-    busy: set[int] = field(default_factory=set)
+    # Copies on their way, by hash: (CPU block, tokens). Not in `entries` until they land, so
+    # no load reads and no swap-out evicts a block a copy still writes.
+    writing: dict[int, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
     # CPU blocks loads read, with how many loads read each: not evictable until those land, which
     # may be steps later (a load runs beside the steps, `replica/kv_loads.py`).
     reading: dict[int, int] = field(default_factory=dict)
@@ -62,6 +74,13 @@ class CpuPrefixCache:
     def add(self, block_hash: int, cpu_block: int, token_ids: tuple[int, ...]) -> None:
         self.entries[block_hash] = (cpu_block, token_ids)
         self.events.append(CacheEvent("stored", block_hash, "cpu"))
+
+    def landed(self, block_hashes: list[int]) -> None:
+        """The copies of these hashes have landed: each joins the tier, most recently used."""
+        for block_hash in block_hashes:
+            cpu_block, tokens = self.writing.pop(block_hash)
+            self.add(block_hash, cpu_block, tokens)
+        self.stats.offloaded_blocks += len(block_hashes)
 
     def pin(self, cpu_blocks: list[int]) -> None:
         """A load reads these blocks from now until it lands (`unpin`)."""
@@ -94,12 +113,12 @@ class CpuPrefixCache:
 
     @property
     def num_evictable(self) -> int:
-        return len(self.entries) - len(self.busy) - (len(self.reading) - len(self.dropped))  # dropped: all read
+        return len(self.entries) - (len(self.reading) - len(self.dropped))  # dropped: all read
 
     def evict_one(self) -> int | None:
-        """Drop the least recently used copy no copy touches; its CPU block."""
+        """Drop the least recently used copy no load reads; its CPU block."""
         for block_hash, (cpu_block, _) in self.entries.items():
-            if cpu_block not in self.busy and cpu_block not in self.reading:
+            if cpu_block not in self.reading:
                 del self.entries[block_hash]
                 self.stats.evicted_blocks += 1
                 self.events.append(CacheEvent("evicted", block_hash, "cpu"))

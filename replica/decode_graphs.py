@@ -16,6 +16,7 @@ padding runs the model eagerly on the static buffers, which is how the padding i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -64,6 +65,9 @@ class DecodeGraphs:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.capture = capture
         self._pool = None  # one memory pool for every graph: each reuses what the others left free
+        # Waits out other threads' CUDA work (the CPU tier's copies, `replica/kv_offloads.py`): a
+        # capture fails if another thread makes a call a capture forbids meanwhile.
+        self.before_capture: Callable[[], None] | None = None
 
     def fits(self, batch: Batch) -> bool:
         attn = batch.attn
@@ -111,6 +115,8 @@ class DecodeGraphs:
     @torch.inference_mode()
     def _capture(self, n: int) -> None:
         """Warm up (Triton compiles outside the capture), then capture the size-`n` forward."""
+        if self.before_capture is not None:
+            self.before_capture()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

@@ -243,6 +243,8 @@ class Engine(Migration):
                 flight = None
         if self.loads.loads:
             self.loads.poll()
+        if self.kv.offloads:
+            self.kv.land_offloads()
         if not self.scheduler.has_unfinished():
             return outputs + (self._complete(flight) if flight is not None else [])
         started, clock_started = time.perf_counter(), self.clock.now()
@@ -285,7 +287,7 @@ class Engine(Migration):
         if self._constrained:
             out.token_bitmask = self._token_mask(out)
         pending = self.runner.execute(out)
-        self.kv.swaps_done()
+        self.kv.swaps_done(getattr(pending, "offloads", None))  # a runner that copies within the step has none
         if out.loading:  # a runner that copies within the step has no ticket: landed already
             self.loads.launched(out.loading, getattr(pending, "loads", None))
         flight = _Flight(pending, [], [], [], constrained=out.token_bitmask is not None, speculated=out.speculated)

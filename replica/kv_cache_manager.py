@@ -6,12 +6,13 @@ published blocks, a second tier of the prefix cache (`replica/cpu_prefix_cache.p
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from shunter.mathutil import cdiv
 from shunter.replica.block_hash import ROOT_HASH, hash_block
 from shunter.replica.block_pool import BlockPool, CacheEvent
-from shunter.replica.cpu_prefix_cache import MAX_OFFLOADS_PER_STEP, CpuPrefixCache
+from shunter.replica.cpu_prefix_cache import MAX_OFFLOADS_IN_FLIGHT, MAX_OFFLOADS_PER_STEP, CopyTicket, CpuPrefixCache
 from shunter.replica.request import Request
 
 
@@ -35,6 +36,15 @@ class PendingLoad:
     # Given up on (timed out, or its request left): the device blocks are out of the request's
     # table but stay held until the copy lands, so no later write races with it.
     abandoned: bool = False
+
+
+@dataclass(eq=False)
+class PendingOffload:
+    """One step's write-through copies to the CPU tier, from their start until they land."""
+
+    pairs: list[tuple[int, int]]  # (device block, CPU block)
+    hashes: list[int]  # each device block's hash when its copy started: a block since handed on has another
+    ticket: CopyTicket | None = None  # None until the runner has started the copies
 
 
 @dataclass
@@ -74,6 +84,12 @@ class KVCacheManager:
     # come back as a new request), and those given up on, whose blocks wait for the copy to land.
     loads: dict[Request, PendingLoad] = field(init=False, default_factory=dict)
     abandoned_loads: set[PendingLoad] = field(init=False, default_factory=set)
+    # Write-through copies to the CPU tier not landed yet, oldest first (they land in order). The
+    # device blocks the newest step's copies read are held until the runner has started them
+    # (`swaps_done`), so that step cannot hand them on; a later step that does must run after the
+    # copies have read them (`offload_reads_reused`).
+    offloads: deque[PendingOffload] = field(init=False, default_factory=deque)
+    offload_holds: list[int] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -318,35 +334,70 @@ class KVCacheManager:
         self.cpu_being_read.extend(cpu_ids)
         return list(zip(cpu_ids, table))
 
-    def swaps_done(self) -> None:
-        """The runner has executed the step's copies: the CPU blocks swap-ins read are free, and
-        the CPU tier's copies of this step may be evicted again."""
+    def swaps_done(self, offloads: CopyTicket | None = None) -> None:
+        """The runner has executed the step's swaps and started its offloads, which land when
+        `offloads` says (None: landed now): the CPU blocks swap-ins read are free, and the device
+        blocks the offloads read may be handed on (a step that does waits for the reads)."""
         self.cpu_free.extend(self.cpu_being_read)
         self.cpu_being_read.clear()
-        if self.cpu_tier is not None:
-            self.cpu_tier.busy.clear()
+        if self.offload_holds:
+            self.pool.release(self.offload_holds)
+            self.offload_holds = []
+            self.offloads[-1].ticket = offloads
+            if offloads is None:
+                self.land_offloads()
 
     # ---- the CPU tier of the prefix cache ----------------------------------------------------
     def take_cpu_offloads(self, limit: int = MAX_OFFLOADS_PER_STEP) -> list[tuple[int, int]]:
-        """(device block, CPU block) copies for up to `limit` published blocks not yet on the CPU,
-        oldest first; ones the device has evicted since are skipped (their KV is gone). Taken
-        before the step allocates anything, so each copy reads its block before it is reused."""
+        """(device block, CPU block) copies for up to `limit` published blocks not yet on the CPU
+        (fewer while others are in flight), oldest first; ones the device has evicted since are
+        skipped (their KV is gone). Taken before the step allocates anything; the device blocks
+        are held until the runner has started the copies (`swaps_done`)."""
         tier = self.cpu_tier
-        if tier is None:
+        if tier is None or not tier.backlog:
             return []
+        limit = min(limit, MAX_OFFLOADS_IN_FLIGHT - len(tier.writing))
         pairs: list[tuple[int, int]] = []
+        hashes: list[int] = []
+        blocks, entries, writing = self.pool.blocks, tier.entries, tier.writing
         while tier.backlog and len(pairs) < limit:
             block_id, block_hash, tokens = tier.backlog.popleft()
-            if self.pool.blocks[block_id].block_hash != block_hash or block_hash in tier.entries:
+            if blocks[block_id].block_hash != block_hash or block_hash in entries or block_hash in writing:
                 continue
             cpu_block = self._take_cpu_block()
-            if cpu_block is None:  # the CPU pool is all swapped requests and this step's loads
+            if cpu_block is None:  # the CPU pool is all swapped requests, loads and copies in flight
+                tier.backlog.appendleft((block_id, block_hash, tokens))
                 break
-            tier.add(block_hash, cpu_block, tokens)
-            tier.busy.add(cpu_block)
+            writing[block_hash] = (cpu_block, tokens)
             pairs.append((block_id, cpu_block))
-        tier.stats.offloaded_blocks += len(pairs)
+            hashes.append(block_hash)
+        if pairs:
+            held = [d for d, _ in pairs]
+            self.pool.touch(held)
+            if self.offload_holds:  # taken twice before the runner started any: one step's copies
+                self.offloads[-1].pairs += pairs
+                self.offloads[-1].hashes += hashes
+            else:
+                self.offloads.append(PendingOffload(pairs, hashes))
+            self.offload_holds += held
         return pairs
+
+    def land_offloads(self, wait_s: float = 0.0) -> None:
+        """Bring the copies that have landed into the CPU tier, oldest first (waiting up to
+        `wait_s` for each that has not)."""
+        offloads, tier = self.offloads, self.cpu_tier
+        while offloads and not (offloads[0] is offloads[-1] and self.offload_holds):  # the newest: not started
+            ticket = offloads[0].ticket
+            if ticket is not None and not (ticket.done() or (wait_s > 0 and ticket.wait(wait_s))):
+                return
+            tier.landed(offloads.popleft().hashes)  # type: ignore[union-attr]
+
+    def offload_reads_reused(self) -> bool:
+        """Whether this step hands on a device block that a copy in flight may not have read yet
+        (then the runner runs the step's writes after those copies)."""
+        blocks = self.pool.blocks
+        return any(blocks[d].block_hash != h for o in self.offloads if o.ticket is not None
+                   for (d, _), h in zip(o.pairs, o.hashes))
 
     def take_cpu_loads(self) -> list[tuple[int, int]]:
         """(CPU block, device block) loads of this step's prefix hits in the CPU tier."""
@@ -383,11 +434,14 @@ class KVCacheManager:
         for load in self.abandoned_loads:  # out of every table, held by the copy still writing them
             for _, b in load.pairs:
                 refs[b] += 1
+        for b in self.offload_holds:  # read by this step's copies to the CPU tier
+            refs[b] += 1
         for block in self.pool.blocks:
             assert block.ref_count == refs[block.block_id], f"block {block.block_id}: ref {block.ref_count} != {refs[block.block_id]}"
             assert (block.ref_count == 0) == (block.block_id in self.pool.free_queue)
         cached_free = sum(1 for b in self.pool.free_queue if self.pool.blocks[b].block_hash is not None)
         assert cached_free == self.pool.num_cached_free
         held_cpu = sum(len(t) for t in self.cpu_tables.values())
-        cached_cpu = len(self.cpu_tier) + len(self.cpu_tier.dropped) if self.cpu_tier is not None else 0
+        tier = self.cpu_tier
+        cached_cpu = len(tier) + len(tier.dropped) + len(tier.writing) if tier is not None else 0
         assert held_cpu + len(self.cpu_free) + len(self.cpu_being_read) + cached_cpu == self.num_cpu_blocks

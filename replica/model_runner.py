@@ -24,6 +24,7 @@ from shunter.replica.engine_config import EngineConfig
 from shunter.replica import kv_staging
 from shunter.replica.host_fence import HostFence
 from shunter.replica.kv_loads import CudaLoad, LoadTicket
+from shunter.replica.kv_offloads import Offloader, OffloadTicket
 from shunter.replica.kv_staging import StagedKV
 from shunter.replica.input_batch import InputBatch
 from shunter.replica.logprobs import PromptLogprobs, compute_prompt_logprobs, prompt_spans
@@ -77,6 +78,7 @@ class ModelRunner:
         )
         self.swap_out_fence = HostFence(self.device)  # swap-outs land in the CPU pool asynchronously
         self._load_stream: torch.cuda.Stream | None = None  # loads from the CPU tier (a GPU's, made at the first)
+        self.offloader: Offloader | None = Offloader(self._copy_to_cpu, self.device)  # the CPU tier's copies
         self.generators: dict[str, RequestRng] = {}  # the random (non-greedy) requests' streams
         self.decode_graphs: DecodeGraphs | None = None  # CUDA graphs of decode steps (`use_decode_graphs`)
         max_blocks = cdiv(max_model_len, block_size)
@@ -125,6 +127,8 @@ class ModelRunner:
         (`capture=False`: the same padded static buffers, run eagerly, as on the CPU)."""
         max_blocks = cdiv(self.max_model_len, self.block_size)
         self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, max_num_seqs, max_blocks, self.device, capture)
+        if self.offloader is not None:
+            self.decode_graphs.before_capture = self.offloader.wait
         log.info("decode graphs for batch sizes up to %d, captured when first used", self.decode_graphs.sizes[-1])
 
     def add_generator(self, request_id: str, seed: int) -> None:
@@ -150,20 +154,29 @@ class ModelRunner:
             return
         if not to_cpu:
             self.swap_out_fence.wait()  # a swap-in reads the CPU pool on the CPU: earlier swap-outs must have landed
-        src_ids = torch.tensor([p[0] for p in pairs], dtype=torch.long)
-        dst_ids = torch.tensor([p[1] for p in pairs], dtype=torch.long)
         src, dst = (self.kv_caches, self.cpu_caches) if to_cpu else (self.cpu_caches, self.kv_caches)
-        for (src_k, src_v), (dst_k, dst_v) in zip(src, dst):
-            kernels.copy_blocks(src_k, dst_k, src_ids, dst_ids)
-            kernels.copy_blocks(src_v, dst_v, src_ids, dst_ids)
+        _copy_blocks(pairs, src, dst)
         if to_cpu:
             self.swap_out_fence.record()
 
+    def offload(self, pairs: list[tuple[int, int]]) -> OffloadTicket | None:
+        """Copy published blocks to the CPU tier (`replica/kv_offloads.py`): on a GPU on the
+        offloader's thread and copy stream, returning at once; on the CPU now (None: landed)."""
+        if not pairs:
+            return None
+        if self.offloader is None:
+            self._copy_to_cpu(pairs)
+            return None
+        return self.offloader.start(pairs)
+
+    def _copy_to_cpu(self, pairs: list[tuple[int, int]]) -> None:
+        _copy_blocks(pairs, self.kv_caches, self.cpu_caches)
+
     def load(self, pairs: list[tuple[int, int]]) -> LoadTicket | None:
         """Copy prefix blocks from the CPU tier into the device pool (`replica/kv_loads.py`): on
-        a GPU on the load stream, after what the step's stream has queued so far (the swap-outs
-        and offloads, which may read a block a load then overwrites), returning when they are
-        queued; on the CPU now (None: landed)."""
+        a GPU on the load stream, after what the step's stream has queued so far (the swap-outs,
+        which may read a block a load then overwrites), returning when they are queued; on the
+        CPU now (None: landed)."""
         if not pairs:
             return None
         if self.device.type != "cuda":
@@ -184,6 +197,8 @@ class ModelRunner:
         return kv_staging.read(self.kv_caches, block_ids)
 
     def write_blocks(self, block_ids: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        if self.offloader is not None:  # a reserved block may be one a copy to the CPU tier still reads
+            self.offloader.wait()
         ids = torch.tensor(block_ids, dtype=torch.long, device=self.device)
         for (k, v), (src_k, src_v) in zip(self.kv_caches, kv_staging.landed(kv)):
             k[ids] = src_k.to(self.device, k.dtype)
@@ -256,12 +271,15 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> PendingTokens:
         """Launch the step; the tokens of the scheduled requests that sample (a prefill chunk that
         isn't the last does not), in order, come with `PendingTokens.tokens()`."""
+        if out.after_offloads and self.offloader is not None:  # the step writes a block a copy may still read
+            self.offloader.wait()
         # Copies to the CPU first: a block they read may be handed to a request this step writes.
-        self.swap(out.blocks_to_swap_out + out.blocks_to_offload, to_cpu=True)
+        self.swap(out.blocks_to_swap_out, to_cpu=True)
+        offloads = self.offload(out.blocks_to_offload)
         self.swap(out.blocks_to_swap_in, to_cpu=False)
         loads = self.load(out.blocks_to_load)
         if not out.scheduled:
-            return PendingTokens(torch.zeros(0, dtype=torch.int64), None, loads=loads)
+            return PendingTokens(torch.zeros(0, dtype=torch.int64), None, loads=loads, offloads=offloads)
         inputs = self._prepare(out)
         batch = inputs.batch
         if inputs.sizes.fills:  # async scheduling: inputs the host has not seen yet
@@ -284,7 +302,7 @@ class ModelRunner:
         self._last_tokens = sampled.tokens
         prompt = self._prompt_logprobs(out, hidden)
         pending = self.readback.start(sampled.tokens, sampled.logprobs, prompt)
-        pending.loads = loads
+        pending.loads, pending.offloads = loads, offloads
         if drafts is not None:
             pending.draft_verdicts = _split(verdicts, drafts.counts)
         if self.timeline is not None:
@@ -362,3 +380,12 @@ def _split(tokens: list, counts: list[tuple[str, int]]) -> dict[str, list]:
     for request_id, m in counts:
         out[request_id], at = tokens[at:at + m], at + m
     return out
+
+
+def _copy_blocks(pairs: list[tuple[int, int]], src: list, dst: list) -> None:
+    """(source block, destination block) copies between two pools: one batched copy per layer."""
+    src_ids = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+    dst_ids = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+    for (src_k, src_v), (dst_k, dst_v) in zip(src, dst):
+        kernels.copy_blocks(src_k, dst_k, src_ids, dst_ids)
+        kernels.copy_blocks(src_v, dst_v, src_ids, dst_ids)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from shunter.logprobs import MAX_LOGPROBS
+from shunter.replica.cpu_prefix_cache import CopyTicket
 from shunter.replica.kv_loads import LoadTicket
 from shunter.replica.logprobs import PromptLogprobs
 from shunter.replica.sampler import LogprobsTensors
@@ -29,6 +30,7 @@ class PendingTokens:
     # Speculation: per request, per draft, (accepted, the token emitted instead where not).
     draft_verdicts: dict[str, list[tuple[bool, int]]] | None = None
     loads: LoadTicket | None = None  # the step's loads from the CPU tier, when they run beside it
+    offloads: CopyTicket | None = None  # the step's copies to the CPU tier (`replica/kv_offloads.py`)
 
     def tokens(self) -> list[int]:
         """The token of each scheduled request that sampled, in order; waits."""

@@ -81,8 +81,11 @@ class SchedulerOutput:
     blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)  # (device, cpu)
     blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)  # (cpu, device)
     # The CPU tier of the prefix cache (`replica/cpu_prefix_cache.py`): copies of published blocks
-    # (run with the swap-outs) and loads of prefix hits found there (`ModelRunner.load`: beside the step).
+    # and loads of prefix hits found there, both beside the step (`replica/kv_offloads.py`,
+    # `replica/kv_loads.py`). `after_offloads`: the step hands on a device block that a copy
+    # started earlier may not have read yet, so its writes must wait for the copies in flight.
     blocks_to_offload: list[tuple[int, int]] = field(default_factory=list)  # (device, cpu)
+    after_offloads: bool = False
     blocks_to_load: list[tuple[int, int]] = field(default_factory=list)  # (cpu, device)
     loading: list[PendingLoad] = field(default_factory=list)  # of the requests admitted to wait for those loads
     preempted: list[Request] = field(default_factory=list)
@@ -324,6 +327,8 @@ class Scheduler:
         if in_one_call and scheduled:
             self.policy.on_step_scheduled(scheduled)
         out.blocks_to_load = self.kv.take_cpu_loads()
+        if self.kv.offloads:
+            out.after_offloads = self.kv.offload_reads_reused()
         self.num_steps += 1
         if self.config.check_invariants:
             self.check_invariants(out)

@@ -48,13 +48,13 @@ class StepShape:
     num_rows: int = 0  # sequences that sample a token (logit rows)
     kv_tokens: int = 0  # cached tokens the step's queries read: sum of (start + new)
     attn_keys: int = 0  # (query, key) pairs attended
-    swap_tokens: int = 0  # KV tokens copied between device and CPU (swaps, and the prefix cache's CPU tier's offloads)
+    swap_tokens: int = 0  # KV tokens swapped between device and CPU (preemption's swaps)
 
     @classmethod
     def of(cls, out: SchedulerOutput, block_size: int) -> StepShape:
         """The shape of a scheduled step, before it launches (its requests' computed counts are the chunks' starts)."""
-        # The CPU tier's offloads ride with the swaps; its loads run beside the step (`SimRunner`).
-        swapped = (len(out.blocks_to_swap_in) + len(out.blocks_to_swap_out) + len(out.blocks_to_offload)) * block_size
+        # The CPU tier's copies, both ways, run beside the step (`SimRunner`).
+        swapped = (len(out.blocks_to_swap_in) + len(out.blocks_to_swap_out)) * block_size
         if out.decodes is not None:  # one token each, each sampled; a decode attends to its start + 1 keys
             n = len(out.decodes)
             kv = sum([r.num_computed_tokens for r in out.decodes]) + n

@@ -47,8 +47,8 @@ class SimModelConfig:
 
 @dataclass(slots=True)
 class SimLoad:
-    """A step's loads from the CPU tier, on a copy stream of their own: they land after their
-    copy time (`CostModel.kv_copy_seconds`) and lengthen no step."""
+    """A step's loads from the CPU tier, or its copies to it, beside the step: they land after
+    their copy time (`CostModel.kv_copy_seconds`) and lengthen no step."""
 
     clock: ReplicaClock
     lands_at: float
@@ -61,9 +61,10 @@ class SimLoad:
 
 
 class StepTokens(list):
-    """A step's tokens, and its loads (None: the step launched none)."""
+    """A step's tokens, and its loads and offloads (None: the step launched none)."""
 
     loads: SimLoad | None = None
+    offloads: SimLoad | None = None
 
 
 class SimRunner:
@@ -80,6 +81,7 @@ class SimRunner:
         self.busy_s = 0.0  # virtual seconds spent in steps
         self.num_steps = 0
         self._loads: list[SimLoad] = []  # not landed yet
+        self._offloads_land_at = 0.0  # when the last offload started lands: they run one after another
 
     def add_generator(self, request_id: str, seed: int) -> None:
         self.generators[request_id] = None
@@ -122,6 +124,10 @@ class SimRunner:
         tokens = StepTokens()
         if out.blocks_to_load or self._loads:
             seconds = self._launch_loads(out, tokens, seconds)
+        if out.blocks_to_offload:  # on the offloader's thread, one after another, beside the steps
+            start = max(self.clock.now(), self._offloads_land_at)
+            self._offloads_land_at = start + self.cost.kv_copy_seconds(len(out.blocks_to_offload) * self.block_size)
+            tokens.offloads = SimLoad(self.clock, self._offloads_land_at)
         self.clock.lead = seconds
         self.busy_s += seconds
         self.num_steps += 1

@@ -47,10 +47,36 @@ class FakeLoad:
         return self.done()
 
 
+class FakeOffload:
+    """A step's copies to the CPU tier that land `delay_s` after launch on the fake clock and read
+    the device blocks only then, as late as a copy beside the steps may: a block handed on and
+    written meanwhile without waiting for the copy would put the wrong KV in the CPU tier, which
+    the KV check catches in the request that loads it."""
+
+    def __init__(self, runner: FakeRunner, pairs: list[tuple[int, int]], lands_at: float) -> None:
+        self.runner, self.pairs, self.lands_at, self.landed = runner, list(pairs), lands_at, False
+
+    def land(self) -> None:
+        if not self.landed:
+            self.landed = True
+            for dev, cpu in self.pairs:
+                self.runner.cpu_slots[cpu] = list(self.runner.device_slots[dev])
+
+    def done(self) -> bool:
+        if self.runner.clock.now() >= self.lands_at:
+            self.land()
+        return self.landed
+
+    def wait(self, timeout_s: float) -> bool:
+        return self.done()
+
+
 class FakePending(list):
-    """A step's tokens, and its loads when they land later (`FakeRunner.load_delay_s`)."""
+    """A step's tokens, and its loads and offloads when they land later (`FakeRunner.load_delay_s`,
+    `offload_delay_s`)."""
 
     loads: FakeLoad | None = None
+    offloads: FakeOffload | None = None
 
 
 class FakeRunner:
@@ -77,6 +103,9 @@ class FakeRunner:
         self.staircase: StepStaircase | None = None  # what `measure_step_staircase` "finds"
         # Loads from the CPU tier: None copies them within the step; else they land this long after.
         self.load_delay_s: float | None = None
+        # Copies to the CPU tier likewise; `after_offloads` lands those in flight before the step.
+        self.offload_delay_s: float | None = None
+        self.offloads: list[FakeOffload] = []
 
     def measure_step_staircase(self, max_tokens: int) -> StepStaircase | None:
         """The scripted staircase as a timing up to `max_tokens` would find it."""
@@ -103,11 +132,19 @@ class FakeRunner:
 
     def execute(self, out: SchedulerOutput) -> FakePending:
         self.steps.append(out)
-        for dev, cpu in out.blocks_to_swap_out + out.blocks_to_offload:
+        if out.after_offloads:
+            for offload in self.offloads:
+                offload.land()
+        self.offloads = [o for o in self.offloads if not o.landed]
+        offloads = out.blocks_to_offload if self.offload_delay_s is None else []
+        for dev, cpu in out.blocks_to_swap_out + offloads:
             self.cpu_slots[cpu] = list(self.device_slots[dev])
         for cpu, dev in out.blocks_to_swap_in:
             self.device_slots[dev] = list(self.cpu_slots[cpu])
         tokens = FakePending()
+        if out.blocks_to_offload and self.offload_delay_s is not None:
+            tokens.offloads = FakeOffload(self, out.blocks_to_offload, self.clock.now() + self.offload_delay_s)
+            self.offloads.append(tokens.offloads)
         if out.blocks_to_load and self.load_delay_s is None:
             for cpu, dev in out.blocks_to_load:
                 self.device_slots[dev] = list(self.cpu_slots[cpu])
@@ -158,9 +195,10 @@ def finished_outputs(engine: Engine, collector: OutputCollector, steps: int = 1)
     return done
 
 
-def run_to_completion(engine: Engine, max_steps: int = 10_000) -> dict[str, list[int]]:
-    """Step until idle; the final output tokens of each request (all of them, also those made
-    by steps run before this call: read off the engine's requests, not the step deltas)."""
+def run_to_completion(engine: Engine, max_steps: int = 10_000, stop_early: bool = False) -> dict[str, list[int]]:
+    """Step until idle (or for `max_steps` steps with `stop_early`); the final output tokens of
+    each request that finished (all of them, also those made by steps run before this call:
+    read off the engine's requests, not the step deltas)."""
     done: dict[str, list[int]] = {}
     for _ in range(max_steps):
         if not engine.has_unfinished_requests():
@@ -169,4 +207,6 @@ def run_to_completion(engine: Engine, max_steps: int = 10_000) -> dict[str, list
         for out in engine.step():
             if out.finished:
                 done[out.request_id] = list(requests[out.request_id].output_token_ids)
+    if stop_early:
+        return done
     raise AssertionError(f"engine still busy after {max_steps} steps")

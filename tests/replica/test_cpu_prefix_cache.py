@@ -31,7 +31,9 @@ def test_published_blocks_are_copied_to_the_cpu_a_bounded_number_a_step():
     first = kv.take_cpu_offloads(limit=2)
     assert [d for d, _ in first] == kv.blocks_of("a")[:2]
     assert [d for d, _ in kv.take_cpu_offloads(limit=2)] == kv.blocks_of("a")[2:3]
-    assert kv.take_cpu_offloads() == [] and len(kv.cpu_tier) == 3
+    assert kv.take_cpu_offloads() == [] and len(kv.cpu_tier) == 0  # on their way
+    kv.swaps_done()  # the runner made them within the step
+    assert len(kv.cpu_tier) == 3 and kv.cpu_tier.stats.offloaded_blocks == 3
     kv.check_invariants({"a"})
 
 
@@ -49,6 +51,7 @@ def test_a_prefix_evicted_from_the_device_is_loaded_from_the_cpu():
     prompt = list(range(12))
     compute(kv, a := req("a", prompt), 12)
     cpu_of = {d: c for d, c in kv.take_cpu_offloads()}
+    kv.swaps_done()
     kv.free(a)
     compute(kv, other := req("o", list(range(100, 116))), 16)  # evicts a's blocks from the device
     kv.free(other)
@@ -69,6 +72,7 @@ def test_the_device_part_of_a_chain_comes_first_then_the_cpu_part():
     prompt = list(range(12))
     compute(kv, a := req("a", prompt), 12)
     kv.take_cpu_offloads()
+    kv.swaps_done()
     device = kv.blocks_of("a")
     kv.free(a)
     # 3 blocks were never used; the 4th x takes is a's last (freed tail first: least recently used).
@@ -81,6 +85,7 @@ def test_a_swap_out_evicts_copies_but_never_one_a_load_still_reads():
     kv = tiered(num_blocks=8, num_cpu_blocks=3)
     compute(kv, a := req("a", list(range(12))), 12)
     kv.take_cpu_offloads()
+    kv.swaps_done()
     kv.free(a)
     compute(kv, fill := req("fill", list(range(100, 132))), 32)  # all 8 blocks: a's leave the device
     kv.free(fill)
@@ -162,6 +167,7 @@ def test_a_load_given_up_on_holds_its_blocks_until_it_lands():
     prompt = list(range(12))
     compute(kv, a := req("a", prompt), 12)
     kv.take_cpu_offloads()
+    kv.swaps_done()
     kv.free(a)
     compute(kv, other := req("o", list(range(100, 116))), 16)  # a's blocks leave the device
     kv.free(other)

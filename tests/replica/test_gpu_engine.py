@@ -113,7 +113,8 @@ def test_kv_pool_leaves_room_for_the_largest_step():
 
 @pytest.mark.gpu
 def test_a_prefix_loaded_from_the_cpu_tier_on_the_copy_stream_gives_the_device_hits_tokens(smollm2_folder):
-    """On a GPU a CPU-tier load runs on its own stream beside the steps. The prompt asked again
+    """On a GPU the copies to the CPU tier run on the offloader's thread and stream and a
+    CPU-tier load on its own stream, beside the steps. The prompt asked again
     after its blocks left the device (loaded back) gets the tokens it gets when they never left
     (a device hit): both compute the same tail over the same KV bits."""
     passage = " ".join(f"Car {i} goes to track {i % 7}." for i in range(20))
@@ -128,7 +129,8 @@ def test_a_prefix_loaded_from_the_cpu_tier_on_the_copy_stream_gives_the_device_h
         tiered.generate([prompt], params, use_tqdm=False)
     loaded = tiered.generate([first], params, use_tqdm=False)[0].outputs[0].token_ids
     stats = tiered.engine.stats()
-    assert stats.prefix_hits_cpu >= 10 * 16 and stats.cpu_load_timeouts == 0
+    assert tiered.engine.runner.offloader is not None  # the copies to the tier ran beside the steps
+    assert stats.prefix_hits_cpu >= 10 * 16 and stats.cpu_load_timeouts == 0 and stats.cpu_offload_bytes > 0
     assert tiered.engine.kv.num_blocks_in_use() == 0 and not tiered.engine.loads.loads
     del tiered
     device = LLM(model=str(smollm2_folder), device="cuda", num_kv_blocks=200, enforce_eager=True)
