@@ -1,13 +1,15 @@
 """Write-through copies of published KV blocks to the CPU tier, beside the steps.
 
 The prefix cache's CPU tier (`replica/cpu_prefix_cache.py`) keeps a copy of each block the
-device publishes. Making those copies is not the step's work: a worker thread makes them, in
-the order they were started, while the engine thread goes on launching steps (as vLLM's
-offloading connector stores blocks without the step waiting). On a GPU it gathers the blocks on
-a copy stream of its own, after what the engine's stream had queued when they were started (the
+device publishes. On a GPU making those copies is not the step's work: a worker thread makes
+them, in the order they were started, while the engine thread goes on launching steps (as
+vLLM's offloading connector stores blocks without the step waiting). It gathers the blocks on a
+copy stream of its own, after what the engine's stream had queued when they were started (the
 KV they read is written by then), into pinned memory, and scatters them into the CPU pool on the
-host; on the CPU it copies pool to pool. The engine learns that they landed from the ticket
-(`KVCacheManager.land_offloads`), and only then do they join the tier.
+host. The engine learns that they landed from the ticket (`KVCacheManager.land_offloads`), and
+only then do they join the tier. On the CPU the runner copies within the step instead
+(`ModelRunner.offload`): both pools are host memory, and a thread copying beside the step's
+matmuls slows them on the same cores about as much as the copy itself takes.
 
 Two rules keep the bytes right: a step's copies read device blocks its own schedule cannot hand
 on (the KV manager holds them until the copies have started), and a later step that hands one

@@ -78,7 +78,10 @@ class ModelRunner:
         )
         self.swap_out_fence = HostFence(self.device)  # swap-outs land in the CPU pool asynchronously
         self._load_stream: torch.cuda.Stream | None = None  # loads from the CPU tier (a GPU's, made at the first)
-        self.offloader: Offloader | None = Offloader(self._copy_to_cpu, self.device)  # the CPU tier's copies
+        # The CPU tier's copies: beside the steps on a GPU; on the CPU within the step (both pools
+        # are host memory, and a copying thread slows the step's matmuls on the same cores about
+        # as much as the copy takes: `docs/results.md`, issue 26).
+        self.offloader = Offloader(self._copy_to_cpu, self.device) if self.device.type == "cuda" else None
         self.generators: dict[str, RequestRng] = {}  # the random (non-greedy) requests' streams
         self.decode_graphs: DecodeGraphs | None = None  # CUDA graphs of decode steps (`use_decode_graphs`)
         max_blocks = cdiv(max_model_len, block_size)

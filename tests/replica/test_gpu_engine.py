@@ -112,15 +112,18 @@ def test_kv_pool_leaves_room_for_the_largest_step():
 
 
 @pytest.mark.gpu
-def test_a_prefix_loaded_from_the_cpu_tier_on_the_copy_stream_gives_the_device_hits_tokens(smollm2_folder):
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "graphs"])
+def test_a_prefix_loaded_from_the_cpu_tier_on_the_copy_stream_gives_the_device_hits_tokens(smollm2_folder, eager):
     """On a GPU the copies to the CPU tier run on the offloader's thread and stream and a
     CPU-tier load on its own stream, beside the steps. The prompt asked again
     after its blocks left the device (loaded back) gets the tokens it gets when they never left
-    (a device hit): both compute the same tail over the same KV bits."""
+    (a device hit): both compute the same tail over the same KV bits. With decode graphs, each
+    capture first waits for the copies in flight (a capture fails if another thread makes a call
+    it forbids meanwhile)."""
     passage = " ".join(f"Car {i} goes to track {i % 7}." for i in range(20))
     params = SamplingParams(max_tokens=16, temperature=0)
     tiered = LLM(model=str(smollm2_folder), device="cuda", num_kv_blocks=20, cpu_kv_gib=0.05, check_invariants=True,
-                 enforce_eager=True)
+                 enforce_eager=eager)
     tok = tiered.tokenizer
     first = tok(passage).input_ids
     others = [tok(f"Story {j}: " + " ".join(f"w{j}_{i}" for i in range(40))).input_ids for j in range(3)]
@@ -133,6 +136,6 @@ def test_a_prefix_loaded_from_the_cpu_tier_on_the_copy_stream_gives_the_device_h
     assert stats.prefix_hits_cpu >= 10 * 16 and stats.cpu_load_timeouts == 0 and stats.cpu_offload_bytes > 0
     assert tiered.engine.kv.num_blocks_in_use() == 0 and not tiered.engine.loads.loads
     del tiered
-    device = LLM(model=str(smollm2_folder), device="cuda", num_kv_blocks=200, enforce_eager=True)
+    device = LLM(model=str(smollm2_folder), device="cuda", num_kv_blocks=200, enforce_eager=eager)
     device.generate([first], params, use_tqdm=False)
     assert device.generate([first], params, use_tqdm=False)[0].outputs[0].token_ids == loaded
