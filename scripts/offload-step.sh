@@ -2,11 +2,11 @@
 # The CPU tier's write-through copies and the engine step, this tree against a git revision:
 # scripts/offload-step.sh REV [ROUNDS]
 #
-# SmolLM2 on this machine's CPU (2 torch threads), a 1 GiB CPU tier: each round reads a fresh
+# SmolLM2 (on a GPU where there is one; 2 torch threads), a 1 GiB CPU tier: each round reads a fresh
 # 1,000-token prompt (63 full blocks) and decodes 12 tokens; the step after the prefill starts
 # the copies of its 63 blocks. Prints, for each tree, the medians over ROUNDS (default 8) of the
-# engine thread's time in the copies (the swap call where they run in the step, the offloader's
-# start where they run beside it), that step's time, and a decode step's; the two trees run
+# engine thread's time in the copies (`ModelRunner.offload`; before 6c37f52 the swap call that
+# made them), that step's time, and a decode step's; the two trees run
 # twice, alternating. REV is checked out into a temporary worktree; needs the README's .venv.
 set -euo pipefail
 rev=${1:?usage: scripts/offload-step.sh REV [ROUNDS]}
@@ -27,15 +27,14 @@ def timed(f):
     def g(*a, **k):
         t = time.perf_counter(); r = f(*a, **k); spent.append(time.perf_counter() - t); return r
     return g
-if hasattr(ModelRunner, "_copy_to_cpu"):  # the copies beside the step
-    from shunter.replica.kv_offloads import Offloader
-    Offloader.start, where = timed(Offloader.start), "beside the step"
-else:  # the copies in the step, with its swap-outs
+if hasattr(ModelRunner, "offload"):  # the copies beside the step (a GPU's, or 6c37f52's everywhere) or in it
+    ModelRunner.offload = timed(ModelRunner.offload)
+else:  # before 6c37f52: the copies in the step, with its swap-outs
     swap = ModelRunner.swap
     ModelRunner.swap = lambda self, pairs, to_cpu: (timed(swap) if to_cpu and pairs else swap)(self, pairs, to_cpu)
-    where = "in the step"
 llm = LLM(model="smollm2-135m-instruct", num_kv_blocks=400, max_model_len=1200, cpu_kv_gib=1.0,
           max_num_batched_tokens=1024)
+where = "beside the step" if getattr(llm.engine.runner, "offloader", None) is not None else "in the step"
 engine, rows = llm.engine, []
 for r in range(int(sys.argv[1])):
     words = " ".join(f"Wagon {r}-{i} waits on siding {(i * 7 + r) % 13}." for i in range(1024))
