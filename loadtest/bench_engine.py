@@ -54,7 +54,7 @@ def make_llm(args: argparse.Namespace):
     from shunter import LLM
 
     return LLM(model=args.model, device=args.device, max_num_batched_tokens=args.max_num_batched_tokens,
-               max_num_seqs=args.max_num_seqs, async_scheduling=not args.no_async_scheduling)
+               max_num_seqs=args.max_num_seqs, async_scheduling=False if args.no_async_scheduling else None)
 
 
 @dataclass

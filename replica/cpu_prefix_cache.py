@@ -2,14 +2,14 @@
 
 A device block that the prefix cache publishes is queued for a copy to a CPU block (write-
 through): a bounded number a step, and a bounded number in flight, so a burst of prefill cannot
-flood the link. The copies run beside the steps (`replica/kv_offloads.py`): a copy joins the tier
-when it has landed, and until then its CPU block is written, so nothing evicts or reads it. The
-copy outlives the device block: when the device evicts it, a later prompt that reaches past the device's part of its
-chain finds the rest here and loads it back instead of computing it; the load runs beside the
-steps, and the request waits for it in its seat (`RequestStatus.LOADING`), or computes the tokens
-after all when it takes too long (`replica/kv_loads.py`). The CPU pool is shared with swapping:
-a swap-out takes free CPU blocks first and then evicts cached copies, least recently used first,
-never one a copy still writes or a load in flight reads.
+flood the link. On a GPU the copies run beside the steps (`replica/kv_offloads.py`). A copy
+joins the tier when it has landed; until then its CPU block is being written, so nothing evicts
+or reads it. The copy outlives the device block: when the device evicts it, a later prompt that
+reaches past the device's part of its chain finds the rest here and loads it back instead of
+computing it; the load runs beside the steps, and the request waits for it in its seat
+(`RequestStatus.LOADING`), or computes the tokens after all when it takes too long
+(`replica/kv_loads.py`). The CPU pool is shared with swapping: a swap-out takes free CPU blocks
+first and then evicts cached copies, least recently used first, never one a load in flight reads.
 """
 from __future__ import annotations
 
@@ -28,9 +28,6 @@ class CopyTicket(Protocol):
     """Copies on their way beside the steps (None where a runner makes them within the step)."""
 
     def done(self) -> bool: ...
-
-    def wait(self, timeout_s: float) -> bool:
-        """Block until landed or `timeout_s` passed; whether it landed."""
 
 
 @dataclass

@@ -108,8 +108,12 @@ class Engine(Migration):
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
         self._rng = random.Random(config.seed)
         self._step_time_ema = 0.0
-        # Async scheduling needs a runner that takes a placeholder's token from the device.
-        self.async_scheduling = config.async_scheduling and getattr(self.runner, "supports_async_scheduling", False)
+        # Async scheduling needs a runner that takes a placeholder's token from the device; by
+        # default it is on where the runner's launch returns before the device has run the step.
+        wanted = config.async_scheduling
+        if wanted is None:
+            wanted = config.persistent_batch and getattr(self.runner, "launch_returns_early", True)
+        self.async_scheduling = wanted and getattr(self.runner, "supports_async_scheduling", False)
         self._flight: _Flight | None = None  # the launched step whose tokens are not read yet
         self._drained: list[EngineOutput] = []  # outputs of a step completed between two steps
         # Structured output (`replica/grammar.py`): requests whose grammar is being compiled wait

@@ -46,8 +46,11 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool = False  # CUDA: run decode steps eagerly instead of replaying CUDA graphs
     # Schedule step N+1 and prepare its inputs while the device runs step N (runners that can take
-    # an input token from the device; the simulator's runner steps synchronously).
-    async_scheduling: bool = True
+    # an input token from the device; the simulator's runner steps synchronously). None: where
+    # the runner's launch returns before the device has run the step (a GPU); on the CPU a launch
+    # computes the step, so there is nothing to overlap and each token would only come out a step
+    # later (`ModelRunner.launch_returns_early`).
+    async_scheduling: bool | None = None
     # Step inputs from the persistent batch, changed only where requests joined, left or grew;
     # False packs every step from scratch (the path before it: a baseline, without async scheduling).
     persistent_batch: bool = True

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         engine = Engine(EngineConfig(model=args.model, num_threads=args.num_threads,
-                                     async_scheduling=not args.no_async_scheduling,
+                                     async_scheduling=False if args.no_async_scheduling else None,
                                      **speculative_options.engine_settings(args)))
         if engine.tokenizer is None:
             raise ValueError(f"--model: {args.model} has no tokenizer, so it cannot take a text prompt")

@@ -382,13 +382,12 @@ class KVCacheManager:
             self.offload_holds += held
         return pairs
 
-    def land_offloads(self, wait_s: float = 0.0) -> None:
-        """Bring the copies that have landed into the CPU tier, oldest first (waiting up to
-        `wait_s` for each that has not)."""
+    def land_offloads(self) -> None:
+        """Bring the copies that have landed into the CPU tier, oldest first."""
         offloads, tier = self.offloads, self.cpu_tier
         while offloads and not (offloads[0] is offloads[-1] and self.offload_holds):  # the newest: not started
             ticket = offloads[0].ticket
-            if ticket is not None and not (ticket.done() or (wait_s > 0 and ticket.wait(wait_s))):
+            if ticket is not None and not ticket.done():
                 return
             tier.landed(offloads.popleft().hashes)  # type: ignore[union-attr]
 

@@ -21,7 +21,6 @@ make a call a capture forbids meanwhile.
 from __future__ import annotations
 
 from collections import deque
-from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -43,9 +42,6 @@ class OffloadTicket:
         self.future.result()  # a copy that failed raises here, on the engine's thread
         return True
 
-    def wait(self, timeout_s: float) -> bool:
-        futures.wait([self.future], timeout_s)
-        return self.done()
 
 
 class Offloader:

@@ -68,6 +68,9 @@ class ModelRunner:
         self.block_size = block_size
         first = next(self.model.parameters())
         self.device, self.dtype = first.device, first.dtype
+        # Whether `execute` returns before the device has run the step (CUDA's queue), so async
+        # scheduling overlaps the host's next schedule with it; on the CPU it computes the step.
+        self.launch_returns_early = self.device.type == "cuda"
         self.kv_caches = allocate_kv_caches(self.config, num_blocks, block_size, self.dtype, self.device)
         self.kv_block_bytes = kv_bytes_per_block(self.config, block_size, self.dtype)
         pin = self.device.type == "cuda"

@@ -91,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "computes those tokens instead (default: 1.0)")
     parser.add_argument("--no-async-scheduling", action="store_true",
                         help="replicas step synchronously: the next step is scheduled only once this one's tokens "
-                             "are back (default: scheduled while the device runs this one)")
+                             "are back (default on a GPU: scheduled while the device runs this one; on the CPU a "
+                             "step is computed when it is launched, so replicas step synchronously anyway)")
     speculative_options.add_arguments(parser)
     parser.add_argument("--max-in-flight", type=int_at_least(1), default=1024,
                         help="requests placed on replicas at once; more wait in the admission queue")
@@ -203,7 +204,8 @@ def _engine_config(args: argparse.Namespace):
                         num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs, num_threads=threads,
                         cpu_kv_gib=args.cpu_kv_gib,
                         cpu_load_timeout_s=args.cpu_load_timeout or EngineConfig.cpu_load_timeout_s,
-                        async_scheduling=not args.no_async_scheduling, cache_aware_order=args.cache_aware_order,
+                        async_scheduling=False if args.no_async_scheduling else None,
+                        cache_aware_order=args.cache_aware_order,
                         max_num_batched_tokens=args.max_num_batched_tokens,
                         **speculative_options.engine_settings(args))
 

@@ -67,9 +67,6 @@ class FakeOffload:
             self.land()
         return self.landed
 
-    def wait(self, timeout_s: float) -> bool:
-        return self.done()
-
 
 class FakePending(list):
     """A step's tokens, and its loads and offloads when they land later (`FakeRunner.load_delay_s`,

@@ -152,3 +152,20 @@ def test_each_output_counts_the_tokens_reported_so_far(async_scheduling):
         for o in engine.step():
             counts[o.request_id] = counts.get(o.request_id, 0) + len(o.new_token_ids)
             assert o.num_output_tokens == counts[o.request_id]
+
+
+def test_by_default_an_engine_overlaps_its_steps_only_where_a_launch_returns_early():
+    """On the CPU a launch computes the step, so async scheduling would only hold each token
+    back a step: by default an engine there steps synchronously, and a request's first token
+    comes out of the step that made it. The fake runner plays a GPU and overlaps."""
+    from shunter import LLM
+
+    cpu = LLM(model="random:tiny", device="cpu", num_kv_blocks=16).engine
+    assert not cpu.runner.launch_returns_early and not cpu.async_scheduling
+    cpu.add_request("a", [5, 6, 7], SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+    assert [len(o.new_token_ids) for o in cpu.step()] == [1]
+    asked = LLM(model="random:tiny", device="cpu", num_kv_blocks=16, async_scheduling=True).engine
+    assert asked.async_scheduling
+    asked.add_request("a", [5, 6, 7], SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+    assert asked.step() == []  # its token is read back after the next step is launched
+    assert make_engine().async_scheduling and not make_engine(async_scheduling=False).async_scheduling
