@@ -43,7 +43,6 @@ class OffloadTicket:
         return True
 
 
-
 class Offloader:
     """One worker thread that makes the copies, in order."""
 
