@@ -81,9 +81,10 @@ class SchedulerOutput:
     blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)  # (device, cpu)
     blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)  # (cpu, device)
     # The CPU tier of the prefix cache (`replica/cpu_prefix_cache.py`): copies of published blocks
-    # and loads of prefix hits found there, both beside the step on a GPU (`replica/kv_offloads.py`,
-    # `replica/kv_loads.py`; on the CPU the runner makes them within the step). `after_offloads`: the step hands on a device block that a copy
-    # started earlier may not have read yet, so its writes must wait for the copies in flight.
+    # and loads of prefix hits found there, both beside the step on a GPU
+    # (`replica/kv_offloads.py`, `replica/kv_loads.py`; on the CPU the runner makes them within
+    # the step). `after_offloads`: the step hands on a device block that a copy started earlier
+    # may not have read yet, so its writes must wait for the copies in flight.
     blocks_to_offload: list[tuple[int, int]] = field(default_factory=list)  # (device, cpu)
     after_offloads: bool = False
     blocks_to_load: list[tuple[int, int]] = field(default_factory=list)  # (cpu, device)
