@@ -18,11 +18,12 @@ def hash_block(parent_hash: int, token_ids: Sequence[int]) -> int:
     return xxhash.xxh64_intdigest(array.array("q", token_ids).tobytes(), parent_hash)
 
 
-def block_hashes(token_ids: Sequence[int], block_size: int) -> list[int]:
-    """Hashes of every full block of `token_ids`, in order: `hash_block` chained, with the
-    prompt turned into bytes once (the router hashes every prompt it routes by prefix)."""
+def block_hashes(token_ids: Sequence[int], block_size: int, parent: int = ROOT_HASH) -> list[int]:
+    """Hashes of every full block of `token_ids`, in order: `hash_block` chained from `parent`,
+    with the tokens turned into bytes once (the router hashes every prompt it routes by prefix;
+    an engine, the blocks a prefill chunk filled)."""
     data, step = array.array("q", token_ids).tobytes(), 8 * block_size
-    digest, hashes, parent = xxhash.xxh64_intdigest, [], ROOT_HASH
+    digest, hashes = xxhash.xxh64_intdigest, []
     for start in range(0, len(token_ids) // block_size * step, step):
         parent = digest(data[start:start + step], parent)
         hashes.append(parent)

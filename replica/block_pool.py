@@ -46,13 +46,15 @@ class BlockPool:
         """Take `n` blocks off the LRU end of the free queue, evicting their cached hashes."""
         if n > len(self.free_queue):
             raise RuntimeError(f"asked for {n} blocks, {len(self.free_queue)} free")
-        ids = []
-        for _ in range(n):
-            block_id, _ = self.free_queue.popitem(last=False)
-            block = self.blocks[block_id]
+        ids, pop, blocks = [], self.free_queue.popitem, self.blocks
+        for _ in range(n):  # a prefill chunk takes up to a hundred: names bound once
+            block_id, _ = pop(last=False)
+            block = blocks[block_id]
             if block.block_hash is not None:
                 self.num_cached_free -= 1
-                self._evict(block)
+                del self.cached[block.block_hash]
+                self.events.append(CacheEvent("evicted", block.block_hash))
+                block.block_hash, block.token_ids = None, ()
             block.ref_count = 1
             ids.append(block_id)
         return ids
@@ -99,11 +101,6 @@ class BlockPool:
         self.cached[block_hash] = block_id
         self.events.append(CacheEvent("stored", block_hash))
         return True
-
-    def _evict(self, block: KVBlock) -> None:
-        del self.cached[block.block_hash]
-        self.events.append(CacheEvent("evicted", block.block_hash))
-        block.block_hash, block.token_ids = None, ()
 
     def drain_events(self) -> list[CacheEvent]:
         events, self.events = self.events, []

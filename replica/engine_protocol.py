@@ -9,7 +9,7 @@ a per-request delta (`EngineOutput`); whole results are assembled above the engi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, Sequence, runtime_checkable
 
 from shunter.logprobs import TokenLogprobs
 from shunter.sampling_params import SamplingParams
@@ -21,10 +21,11 @@ FinishReason = Literal["stop", "length", "abort", "deadline"]
 MIGRATION_WATCHDOG_S = 10.0  # a reservation left this long without a stage or commit is freed
 
 
-@dataclass(frozen=True, slots=True)
-class CacheEvent:
+class CacheEvent(NamedTuple):
     """What the router's prefix index learns from: a block hash appeared or disappeared, in
-    device memory or in the prefix cache's CPU tier."""
+    device memory or in the prefix cache's CPU tier. A named tuple, not a frozen dataclass:
+    two are made for every block a prompt fills (stored, then evicted), and a frozen
+    dataclass's constructor sets each field through `object.__setattr__`."""
 
     kind: Literal["stored", "evicted"]
     block_hash: int

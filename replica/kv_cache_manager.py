@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from shunter.mathutil import cdiv
-from shunter.replica.block_hash import ROOT_HASH, hash_block
+from shunter.replica.block_hash import ROOT_HASH, block_hashes, hash_block
 from shunter.replica.block_pool import BlockPool, CacheEvent
 from shunter.replica.cpu_prefix_cache import MAX_OFFLOADS_IN_FLIGHT, MAX_OFFLOADS_PER_STEP, CopyTicket, CpuPrefixCache
 from shunter.replica.request import Request
@@ -207,14 +207,17 @@ class KVCacheManager:
             hashes = self.block_hashes[request.request_id] = []
         if len(hashes) == num_full:  # most steps fill no block
             return
-        table = self.block_tables[request.request_id]
-        parent = hashes[-1] if hashes else ROOT_HASH
-        for i in range(len(hashes), num_full):
-            tokens = tuple(request.token_slice(i * self.block_size, (i + 1) * self.block_size))
-            parent = hash_block(parent, tokens)
-            hashes.append(parent)
-            if self.pool.cache(table[i], parent, tokens) and self.cpu_tier is not None:
-                self.cpu_tier.backlog.append((table[i], parent, tokens))
+        table, bs, first = self.block_tables[request.request_id], self.block_size, len(hashes)
+        # The blocks filled since the last call (a prefill chunk's: up to a hundred), hashed from
+        # one conversion of their tokens to bytes.
+        tokens = tuple(request.token_slice(first * bs, num_full * bs))
+        new = block_hashes(tokens, bs, hashes[-1] if hashes else ROOT_HASH)
+        hashes += new
+        cache, tier = self.pool.cache, self.cpu_tier
+        for k, (block_id, block_hash) in enumerate(zip(table[first:num_full], new)):
+            block_tokens = tokens[k * bs:(k + 1) * bs]
+            if cache(block_id, block_hash, block_tokens) and tier is not None:
+                tier.backlog.append((block_id, block_hash, block_tokens))
 
     def free(self, request: Request) -> None:
         """Release the request's device blocks (tail first: the tail is least likely to be shared);

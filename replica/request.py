@@ -29,7 +29,7 @@ class RequestStatus(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: every step reads each running request's fields, one object and no dict
 class Request:
     request_id: str
     prompt_token_ids: list[int]
@@ -48,6 +48,9 @@ class Request:
     last_token_time: float | None = None
     # Free-form per-request memory of the scheduling policy (quantum used, level, aging...).
     policy_state: dict = field(default_factory=dict)
+    # When the policy last gave it budget (`SchedulingPolicy.waited`; None: never): stamped
+    # every step for every scheduled request, so a field of its own, not `policy_state`'s.
+    last_service: float | None = None
     # A request that asks for log-probabilities keeps them (`replica/logprobs.py`): one per output
     # token, and one per prompt position (None at the first, which nothing predicts); the prompt's
     # go out with output token 0.

@@ -54,6 +54,13 @@ class EventLoop:
             raise ValueError(f"event at {self.t + delay} is before now ({self.t})")
         heapq.heappush(self._heap, (self.t + delay, next(self._seq), fn, args))
 
+    def runs_next_now(self) -> bool:
+        """Whether an event scheduled now for now would run next: nothing else is due at this
+        instant. The caller, at the end of an event, may then make that call itself, counted
+        as an event, with the same result (a replica's next step: half the loop's events)."""
+        t, heap, queue = self.t, self._heap, self._queue
+        return (not heap or heap[0][0] > t) and (not queue or queue[0][0] > t)
+
     def run(self, until: float = math.inf) -> None:
         """Run events in time order until none is left or the next is after `until`.
 

@@ -101,4 +101,8 @@ class SimReplica:
         self.busy = False
         self.on_step(self, outputs)
         self._drain()
-        self._kick()
+        if not self.busy and not self._kick_due and self.loop.runs_next_now():
+            self.loop.num_events += 1  # `_kick`'s event, run here: nothing else is due first
+            self._step()
+        else:
+            self._kick()

@@ -132,12 +132,13 @@ class SchedulingPolicy:
 
     def waited(self, request: Request) -> float:
         """Seconds since the request last got budget (since arrival if never)."""
-        return max(self.clock.now() - request.policy_state.get("last_service", request.arrival_time), 0.0)
+        last = request.last_service
+        return max(self.clock.now() - (request.arrival_time if last is None else last), 0.0)
 
     # ---- hooks: subclasses extend them and call super() --------------------------------------
     def on_scheduled(self, request: Request, num_tokens: int) -> None:
         now = self.context.now  # one clock read a step, not one per scheduled request
-        request.policy_state["last_service"] = self.clock.now() if now is None else now
+        request.last_service = self.clock.now() if now is None else now
 
     def on_step_scheduled(self, scheduled: list[ScheduledRequest]) -> None:
         """Every request of the step, in one call after its other decisions, for a policy whose
@@ -148,7 +149,7 @@ class SchedulingPolicy:
         if now is None:
             now = self.clock.now()
         for s in scheduled:
-            s.request.policy_state["last_service"] = now
+            s.request.last_service = now
 
     def on_finished(self, request: Request) -> None:
         self.estimator.observe(request)

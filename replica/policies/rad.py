@@ -70,8 +70,9 @@ class RADPolicy(SchedulingPolicy):
         return self.preemptive and self.level(waiting) < self.level(running)
 
     def _decode_key(self, request: Request) -> tuple:
-        return (self.level(request), request.policy_state.get("last_service", request.arrival_time),
-                request.arrival_time, request.request_id)
+        last = request.last_service
+        return (self.level(request), request.arrival_time if last is None else last, request.arrival_time,
+                request.request_id)
 
     def plan(self, running: list[Request], swapped: list[Request], waiting: list[Request]) -> list[Request]:
         decodes: list[Request] = []

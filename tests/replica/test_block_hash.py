@@ -19,6 +19,15 @@ def test_whole_prompt_hashes_equal_the_chain_of_block_hashes():
         assert block_hashes(tokens, 16) == chain
 
 
+def test_a_chain_goes_on_from_a_parent_as_if_hashed_whole():
+    """The engine hashes the blocks a prefill chunk filled from the last block it named."""
+    tokens = list(range(1000, 1100))
+    whole = block_hashes(tokens, 16)
+    for first in (0, 1, 3):
+        parent = whole[first - 1] if first else ROOT_HASH
+        assert block_hashes(tokens[16 * first:], 16, parent) == whole[first:]
+
+
 def test_a_block_is_named_by_everything_before_it():
     a, b = [1] * 16 + [2] * 16, [3] * 16 + [2] * 16
     assert block_hashes(a, 16)[1] != block_hashes(b, 16)[1]  # same tokens, another parent

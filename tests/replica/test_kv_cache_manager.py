@@ -38,21 +38,23 @@ def test_allocation_and_ref_counts():
 
 
 def test_a_hit_is_hashed_once_by_its_lookup_and_its_chain_goes_on_from_there(monkeypatch):
-    from shunter.replica import kv_cache_manager
-    from shunter.replica.block_hash import hash_block
+    from shunter.replica import block_hash, kv_cache_manager
 
     kv = KVCacheManager(num_blocks=16, block_size=4)
     compute(kv, req("a", list(range(12)) + [50]), 13)
-    calls = []
+    calls = []  # the tokens of each block hashed: one at a time by a lookup, a chunk's at once when published
     monkeypatch.setattr(kv_cache_manager, "hash_block",
-                        lambda parent, tokens: calls.append(tokens) or hash_block(parent, tokens))
+                        lambda parent, tokens: calls.append(tuple(tokens)) or block_hash.hash_block(parent, tokens))
+    monkeypatch.setattr(kv_cache_manager, "block_hashes", lambda tokens, size, parent: calls.extend(
+        tuple(tokens[i:i + size]) for i in range(0, len(tokens) // size * size, size))
+        or block_hash.block_hashes(tokens, size, parent))
     b = req("b", list(range(12)) + [60, 61, 62, 63, 64])
     hit = kv.find_prefix(b)  # blocks 0-2 found, block 3 ([60..63]) looked up and missed
     assert hit.num_tokens == 12 and len(calls) == 4
     assert kv.allocate(b, 5, hit)
     b.num_computed_tokens += 5
     kv.cache_computed_blocks(b)
-    assert len(calls) == 5  # only block 3 hashed again: its lookup missed, so it is published now
+    assert calls[4:] == [(60, 61, 62, 63)]  # only block 3 hashed again: its lookup missed, so it is published now
     assert kv.block_hashes["b"] == block_hashes(b.prompt_token_ids, 4)
     assert kv.pool.cached[kv.block_hashes["b"][3]] == kv.blocks_of("b")[3]
 

@@ -244,5 +244,5 @@ def test_every_decode_a_step_schedules_is_told_to_the_policy_with_the_steps_time
         engine.step()
         served = [s.request for s in engine.runner.steps[-1].scheduled]
         assert len(served) == 3 and all(s.num_new_tokens == 1 for s in engine.runner.steps[-1].scheduled)
-        assert [r.policy_state["last_service"] for r in served] == [began] * 3
+        assert [r.last_service for r in served] == [began] * 3
     assert type(engine.scheduler.policy).decodes_in_one_call is (policy == "fcfs")

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from shunter.loadtest.sim.cluster import ClusterConfig, SimCluster
 from shunter.loadtest.sim.costs import CostModel, load_cost_model
 from shunter.loadtest.sim.metrics import Summary
-from shunter.loadtest.sim.runner import cheap_tokens
+from shunter.loadtest.sim.runner import CheapTokens
 from shunter.loadtest.workloads import WorkloadRequest
 from shunter.replica.engine_config import EngineConfig
 from shunter.replica.request import Request
@@ -66,7 +66,7 @@ def eos_at_output_len(cost: CostModel, workload: list[WorkloadRequest]) -> Calla
     """A token function whose model ends each request with EOS at its workload length, so a client
     asking for more (`max_tokens`) does not tell the router how long the answer will be."""
     lengths = {r.request_id: r.output_len for r in workload}
-    eos, plain = cost.eos_token_ids[0], cheap_tokens(cost.vocab_size)
+    eos, plain = cost.eos_token_ids[0], CheapTokens(cost.vocab_size)
 
     def token(request: Request, end: int) -> int:  # once per simulated token: `num_output_tokens` inlined
         if len(request.output_token_ids) + 1 >= lengths[request.request_id]:
